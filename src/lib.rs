@@ -1,0 +1,24 @@
+//! # ackring
+//!
+//! A lock-free, in-memory message-queue engine for single-host low latency.
+//!
+//! ackring's goal is a broker's reliability (acks, leases and redelivery, retries with
+//! backoff, a dead-letter queue, TTL, dedup) at the latency of a lock-free ring, both inside
+//! one process and between sibling processes sharing a memory segment.
+//!
+//! This release provides the core everything else stands on:
+//! - [`Ring<T>`]: a bounded lock-free MPMC FIFO (Vyukov's algorithm) with batch operations;
+//! - [`TokenRing`]: the same algorithm over caller-provided memory, carrying `u64` tokens,
+//!   the building block of the shared-memory queue.
+//!
+//! ```
+//! let ring = ackring::Ring::new(1024)?;
+//! ring.try_push("hello")?;
+//! assert_eq!(ring.try_pop(), Some("hello"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod ring;
+mod sync;
+
+pub use ring::{Ring, TokenRing};
