@@ -4,7 +4,6 @@
 //! `cargo bench --bench ring` — each group shows both queues side by side.
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
@@ -63,17 +62,28 @@ impl Queue for ArrayQueue<u64> {
     }
 }
 
-/// Pins the calling thread to a core, round robin, where the OS allows it.
-fn pin(thread_index: usize) {
+/// Pins the calling thread to its own core where the OS allows it and there are enough
+/// cores for every thread; with more threads than cores, pinning two spinning threads to one
+/// core makes the scheduler's time slices, not the queue, decide the result, so the OS
+/// places them instead.
+fn pin(thread_index: usize, threads: usize) {
     if let Some(cores) = core_affinity::get_core_ids() {
-        if !cores.is_empty() {
-            core_affinity::set_for_current(cores[thread_index % cores.len()]);
+        if threads <= cores.len() {
+            core_affinity::set_for_current(cores[thread_index]);
         }
     }
 }
 
-/// Moves `total` messages from `producers` threads to `consumers` threads; returns the
-/// wall time from the start barrier until the last message was popped.
+/// Marks the end of the stream: every consumer stops at the first one it pops.
+const END: u64 = u64::MAX;
+
+/// Moves `total` messages from `producers` threads to `consumers` threads and returns the
+/// time from the start barrier until every thread has finished.
+///
+/// No shared counter on the hot path: consumers count locally and stop at an `END` marker,
+/// which producer 0 pushes (one per consumer) once every producer is done. The queue is
+/// FIFO, so every message is popped before any marker. The main thread blocks in `join`
+/// rather than spinning, so it takes no CPU from the measured threads.
 fn transfer<Q: Queue>(
     queue: &Q,
     producers: usize,
@@ -82,71 +92,97 @@ fn transfer<Q: Queue>(
     batched: bool,
 ) -> Duration {
     let per_producer = total / producers as u64;
-    let total = per_producer * producers as u64;
-    let popped = AtomicUsize::new(0);
-    let start = Barrier::new(producers + consumers + 1);
-    std::thread::scope(|s| {
+    let threads = producers + consumers;
+    let start = Barrier::new(threads + 1);
+    let producers_done = Barrier::new(producers);
+    let began = std::thread::scope(|s| {
         for p in 0..producers {
-            let (start, queue) = (&start, queue);
+            let (start, producers_done) = (&start, &producers_done);
             s.spawn(move || {
-                pin(p);
+                pin(p, threads);
                 start.wait();
                 let backoff = Backoff::new();
-                if batched {
-                    let mut pending = Vec::with_capacity(BATCH);
-                    let mut next = 0;
-                    while next < per_producer || !pending.is_empty() {
-                        while pending.len() < BATCH && next < per_producer {
-                            pending.push(next);
-                            next += 1;
-                        }
-                        if queue.push_many(&mut pending) == 0 {
-                            backoff.snooze();
-                        } else {
-                            backoff.reset();
-                        }
-                    }
-                } else {
-                    for value in 0..per_producer {
-                        while !queue.push(value) {
+                let mut pending = Vec::with_capacity(BATCH);
+                let mut next = 0;
+                while next < per_producer || !pending.is_empty() {
+                    if !batched {
+                        while !queue.push(next) {
                             backoff.snooze();
                         }
-                        backoff.reset();
+                        next += 1;
+                        continue;
                     }
-                }
-            });
-        }
-        for c in 0..consumers {
-            let (start, queue, popped) = (&start, queue, &popped);
-            s.spawn(move || {
-                pin(producers + c);
-                start.wait();
-                let backoff = Backoff::new();
-                let mut out = Vec::with_capacity(BATCH);
-                while (popped.load(Ordering::Relaxed) as u64) < total {
-                    let n = if batched {
-                        out.clear();
-                        queue.pop_many(&mut out)
-                    } else {
-                        usize::from(queue.pop().map(black_box).is_some())
-                    };
-                    if n == 0 {
+                    while pending.len() < BATCH && next < per_producer {
+                        pending.push(next);
+                        next += 1;
+                    }
+                    if queue.push_many(&mut pending) == 0 {
                         backoff.snooze();
-                    } else {
-                        popped.fetch_add(n, Ordering::Relaxed);
-                        backoff.reset();
+                    }
+                }
+                producers_done.wait();
+                if p == 0 {
+                    for _ in 0..consumers {
+                        while !queue.push(END) {
+                            backoff.snooze();
+                        }
                     }
                 }
             });
         }
+        let consumer_threads: Vec<_> = (0..consumers)
+            .map(|c| {
+                let start = &start;
+                s.spawn(move || {
+                    pin(producers + c, threads);
+                    start.wait();
+                    let backoff = Backoff::new();
+                    let mut out = Vec::with_capacity(BATCH);
+                    let mut received = 0u64;
+                    loop {
+                        out.clear();
+                        if batched {
+                            queue.pop_many(&mut out);
+                        } else {
+                            out.extend(queue.pop());
+                        }
+                        if out.is_empty() {
+                            backoff.snooze();
+                            continue;
+                        }
+                        backoff.reset();
+                        for &value in &out {
+                            if value == END {
+                                // Markers come last; any popped with it in a batch are
+                                // other consumers' and go back.
+                                let others = out.iter().filter(|v| **v == END).count() - 1;
+                                for _ in 0..others {
+                                    while !queue.push(END) {
+                                        backoff.snooze();
+                                    }
+                                }
+                                return black_box(received);
+                            }
+                            received += 1;
+                        }
+                    }
+                })
+            })
+            .collect();
         start.wait();
         let began = Instant::now();
-        // Spin until every message is out; the scope then joins the threads.
-        while (popped.load(Ordering::Relaxed) as u64) < total {
-            std::thread::yield_now();
-        }
-        began.elapsed()
-    })
+        let received: u64 = consumer_threads
+            .into_iter()
+            .map(|c| c.join().unwrap())
+            .sum();
+        assert_eq!(
+            received,
+            per_producer * producers as u64,
+            "benchmark lost messages"
+        );
+        began
+    });
+    began.elapsed()
 }
 
 fn bench_pair(c: &mut Criterion, producers: usize, consumers: usize) {

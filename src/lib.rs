@@ -22,3 +22,8 @@ pub mod ring;
 mod sync;
 
 pub use ring::{Ring, TokenRing};
+
+/// The README's example is compiled and run as a doc test, so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -296,7 +296,7 @@ impl<'a, V: SlotValue> RawRing<'a, V> {
     }
 
     /// Pushes one item. On failure the item comes back with the reason.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn try_push(&self, item: V::Item) -> Result<(), (ClaimError, V::Item)> {
         match self.claim(End::Tail, 1) {
             Ok(claim) => {
@@ -313,7 +313,7 @@ impl<'a, V: SlotValue> RawRing<'a, V> {
     }
 
     /// Pops one item, `Ok(None)` if the ring is empty.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn try_pop(&self) -> Result<Option<V::Item>, ClaimError> {
         match self.claim(End::Head, 1) {
             Ok(claim) => {
