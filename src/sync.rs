@@ -5,8 +5,6 @@
 //! of the very code that ships. Nothing in the crate may import `std::sync::atomic`,
 //! `std::cell::UnsafeCell` or `std::thread` directly.
 
-pub(crate) use crossbeam_utils::CachePadded;
-
 #[cfg(not(loom))]
 mod imp {
     pub(crate) use crossbeam_utils::Backoff;

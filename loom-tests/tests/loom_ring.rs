@@ -227,3 +227,64 @@ fn token_ring_in_caller_memory_two_producers_one_consumer() {
     });
     assert_eq!(seen, BTreeSet::from([None, Some(7), Some(8)]));
 }
+
+#[test]
+fn two_batch_pushers_race_on_the_tail() {
+    let seen = explore(|| {
+        let ring = Arc::new(Ring::new(3).unwrap());
+        let pushers: Vec<_> = [[1u32, 2], [11, 12]]
+            .into_iter()
+            .map(|values| {
+                let ring = ring.clone();
+                thread::spawn(move || ring.push_batch(&mut values.to_vec()))
+            })
+            .collect();
+        let pushed: Vec<usize> = pushers.into_iter().map(|p| p.join().unwrap()).collect();
+        // Three free slots, four values: whoever claims first takes two, the other one.
+        assert_eq!(pushed.iter().sum::<usize>(), 3);
+        let all = drain(&ring);
+        for (values, count) in [([1u32, 2], pushed[0]), ([11, 12], pushed[1])] {
+            let mine: Vec<u32> = all.iter().copied().filter(|v| values.contains(v)).collect();
+            assert_eq!(
+                mine,
+                values[..count],
+                "each pusher's prefix, in order, once"
+            );
+        }
+        (pushed[0], pushed[1])
+    });
+    assert_eq!(seen, BTreeSet::from([(1, 2), (2, 1)]));
+}
+
+#[test]
+fn two_batch_poppers_race_on_the_head() {
+    let seen = explore(|| {
+        let ring = Arc::new(Ring::new(3).unwrap());
+        for value in 1..=3 {
+            ring.try_push(value).unwrap();
+        }
+        let poppers: Vec<_> = (0..2)
+            .map(|_| {
+                let ring = ring.clone();
+                thread::spawn(move || {
+                    let mut out = Vec::new();
+                    ring.pop_batch(&mut out, 2);
+                    out
+                })
+            })
+            .collect();
+        let taken: Vec<Vec<u32>> = poppers.into_iter().map(|p| p.join().unwrap()).collect();
+        // Each popper got a run of consecutive values; together, every value exactly once.
+        for run in &taken {
+            assert!(
+                run.windows(2).all(|w| w[1] == w[0] + 1),
+                "not a FIFO run: {run:?}"
+            );
+        }
+        let mut all: Vec<u32> = taken.iter().flatten().copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, [1, 2, 3]);
+        (taken[0].len(), taken[1].len())
+    });
+    assert_eq!(seen, BTreeSet::from([(1, 2), (2, 1)]));
+}

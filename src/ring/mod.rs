@@ -36,10 +36,17 @@ mod token;
 pub use owned::{Full, Ring};
 pub use token::{RingMemoryError, TokenRing, TokenRingError};
 
-use crate::sync::{fence, AtomicU64, Backoff, CachePadded, Ordering};
+use std::mem::size_of;
+use std::ops::Deref;
+
+use crate::sync::{fence, AtomicU64, Backoff, Ordering};
 
 /// The largest capacity a ring accepts: positions must keep many lap bits above the index.
-pub const MAX_CAPACITY: usize = 1 << 32;
+pub const MAX_CAPACITY: usize = u32::MAX as usize;
+
+/// Bytes of the line pair a cursor owns: the adjacent-line prefetcher moves 64-byte lines in
+/// pairs, so two cursors closer than this still contend.
+pub(crate) const LINE_PAIR: usize = 128;
 
 /// A ring capacity outside `1..=MAX_CAPACITY`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -91,21 +98,46 @@ impl<V: SlotValue> Slot<V> {
     }
 }
 
-/// The two cursors, each on its own cache line pair so producers and consumers do not
-/// invalidate each other's line.
+/// A cursor alone on its [`LINE_PAIR`]. The padding is an explicit byte array rather than
+/// compiler padding, so writing a `PaddedCursor` initializes every byte it covers (the
+/// layout lives in memory the caller owns and, later, other processes map).
+#[repr(C, align(128))]
+pub(crate) struct PaddedCursor {
+    value: AtomicU64,
+    _padding: [u8; LINE_PAIR - size_of::<AtomicU64>()],
+}
+
+impl PaddedCursor {
+    fn new(position: u64) -> Self {
+        Self {
+            value: AtomicU64::new(position),
+            _padding: [0; LINE_PAIR - size_of::<AtomicU64>()],
+        }
+    }
+}
+
+impl Deref for PaddedCursor {
+    type Target = AtomicU64;
+    fn deref(&self) -> &AtomicU64 {
+        &self.value
+    }
+}
+
+/// The two cursors, each on its own line pair so producers and consumers do not invalidate
+/// each other's line.
 #[repr(C)]
 pub(crate) struct Cursors {
     /// Next position to pop; advanced by consumers with a CAS.
-    pub(crate) head: CachePadded<AtomicU64>,
+    pub(crate) head: PaddedCursor,
     /// Next position to push; advanced by producers with a CAS.
-    pub(crate) tail: CachePadded<AtomicU64>,
+    pub(crate) tail: PaddedCursor,
 }
 
 impl Cursors {
     pub(crate) fn new() -> Self {
         Self {
-            head: CachePadded::new(AtomicU64::new(0)),
-            tail: CachePadded::new(AtomicU64::new(0)),
+            head: PaddedCursor::new(0),
+            tail: PaddedCursor::new(0),
         }
     }
 }
@@ -118,6 +150,16 @@ pub(crate) fn one_lap_for(capacity: usize) -> Result<u64, CapacityError> {
         });
     }
     Ok((capacity as u64 + 1).next_power_of_two())
+}
+
+/// Aborts the process if dropped: armed while claimed slots are being published, where an
+/// unwinding panic would leave a slot claimed for ever and wedge the ring for every thread.
+struct AbortOnUnwind;
+
+impl Drop for AbortOnUnwind {
+    fn drop(&mut self) {
+        std::process::abort();
+    }
 }
 
 /// Which end of the ring an operation works on.
@@ -346,12 +388,14 @@ impl<'a, V: SlotValue> RawRing<'a, V> {
             Err(ClaimError::Unavailable) => return Ok(0),
             Err(error) => return Err(error),
         };
+        let must_publish = AbortOnUnwind;
         for (position, slot) in self.claimed(claim) {
             // SAFETY: as in `try_push`: this position is in our claim and its slot was empty.
             unsafe { slot.value.write(next_item()) };
             slot.stamp
                 .store(position.wrapping_add(1), Ordering::Release);
         }
+        std::mem::forget(must_publish);
         Ok(claim.count)
     }
 
@@ -371,12 +415,14 @@ impl<'a, V: SlotValue> RawRing<'a, V> {
             Err(ClaimError::Unavailable) => return Ok(0),
             Err(error) => return Err(error),
         };
+        let must_publish = AbortOnUnwind;
         for (position, slot) in self.claimed(claim) {
             // SAFETY: as in `try_pop`: this position is in our claim and its slot is full.
             sink(unsafe { slot.value.take() });
             slot.stamp
                 .store(position.wrapping_add(self.one_lap), Ordering::Release);
         }
+        std::mem::forget(must_publish);
         Ok(claim.count)
     }
 
@@ -390,10 +436,11 @@ impl<'a, V: SlotValue> RawRing<'a, V> {
                 let mask = self.one_lap - 1;
                 let (head_index, tail_index) = (head & mask, tail & mask);
                 let capacity = self.capacity();
+                // Wrapping: corrupt cursors may hold indices past the capacity.
                 let len = if head_index < tail_index {
                     tail_index - head_index
                 } else if head_index > tail_index {
-                    (capacity - head_index).wrapping_add(tail_index)
+                    capacity.wrapping_sub(head_index).wrapping_add(tail_index)
                 } else if tail == head {
                     0
                 } else {

@@ -2,24 +2,27 @@
 //!
 //! # Memory layout (`#[repr(C)]`, native endianness)
 //!
-//! | offset                     | field                     | written by                    |
-//! |----------------------------|---------------------------|-------------------------------|
-//! | 0                          | `head` (u64, 128-B line)  | consumers, CAS                |
-//! | 128                        | `tail` (u64, 128-B line)  | producers, CAS                |
-//! | 256                        | `capacity` (u64)          | the initializer, before use   |
-//! | 264                        | `one_lap` (u64)           | the initializer, before use   |
-//! | [`TokenRing::HEADER_BYTES`]| `capacity` slots of 16 B: `stamp` (u64), `token` (u64) | the claimant of the slot |
+//! | offset | field | written by |
+//! |---|---|---|
+//! | 0 | `head` (u64), then zero padding to 128 | consumers, CAS |
+//! | 128 | `tail` (u64), then zero padding to 256 | producers, CAS |
+//! | 256 | `capacity` (u64) | the initializer, before use |
+//! | 264 | `one_lap` (u64) | the initializer, before use |
+//! | 272 | zero padding to 384 ([`TokenRing::HEADER_BYTES`]) | the initializer |
+//! | 384 + 16·i | slot i: `stamp` (u64), `token` (u64) | the claimant of the slot |
 //!
-//! (Offsets are for x86-64 and aarch64, where a cache-padded cursor takes 128 bytes.)
+//! Every header byte belongs to a field, padding included, so `init` leaves no byte of the
+//! caller's memory uninitialized.
 //! The view never re-reads `capacity` or `one_lap` from memory after initialization, and
 //! every cursor read from memory is bounds-checked before it indexes a slot.
 
 use std::mem::{align_of, size_of};
 
-use super::{one_lap_for, ClaimError, Cursors, RawRing, Slot, SlotValue};
+use super::{one_lap_for, ClaimError, Cursors, RawRing, Slot, SlotValue, LINE_PAIR};
 use crate::sync::{AtomicU64, Ordering};
 
-/// The fixed part of a token ring in memory.
+/// The fixed part of a token ring in memory. Every byte belongs to a field (no compiler
+/// padding), so initializing the header initializes all of its bytes.
 #[repr(C)]
 struct RingHeader {
     /// Head and tail (see the layout table).
@@ -28,7 +31,17 @@ struct RingHeader {
     capacity: AtomicU64,
     /// Smallest power of two above `capacity`, set once by the initializer.
     one_lap: AtomicU64,
+    /// Fills the header to a whole line pair, so slots start aligned.
+    _padding: [u8; LINE_PAIR - 2 * size_of::<AtomicU64>()],
 }
+
+// The documented layout, with no implicit padding anywhere in the header.
+#[cfg(not(loom))]
+const _: () = {
+    assert!(size_of::<RingHeader>() == 3 * LINE_PAIR);
+    assert!(align_of::<RingHeader>() == LINE_PAIR);
+    assert!(size_of::<Slot<AtomicU64>>() == 2 * size_of::<u64>());
+};
 
 /// A token slot's value. Ordering comes from the slot's stamp (release/acquire), so the token
 /// itself is relaxed; being atomic, a misbehaving writer can garble it but never cause UB.
@@ -166,6 +179,7 @@ impl<'a> TokenRing<'a> {
                 cursors: Cursors::new(),
                 capacity: AtomicU64::new(capacity as u64),
                 one_lap: AtomicU64::new(one_lap),
+                _padding: [0; LINE_PAIR - 2 * size_of::<AtomicU64>()],
             });
             let slots_ptr = header_ptr.add(1).cast::<Slot<AtomicU64>>();
             for index in 0..capacity {
@@ -363,6 +377,11 @@ mod tests {
         assert_eq!(ring.try_push(2), Err(TokenRingError::Corrupt));
         assert_eq!(ring.pop_into(&mut [0; 2]), Err(TokenRingError::Corrupt));
         assert!(ring.len() <= capacity);
+        // A head index past the capacity and ahead of the tail: `len` must not underflow.
+        ring.raw.cursors_for_test().head.store(3, Ordering::Relaxed);
+        ring.raw.cursors_for_test().tail.store(1, Ordering::Relaxed);
+        assert!(ring.len() <= capacity);
+        assert_eq!(ring.try_pop(), Err(TokenRingError::Corrupt));
     }
 
     #[test]
