@@ -185,44 +185,60 @@ fn transfer<Q: Queue>(
     began.elapsed()
 }
 
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    Single,
+    Batch32,
+}
+
+/// One line of a group: `name`'s queue moving `MESSAGES_PER_ITERATION` messages per
+/// iteration, between the group's producers and consumers.
+fn bench_queue<Q: Queue>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    (producers, consumers, mode): (usize, usize, Mode),
+    new_queue: impl Fn() -> Q,
+) {
+    group.bench_function(
+        BenchmarkId::new(
+            name,
+            match mode {
+                Mode::Single => "single",
+                Mode::Batch32 => "batch32",
+            },
+        ),
+        |b| {
+            b.iter_custom(|iters| {
+                let queue = new_queue();
+                let batched = matches!(mode, Mode::Batch32);
+                (0..iters)
+                    .map(|_| {
+                        transfer(
+                            &queue,
+                            producers,
+                            consumers,
+                            MESSAGES_PER_ITERATION,
+                            batched,
+                        )
+                    })
+                    .sum()
+            })
+        },
+    );
+}
+
 fn bench_pair(c: &mut Criterion, producers: usize, consumers: usize) {
     let mut group = c.benchmark_group(format!("ring_throughput/{producers}p{consumers}c"));
     group.throughput(Throughput::Elements(MESSAGES_PER_ITERATION));
     group.sample_size(20);
     group.measurement_time(Duration::from_secs(4));
-    for batched in [false, true] {
-        let mode = if batched { "batch32" } else { "single" };
-        group.bench_function(BenchmarkId::new("crossbeam::ArrayQueue", mode), |b| {
-            b.iter_custom(|iters| {
-                let queue = ArrayQueue::new(CAPACITY);
-                (0..iters)
-                    .map(|_| {
-                        transfer(
-                            &queue,
-                            producers,
-                            consumers,
-                            MESSAGES_PER_ITERATION,
-                            batched,
-                        )
-                    })
-                    .sum()
-            })
+    for mode in [Mode::Single, Mode::Batch32] {
+        let setup = (producers, consumers, mode);
+        bench_queue(&mut group, "crossbeam::ArrayQueue", setup, || {
+            ArrayQueue::new(CAPACITY)
         });
-        group.bench_function(BenchmarkId::new("ackring::Ring", mode), |b| {
-            b.iter_custom(|iters| {
-                let queue = Ring::new(CAPACITY).expect("valid capacity");
-                (0..iters)
-                    .map(|_| {
-                        transfer(
-                            &queue,
-                            producers,
-                            consumers,
-                            MESSAGES_PER_ITERATION,
-                            batched,
-                        )
-                    })
-                    .sum()
-            })
+        bench_queue(&mut group, "ackring::Ring", setup, || {
+            Ring::new(CAPACITY).expect("valid capacity")
         });
     }
     group.finish();

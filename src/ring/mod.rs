@@ -372,6 +372,19 @@ impl<'a, V: SlotValue> RawRing<'a, V> {
         }
     }
 
+    /// A batch claim of up to `max` slots, `None` when there is nothing to claim.
+    #[inline(always)]
+    fn claim_batch(&self, end: End, max: usize) -> Result<Option<Claim>, ClaimError> {
+        if max == 0 {
+            return Ok(None);
+        }
+        match self.claim(end, max) {
+            Ok(claim) => Ok(Some(claim)),
+            Err(ClaimError::Unavailable) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Pushes up to `max` items produced by `next_item`, claimed with one CAS; returns how many.
     /// `next_item` is called exactly that many times and must not panic.
     #[inline]
@@ -380,13 +393,8 @@ impl<'a, V: SlotValue> RawRing<'a, V> {
         max: usize,
         mut next_item: impl FnMut() -> V::Item,
     ) -> Result<usize, ClaimError> {
-        if max == 0 {
+        let Some(claim) = self.claim_batch(End::Tail, max)? else {
             return Ok(0);
-        }
-        let claim = match self.claim(End::Tail, max) {
-            Ok(claim) => claim,
-            Err(ClaimError::Unavailable) => return Ok(0),
-            Err(error) => return Err(error),
         };
         let must_publish = AbortOnUnwind;
         for (position, slot) in self.claimed(claim) {
@@ -407,13 +415,8 @@ impl<'a, V: SlotValue> RawRing<'a, V> {
         max: usize,
         mut sink: impl FnMut(V::Item),
     ) -> Result<usize, ClaimError> {
-        if max == 0 {
+        let Some(claim) = self.claim_batch(End::Head, max)? else {
             return Ok(0);
-        }
-        let claim = match self.claim(End::Head, max) {
-            Ok(claim) => claim,
-            Err(ClaimError::Unavailable) => return Ok(0),
-            Err(error) => return Err(error),
         };
         let must_publish = AbortOnUnwind;
         for (position, slot) in self.claimed(claim) {
