@@ -18,9 +18,13 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod clock;
+pub mod dedup;
+mod id;
 pub mod ring;
 mod sync;
 
+pub use id::MessageId;
 pub use ring::{Ring, TokenRing};
 
 /// The README's example is compiled and run as a doc test, so it stays true.
