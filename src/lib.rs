@@ -22,6 +22,7 @@ pub mod clock;
 pub mod dedup;
 mod id;
 pub mod ring;
+mod slots;
 mod sync;
 
 pub use id::MessageId;

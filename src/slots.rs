@@ -1,0 +1,504 @@
+//! The message store: `capacity` slots, each a header that is the source of truth for one
+//! message, plus `max_payload` bytes inline.
+//!
+//! # The state word
+//!
+//! Each slot's state is one `u64`, changed only by CAS:
+//!
+//! | bits   | field      | meaning |
+//! |--------|------------|---------|
+//! | 0..8   | state      | [`State`] |
+//! | 8..16  | pins       | live `Delivery`s borrowing the payload |
+//! | 32..64 | generation | fences stale tokens and receipts |
+//!
+//! ```text
+//!  Free(g) ─publish─► Writing(g) ─► Ready(g) | Delayed(g)
+//!  Ready(g) ─receive─► Leased(g+1, pins+1)          the receipt is g+1
+//!  Leased(g) ─ack─► Free(g+1)   ─nack─► Delayed(g) | Ready(g)   ─reject / last attempt─► Dead(g)
+//!  Leased(g) ─lease runs out─► Ready(g)             a late ack with receipt g finds Ready(g+…) and fails
+//!  Delayed(g) ─due─► Ready(g)    Dead(g) ─redrive─► Ready(g)   ─discard─► Free(g+1)
+//! ```
+//!
+//! The generation grows on every delivery and every free, so a token or receipt names one
+//! incarnation of a slot: whoever holds a stale one fails its CAS and drops it.
+//!
+//! **Pins** keep a payload alive while a `Delivery` borrows it: a consumer whose lease ran
+//! out may still be reading when the message is redelivered, acked and its slot freed. A
+//! freed slot returns to the free ring only when its pins reach zero, decided by the same
+//! CAS that drops the last pin, so a payload is never rewritten under a reader.
+//!
+//! The queue engine that drives these transitions lands next; until then only tests use
+//! this module.
+#![cfg_attr(not(test), allow(dead_code))]
+
+use std::cell::UnsafeCell;
+
+use crate::sync::{AtomicU64, Ordering};
+
+/// What a slot holds now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum State {
+    /// In the free ring (or on its way there): holds nothing.
+    Free = 0,
+    /// A publisher is filling it.
+    Writing = 1,
+    /// Deliverable: its token is in the ready ring.
+    Ready = 2,
+    /// Waiting for a delay or a retry backoff: its token is in the timing wheel.
+    Delayed = 3,
+    /// Delivered to a consumer whose lease has not been settled.
+    Leased = 4,
+    /// Dead-lettered: kept for inspection and redrive.
+    Dead = 5,
+}
+
+impl State {
+    fn from_bits(bits: u8) -> Option<Self> {
+        Some(match bits {
+            0 => Self::Free,
+            1 => Self::Writing,
+            2 => Self::Ready,
+            3 => Self::Delayed,
+            4 => Self::Leased,
+            5 => Self::Dead,
+            _ => return None,
+        })
+    }
+}
+
+/// A decoded state word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Word {
+    pub(crate) state: State,
+    pub(crate) pins: u8,
+    pub(crate) generation: u32,
+}
+
+impl Word {
+    pub(crate) fn new(state: State, generation: u32) -> Self {
+        Self {
+            state,
+            pins: 0,
+            generation,
+        }
+    }
+
+    fn pack(self) -> u64 {
+        u64::from(self.state as u8) | u64::from(self.pins) << 8 | u64::from(self.generation) << 32
+    }
+
+    /// `None` for bits no transition ever writes (another writer corrupted the word).
+    fn unpack(bits: u64) -> Option<Self> {
+        if bits & 0xffff_0000 != 0 {
+            return None;
+        }
+        Some(Self {
+            state: State::from_bits(bits as u8)?,
+            pins: (bits >> 8) as u8,
+            generation: (bits >> 32) as u32,
+        })
+    }
+}
+
+/// A slot's state word held a value no transition writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("slot {slot} has a corrupt state word {bits:#018x}")]
+pub(crate) struct CorruptSlot {
+    pub(crate) slot: u32,
+    pub(crate) bits: u64,
+}
+
+/// Why a transition did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TransitionError {
+    /// The slot was not in the expected state and generation; here is what it was.
+    Stale(Word),
+    /// The state word is corrupt.
+    Corrupt(CorruptSlot),
+    /// The slot has the most pins a word can count.
+    TooManyPins,
+}
+
+/// One slot's header.
+pub(crate) struct SlotHeader {
+    /// The state word (see the module docs); every transition is one CAS on it.
+    word: AtomicU64,
+}
+
+/// The slots and their payload bytes.
+pub(crate) struct MessageStore {
+    headers: Box<[SlotHeader]>,
+    /// `capacity * max_payload` bytes. A slot's bytes are written only by the publisher
+    /// holding it in `Writing` and read only under a pin, which the state word orders.
+    /// (Payload bytes are plain memory, not modelled by loom; the word that orders them is.)
+    payloads: Box<[UnsafeCell<u8>]>,
+    max_payload: usize,
+}
+
+// SAFETY: payload bytes are only accessed under the protocol above (exclusive writer in
+// `Writing`, readers pinned after acquiring the word), which the state word's CASes order.
+unsafe impl Sync for MessageStore {}
+// SAFETY: the store owns plain bytes and atomics; nothing in it is tied to a thread.
+unsafe impl Send for MessageStore {}
+
+impl MessageStore {
+    /// A store of `capacity` free slots of `max_payload` bytes each, all at generation 0.
+    pub(crate) fn new(capacity: u32, max_payload: usize) -> Self {
+        Self {
+            headers: (0..capacity)
+                .map(|_| SlotHeader {
+                    word: AtomicU64::new(Word::new(State::Free, 0).pack()),
+                })
+                .collect(),
+            payloads: (0..capacity as usize * max_payload)
+                .map(|_| UnsafeCell::new(0))
+                .collect(),
+            max_payload,
+        }
+    }
+
+    fn header(&self, slot: u32) -> Result<&SlotHeader, CorruptSlot> {
+        self.headers
+            .get(slot as usize)
+            .ok_or(CorruptSlot { slot, bits: 0 })
+    }
+
+    /// The slot's current word.
+    pub(crate) fn load(&self, slot: u32) -> Result<Word, CorruptSlot> {
+        let bits = self.header(slot)?.word.load(Ordering::Acquire);
+        Word::unpack(bits).ok_or(CorruptSlot { slot, bits })
+    }
+
+    /// Moves the slot from exactly `expected` to whatever `change` makes of it, with one CAS
+    /// that acquires what the previous owner wrote and releases what this one wrote.
+    pub(crate) fn transition(
+        &self,
+        slot: u32,
+        expected: Word,
+        change: impl FnOnce(Word) -> Option<Word>,
+    ) -> Result<Word, TransitionError> {
+        let header = self.header(slot).map_err(TransitionError::Corrupt)?;
+        let new = change(expected).ok_or(TransitionError::TooManyPins)?;
+        match header.word.compare_exchange(
+            expected.pack(),
+            new.pack(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => Ok(new),
+            Err(bits) => Err(match Word::unpack(bits) {
+                Some(actual) => TransitionError::Stale(actual),
+                None => TransitionError::Corrupt(CorruptSlot { slot, bits }),
+            }),
+        }
+    }
+
+    /// Moves the slot from `from` at `generation` (with whatever pins it has) via `change`,
+    /// retrying while only the pins differ. The common form: "if it is still Leased(g)...".
+    pub(crate) fn transition_from(
+        &self,
+        slot: u32,
+        from: State,
+        generation: u32,
+        change: impl Fn(Word) -> Option<Word>,
+    ) -> Result<Word, TransitionError> {
+        let mut current = self.load(slot).map_err(TransitionError::Corrupt)?;
+        loop {
+            if current.state != from || current.generation != generation {
+                return Err(TransitionError::Stale(current));
+            }
+            match self.transition(slot, current, &change) {
+                Err(TransitionError::Stale(actual)) => current = actual,
+                other => return other,
+            }
+        }
+    }
+
+    /// Drops one pin. Returns the slot's generation if this was the last pin of a freed
+    /// slot: the caller then owns returning it to the free ring.
+    pub(crate) fn unpin(&self, slot: u32) -> Result<Option<u32>, CorruptSlot> {
+        let mut current = self.load(slot)?;
+        loop {
+            let Some(pins) = current.pins.checked_sub(1) else {
+                return Ok(None); // nothing pinned: a corrupt or repeated unpin, ignore it
+            };
+            let new = Word { pins, ..current };
+            match self.transition(slot, current, |_| Some(new)) {
+                Ok(_) => {
+                    return Ok((new.state == State::Free && pins == 0).then_some(new.generation))
+                }
+                Err(TransitionError::Stale(actual)) => current = actual,
+                Err(TransitionError::Corrupt(corrupt)) => return Err(corrupt),
+                Err(TransitionError::TooManyPins) => unreachable!("unpin adds no pin"),
+            }
+        }
+    }
+
+    fn payload_range(&self, slot: u32) -> std::ops::Range<usize> {
+        let start = slot as usize * self.max_payload;
+        start..start + self.max_payload
+    }
+
+    /// Copies `bytes` into the slot's payload area.
+    ///
+    /// # Safety
+    /// The caller moved the slot to `Writing` and has not moved it on: no one else reads or
+    /// writes these bytes. `bytes.len() <= max_payload` and `slot < capacity`.
+    pub(crate) unsafe fn write_payload(&self, slot: u32, bytes: &[u8]) {
+        let area = &self.payloads[self.payload_range(slot)][..bytes.len()];
+        // SAFETY: the caller has exclusive access to this slot's bytes (see above);
+        // `UnsafeCell<u8>` has the layout of `u8`, and `area` is `bytes.len()` long.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                UnsafeCell::raw_get(area.as_ptr()),
+                bytes.len(),
+            )
+        };
+    }
+
+    /// The slot's first `len` payload bytes.
+    ///
+    /// # Safety
+    /// The caller holds a pin on the slot, taken by a transition that acquired the word
+    /// after the publisher's `Writing -> Ready | Delayed`, and `len <= max_payload`. While
+    /// pinned the slot is not freed to the free ring, so no publisher writes these bytes.
+    pub(crate) unsafe fn payload(&self, slot: u32, len: usize) -> &[u8] {
+        let area = &self.payloads[self.payload_range(slot)][..len];
+        // SAFETY: no writer while pinned (see above); `UnsafeCell<u8>` is layout-identical
+        // to `u8`, so the cells form a valid `[u8]` of `len` bytes.
+        unsafe { std::slice::from_raw_parts(UnsafeCell::raw_get(area.as_ptr()).cast_const(), len) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(super) fn lease(
+        store: &MessageStore,
+        slot: u32,
+        ready_generation: u32,
+    ) -> Result<Word, TransitionError> {
+        store.transition_from(slot, State::Ready, ready_generation, |w| {
+            Some(Word {
+                state: State::Leased,
+                pins: w.pins.checked_add(1)?,
+                generation: w.generation.wrapping_add(1),
+            })
+        })
+    }
+
+    pub(super) fn ack(
+        store: &MessageStore,
+        slot: u32,
+        receipt: u32,
+    ) -> Result<Word, TransitionError> {
+        store.transition_from(slot, State::Leased, receipt, |w| {
+            Some(Word {
+                state: State::Free,
+                pins: w.pins,
+                generation: w.generation.wrapping_add(1),
+            })
+        })
+    }
+
+    pub(super) fn expire(
+        store: &MessageStore,
+        slot: u32,
+        receipt: u32,
+    ) -> Result<Word, TransitionError> {
+        store.transition_from(slot, State::Leased, receipt, |w| {
+            Some(Word {
+                state: State::Ready,
+                ..w
+            })
+        })
+    }
+
+    pub(super) fn publish(store: &MessageStore, slot: u32, generation: u32, payload: &[u8]) {
+        store
+            .transition(slot, Word::new(State::Free, generation), |w| {
+                Some(Word {
+                    state: State::Writing,
+                    ..w
+                })
+            })
+            .unwrap();
+        // SAFETY: we hold the slot in Writing; the payload fits.
+        unsafe { store.write_payload(slot, payload) };
+        store
+            .transition(slot, Word::new(State::Writing, generation), |w| {
+                Some(Word {
+                    state: State::Ready,
+                    ..w
+                })
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn words_round_trip_and_reject_garbage() {
+        let word = Word {
+            state: State::Dead,
+            pins: 3,
+            generation: u32::MAX,
+        };
+        assert_eq!(Word::unpack(word.pack()), Some(word));
+        assert_eq!(Word::unpack(6), None, "no state 6");
+        assert_eq!(Word::unpack(1 << 16), None, "reserved bits set");
+    }
+
+    #[test]
+    fn a_message_goes_round_and_a_stale_receipt_fails() {
+        let store = MessageStore::new(2, 16);
+        publish(&store, 1, 0, b"hello");
+        let leased = lease(&store, 1, 0).unwrap();
+        assert_eq!(
+            (leased.state, leased.pins, leased.generation),
+            (State::Leased, 1, 1)
+        );
+        // SAFETY: pinned by the lease above; 5 <= max_payload.
+        assert_eq!(unsafe { store.payload(1, 5) }, b"hello");
+
+        // The lease runs out and the message is delivered again: the first receipt is stale.
+        expire(&store, 1, 1).unwrap();
+        let again = lease(&store, 1, 1).unwrap();
+        assert_eq!((again.pins, again.generation), (2, 2));
+        assert!(matches!(ack(&store, 1, 1), Err(TransitionError::Stale(_))));
+        let freed = ack(&store, 1, 2).unwrap();
+        assert_eq!((freed.state, freed.generation), (State::Free, 3));
+
+        // Freed, but the first consumer still reads: not reclaimable until both pins go.
+        assert_eq!(store.unpin(1), Ok(None));
+        assert_eq!(
+            store.unpin(1),
+            Ok(Some(3)),
+            "last pin of a freed slot reclaims it"
+        );
+        assert_eq!(store.unpin(1), Ok(None), "an extra unpin is ignored");
+        publish(&store, 1, 3, b"next");
+    }
+
+    #[test]
+    fn corrupt_words_and_slots_are_errors() {
+        let store = MessageStore::new(1, 8);
+        assert!(store.load(1).is_err(), "slot out of range");
+        store.headers[0].word.store(0xff, Ordering::Relaxed);
+        assert_eq!(
+            store.load(0),
+            Err(CorruptSlot {
+                slot: 0,
+                bits: 0xff
+            })
+        );
+        assert!(matches!(
+            lease(&store, 0, 0),
+            Err(TransitionError::Corrupt(_))
+        ));
+        assert!(store.unpin(0).is_err());
+    }
+
+    #[test]
+    fn pins_saturate_with_an_error() {
+        let store = MessageStore::new(1, 0);
+        let full = Word {
+            state: State::Ready,
+            pins: u8::MAX,
+            generation: 0,
+        };
+        store.headers[0].word.store(full.pack(), Ordering::Relaxed);
+        assert_eq!(lease(&store, 0, 0), Err(TransitionError::TooManyPins));
+    }
+
+    #[test]
+    fn racing_receivers_lease_once_and_racing_acks_settle_once() {
+        let store = MessageStore::new(1, 8);
+        let rounds = if cfg!(miri) { 20 } else { 2_000 };
+        let mut generation = 0;
+        for _ in 0..rounds {
+            publish(&store, 0, generation, b"x");
+            let receipts: Vec<Option<u32>> = std::thread::scope(|s| {
+                let racers: Vec<_> = (0..2)
+                    .map(|_| s.spawn(|| lease(&store, 0, generation).ok().map(|w| w.generation)))
+                    .collect();
+                racers.into_iter().map(|r| r.join().unwrap()).collect()
+            });
+            let receipt = receipts.iter().flatten().copied().collect::<Vec<_>>();
+            assert_eq!(receipt.len(), 1, "exactly one receiver leased it");
+            let acks: Vec<bool> = std::thread::scope(|s| {
+                let racers: Vec<_> = (0..2)
+                    .map(|_| s.spawn(|| ack(&store, 0, receipt[0]).is_ok()))
+                    .collect();
+                racers.into_iter().map(|r| r.join().unwrap()).collect()
+            });
+            assert_eq!(acks.iter().filter(|a| **a).count(), 1, "acked exactly once");
+            generation = store.unpin(0).unwrap().expect("freed and unpinned");
+        }
+    }
+}
+
+/// Loom models of the state word's races. Run from the repo root:
+/// `RUSTFLAGS="--cfg loom" cargo test --lib --release loom_models`.
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::tests::{ack, expire, lease, publish};
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    #[test]
+    fn ack_races_lease_expiry_exactly_one_outcome() {
+        let outcomes =
+            std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+        let sink = outcomes.clone();
+        loom::model(move || {
+            let store = Arc::new(MessageStore::new(1, 0));
+            publish(&store, 0, 0, b"");
+            let receipt = lease(&store, 0, 0).unwrap().generation;
+            let acker = {
+                let store = store.clone();
+                thread::spawn(move || ack(&store, 0, receipt).is_ok())
+            };
+            let expirer = {
+                let store = store.clone();
+                thread::spawn(move || expire(&store, 0, receipt).is_ok())
+            };
+            let (acked, expired) = (acker.join().unwrap(), expirer.join().unwrap());
+            assert!(acked != expired, "exactly one of ack and expiry wins");
+            let word = store.load(0).unwrap();
+            if acked {
+                assert_eq!((word.state, word.generation), (State::Free, receipt + 1));
+            } else {
+                // Redelivered: ready again at the lease's generation; the late ack failed.
+                assert_eq!((word.state, word.generation), (State::Ready, receipt));
+                assert!(ack(&store, 0, receipt).is_err());
+            }
+            sink.lock().unwrap().insert(acked);
+        });
+        assert_eq!(outcomes.lock().unwrap().len(), 2, "both outcomes explored");
+    }
+
+    #[test]
+    fn two_receivers_race_for_one_message() {
+        loom::model(|| {
+            let store = Arc::new(MessageStore::new(1, 0));
+            publish(&store, 0, 0, b"");
+            let receivers: Vec<_> = (0..2)
+                .map(|_| {
+                    let store = store.clone();
+                    thread::spawn(move || lease(&store, 0, 0).is_ok())
+                })
+                .collect();
+            let leased = receivers
+                .into_iter()
+                .map(|r| r.join().unwrap())
+                .filter(|won| *won)
+                .count();
+            // Exactly one got it (a CAS that lost to a pin change retries, so never zero).
+            assert_eq!(leased, 1);
+            assert_eq!(store.load(0).unwrap().pins, 1);
+        });
+    }
+}
