@@ -21,11 +21,13 @@
 pub mod clock;
 pub mod dedup;
 mod id;
+pub mod queue;
 pub mod ring;
 mod slots;
 mod sync;
 
 pub use id::MessageId;
+pub use queue::{Delivery, PublishError, PublishOptions, Queue, QueueConfig, SettleError};
 pub use ring::{Ring, TokenRing};
 
 /// The README's example is compiled and run as a doc test, so it stays true.

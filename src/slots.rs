@@ -9,6 +9,7 @@
 //! |--------|------------|---------|
 //! | 0..8   | state      | [`State`] |
 //! | 8..16  | pins       | live `Delivery`s borrowing the payload |
+//! | 16..32 | version    | bumped by changes of a lease's deadline (extend) |
 //! | 32..64 | generation | fences stale tokens and receipts |
 //!
 //! ```text
@@ -16,6 +17,7 @@
 //!  Ready(g) ─receive─► Leased(g+1, pins+1)          the receipt is g+1
 //!  Leased(g) ─ack─► Free(g+1)   ─nack─► Delayed(g) | Ready(g)   ─reject / last attempt─► Dead(g)
 //!  Leased(g) ─lease runs out─► Ready(g)             a late ack with receipt g finds Ready(g+…) and fails
+//!  Leased(g) ─nack / reject / extend─► Settling(g) ─► Delayed | Ready | Dead | Leased(version+1)
 //!  Delayed(g) ─due─► Ready(g)    Dead(g) ─redrive─► Ready(g)   ─discard─► Free(g+1)
 //! ```
 //!
@@ -26,10 +28,6 @@
 //! out may still be reading when the message is redelivered, acked and its slot freed. A
 //! freed slot returns to the free ring only when its pins reach zero, decided by the same
 //! CAS that drops the last pin, so a payload is never rewritten under a reader.
-//!
-//! The queue engine that drives these transitions lands next; until then only tests use
-//! this module.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::cell::UnsafeCell;
 
@@ -51,6 +49,9 @@ pub(crate) enum State {
     Leased = 4,
     /// Dead-lettered: kept for inspection and redrive.
     Dead = 5,
+    /// Its leaseholder is changing it (nack, reject, extend): while here, the holder alone
+    /// writes the slot's fields, and the lease cannot run out under it.
+    Settling = 6,
 }
 
 impl State {
@@ -62,6 +63,7 @@ impl State {
             3 => Self::Delayed,
             4 => Self::Leased,
             5 => Self::Dead,
+            6 => Self::Settling,
             _ => return None,
         })
     }
@@ -72,6 +74,9 @@ impl State {
 pub(crate) struct Word {
     pub(crate) state: State,
     pub(crate) pins: u8,
+    /// Changes whenever a deadline that others act on changes, so a sweep that read the old
+    /// deadline fails its CAS instead of expiring a lease that was just extended.
+    pub(crate) version: u16,
     pub(crate) generation: u32,
 }
 
@@ -80,22 +85,24 @@ impl Word {
         Self {
             state,
             pins: 0,
+            version: 0,
             generation,
         }
     }
 
     fn pack(self) -> u64 {
-        u64::from(self.state as u8) | u64::from(self.pins) << 8 | u64::from(self.generation) << 32
+        u64::from(self.state as u8)
+            | u64::from(self.pins) << 8
+            | u64::from(self.version) << 16
+            | u64::from(self.generation) << 32
     }
 
     /// `None` for bits no transition ever writes (another writer corrupted the word).
     fn unpack(bits: u64) -> Option<Self> {
-        if bits & 0xffff_0000 != 0 {
-            return None;
-        }
         Some(Self {
             state: State::from_bits(bits as u8)?,
             pins: (bits >> 8) as u8,
+            version: (bits >> 16) as u16,
             generation: (bits >> 32) as u32,
         })
     }
@@ -124,6 +131,66 @@ pub(crate) enum TransitionError {
 pub(crate) struct SlotHeader {
     /// The state word (see the module docs); every transition is one CAS on it.
     word: AtomicU64,
+    /// The message's fields.
+    meta: Meta,
+}
+
+/// Bytes of consumer error text a slot keeps (longer text is cut at a char boundary).
+pub(crate) const REASON_BYTES: usize = 120;
+const REASON_WORDS: usize = REASON_BYTES / 8;
+
+/// A message's fields. Written by whoever holds the slot (the publisher in `Writing`, the
+/// holder of its ready token, or its leaseholder) *before* the word CAS that hands the slot
+/// on, and read after acquiring the word. They are relaxed atomics, so a reader racing a
+/// writer sees an old or new value, never undefined behaviour; readers that must be
+/// consistent re-check the word afterwards.
+#[derive(Default)]
+pub(crate) struct Meta {
+    pub(crate) id: AtomicU64,
+    pub(crate) payload_len: AtomicU64,
+    /// Deliveries so far (the attempt number of the latest one).
+    pub(crate) attempts: AtomicU64,
+    /// Publish time on the queue's clock (nanoseconds).
+    pub(crate) published_at: AtomicU64,
+    /// Publish time as Unix nanoseconds, for people.
+    pub(crate) published_unix: AtomicU64,
+    /// TTL deadline on the queue's clock; `u64::MAX` when the message never expires.
+    pub(crate) expires_at: AtomicU64,
+    /// The lease deadline while `Leased`; the delay or backoff end while `Delayed`.
+    pub(crate) due_at: AtomicU64,
+    /// Dead-letter time as Unix nanoseconds.
+    pub(crate) dead_unix: AtomicU64,
+    /// Why it died (a `DeadReason` code).
+    pub(crate) dead_reason: AtomicU64,
+    reason_len: AtomicU64,
+    reason: [AtomicU64; REASON_WORDS],
+}
+
+impl Meta {
+    /// Stores error text, cut to `REASON_BYTES` at a char boundary.
+    pub(crate) fn set_reason(&self, text: &str) {
+        let mut len = text.len().min(REASON_BYTES);
+        while !text.is_char_boundary(len) {
+            len -= 1;
+        }
+        let mut bytes = [0u8; REASON_BYTES];
+        bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
+        for (word, chunk) in self.reason.iter().zip(bytes.chunks_exact(8)) {
+            let chunk: [u8; 8] = chunk.try_into().expect("chunks of 8");
+            word.store(u64::from_le_bytes(chunk), Ordering::Relaxed);
+        }
+        self.reason_len.store(len as u64, Ordering::Relaxed);
+    }
+
+    /// The stored error text (lossy if a racing writer tore it; callers re-check the word).
+    pub(crate) fn reason(&self) -> String {
+        let mut bytes = [0u8; REASON_BYTES];
+        for (word, chunk) in self.reason.iter().zip(bytes.chunks_exact_mut(8)) {
+            chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
+        }
+        let len = (self.reason_len.load(Ordering::Relaxed) as usize).min(REASON_BYTES);
+        String::from_utf8_lossy(&bytes[..len]).into_owned()
+    }
 }
 
 /// The slots and their payload bytes.
@@ -149,6 +216,7 @@ impl MessageStore {
             headers: (0..capacity)
                 .map(|_| SlotHeader {
                     word: AtomicU64::new(Word::new(State::Free, 0).pack()),
+                    meta: Meta::default(),
                 })
                 .collect(),
             payloads: (0..capacity as usize * max_payload)
@@ -162,6 +230,16 @@ impl MessageStore {
         self.headers
             .get(slot as usize)
             .ok_or(CorruptSlot { slot, bits: 0 })
+    }
+
+    /// The slot's fields (see [`Meta`] for who may write them when).
+    pub(crate) fn meta(&self, slot: u32) -> Result<&Meta, CorruptSlot> {
+        Ok(&self.header(slot)?.meta)
+    }
+
+    /// Number of slots.
+    pub(crate) fn capacity(&self) -> u32 {
+        self.headers.len() as u32
     }
 
     /// The slot's current word.
@@ -286,6 +364,7 @@ mod tests {
                 state: State::Leased,
                 pins: w.pins.checked_add(1)?,
                 generation: w.generation.wrapping_add(1),
+                ..w
             })
         })
     }
@@ -298,8 +377,8 @@ mod tests {
         store.transition_from(slot, State::Leased, receipt, |w| {
             Some(Word {
                 state: State::Free,
-                pins: w.pins,
                 generation: w.generation.wrapping_add(1),
+                ..w
             })
         })
     }
@@ -343,11 +422,11 @@ mod tests {
         let word = Word {
             state: State::Dead,
             pins: 3,
+            version: 0xbeef,
             generation: u32::MAX,
         };
         assert_eq!(Word::unpack(word.pack()), Some(word));
-        assert_eq!(Word::unpack(6), None, "no state 6");
-        assert_eq!(Word::unpack(1 << 16), None, "reserved bits set");
+        assert_eq!(Word::unpack(7), None, "no state 7");
     }
 
     #[test]
@@ -382,6 +461,22 @@ mod tests {
     }
 
     #[test]
+    fn reasons_are_kept_and_cut_at_a_char_boundary() {
+        let meta = Meta::default();
+        meta.set_reason("timeout talking to db");
+        assert_eq!(meta.reason(), "timeout talking to db");
+        // "a" then 2-byte chars: byte 120 falls inside a char, so the cut moves to 119.
+        let long = format!("a{}", "é".repeat(REASON_BYTES));
+        meta.set_reason(&long);
+        assert_eq!(
+            meta.reason(),
+            format!("a{}", "é".repeat((REASON_BYTES - 2) / 2))
+        );
+        meta.set_reason("");
+        assert_eq!(meta.reason(), "");
+    }
+
+    #[test]
     fn corrupt_words_and_slots_are_errors() {
         let store = MessageStore::new(1, 8);
         assert!(store.load(1).is_err(), "slot out of range");
@@ -404,9 +499,8 @@ mod tests {
     fn pins_saturate_with_an_error() {
         let store = MessageStore::new(1, 0);
         let full = Word {
-            state: State::Ready,
             pins: u8::MAX,
-            generation: 0,
+            ..Word::new(State::Ready, 0)
         };
         store.headers[0].word.store(full.pack(), Ordering::Relaxed);
         assert_eq!(lease(&store, 0, 0), Err(TransitionError::TooManyPins));

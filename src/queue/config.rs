@@ -1,0 +1,205 @@
+//! A queue's policy, fixed at creation.
+
+use std::time::Duration;
+
+/// How long a nacked message waits before it is delivered again.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RetryBackoff {
+    /// The same wait after every failed attempt.
+    Fixed(Duration),
+    /// `initial * multiplier^(attempt - 1)`, at most `max`; with `jitter`, a uniformly random
+    /// wait between half and all of that, so failed messages do not retry in lockstep.
+    Exponential {
+        /// The wait after the first failed attempt.
+        initial: Duration,
+        /// Growth per further attempt.
+        multiplier: f64,
+        /// The longest wait.
+        max: Duration,
+        /// Randomize the wait (between 50% and 100% of the computed value).
+        jitter: bool,
+    },
+}
+
+impl Default for RetryBackoff {
+    /// Exponential: 100 ms, doubling, at most 60 s, no jitter.
+    fn default() -> Self {
+        Self::Exponential {
+            initial: Duration::from_millis(100),
+            multiplier: 2.0,
+            max: Duration::from_secs(60),
+            jitter: false,
+        }
+    }
+}
+
+impl RetryBackoff {
+    /// The wait after attempt `attempt` (1-based) failed; `random` in `[0, 1)` drives jitter.
+    pub(crate) fn wait(&self, attempt: u32, random: f64) -> Duration {
+        match *self {
+            Self::Fixed(wait) => wait,
+            Self::Exponential {
+                initial,
+                multiplier,
+                max,
+                jitter,
+            } => {
+                let exponent = attempt.saturating_sub(1).min(1_000) as i32;
+                let secs = initial.as_secs_f64() * multiplier.max(1.0).powi(exponent);
+                let capped = secs.min(max.as_secs_f64());
+                let scaled = if jitter {
+                    capped * (0.5 + random / 2.0)
+                } else {
+                    capped
+                };
+                Duration::try_from_secs_f64(scaled).unwrap_or(max)
+            }
+        }
+    }
+}
+
+/// What becomes of a message whose TTL ran out before it was delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExpiryPolicy {
+    /// Dead-lettered with reason "expired" (the default).
+    #[default]
+    DeadLetter,
+    /// Dropped, and counted in `Stats::expired`.
+    Drop,
+}
+
+/// A queue configuration; start from [`QueueConfig::new`] and adjust fields.
+///
+/// ```
+/// use std::time::Duration;
+/// use ackring::queue::QueueConfig;
+/// let config = QueueConfig {
+///     visibility_timeout: Duration::from_secs(5),
+///     max_attempts: 3,
+///     ..QueueConfig::new(1024, 256)
+/// };
+/// assert_eq!(config.capacity, 1024);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueConfig {
+    /// Messages the queue holds at once, dead letters included.
+    pub capacity: u32,
+    /// Bytes of payload each message may carry (stored inline).
+    pub max_payload: usize,
+    /// How long a delivery is leased to its consumer before it is delivered again.
+    pub visibility_timeout: Duration,
+    /// Deliveries a message gets; a nack of the last one dead-letters it.
+    pub max_attempts: u32,
+    /// The wait before a nacked message is delivered again.
+    pub backoff: RetryBackoff,
+    /// TTL of messages published without one; `None` = they never expire.
+    pub default_ttl: Option<Duration>,
+    /// How long a message id is remembered to reject re-publishes; `None` = no dedup.
+    pub dedup_window: Option<Duration>,
+    /// Ids the dedup window remembers at once (rounded up).
+    pub dedup_capacity: usize,
+    /// What an expired message becomes.
+    pub on_expiry: ExpiryPolicy,
+    /// Dead letters kept; when full, the oldest is discarded (and counted in
+    /// `Stats::dead_discarded`). Dead letters occupy message slots: while they fill the
+    /// queue, publishes fail with `Full` until dead letters are popped or redriven.
+    pub dead_letter_capacity: u32,
+}
+
+impl QueueConfig {
+    /// Defaults for a queue of `capacity` messages of up to `max_payload` bytes: 30 s leases,
+    /// 5 attempts, exponential backoff from 100 ms to 60 s, no TTL, a 2-minute dedup window
+    /// remembering `4 * capacity` ids, expired messages dead-lettered, and room for
+    /// `capacity / 4` (at least 1) dead letters.
+    pub fn new(capacity: u32, max_payload: usize) -> Self {
+        Self {
+            capacity,
+            max_payload,
+            visibility_timeout: Duration::from_secs(30),
+            max_attempts: 5,
+            backoff: RetryBackoff::default(),
+            default_ttl: None,
+            dedup_window: Some(Duration::from_secs(120)),
+            dedup_capacity: (capacity as usize).saturating_mul(4).max(1),
+            on_expiry: ExpiryPolicy::DeadLetter,
+            dead_letter_capacity: (capacity / 4).max(1),
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let problem = if self.capacity == 0 || self.capacity as usize > crate::ring::MAX_CAPACITY {
+            "capacity must be at least 1"
+        } else if self.max_attempts == 0 {
+            "max_attempts must be at least 1"
+        } else if self.visibility_timeout.is_zero() {
+            "visibility_timeout must be longer than zero"
+        } else if self.dead_letter_capacity == 0 || self.dead_letter_capacity > self.capacity {
+            "dead_letter_capacity must be between 1 and capacity"
+        } else if self.max_payload > u32::MAX as usize {
+            "max_payload must fit in 32 bits"
+        } else if matches!(self.backoff, RetryBackoff::Exponential { multiplier, .. } if multiplier.is_nan() || multiplier < 1.0)
+        {
+            "an exponential backoff's multiplier must be at least 1"
+        } else {
+            return Ok(());
+        };
+        Err(ConfigError { problem })
+    }
+}
+
+/// A configuration a queue cannot be built with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid queue configuration: {problem}")]
+pub struct ConfigError {
+    /// What is wrong, and how to fix it.
+    pub problem: &'static str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exponential_backoff_grows_caps_and_jitters_within_half() {
+        let backoff = RetryBackoff::default();
+        assert_eq!(backoff.wait(1, 0.0), Duration::from_millis(100));
+        assert_eq!(backoff.wait(2, 0.0), Duration::from_millis(200));
+        assert_eq!(backoff.wait(4, 0.0), Duration::from_millis(800));
+        assert_eq!(backoff.wait(30, 0.0), Duration::from_secs(60));
+        assert_eq!(backoff.wait(u32::MAX, 0.0), Duration::from_secs(60));
+        let jittered = RetryBackoff::Exponential {
+            initial: Duration::from_secs(1),
+            multiplier: 2.0,
+            max: Duration::from_secs(10),
+            jitter: true,
+        };
+        assert_eq!(jittered.wait(1, 0.0), Duration::from_millis(500));
+        assert!(jittered.wait(1, 0.999) <= Duration::from_secs(1));
+        assert_eq!(
+            RetryBackoff::Fixed(Duration::from_secs(3)).wait(9, 0.5),
+            Duration::from_secs(3)
+        );
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        assert!(QueueConfig::new(8, 64).validate().is_ok());
+        assert!(QueueConfig::new(2, 64).validate().is_ok());
+        let zero = QueueConfig::new(0, 64).validate().unwrap_err();
+        assert!(zero.to_string().contains("capacity"));
+        let attempts = QueueConfig {
+            max_attempts: 0,
+            ..QueueConfig::new(8, 64)
+        };
+        assert!(attempts
+            .validate()
+            .unwrap_err()
+            .problem
+            .contains("max_attempts"));
+        let dead = QueueConfig {
+            dead_letter_capacity: 9,
+            ..QueueConfig::new(8, 64)
+        };
+        assert!(dead.validate().is_err());
+    }
+}

@@ -1,0 +1,241 @@
+//! [`Delivery`]: a received message under lease, to be settled once.
+
+use std::time::{Duration, SystemTime};
+
+use super::{system_time, DeadReason, Queue};
+use crate::clock::{nanos, Clock};
+use crate::id::MessageId;
+use crate::slots::{State, TransitionError, Word};
+use crate::sync::Ordering;
+
+/// Why settling a delivery failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SettleError {
+    /// The lease ran out before this call (the message was, or will be, delivered again),
+    /// so this delivery may no longer settle it: a message is acked at most once.
+    #[error(
+        "the lease on message {id} was lost: it ran out and the message goes to another \
+         delivery; finish work within the visibility timeout, or extend the lease"
+    )]
+    LeaseLost {
+        /// The message.
+        id: MessageId,
+    },
+}
+
+/// A message delivered to this consumer, leased until [`lease_deadline`](Self::lease_deadline).
+///
+/// Settle it exactly once: [`ack`](Self::ack) when done, [`nack`](Self::nack) to have it
+/// retried after the backoff (dead-lettered after the last attempt),
+/// [`reject`](Self::reject) to dead-letter it now. [`extend`](Self::extend) pushes the lease
+/// deadline while working. **A `Delivery` dropped unsettled is a nack with the error text
+/// "dropped".** The payload is borrowed from the queue, not copied; it stays valid while the
+/// `Delivery` lives, even if the lease runs out meanwhile.
+pub struct Delivery<'q, C: Clock> {
+    queue: &'q Queue<C>,
+    slot: u32,
+    /// The slot generation of this lease: settling CASes only from `Leased(receipt)`.
+    receipt: u32,
+    attempt: u32,
+    id: MessageId,
+    payload_len: usize,
+    published_unix: u64,
+    lease_deadline: u64,
+    settled: bool,
+}
+
+impl<'q, C: Clock> Delivery<'q, C> {
+    /// Wraps a lease just taken (the slot is pinned for us).
+    pub(super) fn new(queue: &'q Queue<C>, slot: u32, receipt: u32, attempt: u32) -> Self {
+        let meta = queue.store().meta(slot).expect("leased slots are in range");
+        Self {
+            queue,
+            slot,
+            receipt,
+            attempt,
+            id: MessageId(meta.id.load(Ordering::Relaxed)),
+            payload_len: (meta.payload_len.load(Ordering::Relaxed) as usize)
+                .min(queue.config().max_payload),
+            published_unix: meta.published_unix.load(Ordering::Relaxed),
+            lease_deadline: meta.due_at.load(Ordering::Relaxed),
+            settled: false,
+        }
+    }
+
+    /// The message id.
+    pub fn id(&self) -> MessageId {
+        self.id
+    }
+
+    /// The payload, borrowed from the queue.
+    pub fn payload(&self) -> &[u8] {
+        // SAFETY: the lease transition that created this delivery pinned the slot after
+        // acquiring the publisher's release, and the pin is dropped only in `Drop`, so the
+        // slot is not reused (rewritten) while `self` lives; the length is clamped.
+        unsafe { self.queue.store().payload(self.slot, self.payload_len) }
+    }
+
+    /// Which delivery of this message this is (1 for the first).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// When the message was published.
+    pub fn published_at(&self) -> SystemTime {
+        system_time(self.published_unix)
+    }
+
+    /// When the lease runs out, on the queue's clock (nanoseconds).
+    pub fn lease_deadline(&self) -> u64 {
+        self.lease_deadline
+    }
+
+    /// Done: the message is removed for good.
+    ///
+    /// # Errors
+    /// [`SettleError::LeaseLost`] if the lease ran out first.
+    pub fn ack(mut self) -> Result<(), SettleError> {
+        self.settled = true;
+        self.queue
+            .store()
+            .transition_from(self.slot, State::Leased, self.receipt, |w| {
+                Some(Word {
+                    state: State::Free,
+                    generation: w.generation.wrapping_add(1),
+                    ..w
+                })
+            })
+            .map_err(|_| self.lease_lost())?;
+        self.queue.note_acked();
+        Ok(())
+    }
+
+    /// Failed with `error`: retried after the backoff for this attempt, or dead-lettered
+    /// (reason "attempts exhausted", with `error`) if this was the last allowed attempt.
+    ///
+    /// # Errors
+    /// [`SettleError::LeaseLost`] if the lease ran out first.
+    pub fn nack(mut self, error: &str) -> Result<(), SettleError> {
+        self.settled = true;
+        self.nack_inner(error)
+    }
+
+    fn nack_inner(&self, error: &str) -> Result<(), SettleError> {
+        self.begin_settling()?;
+        self.queue.note_nacked();
+        if self.attempt >= self.queue.config().max_attempts {
+            self.queue.kill(
+                self.slot,
+                State::Settling,
+                self.receipt,
+                DeadReason::AttemptsExhausted,
+                error,
+            );
+            return Ok(());
+        }
+        let meta = self.queue.store().meta(self.slot).expect("in range");
+        meta.set_reason(error);
+        let wait = nanos(self.queue.retry_wait(self.attempt));
+        if wait == 0 {
+            self.finish_settling(State::Ready);
+            self.queue.push_ready_token(self.slot, self.receipt);
+        } else {
+            let due = self.queue.now().saturating_add(wait);
+            meta.due_at.store(due, Ordering::Relaxed);
+            self.finish_settling(State::Delayed);
+            self.queue.note_due(due);
+        }
+        Ok(())
+    }
+
+    /// Dead-letter now with reason "rejected" and `error`.
+    ///
+    /// # Errors
+    /// [`SettleError::LeaseLost`] if the lease ran out first.
+    pub fn reject(mut self, error: &str) -> Result<(), SettleError> {
+        self.settled = true;
+        self.begin_settling()?;
+        self.queue.kill(
+            self.slot,
+            State::Settling,
+            self.receipt,
+            DeadReason::Rejected,
+            error,
+        );
+        Ok(())
+    }
+
+    /// Still working: the lease now runs out `by` from now.
+    ///
+    /// # Errors
+    /// [`SettleError::LeaseLost`] if the lease ran out first.
+    pub fn extend(&mut self, by: Duration) -> Result<(), SettleError> {
+        self.begin_settling()?;
+        let due = self.queue.now().saturating_add(nanos(by));
+        let meta = self.queue.store().meta(self.slot).expect("in range");
+        meta.due_at.store(due, Ordering::Relaxed);
+        self.queue
+            .store()
+            .transition_from(self.slot, State::Settling, self.receipt, |w| {
+                Some(Word {
+                    state: State::Leased,
+                    // A sweep that read the old deadline now fails its CAS.
+                    version: w.version.wrapping_add(1),
+                    ..w
+                })
+            })
+            .expect("only the holder moves a settling slot");
+        self.queue.note_due(due);
+        self.lease_deadline = due;
+        Ok(())
+    }
+
+    /// `Leased(receipt) -> Settling(receipt)`: from here the lease cannot run out under us.
+    fn begin_settling(&self) -> Result<(), SettleError> {
+        self.queue
+            .store()
+            .transition_from(self.slot, State::Leased, self.receipt, |w| {
+                Some(Word {
+                    state: State::Settling,
+                    ..w
+                })
+            })
+            .map(|_| ())
+            .map_err(|_: TransitionError| self.lease_lost())
+    }
+
+    fn finish_settling(&self, to: State) {
+        let moved =
+            self.queue
+                .store()
+                .transition_from(self.slot, State::Settling, self.receipt, |w| {
+                    Some(Word { state: to, ..w })
+                });
+        debug_assert!(moved.is_ok(), "only the holder moves a settling slot");
+    }
+
+    fn lease_lost(&self) -> SettleError {
+        SettleError::LeaseLost { id: self.id }
+    }
+}
+
+impl<C: Clock> Drop for Delivery<'_, C> {
+    fn drop(&mut self) {
+        if !self.settled {
+            // Documented: an unsettled delivery is a nack; a lost lease needs nothing more.
+            let _ = self.nack_inner("dropped");
+        }
+        self.queue.unpin(self.slot);
+    }
+}
+
+impl<C: Clock> std::fmt::Debug for Delivery<'_, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("id", &self.id)
+            .field("attempt", &self.attempt)
+            .field("payload_len", &self.payload_len)
+            .field("lease_deadline", &self.lease_deadline)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,788 @@
+//! The reliable queue: publish, receive, ack / nack / reject / extend, leases and
+//! redelivery, retries with backoff, TTL, dedup and a dead-letter queue.
+//!
+//! # How a message moves
+//!
+//! The slot header in the [message store](crate::slots) is the truth; the rings are indexes
+//! of slot tokens (`slot << 32 | generation`): `free` holds empty slots, `ready` deliverable
+//! ones, `dead` dead letters, oldest first. Every move is one CAS on the slot's state word
+//! by whoever holds the slot's token or lease, so a stale token or receipt simply fails.
+//!
+//! # Deadlines
+//!
+//! Lease deadlines and delay/backoff ends live in the slot header (`due_at`). A *sweep*
+//! moves due slots on (an expired lease back to ready, a finished delay to ready); it runs
+//! when the earliest deadline recorded in `next_due` has passed, started by any receive,
+//! publish or [`Queue::tick`], one sweeper at a time. In steady state (acks arriving well
+//! within the lease) that is about one sweep per visibility timeout. TTL is enforced when a
+//! receive reaches the message, so an expired message is never delivered.
+//! (DESIGN.md's timing wheel will replace the sweep's scan for queues with many distinct
+//! deadlines; the interface stays.)
+
+mod config;
+mod delivery;
+
+pub use config::{ConfigError, ExpiryPolicy, QueueConfig, RetryBackoff};
+pub use delivery::{Delivery, SettleError};
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::clock::{nanos, Clock, MonotonicClock};
+use crate::dedup::{DedupError, DedupWindow};
+use crate::id::{mix64, MessageId};
+use crate::ring::Ring;
+use crate::slots::{MessageStore, State, TransitionError, Word};
+use crate::sync::{AtomicU64, Backoff, Ordering};
+
+/// Why a message died.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadReason {
+    /// Its TTL ran out before it was delivered.
+    Expired,
+    /// A consumer rejected it.
+    Rejected,
+    /// Its last allowed delivery was nacked.
+    AttemptsExhausted,
+}
+
+impl DeadReason {
+    fn code(self) -> u64 {
+        self as u64
+    }
+    fn from_code(code: u64) -> Self {
+        match code {
+            1 => Self::Rejected,
+            2 => Self::AttemptsExhausted,
+            _ => Self::Expired,
+        }
+    }
+}
+
+/// A dead-lettered message, copied out of the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The message id.
+    pub id: MessageId,
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// Why it died.
+    pub reason: DeadReason,
+    /// The consumer's error text (reject or last nack), empty for expiry.
+    pub error: String,
+    /// Deliveries it got.
+    pub attempts: u32,
+    /// When it was published.
+    pub published_at: SystemTime,
+    /// When it was dead-lettered.
+    pub dead_at: SystemTime,
+}
+
+/// Optional settings of one publish.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PublishOptions {
+    /// The message id; `None` = generate a unique one.
+    pub id: Option<MessageId>,
+    /// Time to live; `None` = the queue's `default_ttl`.
+    pub ttl: Option<Duration>,
+    /// Not deliverable before this much time has passed.
+    pub delay: Option<Duration>,
+}
+
+/// Why a publish was refused. Nothing was enqueued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The payload is larger than the queue's `max_payload`.
+    #[error("payload of {len} bytes exceeds the queue's max_payload of {max} bytes")]
+    PayloadTooLarge {
+        /// Bytes given.
+        len: usize,
+        /// Bytes allowed.
+        max: usize,
+    },
+    /// The id was published within the dedup window.
+    #[error("message id {id} was already published within the dedup window")]
+    Duplicate {
+        /// The repeated id.
+        id: MessageId,
+    },
+    /// The dedup window is full of live ids.
+    #[error(
+        "the dedup window is full ({capacity} ids); raise dedup_capacity or shorten the window"
+    )]
+    DedupFull {
+        /// Ids it remembers.
+        capacity: usize,
+    },
+    /// Every slot holds a message (ready, delayed, in flight or dead).
+    #[error(
+        "the queue is full ({capacity} messages); retry after consumers ack, or drain dead letters"
+    )]
+    Full {
+        /// Messages the queue holds.
+        capacity: u32,
+    },
+    /// The TTL is zero: the message would expire before anyone could receive it.
+    #[error("the message's TTL is zero: it would expire before delivery")]
+    AlreadyExpired,
+}
+
+/// A snapshot of a queue: gauges (scanned) and counters (since creation).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Deliverable now.
+    pub ready: u64,
+    /// Waiting for a delay or a retry backoff.
+    pub delayed: u64,
+    /// Delivered and not yet settled.
+    pub in_flight: u64,
+    /// Dead letters.
+    pub dead: u64,
+    /// Publishes accepted.
+    pub published: u64,
+    /// Publishes refused as duplicates.
+    pub duplicates: u64,
+    /// Messages whose TTL ran out.
+    pub expired: u64,
+    /// Deliveries, redeliveries included.
+    pub delivered: u64,
+    /// Deliveries after the first (lease ran out, or retried after a nack).
+    pub redelivered: u64,
+    /// Acks accepted.
+    pub acked: u64,
+    /// Nacks accepted.
+    pub nacked: u64,
+    /// Messages dead-lettered.
+    pub dead_lettered: u64,
+    /// Dead letters discarded because the dead-letter queue was full.
+    pub dead_discarded: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    published: AtomicU64,
+    duplicates: AtomicU64,
+    expired: AtomicU64,
+    delivered: AtomicU64,
+    redelivered: AtomicU64,
+    acked: AtomicU64,
+    nacked: AtomicU64,
+    dead_lettered: AtomicU64,
+    dead_discarded: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+fn token(slot: u32, generation: u32) -> u64 {
+    u64::from(slot) << 32 | u64::from(generation)
+}
+
+fn split(token: u64) -> (u32, u32) {
+    ((token >> 32) as u32, token as u32)
+}
+
+fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, nanos)
+}
+
+fn system_time(unix_nanos: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(unix_nanos)
+}
+
+/// A reliable in-process message queue. Share it by reference (it is `Sync`).
+///
+/// ```
+/// use std::time::Duration;
+/// use ackring::clock::ManualClock;
+/// use ackring::queue::{Queue, QueueConfig};
+///
+/// let clock = ManualClock::new();
+/// let queue = Queue::with_clock(QueueConfig::new(64, 128), clock.clone())?;
+/// queue.publish(b"charge order 17")?;
+///
+/// let delivery = queue.try_receive().expect("a message is ready");
+/// assert_eq!(delivery.payload(), b"charge order 17");
+/// assert_eq!(delivery.attempt(), 1);
+/// delivery.nack("card processor timed out")?; // retried after the backoff
+///
+/// clock.advance(Duration::from_millis(100));
+/// let again = queue.try_receive().expect("retried");
+/// assert_eq!(again.attempt(), 2);
+/// again.ack()?;
+/// assert_eq!(queue.stats().acked, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Queue<C: Clock = MonotonicClock> {
+    config: QueueConfig,
+    store: MessageStore,
+    free: Ring<u64>,
+    ready: Ring<u64>,
+    dead: Ring<u64>,
+    dedup: Option<DedupWindow>,
+    clock: C,
+    /// The earliest `due_at` of any leased or delayed slot, or later: never later than the
+    /// real earliest (writers `fetch_min` after setting a deadline; the sweep recomputes).
+    next_due: AtomicU64,
+    /// 1 while a sweep runs (one sweeper at a time).
+    sweeping: AtomicU64,
+    /// Seeds generated ids and jitter.
+    seed: u64,
+    sequence: AtomicU64,
+    counters: Counters,
+}
+
+impl Queue<MonotonicClock> {
+    /// A queue on the host's monotonic clock.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first invalid setting.
+    pub fn new(config: QueueConfig) -> Result<Self, ConfigError> {
+        Self::with_clock(config, MonotonicClock)
+    }
+}
+
+impl<C: Clock> Queue<C> {
+    /// A queue on `clock` (a [`ManualClock`](crate::clock::ManualClock) in tests).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first invalid setting.
+    pub fn with_clock(config: QueueConfig, clock: C) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let capacity = config.capacity;
+        let dedup = match config.dedup_window {
+            Some(window) => Some(DedupWindow::new(window, config.dedup_capacity).map_err(
+                |_| ConfigError {
+                    problem: "dedup_window and dedup_capacity must be non-zero (or dedup off)",
+                },
+            )?),
+            None => None,
+        };
+        let ring = |size: u32| {
+            Ring::new(size as usize).map_err(|_| ConfigError {
+                problem: "capacity must be at least 1",
+            })
+        };
+        let free = ring(capacity)?;
+        for slot in 0..capacity {
+            free.try_push(token(slot, 0)).expect("room for every slot");
+        }
+        Ok(Self {
+            store: MessageStore::new(capacity, config.max_payload),
+            free,
+            ready: ring(capacity)?,
+            dead: ring(config.dead_letter_capacity)?,
+            dedup,
+            seed: mix64(unix_nanos() ^ u64::from(std::process::id()).rotate_left(32)),
+            sequence: AtomicU64::new(0),
+            clock,
+            next_due: AtomicU64::new(u64::MAX),
+            sweeping: AtomicU64::new(0),
+            counters: Counters::default(),
+            config,
+        })
+    }
+
+    /// The configuration the queue was built with.
+    pub fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
+    /// Publishes `payload` with a generated id; returns the id once the message is queued.
+    ///
+    /// # Errors
+    /// See [`PublishError`]: nothing is queued on error.
+    pub fn publish(&self, payload: &[u8]) -> Result<MessageId, PublishError> {
+        self.publish_with(payload, PublishOptions::default())
+    }
+
+    /// Publishes `payload` with the given id, TTL and delay.
+    ///
+    /// # Errors
+    /// See [`PublishError`]: nothing is queued on error.
+    pub fn publish_with(
+        &self,
+        payload: &[u8],
+        options: PublishOptions,
+    ) -> Result<MessageId, PublishError> {
+        if payload.len() > self.config.max_payload {
+            return Err(PublishError::PayloadTooLarge {
+                len: payload.len(),
+                max: self.config.max_payload,
+            });
+        }
+        let ttl = options.ttl.or(self.config.default_ttl);
+        if ttl.is_some_and(|ttl| ttl.is_zero()) {
+            return Err(PublishError::AlreadyExpired);
+        }
+        let now = self.clock.now_nanos();
+        self.sweep_if_due(now);
+        let id = options.id.unwrap_or_else(|| self.generate_id());
+        if let Some(dedup) = &self.dedup {
+            dedup.record(id, now).map_err(|error| match error {
+                DedupError::Duplicate { id } => {
+                    bump(&self.counters.duplicates);
+                    PublishError::Duplicate { id }
+                }
+                DedupError::Full { capacity } => PublishError::DedupFull { capacity },
+            })?;
+        }
+        let Some((slot, generation)) = self.claim_free_slot() else {
+            if let Some(dedup) = &self.dedup {
+                dedup.forget(id, now); // refused: a retry must not be called a duplicate
+            }
+            return Err(PublishError::Full {
+                capacity: self.config.capacity,
+            });
+        };
+        let meta = self.store.meta(slot).expect("claimed slots are in range");
+        meta.id.store(id.0, Ordering::Relaxed);
+        meta.payload_len
+            .store(payload.len() as u64, Ordering::Relaxed);
+        meta.attempts.store(0, Ordering::Relaxed);
+        meta.published_at.store(now, Ordering::Relaxed);
+        meta.published_unix.store(unix_nanos(), Ordering::Relaxed);
+        let expires_at = ttl.map_or(u64::MAX, |ttl| now.saturating_add(nanos(ttl)));
+        meta.expires_at.store(expires_at, Ordering::Relaxed);
+        // SAFETY: `claim_free_slot` moved the slot to Writing for us; the length was checked.
+        unsafe { self.store.write_payload(slot, payload) };
+        let delay = options.delay.map_or(0, nanos);
+        let writing = Word::new(State::Writing, generation);
+        if delay > 0 {
+            let due = now.saturating_add(delay);
+            meta.due_at.store(due, Ordering::Relaxed);
+            self.move_slot(slot, writing, State::Delayed);
+            self.next_due.fetch_min(due, Ordering::AcqRel);
+        } else {
+            self.move_slot(slot, writing, State::Ready);
+            self.push_ready(slot, generation);
+        }
+        bump(&self.counters.published);
+        Ok(id)
+    }
+
+    /// Takes a free slot into `Writing`, dropping stale free tokens.
+    fn claim_free_slot(&self) -> Option<(u32, u32)> {
+        while let Some(free) = self.free.try_pop() {
+            let (slot, generation) = split(free);
+            let expected = Word::new(State::Free, generation);
+            if self
+                .store
+                .transition(slot, expected, |w| {
+                    Some(Word {
+                        state: State::Writing,
+                        ..w
+                    })
+                })
+                .is_ok()
+            {
+                return Some((slot, generation));
+            }
+        }
+        None
+    }
+
+    /// Moves a slot we hold exclusively (no pins possible) to `to`.
+    fn move_slot(&self, slot: u32, from: Word, to: State) {
+        let moved = self
+            .store
+            .transition(slot, from, |w| Some(Word { state: to, ..w }));
+        debug_assert!(moved.is_ok(), "an exclusively held slot changed under us");
+    }
+
+    fn push_ready(&self, slot: u32, generation: u32) {
+        // The ready ring has a place for every slot, and a slot has at most one ready token.
+        let pushed = self.ready.try_push(token(slot, generation));
+        debug_assert!(pushed.is_ok(), "ready ring holds every slot");
+    }
+
+    fn generate_id(&self) -> MessageId {
+        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
+        MessageId(mix64(self.seed.wrapping_add(sequence)))
+    }
+
+    fn random_unit(&self) -> f64 {
+        let bits = mix64(self.seed ^ self.sequence.fetch_add(1, Ordering::Relaxed));
+        (bits >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Receives the oldest ready message, if any, leasing it for the visibility timeout.
+    /// Expired messages met on the way are dead-lettered (or dropped, per policy).
+    pub fn try_receive(&self) -> Option<Delivery<'_, C>> {
+        let now = self.clock.now_nanos();
+        self.sweep_if_due(now);
+        while let Some(ready) = self.ready.try_pop() {
+            let (slot, generation) = split(ready);
+            let Ok(meta) = self.store.meta(slot) else {
+                continue;
+            };
+            if self.store.load(slot).map_or(true, |w| {
+                w.state != State::Ready || w.generation != generation
+            }) {
+                continue; // stale token: whoever moved the slot on owns it now
+            }
+            if now >= meta.expires_at.load(Ordering::Relaxed) {
+                self.expire(slot, generation);
+                continue;
+            }
+            // We hold the slot's only ready token: its fields are ours to write until the
+            // CAS below hands them to the lease.
+            let attempt = meta.attempts.load(Ordering::Relaxed) + 1;
+            let due = now.saturating_add(nanos(self.config.visibility_timeout));
+            meta.attempts.store(attempt, Ordering::Relaxed);
+            meta.due_at.store(due, Ordering::Relaxed);
+            let Ok(leased) = self
+                .store
+                .transition_from(slot, State::Ready, generation, |w| {
+                    Some(Word {
+                        state: State::Leased,
+                        pins: w.pins.checked_add(1)?,
+                        generation: w.generation.wrapping_add(1),
+                        ..w
+                    })
+                })
+            else {
+                continue; // a stale token, or a slot pinned 255 times: skip it
+            };
+            self.next_due.fetch_min(due, Ordering::AcqRel);
+            bump(&self.counters.delivered);
+            if attempt > 1 {
+                bump(&self.counters.redelivered);
+            }
+            return Some(Delivery::new(self, slot, leased.generation, attempt as u32));
+        }
+        None
+    }
+
+    /// Receives, waiting up to `timeout` of real time for a message to become ready.
+    /// (Waits by spinning and yielding; a futex-based wait comes with shared memory.)
+    pub fn receive_timeout(&self, timeout: Duration) -> Option<Delivery<'_, C>> {
+        let give_up = std::time::Instant::now() + timeout;
+        let backoff = Backoff::new();
+        loop {
+            if let Some(delivery) = self.try_receive() {
+                return Some(delivery);
+            }
+            if std::time::Instant::now() >= give_up {
+                return None;
+            }
+            backoff.snooze();
+        }
+    }
+
+    /// A ready message whose TTL ran out: dead-letter or drop it. We hold its ready token.
+    fn expire(&self, slot: u32, generation: u32) {
+        bump(&self.counters.expired);
+        match self.config.on_expiry {
+            ExpiryPolicy::DeadLetter => {
+                self.kill(slot, State::Ready, generation, DeadReason::Expired, "");
+            }
+            ExpiryPolicy::Drop => {
+                let freed = self
+                    .store
+                    .transition_from(slot, State::Ready, generation, |w| {
+                        Some(Word {
+                            state: State::Free,
+                            generation: w.generation.wrapping_add(1),
+                            ..w
+                        })
+                    });
+                if let Ok(word) = freed {
+                    self.release_if_unpinned(slot, word);
+                }
+            }
+        }
+    }
+
+    /// Moves a slot from `from` at `generation` to `Dead` and files it in the dead ring,
+    /// discarding the oldest dead letter if that ring is full. Returns false if stale.
+    pub(crate) fn kill(
+        &self,
+        slot: u32,
+        from: State,
+        generation: u32,
+        reason: DeadReason,
+        error: &str,
+    ) -> bool {
+        let Ok(meta) = self.store.meta(slot) else {
+            return false;
+        };
+        meta.dead_reason.store(reason.code(), Ordering::Relaxed);
+        meta.dead_unix.store(unix_nanos(), Ordering::Relaxed);
+        meta.set_reason(error);
+        let Ok(dead) = self.store.transition_from(slot, from, generation, |w| {
+            Some(Word {
+                state: State::Dead,
+                ..w
+            })
+        }) else {
+            return false;
+        };
+        bump(&self.counters.dead_lettered);
+        let mut filed = token(slot, dead.generation);
+        while let Err(full) = self.dead.try_push(filed) {
+            filed = full.into_inner();
+            if let Some(oldest) = self.dead.try_pop() {
+                let (old_slot, old_generation) = split(oldest);
+                if let Ok(word) = self.free_dead(old_slot, old_generation) {
+                    bump(&self.counters.dead_discarded);
+                    self.release_if_unpinned(old_slot, word);
+                }
+            }
+        }
+        true
+    }
+
+    /// `Dead(generation) -> Free(generation + 1)`, keeping pins.
+    fn free_dead(&self, slot: u32, generation: u32) -> Result<Word, TransitionError> {
+        self.store
+            .transition_from(slot, State::Dead, generation, |w| {
+                Some(Word {
+                    state: State::Free,
+                    generation: w.generation.wrapping_add(1),
+                    ..w
+                })
+            })
+    }
+
+    /// Returns a freed slot to the free ring unless a delivery still pins it (then the last
+    /// unpin does).
+    pub(crate) fn release_if_unpinned(&self, slot: u32, freed: Word) {
+        if freed.state == State::Free && freed.pins == 0 {
+            let pushed = self.free.try_push(token(slot, freed.generation));
+            debug_assert!(pushed.is_ok(), "free ring holds every slot");
+        }
+    }
+
+    /// Drops a delivery's pin, freeing the slot if it was the last pin of a freed slot.
+    pub(crate) fn unpin(&self, slot: u32) {
+        if let Ok(Some(generation)) = self.store.unpin(slot) {
+            let pushed = self.free.try_push(token(slot, generation));
+            debug_assert!(pushed.is_ok(), "free ring holds every slot");
+        }
+    }
+
+    /// Runs a sweep now if a lease or delay is due: expired leases are made ready again
+    /// (delivered to the tail of the queue), finished delays become ready.
+    /// Receives and publishes call this themselves; call it to move time along when idle.
+    pub fn tick(&self) {
+        self.sweep_if_due(self.clock.now_nanos());
+    }
+
+    fn sweep_if_due(&self, now: u64) {
+        if now < self.next_due.load(Ordering::Acquire) {
+            return;
+        }
+        if self
+            .sweeping
+            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return; // someone else is sweeping
+        }
+        // Forget the old minimum; deadlines set from now on `fetch_min` into the new one,
+        // and the scan below re-adds every deadline it leaves in place. The swap (an RMW)
+        // also acquires every deadline published by a `fetch_min` before it.
+        self.next_due.swap(u64::MAX, Ordering::AcqRel);
+        for slot in 0..self.store.capacity() {
+            self.sweep_slot(slot, now);
+        }
+        self.sweeping.store(0, Ordering::Release);
+    }
+
+    fn sweep_slot(&self, slot: u32, now: u64) {
+        let Ok(meta) = self.store.meta(slot) else {
+            return;
+        };
+        loop {
+            let Ok(word) = self.store.load(slot) else {
+                return;
+            };
+            if word.state != State::Leased && word.state != State::Delayed {
+                return;
+            }
+            let due = meta.due_at.load(Ordering::Relaxed);
+            if due > now {
+                self.next_due.fetch_min(due, Ordering::AcqRel);
+                return;
+            }
+            // An expired lease goes back to ready at the lease's generation, so its receipt
+            // is stale from here on; a finished delay goes to ready as it is. The exact-word
+            // CAS fails if the lease was extended (version) or settled meanwhile: look again.
+            match self.store.transition(slot, word, |w| {
+                Some(Word {
+                    state: State::Ready,
+                    ..w
+                })
+            }) {
+                Ok(ready) => {
+                    self.push_ready(slot, ready.generation);
+                    return;
+                }
+                Err(TransitionError::Stale(_)) => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Copies of every dead letter, oldest first.
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        let mut letters: Vec<(u64, DeadLetter)> = (0..self.store.capacity())
+            .filter_map(|slot| self.copy_dead(slot, None))
+            .collect();
+        letters.sort_by_key(|(dead_unix, _)| *dead_unix);
+        letters.into_iter().map(|(_, letter)| letter).collect()
+    }
+
+    /// Removes and returns the oldest dead letter.
+    pub fn pop_dead_letter(&self) -> Option<DeadLetter> {
+        while let Some(dead) = self.dead.try_pop() {
+            let (slot, generation) = split(dead);
+            let Some((_, letter)) = self.copy_dead(slot, Some(generation)) else {
+                continue;
+            };
+            if let Ok(word) = self.free_dead(slot, generation) {
+                self.release_if_unpinned(slot, word);
+                return Some(letter);
+            }
+        }
+        None
+    }
+
+    /// Puts every dead letter back on the ready queue (at the tail) with its attempts reset.
+    /// Returns how many.
+    pub fn redrive(&self) -> usize {
+        let mut redriven = 0;
+        while let Some(dead) = self.dead.try_pop() {
+            let (slot, generation) = split(dead);
+            let Ok(meta) = self.store.meta(slot) else {
+                continue;
+            };
+            // We hold the dead token: the fields are ours until the CAS hands them on.
+            meta.attempts.store(0, Ordering::Relaxed);
+            let revived = self
+                .store
+                .transition_from(slot, State::Dead, generation, |w| {
+                    Some(Word {
+                        state: State::Ready,
+                        ..w
+                    })
+                });
+            if let Ok(word) = revived {
+                self.push_ready(slot, word.generation);
+                redriven += 1;
+            }
+        }
+        redriven
+    }
+
+    /// Copies a dead slot (at `generation`, if given) under a pin, so it cannot be reused
+    /// while we read. Returns its dead time and the copy.
+    fn copy_dead(&self, slot: u32, generation: Option<u32>) -> Option<(u64, DeadLetter)> {
+        let word = self.store.load(slot).ok()?;
+        if word.state != State::Dead || generation.is_some_and(|g| g != word.generation) {
+            return None;
+        }
+        let pinned = self
+            .store
+            .transition_from(slot, State::Dead, word.generation, |w| {
+                Some(Word {
+                    pins: w.pins.checked_add(1)?,
+                    ..w
+                })
+            })
+            .ok()?;
+        let meta = self.store.meta(slot).ok()?;
+        let len = (meta.payload_len.load(Ordering::Relaxed) as usize).min(self.config.max_payload);
+        // SAFETY: we pinned the slot after acquiring a word written after its payload was
+        // published; pinned, it is not reused, and `len` is clamped to `max_payload`.
+        let payload = unsafe { self.store.payload(slot, len) }.to_vec();
+        let dead_unix = meta.dead_unix.load(Ordering::Relaxed);
+        let letter = DeadLetter {
+            id: MessageId(meta.id.load(Ordering::Relaxed)),
+            payload,
+            reason: DeadReason::from_code(meta.dead_reason.load(Ordering::Relaxed)),
+            error: meta.reason(),
+            attempts: meta.attempts.load(Ordering::Relaxed) as u32,
+            published_at: system_time(meta.published_unix.load(Ordering::Relaxed)),
+            dead_at: system_time(dead_unix),
+        };
+        // Fields are only consistent if the slot is still the dead letter we pinned.
+        let consistent = self
+            .store
+            .load(slot)
+            .is_ok_and(|now| now.generation == pinned.generation && now.state == State::Dead);
+        self.unpin(slot);
+        consistent.then_some((dead_unix, letter))
+    }
+
+    /// Gauges (by a scan of the slots) and counters.
+    pub fn stats(&self) -> Stats {
+        let mut stats = Stats::default();
+        for slot in 0..self.store.capacity() {
+            match self.store.load(slot).map(|w| w.state) {
+                Ok(State::Ready) => stats.ready += 1,
+                Ok(State::Delayed) => stats.delayed += 1,
+                Ok(State::Leased | State::Settling) => stats.in_flight += 1,
+                Ok(State::Dead) => stats.dead += 1,
+                _ => {}
+            }
+        }
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let c = &self.counters;
+        Stats {
+            published: read(&c.published),
+            duplicates: read(&c.duplicates),
+            expired: read(&c.expired),
+            delivered: read(&c.delivered),
+            redelivered: read(&c.redelivered),
+            acked: read(&c.acked),
+            nacked: read(&c.nacked),
+            dead_lettered: read(&c.dead_lettered),
+            dead_discarded: read(&c.dead_discarded),
+            ..stats
+        }
+    }
+
+    pub(crate) fn store(&self) -> &MessageStore {
+        &self.store
+    }
+
+    pub(crate) fn now(&self) -> u64 {
+        self.clock.now_nanos()
+    }
+
+    pub(crate) fn note_due(&self, due: u64) {
+        self.next_due.fetch_min(due, Ordering::AcqRel);
+    }
+
+    pub(crate) fn note_acked(&self) {
+        bump(&self.counters.acked);
+    }
+
+    pub(crate) fn note_nacked(&self) {
+        bump(&self.counters.nacked);
+    }
+
+    pub(crate) fn retry_wait(&self, attempt: u32) -> Duration {
+        self.config.backoff.wait(attempt, self.random_unit())
+    }
+
+    pub(crate) fn push_ready_token(&self, slot: u32, generation: u32) {
+        self.push_ready(slot, generation);
+    }
+}
+
+impl<C: Clock> std::fmt::Debug for Queue<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("config", &self.config)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests;

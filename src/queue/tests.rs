@@ -1,0 +1,353 @@
+//! One deterministic test per semantic point, on a manual clock (no test sleeps).
+
+use std::time::Duration;
+
+use super::*;
+use crate::clock::ManualClock;
+
+const LEASE: Duration = Duration::from_secs(30);
+
+fn queue_with(config: QueueConfig) -> (Queue<ManualClock>, ManualClock) {
+    let clock = ManualClock::new();
+    (Queue::with_clock(config, clock.clone()).unwrap(), clock)
+}
+
+fn queue(capacity: u32) -> (Queue<ManualClock>, ManualClock) {
+    queue_with(QueueConfig::new(capacity, 32))
+}
+
+fn id(n: u64) -> PublishOptions {
+    PublishOptions {
+        id: Some(MessageId(n)),
+        ..PublishOptions::default()
+    }
+}
+
+#[test]
+fn publish_receive_ack_in_fifo_order() {
+    let (queue, _) = queue(8);
+    for text in ["a", "b", "c"] {
+        queue.publish(text.as_bytes()).unwrap();
+    }
+    for text in ["a", "b", "c"] {
+        let delivery = queue.try_receive().unwrap();
+        assert_eq!(delivery.payload(), text.as_bytes());
+        assert_eq!(delivery.attempt(), 1);
+        delivery.ack().unwrap();
+    }
+    assert!(queue.try_receive().is_none());
+    let stats = queue.stats();
+    assert_eq!((stats.published, stats.delivered, stats.acked), (3, 3, 3));
+    assert_eq!((stats.ready, stats.in_flight), (0, 0));
+}
+
+#[test]
+fn bad_publishes_are_typed_errors_and_queue_nothing() {
+    let (queue, _) = queue(2);
+    assert_eq!(
+        queue.publish(&[0; 33]),
+        Err(PublishError::PayloadTooLarge { len: 33, max: 32 })
+    );
+    let zero_ttl = PublishOptions {
+        ttl: Some(Duration::ZERO),
+        ..PublishOptions::default()
+    };
+    assert_eq!(
+        queue.publish_with(b"x", zero_ttl),
+        Err(PublishError::AlreadyExpired)
+    );
+    assert_eq!(queue.stats().published, 0);
+}
+
+#[test]
+fn a_full_queue_refuses_without_overwriting_and_the_id_can_be_retried() {
+    let (queue, _) = queue(2);
+    queue.publish_with(b"1", id(1)).unwrap();
+    queue.publish_with(b"2", id(2)).unwrap();
+    assert_eq!(
+        queue.publish_with(b"3", id(3)),
+        Err(PublishError::Full { capacity: 2 })
+    );
+    queue.try_receive().unwrap().ack().unwrap();
+    // The refused id was not remembered: publishing it again is not a duplicate.
+    queue.publish_with(b"3", id(3)).unwrap();
+    let rest: Vec<Vec<u8>> = std::iter::from_fn(|| queue.try_receive())
+        .map(|d| {
+            let payload = d.payload().to_vec();
+            d.ack().unwrap();
+            payload
+        })
+        .collect();
+    assert_eq!(rest, [b"2".to_vec(), b"3".to_vec()]);
+}
+
+#[test]
+fn duplicate_ids_are_rejected_within_the_window_and_accepted_after() {
+    let (queue, clock) = queue(8);
+    queue.publish_with(b"x", id(7)).unwrap();
+    assert_eq!(
+        queue.publish_with(b"x", id(7)),
+        Err(PublishError::Duplicate { id: MessageId(7) })
+    );
+    clock.advance(Duration::from_secs(119));
+    assert!(queue.publish_with(b"x", id(7)).is_err());
+    clock.advance(Duration::from_secs(1));
+    queue.publish_with(b"x", id(7)).unwrap();
+    assert_eq!(queue.stats().duplicates, 2);
+}
+
+#[test]
+fn generated_ids_are_unique() {
+    let (queue, _) = queue(64);
+    let mut ids: Vec<MessageId> = (0..64).map(|_| queue.publish(b"").unwrap()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 64);
+}
+
+#[test]
+fn an_expired_lease_redelivers_and_the_stale_receipt_cannot_ack() {
+    let (queue, clock) = queue(4);
+    queue.publish(b"job").unwrap();
+    let first = queue.try_receive().unwrap();
+    assert_eq!(first.lease_deadline(), 30_000_000_000);
+    clock.advance(LEASE - Duration::from_nanos(1));
+    assert!(queue.try_receive().is_none(), "still leased");
+    clock.advance(Duration::from_nanos(1));
+    let second = queue
+        .try_receive()
+        .expect("redelivered when the lease ran out");
+    assert_eq!(second.attempt(), 2);
+    assert_eq!(second.payload(), b"job");
+    let id = first.id();
+    assert_eq!(first.ack(), Err(SettleError::LeaseLost { id }));
+    second.ack().unwrap();
+    let stats = queue.stats();
+    assert_eq!((stats.acked, stats.redelivered, stats.delivered), (1, 1, 2));
+}
+
+#[test]
+fn a_payload_stays_readable_after_its_lease_is_lost_and_the_slot_is_not_reused() {
+    let (queue, clock) = queue(1);
+    queue.publish(b"old").unwrap();
+    let slow = queue.try_receive().unwrap();
+    clock.advance(LEASE);
+    let fast = queue.try_receive().unwrap();
+    fast.ack().unwrap();
+    // The only slot is freed but still pinned by `slow`: a publish cannot take it.
+    assert_eq!(
+        queue.publish(b"new"),
+        Err(PublishError::Full { capacity: 1 })
+    );
+    assert_eq!(slow.payload(), b"old");
+    drop(slow);
+    queue.publish(b"new").unwrap();
+}
+
+#[test]
+fn nack_retries_after_the_backoff_then_dead_letters_with_the_error() {
+    let config = QueueConfig {
+        max_attempts: 3,
+        ..QueueConfig::new(4, 32)
+    };
+    let (queue, clock) = queue_with(config);
+    queue.publish(b"flaky").unwrap();
+    queue.try_receive().unwrap().nack("timeout 1").unwrap();
+    assert!(queue.try_receive().is_none(), "backing off");
+    assert_eq!(queue.stats().delayed, 1);
+    clock.advance(Duration::from_millis(100));
+    let second = queue.try_receive().expect("retried after 100 ms");
+    assert_eq!(second.attempt(), 2);
+    second.nack("timeout 2").unwrap();
+    clock.advance(Duration::from_millis(199));
+    assert!(queue.try_receive().is_none(), "second backoff is 200 ms");
+    clock.advance(Duration::from_millis(1));
+    queue.try_receive().unwrap().nack("timeout 3").unwrap();
+    assert!(queue.try_receive().is_none());
+    let dead = queue.dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason, DeadReason::AttemptsExhausted);
+    assert_eq!(dead[0].error, "timeout 3");
+    assert_eq!(
+        (dead[0].attempts, dead[0].payload.as_slice()),
+        (3, &b"flaky"[..])
+    );
+    let stats = queue.stats();
+    assert_eq!((stats.nacked, stats.dead_lettered, stats.dead), (3, 1, 1));
+}
+
+#[test]
+fn reject_dead_letters_at_once() {
+    let (queue, _) = queue(4);
+    queue.publish_with(b"poison", id(5)).unwrap();
+    queue.try_receive().unwrap().reject("unparseable").unwrap();
+    let letter = queue.pop_dead_letter().unwrap();
+    assert_eq!(
+        (letter.id, letter.reason),
+        (MessageId(5), DeadReason::Rejected)
+    );
+    assert_eq!(letter.error, "unparseable");
+    assert!(queue.pop_dead_letter().is_none());
+    assert_eq!(queue.stats().dead, 0, "popped dead letters are gone");
+}
+
+#[test]
+fn extend_pushes_the_lease_deadline() {
+    let (queue, clock) = queue(4);
+    queue.publish(b"long job").unwrap();
+    let mut delivery = queue.try_receive().unwrap();
+    clock.advance(Duration::from_secs(20));
+    delivery.extend(Duration::from_secs(30)).unwrap();
+    assert_eq!(delivery.lease_deadline(), 50_000_000_000);
+    clock.advance(Duration::from_secs(29));
+    assert!(queue.try_receive().is_none(), "extended lease still held");
+    delivery.ack().unwrap();
+    assert_eq!(queue.stats().acked, 1);
+}
+
+#[test]
+fn extend_after_the_lease_ran_out_fails() {
+    let (queue, clock) = queue(4);
+    queue.publish(b"x").unwrap();
+    let mut delivery = queue.try_receive().unwrap();
+    clock.advance(LEASE);
+    queue.tick();
+    let id = delivery.id();
+    assert_eq!(delivery.extend(LEASE), Err(SettleError::LeaseLost { id }));
+}
+
+#[test]
+fn an_expired_message_is_never_delivered_and_is_dead_lettered() {
+    let (queue, clock) = queue(4);
+    let ttl = PublishOptions {
+        ttl: Some(Duration::from_secs(5)),
+        ..PublishOptions::default()
+    };
+    queue.publish_with(b"stale soon", ttl).unwrap();
+    queue.publish(b"fresh").unwrap();
+    clock.advance(Duration::from_secs(5));
+    let delivery = queue.try_receive().unwrap();
+    assert_eq!(
+        delivery.payload(),
+        b"fresh",
+        "the expired message was skipped"
+    );
+    delivery.ack().unwrap();
+    let dead = queue.dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].reason, dead[0].payload.as_slice()),
+        (DeadReason::Expired, &b"stale soon"[..])
+    );
+    assert_eq!(queue.stats().expired, 1);
+}
+
+#[test]
+fn the_drop_policy_discards_expired_messages_and_counts_them() {
+    let config = QueueConfig {
+        default_ttl: Some(Duration::from_secs(1)),
+        on_expiry: ExpiryPolicy::Drop,
+        ..QueueConfig::new(1, 8)
+    };
+    let (queue, clock) = queue_with(config);
+    queue.publish(b"x").unwrap();
+    clock.advance(Duration::from_secs(1));
+    assert!(queue.try_receive().is_none());
+    let stats = queue.stats();
+    assert_eq!((stats.expired, stats.dead), (1, 0));
+    queue.publish(b"y").unwrap(); // its slot was freed
+}
+
+#[test]
+fn a_delayed_message_is_not_delivered_before_its_delay() {
+    let (queue, clock) = queue(4);
+    let delayed = PublishOptions {
+        delay: Some(Duration::from_secs(10)),
+        ..PublishOptions::default()
+    };
+    queue.publish_with(b"later", delayed).unwrap();
+    clock.advance(Duration::from_secs(9));
+    assert!(queue.try_receive().is_none());
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(queue.try_receive().unwrap().payload(), b"later");
+}
+
+#[test]
+fn redrive_puts_dead_letters_back_with_attempts_reset() {
+    let config = QueueConfig {
+        max_attempts: 1,
+        dead_letter_capacity: 4,
+        ..QueueConfig::new(4, 8)
+    };
+    let (queue, _) = queue_with(config);
+    queue.publish(b"a").unwrap();
+    queue.publish(b"b").unwrap();
+    queue.try_receive().unwrap().nack("boom").unwrap();
+    queue.try_receive().unwrap().reject("bad").unwrap();
+    assert_eq!(queue.redrive(), 2);
+    let again = queue.try_receive().unwrap();
+    assert_eq!((again.payload(), again.attempt()), (&b"a"[..], 1));
+    again.ack().unwrap();
+    queue.try_receive().unwrap().ack().unwrap();
+    assert_eq!(queue.stats().dead, 0);
+}
+
+#[test]
+fn a_full_dead_letter_queue_discards_its_oldest_and_counts_it() {
+    let config = QueueConfig {
+        dead_letter_capacity: 1,
+        ..QueueConfig::new(4, 8)
+    };
+    let (queue, _) = queue_with(config);
+    queue.publish_with(b"first", id(1)).unwrap();
+    queue.publish_with(b"second", id(2)).unwrap();
+    queue.try_receive().unwrap().reject("1").unwrap();
+    queue.try_receive().unwrap().reject("2").unwrap();
+    let dead = queue.dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id, MessageId(2));
+    assert_eq!(queue.stats().dead_discarded, 1);
+    // The discarded letter's slot is free again: all 4 slots can be used.
+    for n in 10..13 {
+        queue.publish_with(b"more", id(n)).unwrap();
+    }
+}
+
+#[test]
+fn a_dropped_delivery_is_a_nack_with_reason_dropped() {
+    let config = QueueConfig {
+        max_attempts: 1,
+        ..QueueConfig::new(4, 8)
+    };
+    let (queue, _) = queue_with(config);
+    queue.publish(b"x").unwrap();
+    drop(queue.try_receive().unwrap());
+    let dead = queue.dead_letters();
+    assert_eq!(
+        (dead[0].reason, dead[0].error.as_str()),
+        (DeadReason::AttemptsExhausted, "dropped")
+    );
+}
+
+#[test]
+fn redelivered_messages_go_to_the_tail() {
+    let (queue, clock) = queue(4);
+    queue.publish(b"first").unwrap();
+    let lost = queue.try_receive().unwrap();
+    queue.publish(b"second").unwrap();
+    clock.advance(LEASE);
+    queue.tick();
+    assert_eq!(queue.try_receive().unwrap().payload(), b"second");
+    assert_eq!(queue.try_receive().unwrap().payload(), b"first");
+    drop(lost);
+}
+
+#[test]
+fn invalid_configs_are_refused() {
+    let config = QueueConfig {
+        visibility_timeout: Duration::ZERO,
+        ..QueueConfig::new(4, 8)
+    };
+    let error = Queue::new(config).unwrap_err();
+    assert!(error.to_string().contains("visibility_timeout"));
+}
