@@ -90,6 +90,17 @@ impl Word {
         }
     }
 
+    /// The slot freed: next generation (which fences every old token and receipt), no
+    /// lease version, pins kept (the last unpin returns the slot to the free ring).
+    pub(crate) fn freed(self) -> Self {
+        Self {
+            state: State::Free,
+            version: 0,
+            generation: self.generation.wrapping_add(1),
+            pins: self.pins,
+        }
+    }
+
     fn pack(self) -> u64 {
         u64::from(self.state as u8)
             | u64::from(self.pins) << 8
@@ -374,13 +385,7 @@ mod tests {
         slot: u32,
         receipt: u32,
     ) -> Result<Word, TransitionError> {
-        store.transition_from(slot, State::Leased, receipt, |w| {
-            Some(Word {
-                state: State::Free,
-                generation: w.generation.wrapping_add(1),
-                ..w
-            })
-        })
+        store.transition_from(slot, State::Leased, receipt, |w| Some(w.freed()))
     }
 
     pub(super) fn expire(

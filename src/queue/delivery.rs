@@ -46,7 +46,13 @@ pub struct Delivery<'q, C: Clock> {
 
 impl<'q, C: Clock> Delivery<'q, C> {
     /// Wraps a lease just taken (the slot is pinned for us).
-    pub(super) fn new(queue: &'q Queue<C>, slot: u32, receipt: u32, attempt: u32) -> Self {
+    pub(super) fn new(
+        queue: &'q Queue<C>,
+        slot: u32,
+        receipt: u32,
+        attempt: u32,
+        lease_deadline: u64,
+    ) -> Self {
         let meta = queue.store().meta(slot).expect("leased slots are in range");
         Self {
             queue,
@@ -57,7 +63,7 @@ impl<'q, C: Clock> Delivery<'q, C> {
             payload_len: (meta.payload_len.load(Ordering::Relaxed) as usize)
                 .min(queue.config().max_payload),
             published_unix: meta.published_unix.load(Ordering::Relaxed),
-            lease_deadline: meta.due_at.load(Ordering::Relaxed),
+            lease_deadline,
             settled: false,
         }
     }
@@ -98,13 +104,7 @@ impl<'q, C: Clock> Delivery<'q, C> {
         self.settled = true;
         self.queue
             .store()
-            .transition_from(self.slot, State::Leased, self.receipt, |w| {
-                Some(Word {
-                    state: State::Free,
-                    generation: w.generation.wrapping_add(1),
-                    ..w
-                })
-            })
+            .transition_from(self.slot, State::Leased, self.receipt, |w| Some(w.freed()))
             .map_err(|_| self.lease_lost())?;
         self.queue.note_acked();
         Ok(())

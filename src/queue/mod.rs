@@ -318,25 +318,30 @@ impl<C: Clock> Queue<C> {
             return Err(PublishError::AlreadyExpired);
         }
         let now = self.clock.now_nanos();
-        self.sweep_if_due(now);
+        let _ = self.sweep_if_due(now);
         let id = options.id.unwrap_or_else(|| self.generate_id());
-        if let Some(dedup) = &self.dedup {
-            dedup.record(id, now).map_err(|error| match error {
-                DedupError::Duplicate { id } => {
-                    bump(&self.counters.duplicates);
-                    PublishError::Duplicate { id }
-                }
-                DedupError::Full { capacity } => PublishError::DedupFull { capacity },
-            })?;
-        }
         let Some((slot, generation)) = self.claim_free_slot() else {
-            if let Some(dedup) = &self.dedup {
-                dedup.forget(id, now); // refused: a retry must not be called a duplicate
-            }
             return Err(PublishError::Full {
                 capacity: self.config.capacity,
             });
         };
+        // The id is recorded only with a slot in hand, so "duplicate" is never said of an id
+        // whose first publish then failed for want of room.
+        if let Some(dedup) = &self.dedup {
+            if let Err(error) = dedup.record(id, now) {
+                let writing = Word::new(State::Writing, generation);
+                if let Ok(freed) = self.store.transition(slot, writing, |w| Some(w.freed())) {
+                    self.release_if_unpinned(slot, freed);
+                }
+                return Err(match error {
+                    DedupError::Duplicate { id } => {
+                        bump(&self.counters.duplicates);
+                        PublishError::Duplicate { id }
+                    }
+                    DedupError::Full { capacity } => PublishError::DedupFull { capacity },
+                });
+            }
+        }
         let meta = self.store.meta(slot).expect("claimed slots are in range");
         meta.id.store(id.0, Ordering::Relaxed);
         meta.payload_len
@@ -411,8 +416,10 @@ impl<C: Clock> Queue<C> {
     /// Receives the oldest ready message, if any, leasing it for the visibility timeout.
     /// Expired messages met on the way are dead-lettered (or dropped, per policy).
     pub fn try_receive(&self) -> Option<Delivery<'_, C>> {
-        let now = self.clock.now_nanos();
-        self.sweep_if_due(now);
+        let mut now = self.clock.now_nanos();
+        if self.sweep_if_due(now) {
+            now = self.clock.now_nanos(); // a sweep takes time: judge TTLs by the clock after it
+        }
         while let Some(ready) = self.ready.try_pop() {
             let (slot, generation) = split(ready);
             let Ok(meta) = self.store.meta(slot) else {
@@ -433,7 +440,7 @@ impl<C: Clock> Queue<C> {
             let due = now.saturating_add(nanos(self.config.visibility_timeout));
             meta.attempts.store(attempt, Ordering::Relaxed);
             meta.due_at.store(due, Ordering::Relaxed);
-            let Ok(leased) = self
+            let leased = match self
                 .store
                 .transition_from(slot, State::Ready, generation, |w| {
                     Some(Word {
@@ -442,16 +449,29 @@ impl<C: Clock> Queue<C> {
                         generation: w.generation.wrapping_add(1),
                         ..w
                     })
-                })
-            else {
-                continue; // a stale token, or a slot pinned 255 times: skip it
+                }) {
+                Ok(leased) => leased,
+                Err(TransitionError::TooManyPins) => {
+                    // 255 live deliveries still borrow this message's payload: leave it
+                    // queued (token back, attempt undone) until some of them are dropped.
+                    meta.attempts.store(attempt - 1, Ordering::Relaxed);
+                    self.push_ready(slot, generation);
+                    return None;
+                }
+                Err(_) => continue, // a stale token: whoever moved the slot on owns it
             };
             self.next_due.fetch_min(due, Ordering::AcqRel);
             bump(&self.counters.delivered);
             if attempt > 1 {
                 bump(&self.counters.redelivered);
             }
-            return Some(Delivery::new(self, slot, leased.generation, attempt as u32));
+            return Some(Delivery::new(
+                self,
+                slot,
+                leased.generation,
+                attempt as u32,
+                due,
+            ));
         }
         None
     }
@@ -482,13 +502,7 @@ impl<C: Clock> Queue<C> {
             ExpiryPolicy::Drop => {
                 let freed = self
                     .store
-                    .transition_from(slot, State::Ready, generation, |w| {
-                        Some(Word {
-                            state: State::Free,
-                            generation: w.generation.wrapping_add(1),
-                            ..w
-                        })
-                    });
+                    .transition_from(slot, State::Ready, generation, |w| Some(w.freed()));
                 if let Ok(word) = freed {
                     self.release_if_unpinned(slot, word);
                 }
@@ -538,13 +552,7 @@ impl<C: Clock> Queue<C> {
     /// `Dead(generation) -> Free(generation + 1)`, keeping pins.
     fn free_dead(&self, slot: u32, generation: u32) -> Result<Word, TransitionError> {
         self.store
-            .transition_from(slot, State::Dead, generation, |w| {
-                Some(Word {
-                    state: State::Free,
-                    generation: w.generation.wrapping_add(1),
-                    ..w
-                })
-            })
+            .transition_from(slot, State::Dead, generation, |w| Some(w.freed()))
     }
 
     /// Returns a freed slot to the free ring unless a delivery still pins it (then the last
@@ -568,19 +576,20 @@ impl<C: Clock> Queue<C> {
     /// (delivered to the tail of the queue), finished delays become ready.
     /// Receives and publishes call this themselves; call it to move time along when idle.
     pub fn tick(&self) {
-        self.sweep_if_due(self.clock.now_nanos());
+        let _ = self.sweep_if_due(self.clock.now_nanos());
     }
 
-    fn sweep_if_due(&self, now: u64) {
+    /// Sweeps if a deadline is due and no one else is sweeping; returns whether it swept.
+    fn sweep_if_due(&self, now: u64) -> bool {
         if now < self.next_due.load(Ordering::Acquire) {
-            return;
+            return false;
         }
         if self
             .sweeping
             .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
-            return; // someone else is sweeping
+            return false; // someone else is sweeping
         }
         // Forget the old minimum; deadlines set from now on `fetch_min` into the new one,
         // and the scan below re-adds every deadline it leaves in place. The swap (an RMW)
@@ -590,6 +599,7 @@ impl<C: Clock> Queue<C> {
             self.sweep_slot(slot, now);
         }
         self.sweeping.store(0, Ordering::Release);
+        true
     }
 
     fn sweep_slot(&self, slot: u32, now: u64) {
@@ -641,6 +651,15 @@ impl<C: Clock> Queue<C> {
         while let Some(dead) = self.dead.try_pop() {
             let (slot, generation) = split(dead);
             let Some((_, letter)) = self.copy_dead(slot, Some(generation)) else {
+                let still_ours = self
+                    .store
+                    .load(slot)
+                    .is_ok_and(|w| w.state == State::Dead && w.generation == generation);
+                if still_ours {
+                    // Pinned 255 times by concurrent listings: keep it filed, try later.
+                    let _ = self.dead.try_push(dead);
+                    return None;
+                }
                 continue;
             };
             if let Ok(word) = self.free_dead(slot, generation) {
@@ -660,8 +679,6 @@ impl<C: Clock> Queue<C> {
             let Ok(meta) = self.store.meta(slot) else {
                 continue;
             };
-            // We hold the dead token: the fields are ours until the CAS hands them on.
-            meta.attempts.store(0, Ordering::Relaxed);
             let revived = self
                 .store
                 .transition_from(slot, State::Dead, generation, |w| {
@@ -671,6 +688,9 @@ impl<C: Clock> Queue<C> {
                     })
                 });
             if let Ok(word) = revived {
+                // Ready, its token not yet pushed: still ours alone, and no longer looked at
+                // by listings of dead letters, so none of them sees the reset.
+                meta.attempts.store(0, Ordering::Relaxed);
                 self.push_ready(slot, word.generation);
                 redriven += 1;
             }
@@ -786,3 +806,58 @@ impl<C: Clock> std::fmt::Debug for Queue<C> {
 
 #[cfg(test)]
 mod tests;
+
+/// Loom models of the engine's races. Run from the repo root:
+/// `RUSTFLAGS="--cfg loom" cargo test --lib --release loom_models`.
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use crate::clock::ManualClock;
+    use loom::thread;
+
+    /// DESIGN.md's "wheel insert racing the ticker", for the deadline sweep: a lease taken
+    /// while a sweep runs must not lose its deadline, or the message would stay in flight
+    /// for ever after its consumer vanished.
+    #[test]
+    fn a_lease_taken_during_a_sweep_still_expires() {
+        loom::model(|| {
+            let clock = ManualClock::new();
+            let config = QueueConfig {
+                dedup_window: None,
+                ..QueueConfig::new(2, 1)
+            };
+            let queue = loom::sync::Arc::new(Queue::with_clock(config, clock.clone()).unwrap());
+            queue.publish(b"m").unwrap();
+            let delayed = PublishOptions {
+                delay: Some(Duration::from_nanos(1)),
+                ..PublishOptions::default()
+            };
+            queue.publish_with(b"d", delayed).unwrap();
+            clock.advance(Duration::from_nanos(1)); // the delayed message is due: a sweep runs
+            let receiver = {
+                let queue = queue.clone();
+                // Lease "m" and walk away without settling (a vanished consumer).
+                thread::spawn(move || std::mem::forget(queue.try_receive()))
+            };
+            let sweeper = {
+                let queue = queue.clone();
+                thread::spawn(move || queue.tick())
+            };
+            receiver.join().unwrap();
+            sweeper.join().unwrap();
+            // Past every lease: whatever was leased must come back.
+            clock.advance(queue.config().visibility_timeout * 2);
+            let mut seen = Vec::new();
+            while let Some(delivery) = queue.try_receive() {
+                seen.push(delivery.payload().to_vec());
+                delivery.ack().unwrap();
+            }
+            seen.sort();
+            assert_eq!(
+                seen,
+                [b"d".to_vec(), b"m".to_vec()],
+                "both messages delivered again"
+            );
+        });
+    }
+}

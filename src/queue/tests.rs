@@ -351,3 +351,49 @@ fn invalid_configs_are_refused() {
     let error = Queue::new(config).unwrap_err();
     assert!(error.to_string().contains("visibility_timeout"));
 }
+
+#[test]
+fn an_extended_message_frees_its_slot_for_reuse() {
+    let (queue, _) = queue(1);
+    for round in 0..3u8 {
+        queue.publish(&[round]).unwrap();
+        let mut delivery = queue.try_receive().unwrap();
+        delivery.extend(LEASE).unwrap();
+        delivery.ack().unwrap();
+    }
+    assert_eq!(
+        queue.stats().acked,
+        3,
+        "the one slot was reused after each extend + ack"
+    );
+}
+
+#[test]
+fn refused_duplicates_do_not_use_up_slots() {
+    let (queue, _) = queue(2);
+    queue.publish_with(b"x", id(1)).unwrap();
+    for _ in 0..5 {
+        assert!(matches!(
+            queue.publish_with(b"x", id(1)),
+            Err(PublishError::Duplicate { .. })
+        ));
+    }
+    queue.publish_with(b"y", id(2)).unwrap();
+    assert_eq!(
+        queue.publish_with(b"z", id(3)),
+        Err(PublishError::Full { capacity: 2 })
+    );
+}
+
+#[test]
+fn a_full_queue_is_reported_before_the_id_is_remembered() {
+    let (queue, _) = queue(1);
+    queue.publish_with(b"a", id(1)).unwrap();
+    // Full: the id is not recorded, so a later publish of it is no duplicate.
+    assert_eq!(
+        queue.publish_with(b"b", id(2)),
+        Err(PublishError::Full { capacity: 1 })
+    );
+    queue.try_receive().unwrap().ack().unwrap();
+    queue.publish_with(b"b", id(2)).unwrap();
+}
