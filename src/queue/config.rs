@@ -68,6 +68,16 @@ pub enum ExpiryPolicy {
     Drop,
 }
 
+/// What a publish into a full queue does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FullPolicy {
+    /// Fail at once with `PublishError::Full` (the default).
+    #[default]
+    Fail,
+    /// Wait up to this long (real time) for a free slot, then fail with `Full`.
+    Block(Duration),
+}
+
 /// A queue configuration; start from [`QueueConfig::new`] and adjust fields.
 ///
 /// ```
@@ -100,6 +110,8 @@ pub struct QueueConfig {
     pub dedup_capacity: usize,
     /// What an expired message becomes.
     pub on_expiry: ExpiryPolicy,
+    /// What a publish into a full queue does.
+    pub on_full: FullPolicy,
     /// Dead letters kept; when full, the oldest is discarded (and counted in
     /// `Stats::dead_discarded`). Dead letters occupy message slots: while they fill the
     /// queue, publishes fail with `Full` until dead letters are popped or redriven.
@@ -110,7 +122,7 @@ impl QueueConfig {
     /// Defaults for a queue of `capacity` messages of up to `max_payload` bytes: 30 s leases,
     /// 5 attempts, exponential backoff from 100 ms to 60 s, no TTL, a 2-minute dedup window
     /// remembering `4 * capacity` ids, expired messages dead-lettered, and room for
-    /// `capacity / 4` (at least 1) dead letters.
+    /// `capacity / 4` (at least 1) dead letters, and publishes into a full queue failing.
     pub fn new(capacity: u32, max_payload: usize) -> Self {
         Self {
             capacity,
@@ -122,6 +134,7 @@ impl QueueConfig {
             dedup_window: Some(Duration::from_secs(120)),
             dedup_capacity: (capacity as usize).saturating_mul(4).max(1),
             on_expiry: ExpiryPolicy::DeadLetter,
+            on_full: FullPolicy::Fail,
             dead_letter_capacity: (capacity / 4).max(1),
         }
     }

@@ -22,7 +22,7 @@
 mod config;
 mod delivery;
 
-pub use config::{ConfigError, ExpiryPolicy, QueueConfig, RetryBackoff};
+pub use config::{ConfigError, ExpiryPolicy, FullPolicy, QueueConfig, RetryBackoff};
 pub use delivery::{Delivery, SettleError};
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -182,6 +182,22 @@ fn split(token: u64) -> (u32, u32) {
     ((token >> 32) as u32, token as u32)
 }
 
+/// Calls `attempt` until it yields something or `timeout` of real time has passed
+/// (`None`: no limit), spinning and then yielding between calls.
+fn wait_for<T>(timeout: Option<Duration>, mut attempt: impl FnMut() -> Option<T>) -> Option<T> {
+    let give_up = timeout.map(|timeout| std::time::Instant::now() + timeout);
+    let backoff = Backoff::new();
+    loop {
+        if let Some(found) = attempt() {
+            return Some(found);
+        }
+        if give_up.is_some_and(|give_up| std::time::Instant::now() >= give_up) {
+            return None;
+        }
+        backoff.snooze();
+    }
+}
+
 fn unix_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -320,7 +336,7 @@ impl<C: Clock> Queue<C> {
         let now = self.clock.now_nanos();
         let _ = self.sweep_if_due(now);
         let id = options.id.unwrap_or_else(|| self.generate_id());
-        let Some((slot, generation)) = self.claim_free_slot() else {
+        let Some((slot, generation)) = self.claim_free_slot_per_policy() else {
             return Err(PublishError::Full {
                 capacity: self.config.capacity,
             });
@@ -366,6 +382,19 @@ impl<C: Clock> Queue<C> {
         }
         bump(&self.counters.published);
         Ok(id)
+    }
+
+    /// A free slot now, or (with `FullPolicy::Block`) once one frees up within the timeout.
+    fn claim_free_slot_per_policy(&self) -> Option<(u32, u32)> {
+        let FullPolicy::Block(timeout) = self.config.on_full else {
+            return self.claim_free_slot();
+        };
+        wait_for(Some(timeout), || {
+            self.claim_free_slot().or_else(|| {
+                self.tick(); // deadlines may be what frees slots (expired leases, then acks)
+                None
+            })
+        })
     }
 
     /// Takes a free slot into `Writing`, dropping stale free tokens.
@@ -476,20 +505,16 @@ impl<C: Clock> Queue<C> {
         None
     }
 
+    /// Receives, waiting as long as it takes for a message to become ready.
+    /// (Waits by spinning and yielding; a futex-based wait comes with shared memory.)
+    pub fn receive(&self) -> Delivery<'_, C> {
+        wait_for(None, || self.try_receive()).expect("waits without a timeout")
+    }
+
     /// Receives, waiting up to `timeout` of real time for a message to become ready.
     /// (Waits by spinning and yielding; a futex-based wait comes with shared memory.)
     pub fn receive_timeout(&self, timeout: Duration) -> Option<Delivery<'_, C>> {
-        let give_up = std::time::Instant::now() + timeout;
-        let backoff = Backoff::new();
-        loop {
-            if let Some(delivery) = self.try_receive() {
-                return Some(delivery);
-            }
-            if std::time::Instant::now() >= give_up {
-                return None;
-            }
-            backoff.snooze();
-        }
+        wait_for(Some(timeout), || self.try_receive())
     }
 
     /// A ready message whose TTL ran out: dead-letter or drop it. We hold its ready token.

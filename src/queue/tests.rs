@@ -397,3 +397,39 @@ fn a_full_queue_is_reported_before_the_id_is_remembered() {
     queue.try_receive().unwrap().ack().unwrap();
     queue.publish_with(b"b", id(2)).unwrap();
 }
+
+#[test]
+fn a_blocking_publish_waits_for_a_free_slot() {
+    let config = QueueConfig {
+        on_full: FullPolicy::Block(Duration::from_secs(30)),
+        ..QueueConfig::new(1, 8)
+    };
+    let (queue, _) = queue_with(config);
+    queue.publish(b"first").unwrap();
+    std::thread::scope(|s| {
+        let consumer = s.spawn(|| {
+            let delivery = queue.receive();
+            let payload = delivery.payload().to_vec();
+            delivery.ack().unwrap();
+            payload
+        });
+        // Blocks until the consumer acks "first" and its slot is free again.
+        queue.publish(b"second").unwrap();
+        assert_eq!(consumer.join().unwrap(), b"first");
+    });
+    assert_eq!(queue.try_receive().unwrap().payload(), b"second");
+}
+
+#[test]
+fn a_blocking_publish_gives_up_after_its_timeout() {
+    let config = QueueConfig {
+        on_full: FullPolicy::Block(Duration::from_millis(1)),
+        ..QueueConfig::new(1, 8)
+    };
+    let (queue, _) = queue_with(config);
+    queue.publish(b"first").unwrap();
+    assert_eq!(
+        queue.publish(b"second"),
+        Err(PublishError::Full { capacity: 1 })
+    );
+}

@@ -168,12 +168,13 @@ impl<'a> TokenRing<'a> {
             });
         }
         let header_ptr = memory.as_mut_ptr().cast::<RingHeader>();
-        // SAFETY: `memory` is exclusively ours for 'a, aligned to `ALIGN` (checked), and at
-        // least `needed` bytes long (checked), which covers the header and `capacity` slots;
-        // slots follow the header, whose size is a multiple of its alignment, which is at least
-        // a slot's. Writing (not assigning) overwrites plain bytes without dropping anything.
-        // The `&'a` references we make afterwards inherit `memory`'s exclusive borrow, so no
-        // one else reads or writes these bytes for 'a except through this view.
+        // `memory` is exclusively ours for 'a, aligned to `ALIGN` (checked), and at least
+        // `needed` bytes long (checked), which covers the header and `capacity` slots; slots
+        // follow the header, whose size is a multiple of its alignment, which is at least a
+        // slot's. Writing (not assigning) overwrites plain bytes without dropping anything.
+        // The `&'a` references made afterwards inherit `memory`'s exclusive borrow, so no one
+        // else reads or writes these bytes for 'a except through this view.
+        // SAFETY: aligned, long enough and exclusively ours for 'a, as just explained.
         let (header, slots) = unsafe {
             header_ptr.write(RingHeader {
                 cursors: Cursors::new(),
