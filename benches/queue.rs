@@ -78,6 +78,28 @@ fn run(
     began.elapsed()
 }
 
+/// `iters` runs of `MESSAGES_PER_ITERATION` messages, timed and summed (criterion's
+/// `iter_custom`).
+fn timed(
+    iters: u64,
+    producers: usize,
+    consumers: usize,
+    send: impl Fn(bool) + Sync,
+    receive: impl Fn() -> Option<bool> + Sync,
+) -> Duration {
+    (0..iters)
+        .map(|_| {
+            run(
+                producers,
+                consumers,
+                MESSAGES_PER_ITERATION,
+                &send,
+                &receive,
+            )
+        })
+        .sum()
+}
+
 /// A 64-byte message; the first byte marks the end of the stream.
 fn message(end: bool) -> [u8; 64] {
     let mut message = PAYLOAD;
@@ -99,27 +121,23 @@ fn bench_pair(c: &mut Criterion, producers: usize, consumers: usize) {
     group.throughput(Throughput::Elements(MESSAGES_PER_ITERATION));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(4));
+    let ring: Ring<[u8; 64]> = Ring::new(CAPACITY as usize).unwrap();
     group.bench_function(BenchmarkId::new("ackring::Ring", "64B"), |b| {
-        let ring: Ring<[u8; 64]> = Ring::new(CAPACITY as usize).unwrap();
         b.iter_custom(|iters| {
-            (0..iters)
-                .map(|_| {
-                    run(
-                        producers,
-                        consumers,
-                        MESSAGES_PER_ITERATION,
-                        |end| {
-                            let mut message = message(end);
-                            let backoff = Backoff::new();
-                            while let Err(full) = ring.try_push(message) {
-                                message = full.into_inner();
-                                backoff.snooze();
-                            }
-                        },
-                        || ring.try_pop().map(|m| black_box(m)[0] == END),
-                    )
-                })
-                .sum()
+            timed(
+                iters,
+                producers,
+                consumers,
+                |end| {
+                    let mut message = message(end);
+                    let backoff = Backoff::new();
+                    while let Err(full) = ring.try_push(message) {
+                        message = full.into_inner();
+                        backoff.snooze();
+                    }
+                },
+                || ring.try_pop().map(|m| black_box(m)[0] == END),
+            )
         })
     });
     group.bench_function(
@@ -127,28 +145,23 @@ fn bench_pair(c: &mut Criterion, producers: usize, consumers: usize) {
         |b| {
             b.iter_custom(|iters| {
                 let queue = Queue::new(queue_config()).unwrap();
-                (0..iters)
-                    .map(|_| {
-                        run(
-                            producers,
-                            consumers,
-                            MESSAGES_PER_ITERATION,
-                            |end| {
-                                let message = message(end);
-                                let backoff = Backoff::new();
-                                while queue.publish(&message).is_err() {
-                                    backoff.snooze();
-                                }
-                            },
-                            || {
-                                let delivery = queue.try_receive()?;
-                                let end = black_box(delivery.payload())[0] == END;
-                                delivery.ack().expect("acked within the lease");
-                                Some(end)
-                            },
-                        )
-                    })
-                    .sum()
+                timed(
+                    iters,
+                    producers,
+                    consumers,
+                    |end| {
+                        let backoff = Backoff::new();
+                        while queue.publish(&message(end)).is_err() {
+                            backoff.snooze();
+                        }
+                    },
+                    || {
+                        let delivery = queue.try_receive()?;
+                        let end = black_box(delivery.payload())[0] == END;
+                        delivery.ack().expect("acked within the lease");
+                        Some(end)
+                    },
+                )
             })
         },
     );

@@ -138,7 +138,7 @@ impl<'q, C: Clock> Delivery<'q, C> {
         let wait = nanos(self.queue.retry_wait(self.attempt));
         if wait == 0 {
             self.finish_settling(State::Ready);
-            self.queue.push_ready_token(self.slot, self.receipt);
+            self.queue.push_ready(self.slot, self.receipt);
         } else {
             let due = self.queue.now().saturating_add(wait);
             meta.due_at.store(due, Ordering::Relaxed);

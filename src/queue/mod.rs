@@ -426,7 +426,7 @@ impl<C: Clock> Queue<C> {
         debug_assert!(moved.is_ok(), "an exclusively held slot changed under us");
     }
 
-    fn push_ready(&self, slot: u32, generation: u32) {
+    pub(crate) fn push_ready(&self, slot: u32, generation: u32) {
         // The ready ring has a place for every slot, and a slot has at most one ready token.
         let pushed = self.ready.try_push(token(slot, generation));
         debug_assert!(pushed.is_ok(), "ready ring holds every slot");
@@ -813,10 +813,6 @@ impl<C: Clock> Queue<C> {
 
     pub(crate) fn retry_wait(&self, attempt: u32) -> Duration {
         self.config.backoff.wait(attempt, self.random_unit())
-    }
-
-    pub(crate) fn push_ready_token(&self, slot: u32, generation: u32) {
-        self.push_ready(slot, generation);
     }
 }
 
