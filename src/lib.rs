@@ -25,6 +25,7 @@ pub mod queue;
 pub mod ring;
 mod slots;
 mod sync;
+mod wheel;
 
 pub use id::MessageId;
 pub use queue::{Delivery, PublishError, PublishOptions, Queue, QueueConfig, SettleError};

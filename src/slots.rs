@@ -7,7 +7,8 @@
 //!
 //! | bits   | field      | meaning |
 //! |--------|------------|---------|
-//! | 0..8   | state      | [`State`] |
+//! | 0..7   | state      | [`State`] |
+//! | 7      | lease timer| the slot's lease timer is in the timing wheel |
 //! | 8..16  | pins       | live `Delivery`s borrowing the payload |
 //! | 16..32 | version    | bumped by changes of a lease's deadline (extend) |
 //! | 32..64 | generation | fences stale tokens and receipts |
@@ -28,6 +29,13 @@
 //! out may still be reading when the message is redelivered, acked and its slot freed. A
 //! freed slot returns to the free ring only when its pins reach zero, decided by the same
 //! CAS that drops the last pin, so a payload is never rewritten under a reader.
+//!
+//! The **lease timer** bit says the slot's lease node is in the [wheel](crate::wheel). It
+//! outlives leases: an ack leaves the node where it is (lazy cancel), and the next lease of
+//! the slot, whose deadline is later, finds the bit set and schedules nothing. Only the
+//! ticker clears it, when the node fires for a slot that is no longer leased; whoever sets
+//! it schedules the node. Both are decided by CASes on this word, so the node is in the
+//! wheel exactly while the bit is set.
 
 use std::cell::UnsafeCell;
 
@@ -74,11 +82,15 @@ impl State {
 pub(crate) struct Word {
     pub(crate) state: State,
     pub(crate) pins: u8,
-    /// Changes whenever a deadline that others act on changes, so a sweep that read the old
+    /// Changes whenever a deadline that others act on changes, so a ticker that read the old
     /// deadline fails its CAS instead of expiring a lease that was just extended.
     pub(crate) version: u16,
     pub(crate) generation: u32,
+    /// The slot's lease node is in the timing wheel (see the module docs).
+    pub(crate) lease_timer: bool,
 }
+
+const LEASE_TIMER_BIT: u64 = 1 << 7;
 
 impl Word {
     pub(crate) fn new(state: State, generation: u32) -> Self {
@@ -87,22 +99,25 @@ impl Word {
             pins: 0,
             version: 0,
             generation,
+            lease_timer: false,
         }
     }
 
     /// The slot freed: next generation (which fences every old token and receipt), no
-    /// lease version, pins kept (the last unpin returns the slot to the free ring).
+    /// lease version, pins and lease timer kept (the last unpin returns the slot to the
+    /// free ring; the timer stays in the wheel until it fires).
     pub(crate) fn freed(self) -> Self {
         Self {
             state: State::Free,
             version: 0,
             generation: self.generation.wrapping_add(1),
-            pins: self.pins,
+            ..self
         }
     }
 
     fn pack(self) -> u64 {
         u64::from(self.state as u8)
+            | if self.lease_timer { LEASE_TIMER_BIT } else { 0 }
             | u64::from(self.pins) << 8
             | u64::from(self.version) << 16
             | u64::from(self.generation) << 32
@@ -111,10 +126,11 @@ impl Word {
     /// `None` for bits no transition ever writes (another writer corrupted the word).
     fn unpack(bits: u64) -> Option<Self> {
         Some(Self {
-            state: State::from_bits(bits as u8)?,
+            state: State::from_bits(bits as u8 & 0x7f)?,
             pins: (bits >> 8) as u8,
             version: (bits >> 16) as u16,
             generation: (bits >> 32) as u32,
+            lease_timer: bits & LEASE_TIMER_BIT != 0,
         })
     }
 }
@@ -429,8 +445,14 @@ mod tests {
             pins: 3,
             version: 0xbeef,
             generation: u32::MAX,
+            lease_timer: true,
         };
         assert_eq!(Word::unpack(word.pack()), Some(word));
+        let no_timer = Word {
+            lease_timer: false,
+            ..word
+        };
+        assert_eq!(Word::unpack(no_timer.pack()), Some(no_timer));
         assert_eq!(Word::unpack(7), None, "no state 7");
     }
 

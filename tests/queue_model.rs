@@ -278,12 +278,14 @@ fn run(ops: Vec<Op>) {
                                 .delivery
                                 .extend(Duration::from_millis(EXTEND_MS)),
                         );
-                        if current {
-                            let lease = held[index].lease;
-                            message.place = Where::Leased {
-                                lease,
-                                due: now + EXTEND_MS * MS,
-                            };
+                        if let Where::Leased { lease, due } = message.place {
+                            if current {
+                                // An extend never shortens a lease.
+                                message.place = Where::Leased {
+                                    lease,
+                                    due: due.max(now + EXTEND_MS * MS),
+                                };
+                            }
                         }
                         continue;
                     }

@@ -78,6 +78,9 @@ pub enum FullPolicy {
     Block(Duration),
 }
 
+/// The most messages a queue holds: each slot has two timer nodes, numbered in 32 bits.
+const MAX_QUEUE_CAPACITY: u32 = (1 << 31) - 1;
+
 /// A queue configuration; start from [`QueueConfig::new`] and adjust fields.
 ///
 /// ```
@@ -116,6 +119,9 @@ pub struct QueueConfig {
     /// `Stats::dead_discarded`). Dead letters occupy message slots: while they fill the
     /// queue, publishes fail with `Full` until dead letters are popped or redriven.
     pub dead_letter_capacity: u32,
+    /// How finely the timing wheel keeps time: a lease, delay or backoff ends within one
+    /// tick after its deadline, and the wheel does work at most once per tick. [1 ms]
+    pub timer_tick: Duration,
 }
 
 impl QueueConfig {
@@ -136,18 +142,21 @@ impl QueueConfig {
             on_expiry: ExpiryPolicy::DeadLetter,
             on_full: FullPolicy::Fail,
             dead_letter_capacity: (capacity / 4).max(1),
+            timer_tick: Duration::from_millis(1),
         }
     }
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        let problem = if self.capacity == 0 || self.capacity as usize > crate::ring::MAX_CAPACITY {
-            "capacity must be at least 1"
+        let problem = if self.capacity == 0 || self.capacity > MAX_QUEUE_CAPACITY {
+            "capacity must be between 1 and 2^31 - 1"
         } else if self.max_attempts == 0 {
             "max_attempts must be at least 1"
         } else if self.visibility_timeout.is_zero() {
             "visibility_timeout must be longer than zero"
         } else if self.dead_letter_capacity == 0 || self.dead_letter_capacity > self.capacity {
             "dead_letter_capacity must be between 1 and capacity"
+        } else if self.timer_tick.is_zero() {
+            "timer_tick must be longer than zero"
         } else if self.max_payload > u32::MAX as usize {
             "max_payload must fit in 32 bits"
         } else if matches!(self.backoff, RetryBackoff::Exponential { multiplier, .. } if multiplier.is_nan() || multiplier < 1.0)

@@ -143,7 +143,7 @@ impl<'q, C: Clock> Delivery<'q, C> {
             let due = self.queue.now().saturating_add(wait);
             meta.due_at.store(due, Ordering::Relaxed);
             self.finish_settling(State::Delayed);
-            self.queue.note_due(due);
+            self.queue.schedule_delay(self.slot, due);
         }
         Ok(())
     }
@@ -165,13 +165,19 @@ impl<'q, C: Clock> Delivery<'q, C> {
         Ok(())
     }
 
-    /// Still working: the lease now runs out `by` from now.
+    /// Still working: the lease now runs out `by` from now, or when it would have anyway
+    /// if that is later (an extend never shortens a lease).
     ///
     /// # Errors
     /// [`SettleError::LeaseLost`] if the lease ran out first.
     pub fn extend(&mut self, by: Duration) -> Result<(), SettleError> {
         self.begin_settling()?;
-        let due = self.queue.now().saturating_add(nanos(by));
+        // Never earlier: the lease timer sits in the wheel for the current deadline.
+        let due = self
+            .queue
+            .now()
+            .saturating_add(nanos(by))
+            .max(self.lease_deadline);
         let meta = self.queue.store().meta(self.slot).expect("in range");
         meta.due_at.store(due, Ordering::Relaxed);
         self.queue
@@ -179,13 +185,12 @@ impl<'q, C: Clock> Delivery<'q, C> {
             .transition_from(self.slot, State::Settling, self.receipt, |w| {
                 Some(Word {
                     state: State::Leased,
-                    // A sweep that read the old deadline now fails its CAS.
+                    // A ticker that read the old deadline now fails its CAS.
                     version: w.version.wrapping_add(1),
                     ..w
                 })
             })
             .expect("only the holder moves a settling slot");
-        self.queue.note_due(due);
         self.lease_deadline = due;
         Ok(())
     }

@@ -10,14 +10,22 @@
 //!
 //! # Deadlines
 //!
-//! Lease deadlines and delay/backoff ends live in the slot header (`due_at`). A *sweep*
-//! moves due slots on (an expired lease back to ready, a finished delay to ready); it runs
-//! when the earliest deadline recorded in `next_due` has passed, started by any receive,
-//! publish or [`Queue::tick`], one sweeper at a time. In steady state (acks arriving well
-//! within the lease) that is about one sweep per visibility timeout. TTL is enforced when a
-//! receive reaches the message, so an expired message is never delivered.
-//! (DESIGN.md's timing wheel will replace the sweep's scan for queues with many distinct
-//! deadlines; the interface stays.)
+//! Lease deadlines and delay/backoff ends live in the slot header (`due_at`); the
+//! [timing wheel](crate::wheel) says when to look at them. Each slot has two wheel nodes:
+//!
+//! - its **delay** node, scheduled by whoever moves the slot to `Delayed` (a delayed
+//!   publish, a nack with a backoff). Only the node's firing moves the slot on, to ready.
+//! - its **lease** node, in the wheel while the slot word's lease-timer bit is set. A
+//!   receive that finds the bit clear sets it and schedules the node; one that finds it set
+//!   schedules nothing, because the node is already in the wheel for an earlier deadline
+//!   (an earlier lease of the slot, acked before it ran out). When the node fires, the
+//!   queue looks at the slot: a lease that ran out goes back to ready, a lease that runs
+//!   out later is scheduled again for its deadline, anything else clears the bit. So a
+//!   fast ack costs the wheel nothing, and the wheel holds one node per slot at most.
+//!
+//! The wheel runs from receives, publishes and [`Queue::tick`], one run at a time, at
+//! most once per [`timer_tick`](QueueConfig::timer_tick). TTL is enforced when a receive
+//! reaches the message, so an expired message is never delivered.
 
 mod config;
 mod delivery;
@@ -31,8 +39,9 @@ use crate::clock::{nanos, Clock, MonotonicClock};
 use crate::dedup::{DedupError, DedupWindow};
 use crate::id::{mix64, MessageId};
 use crate::ring::Ring;
-use crate::slots::{MessageStore, State, TransitionError, Word};
+use crate::slots::{MessageStore, Meta, State, TransitionError, Word};
 use crate::sync::{AtomicU64, Backoff, Ordering};
+use crate::wheel::{node, split_node, Refire, Timer, Wheel};
 
 /// Why a message died.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,11 +248,8 @@ pub struct Queue<C: Clock = MonotonicClock> {
     dead: Ring<u64>,
     dedup: Option<DedupWindow>,
     clock: C,
-    /// The earliest `due_at` of any leased or delayed slot, or later: never later than the
-    /// real earliest (writers `fetch_min` after setting a deadline; the sweep recomputes).
-    next_due: AtomicU64,
-    /// 1 while a sweep runs (one sweeper at a time).
-    sweeping: AtomicU64,
+    /// The slots' lease and delay timers.
+    wheel: Wheel,
     /// Seeds generated ids and jitter.
     seed: u64,
     sequence: AtomicU64,
@@ -293,9 +299,8 @@ impl<C: Clock> Queue<C> {
             dedup,
             seed: mix64(unix_nanos() ^ u64::from(std::process::id()).rotate_left(32)),
             sequence: AtomicU64::new(0),
+            wheel: Wheel::new(capacity * 2, nanos(config.timer_tick), clock.now_nanos()),
             clock,
-            next_due: AtomicU64::new(u64::MAX),
-            sweeping: AtomicU64::new(0),
             counters: Counters::default(),
             config,
         })
@@ -334,7 +339,7 @@ impl<C: Clock> Queue<C> {
             return Err(PublishError::AlreadyExpired);
         }
         let now = self.clock.now_nanos();
-        let _ = self.sweep_if_due(now);
+        self.run_timers(now);
         let id = options.id.unwrap_or_else(|| self.generate_id());
         let Some((slot, generation)) = self.claim_free_slot_per_policy() else {
             return Err(PublishError::Full {
@@ -345,8 +350,10 @@ impl<C: Clock> Queue<C> {
         // whose first publish then failed for want of room.
         if let Some(dedup) = &self.dedup {
             if let Err(error) = dedup.record(id, now) {
-                let writing = Word::new(State::Writing, generation);
-                if let Ok(freed) = self.store.transition(slot, writing, |w| Some(w.freed())) {
+                let freed = self
+                    .store
+                    .transition_from(slot, State::Writing, generation, |w| Some(w.freed()));
+                if let Ok(freed) = freed {
                     self.release_if_unpinned(slot, freed);
                 }
                 return Err(match error {
@@ -370,14 +377,13 @@ impl<C: Clock> Queue<C> {
         // SAFETY: `claim_free_slot` moved the slot to Writing for us; the length was checked.
         unsafe { self.store.write_payload(slot, payload) };
         let delay = options.delay.map_or(0, nanos);
-        let writing = Word::new(State::Writing, generation);
         if delay > 0 {
             let due = now.saturating_add(delay);
             meta.due_at.store(due, Ordering::Relaxed);
-            self.move_slot(slot, writing, State::Delayed);
-            self.next_due.fetch_min(due, Ordering::AcqRel);
+            self.move_slot(slot, generation, State::Delayed);
+            self.schedule_delay(slot, due);
         } else {
-            self.move_slot(slot, writing, State::Ready);
+            self.move_slot(slot, generation, State::Ready);
             self.push_ready(slot, generation);
         }
         bump(&self.counters.published);
@@ -401,10 +407,9 @@ impl<C: Clock> Queue<C> {
     fn claim_free_slot(&self) -> Option<(u32, u32)> {
         while let Some(free) = self.free.try_pop() {
             let (slot, generation) = split(free);
-            let expected = Word::new(State::Free, generation);
             if self
                 .store
-                .transition(slot, expected, |w| {
+                .transition_from(slot, State::Free, generation, |w| {
                     Some(Word {
                         state: State::Writing,
                         ..w
@@ -418,12 +423,16 @@ impl<C: Clock> Queue<C> {
         None
     }
 
-    /// Moves a slot we hold exclusively (no pins possible) to `to`.
-    fn move_slot(&self, slot: u32, from: Word, to: State) {
+    /// Moves a slot we hold in `Writing` to `to`. (Only its pins, from deliveries of its
+    /// previous message, and its lease-timer bit, cleared by the ticker, can change
+    /// meanwhile.)
+    fn move_slot(&self, slot: u32, generation: u32, to: State) {
         let moved = self
             .store
-            .transition(slot, from, |w| Some(Word { state: to, ..w }));
-        debug_assert!(moved.is_ok(), "an exclusively held slot changed under us");
+            .transition_from(slot, State::Writing, generation, |w| {
+                Some(Word { state: to, ..w })
+            });
+        debug_assert!(moved.is_ok(), "a slot in Writing changed state under us");
     }
 
     pub(crate) fn push_ready(&self, slot: u32, generation: u32) {
@@ -446,8 +455,8 @@ impl<C: Clock> Queue<C> {
     /// Expired messages met on the way are dead-lettered (or dropped, per policy).
     pub fn try_receive(&self) -> Option<Delivery<'_, C>> {
         let mut now = self.clock.now_nanos();
-        if self.sweep_if_due(now) {
-            now = self.clock.now_nanos(); // a sweep takes time: judge TTLs by the clock after it
+        if self.run_timers(now) {
+            now = self.clock.now_nanos(); // a run takes time: judge TTLs by the clock after it
         }
         while let Some(ready) = self.ready.try_pop() {
             let (slot, generation) = split(ready);
@@ -469,13 +478,16 @@ impl<C: Clock> Queue<C> {
             let due = now.saturating_add(nanos(self.config.visibility_timeout));
             meta.attempts.store(attempt, Ordering::Relaxed);
             meta.due_at.store(due, Ordering::Relaxed);
+            let schedule_lease_timer = std::cell::Cell::new(false);
             let leased = match self
                 .store
                 .transition_from(slot, State::Ready, generation, |w| {
+                    schedule_lease_timer.set(!w.lease_timer);
                     Some(Word {
                         state: State::Leased,
                         pins: w.pins.checked_add(1)?,
                         generation: w.generation.wrapping_add(1),
+                        lease_timer: true,
                         ..w
                     })
                 }) {
@@ -489,7 +501,9 @@ impl<C: Clock> Queue<C> {
                 }
                 Err(_) => continue, // a stale token: whoever moved the slot on owns it
             };
-            self.next_due.fetch_min(due, Ordering::AcqRel);
+            if schedule_lease_timer.get() {
+                self.wheel.schedule(node(slot, Timer::Lease), due);
+            }
             bump(&self.counters.delivered);
             if attempt > 1 {
                 bump(&self.counters.redelivered);
@@ -597,69 +611,99 @@ impl<C: Clock> Queue<C> {
         }
     }
 
-    /// Runs a sweep now if a lease or delay is due: expired leases are made ready again
-    /// (delivered to the tail of the queue), finished delays become ready.
-    /// Receives and publishes call this themselves; call it to move time along when idle.
+    /// Runs the timers that are due: expired leases make their messages ready again
+    /// (delivered at the tail of the queue), finished delays and backoffs make theirs ready.
+    /// Receives and publishes do this themselves; call it to move time along when idle.
     pub fn tick(&self) {
-        let _ = self.sweep_if_due(self.clock.now_nanos());
+        self.run_timers(self.clock.now_nanos());
     }
 
-    /// Sweeps if a deadline is due and no one else is sweeping; returns whether it swept.
-    fn sweep_if_due(&self, now: u64) -> bool {
-        if now < self.next_due.load(Ordering::Acquire) {
-            return false;
-        }
-        if self
-            .sweeping
-            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            return false; // someone else is sweeping
-        }
-        // Forget the old minimum; deadlines set from now on `fetch_min` into the new one,
-        // and the scan below re-adds every deadline it leaves in place. The swap (an RMW)
-        // also acquires every deadline published by a `fetch_min` before it.
-        self.next_due.swap(u64::MAX, Ordering::AcqRel);
-        for slot in 0..self.store.capacity() {
-            self.sweep_slot(slot, now);
-        }
-        self.sweeping.store(0, Ordering::Release);
-        true
+    /// Runs the wheel if a tick has passed and no one else is running it; returns whether
+    /// this call ran it.
+    fn run_timers(&self, now: u64) -> bool {
+        self.wheel.advance(now, |node, now| self.fire(node, now))
     }
 
-    fn sweep_slot(&self, slot: u32, now: u64) {
-        let Ok(meta) = self.store.meta(slot) else {
-            return;
-        };
+    /// A timer node came due (or early: a coarse bucket). Acts on the slot if its deadline
+    /// has passed; otherwise returns the deadline to be asked again at.
+    fn fire(&self, node: u32, now: u64) -> Refire {
+        let (slot, timer) = split_node(node);
+        let meta = self.store.meta(slot).ok()?;
+        match timer {
+            Timer::Lease => self.fire_lease(slot, meta, now),
+            Timer::Delay => self.fire_delay(slot, meta, now),
+        }
+    }
+
+    /// The lease node: an expired lease goes back to ready at the lease's generation (so
+    /// its receipt is stale from here on) and the node leaves the wheel; a live one is asked
+    /// again at its deadline; for a slot no longer leased the node leaves the wheel. Every
+    /// decision is one CAS on the exact word it read, so a lease extended or settled
+    /// meanwhile (version, state) makes it look again.
+    fn fire_lease(&self, slot: u32, meta: &Meta, now: u64) -> Refire {
         loop {
-            let Ok(word) = self.store.load(slot) else {
-                return;
+            let word = self.store.load(slot).ok()?;
+            if !word.lease_timer {
+                return None; // the bit says the node is not ours to fire (corrupt memory)
+            }
+            let next = match word.state {
+                State::Leased => {
+                    let due = meta.due_at.load(Ordering::Relaxed);
+                    if due > now {
+                        return Some(due);
+                    }
+                    Word {
+                        state: State::Ready,
+                        lease_timer: false,
+                        ..word
+                    }
+                }
+                // Its holder is mid-settle: look again next tick.
+                State::Settling => return Some(now.saturating_add(1)),
+                _ => Word {
+                    lease_timer: false,
+                    ..word
+                },
             };
-            if word.state != State::Leased && word.state != State::Delayed {
-                return;
+            match self.store.transition(slot, word, |_| Some(next)) {
+                Ok(moved) => {
+                    if word.state == State::Leased {
+                        self.push_ready(slot, moved.generation);
+                    }
+                    return None;
+                }
+                Err(TransitionError::Stale(_)) => continue,
+                Err(_) => return None,
             }
-            let due = meta.due_at.load(Ordering::Relaxed);
-            if due > now {
-                self.next_due.fetch_min(due, Ordering::AcqRel);
-                return;
-            }
-            // An expired lease goes back to ready at the lease's generation, so its receipt
-            // is stale from here on; a finished delay goes to ready as it is. The exact-word
-            // CAS fails if the lease was extended (version) or settled meanwhile: look again.
-            match self.store.transition(slot, word, |w| {
+        }
+    }
+
+    /// The delay node: a finished delay or backoff makes the message ready.
+    fn fire_delay(&self, slot: u32, meta: &Meta, now: u64) -> Refire {
+        let word = self.store.load(slot).ok()?;
+        if word.state != State::Delayed {
+            return None; // only this node moves a slot out of Delayed: a corrupt link
+        }
+        let due = meta.due_at.load(Ordering::Relaxed);
+        if due > now {
+            return Some(due);
+        }
+        let ready = self
+            .store
+            .transition_from(slot, State::Delayed, word.generation, |w| {
                 Some(Word {
                     state: State::Ready,
                     ..w
                 })
-            }) {
-                Ok(ready) => {
-                    self.push_ready(slot, ready.generation);
-                    return;
-                }
-                Err(TransitionError::Stale(_)) => continue,
-                Err(_) => return,
-            }
-        }
+            })
+            .ok()?;
+        self.push_ready(slot, ready.generation);
+        None
+    }
+
+    /// Schedules the delay node of a slot just moved to `Delayed` until `due`.
+    pub(crate) fn schedule_delay(&self, slot: u32, due: u64) {
+        self.wheel.schedule(node(slot, Timer::Delay), due);
     }
 
     /// Copies of every dead letter, oldest first.
@@ -799,10 +843,6 @@ impl<C: Clock> Queue<C> {
         self.clock.now_nanos()
     }
 
-    pub(crate) fn note_due(&self, due: u64) {
-        self.next_due.fetch_min(due, Ordering::AcqRel);
-    }
-
     pub(crate) fn note_acked(&self) {
         bump(&self.counters.acked);
     }
@@ -836,15 +876,16 @@ mod loom_models {
     use crate::clock::ManualClock;
     use loom::thread;
 
-    /// DESIGN.md's "wheel insert racing the ticker", for the deadline sweep: a lease taken
-    /// while a sweep runs must not lose its deadline, or the message would stay in flight
-    /// for ever after its consumer vanished.
+    /// DESIGN.md's "wheel insert racing the ticker", end to end: a lease taken while the
+    /// wheel runs must not lose its timer, or the message would stay in flight for ever
+    /// after its consumer vanished. (`wheel::loom_models` races the wheel on its own.)
     #[test]
-    fn a_lease_taken_during_a_sweep_still_expires() {
+    fn a_lease_taken_during_a_wheel_run_still_expires() {
         loom::model(|| {
             let clock = ManualClock::new();
             let config = QueueConfig {
                 dedup_window: None,
+                timer_tick: Duration::from_nanos(1),
                 ..QueueConfig::new(2, 1)
             };
             let queue = loom::sync::Arc::new(Queue::with_clock(config, clock.clone()).unwrap());
@@ -854,18 +895,18 @@ mod loom_models {
                 ..PublishOptions::default()
             };
             queue.publish_with(b"d", delayed).unwrap();
-            clock.advance(Duration::from_nanos(1)); // the delayed message is due: a sweep runs
+            clock.advance(Duration::from_nanos(1)); // the delayed message is due: a run fires it
             let receiver = {
                 let queue = queue.clone();
                 // Lease "m" and walk away without settling (a vanished consumer).
                 thread::spawn(move || std::mem::forget(queue.try_receive()))
             };
-            let sweeper = {
+            let ticker = {
                 let queue = queue.clone();
                 thread::spawn(move || queue.tick())
             };
             receiver.join().unwrap();
-            sweeper.join().unwrap();
+            ticker.join().unwrap();
             // Past every lease: whatever was leased must come back.
             clock.advance(queue.config().visibility_timeout * 2);
             let mut seen = Vec::new();
@@ -879,6 +920,44 @@ mod loom_models {
                 [b"d".to_vec(), b"m".to_vec()],
                 "both messages delivered again"
             );
+        });
+    }
+
+    /// The lease-timer bit under a race: a slot's old lease node fires (its lease was
+    /// acked) while the slot is published and leased again. Whichever CAS wins, exactly one
+    /// timer must stay behind for the new lease, so it still runs out.
+    #[test]
+    fn an_old_lease_timer_firing_while_the_slot_is_leased_again_keeps_the_new_lease_timed() {
+        loom::model(|| {
+            let clock = ManualClock::new();
+            let config = QueueConfig {
+                dedup_window: None,
+                timer_tick: Duration::from_nanos(1),
+                ..QueueConfig::new(1, 1)
+            };
+            let lease = config.visibility_timeout;
+            let queue = loom::sync::Arc::new(Queue::with_clock(config, clock.clone()).unwrap());
+            queue.publish(b"a").unwrap();
+            queue.try_receive().unwrap().ack().unwrap(); // its lease node stays in the wheel
+            clock.advance(lease); // ... and is due now
+            let ticker = {
+                let queue = queue.clone();
+                thread::spawn(move || queue.tick())
+            };
+            let consumer = {
+                let queue = queue.clone();
+                thread::spawn(move || {
+                    queue.publish(b"b").unwrap();
+                    // Lease "b" and vanish without settling.
+                    std::mem::forget(queue.try_receive().expect("b is ready"));
+                })
+            };
+            ticker.join().unwrap();
+            consumer.join().unwrap();
+            clock.advance(lease);
+            let again = queue.try_receive().expect("b's lease ran out");
+            assert_eq!((again.payload(), again.attempt()), (&b"b"[..], 2));
+            again.ack().unwrap();
         });
     }
 }

@@ -433,3 +433,76 @@ fn a_blocking_publish_gives_up_after_its_timeout() {
         Err(PublishError::Full { capacity: 1 })
     );
 }
+
+#[test]
+fn a_lease_timer_left_by_an_early_ack_still_runs_out_the_next_lease_on_time() {
+    // One slot: its first lease is acked at once, so its lease node stays in the wheel for
+    // the first deadline; the second lease (later deadline) must not run out at the first.
+    let (queue, clock) = queue(1);
+    queue.publish(b"one").unwrap();
+    queue.try_receive().unwrap().ack().unwrap();
+    clock.advance(LEASE / 2);
+    queue.publish(b"two").unwrap();
+    let held = queue.try_receive().unwrap();
+    clock.advance(LEASE / 2); // the first lease's deadline
+    assert!(
+        queue.try_receive().is_none(),
+        "the second lease is still held"
+    );
+    clock.advance(LEASE / 2 - Duration::from_nanos(1));
+    assert!(
+        queue.try_receive().is_none(),
+        "a nanosecond before its deadline"
+    );
+    clock.advance(Duration::from_nanos(1));
+    let again = queue
+        .try_receive()
+        .expect("the second lease ran out on time");
+    assert_eq!((again.payload(), again.attempt()), (&b"two"[..], 2));
+    assert_eq!(held.ack(), Err(SettleError::LeaseLost { id: again.id() }));
+    again.ack().unwrap();
+}
+
+#[test]
+fn a_backoff_shorter_than_the_lease_ends_on_time() {
+    // The nacked slot's lease node sits in the wheel for the lease deadline (30 s); the
+    // backoff (100 ms) has its own node, so the retry does not wait for the lease's.
+    let (queue, clock) = queue(2);
+    queue.publish(b"job").unwrap();
+    queue.try_receive().unwrap().nack("busy").unwrap();
+    clock.advance(Duration::from_millis(99));
+    assert!(queue.try_receive().is_none(), "still backing off");
+    clock.advance(Duration::from_millis(1));
+    let retry = queue.try_receive().expect("retried after 100 ms");
+    assert_eq!(retry.attempt(), 2);
+    retry.ack().unwrap();
+    clock.advance(LEASE * 2);
+    queue.tick();
+    assert!(
+        queue.try_receive().is_none(),
+        "the stale lease timer redelivered nothing"
+    );
+    assert_eq!(queue.stats().acked, 1);
+}
+
+#[test]
+fn an_extend_never_shortens_a_lease() {
+    let (queue, clock) = queue(2);
+    queue.publish(b"job").unwrap();
+    let mut held = queue.try_receive().unwrap();
+    held.extend(Duration::from_secs(1)).unwrap();
+    assert_eq!(held.lease_deadline(), nanos(LEASE));
+    clock.advance(LEASE - Duration::from_secs(1));
+    held.extend(Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        held.lease_deadline(),
+        nanos(LEASE) + nanos(Duration::from_secs(4))
+    );
+    clock.advance(Duration::from_secs(2)); // past the first deadline
+    assert!(queue.try_receive().is_none(), "extended");
+    clock.advance(Duration::from_secs(3));
+    assert!(
+        queue.try_receive().is_some(),
+        "ran out at the extended deadline"
+    );
+}

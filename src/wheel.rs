@@ -1,0 +1,450 @@
+//! The timing wheel: hands each timer back to its owner once its deadline has come.
+//!
+//! # What it holds
+//!
+//! *Nodes*, numbered `0..nodes`: the queue gives every slot two, its lease timer and its
+//! delay timer (see [`node`]). A node is in at most one list at a time (its owner decides
+//! who may schedule it: see `queue`), so the wheel's memory is fixed, one link word per
+//! node, however many timers come and go. Nothing is ever cancelled: a node fires, and
+//! its owner re-checks the slot header and either acts, or hands back the slot's current
+//! deadline to be scheduled again, or drops it (the slot moved on). So a timer may fire
+//! *early*, never late.
+//!
+//! # Shape
+//!
+//! Hierarchical, [`LEVELS`] levels of 64 buckets; a level-`l` bucket spans `64^l` ticks.
+//! Every bucket is an intrusive singly linked list threaded through `next`, its head one
+//! word packing `tag << 32 | first node`, where `tag` is the (low 32 bits of the) tick at
+//! which the ticker detaches the bucket. A timer goes into the finest level whose bucket
+//! starts at or before its deadline and after the cursor; when that bucket is detached
+//! early (a higher level), the owner asks again and the timer drops a level (cascading).
+//!
+//! - **Insert** is lock-free: one CAS on the bucket head that *expects the tag the insert
+//!   computed*, so a timer never lands in a bucket that was already detached for its tick.
+//!   An insert that finds no bucket with that tag (its deadline has passed, or the ticker
+//!   moved under it) pushes onto the `overflow` list instead, which every run drains.
+//! - **Ticking**: one ticker at a time (a try-lock). A run detaches every bucket whose tag
+//!   has come, re-tags it for its next lap, detaches `overflow`, then publishes the new
+//!   cursor and walks what it detached. Detached lists are push-only stacks taken whole by
+//!   a swap, so there is no ABA.
+//!
+//! Memory ordering: a pusher writes its node's `next` and then releases it with the head
+//! CAS; the ticker's swap acquires every push before it (the pushes are RMWs, so they form
+//! one release sequence), after which the `next` words are plain reads.
+
+use crate::sync::{AtomicU64, Ordering};
+
+/// log2 of the buckets per level.
+#[cfg(not(loom))]
+const BITS: u32 = 6;
+/// Levels: at 1 ms ticks the wheel spans 64^5 ms = 12.4 days; later deadlines are parked
+/// in the last bucket and re-asked when it fires. (`LEVELS * BITS` must stay below 32: tags
+/// keep 32 bits of a tick.)
+#[cfg(not(loom))]
+pub(crate) const LEVELS: usize = 5;
+// The same code in miniature for loom, whose state space grows with every atomic a run
+// reads: 2 levels of 2 buckets still has cascading, parking and re-tagging.
+#[cfg(loom)]
+const BITS: u32 = 1;
+#[cfg(loom)]
+pub(crate) const LEVELS: usize = 2;
+const BUCKETS: usize = 1 << BITS;
+/// The end of a list.
+const NIL: u32 = u32::MAX;
+
+/// Which of a slot's two timers a node is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Timer {
+    /// Runs out the slot's lease.
+    Lease = 0,
+    /// Ends the slot's delay or retry backoff.
+    Delay = 1,
+}
+
+/// The node of `slot`'s `timer`.
+pub(crate) fn node(slot: u32, timer: Timer) -> u32 {
+    slot * 2 + timer as u32
+}
+
+/// The slot and timer of a node.
+pub(crate) fn split_node(node: u32) -> (u32, Timer) {
+    let timer = if node % 2 == 0 {
+        Timer::Lease
+    } else {
+        Timer::Delay
+    };
+    (node / 2, timer)
+}
+
+/// Ticks one bucket of `level` spans.
+fn span(level: usize) -> u64 {
+    1 << (BITS as usize * level)
+}
+
+/// Ticks one turn of `level` spans (all its buckets).
+fn turn(level: usize) -> u64 {
+    span(level + 1)
+}
+
+/// The first tick at or after `from` at which bucket `index` of `level` is detached.
+fn next_tag(level: usize, index: usize, from: u64) -> u64 {
+    let start = from - from % turn(level) + index as u64 * span(level);
+    if start >= from {
+        start
+    } else {
+        start + turn(level)
+    }
+}
+
+fn pack(tag: u64, first: u32) -> u64 {
+    (tag as u32 as u64) << 32 | u64::from(first)
+}
+
+fn unpack(head: u64) -> (u32, u32) {
+    ((head >> 32) as u32, head as u32)
+}
+
+/// Hands back what to do with a fired node: `Some(deadline)` schedules it again.
+pub(crate) type Refire = Option<u64>;
+
+/// A hierarchical timing wheel of nodes (see the module docs).
+pub(crate) struct Wheel {
+    tick_nanos: u64,
+    /// The first tick not yet processed; every bucket's tag is at or after it.
+    cursor: AtomicU64,
+    /// `LEVELS * 64` bucket heads, level-major: `tag << 32 | first`.
+    heads: Box<[AtomicU64]>,
+    /// Timers whose bucket could not be found; the next run takes them all.
+    overflow: AtomicU64,
+    /// Each node's successor in its list.
+    next: Box<[AtomicU64]>,
+    /// 1 while a run is under way.
+    ticking: AtomicU64,
+}
+
+impl Wheel {
+    /// A wheel of `nodes` nodes ticking every `tick_nanos` (at least 1), starting at `now`.
+    pub(crate) fn new(nodes: u32, tick_nanos: u64, now: u64) -> Self {
+        let tick_nanos = tick_nanos.max(1);
+        let cursor = now / tick_nanos;
+        let heads = (0..LEVELS)
+            .flat_map(|level| {
+                (0..BUCKETS)
+                    .map(move |index| AtomicU64::new(pack(next_tag(level, index, cursor), NIL)))
+            })
+            .collect();
+        Self {
+            tick_nanos,
+            cursor: AtomicU64::new(cursor),
+            heads,
+            overflow: AtomicU64::new(u64::from(NIL)),
+            next: (0..nodes).map(|_| AtomicU64::new(u64::from(NIL))).collect(),
+            ticking: AtomicU64::new(0),
+        }
+    }
+
+    /// The tick a deadline is due at: the first tick that starts at or after it, so a node
+    /// is never handed back before its deadline.
+    fn tick_of(&self, deadline: u64) -> u64 {
+        deadline / self.tick_nanos + u64::from(deadline % self.tick_nanos != 0)
+    }
+
+    /// Whether a run at `now` would have ticks to process.
+    pub(crate) fn is_due(&self, now: u64) -> bool {
+        now / self.tick_nanos >= self.cursor.load(Ordering::Relaxed)
+    }
+
+    /// Schedules `node` (which its owner holds out of every list) to be handed back at
+    /// `deadline` or a little before. Lock-free.
+    pub(crate) fn schedule(&self, node: u32, deadline: u64) {
+        let Some(link) = self.next.get(node as usize) else {
+            debug_assert!(false, "node {node} out of range");
+            return;
+        };
+        let cursor = self.cursor.load(Ordering::Acquire);
+        let due = self.tick_of(deadline);
+        if due >= cursor {
+            // Park deadlines beyond the wheel's reach in its last reachable tick.
+            let due = due.min(cursor + turn(LEVELS - 1) - 1);
+            let level = (0..LEVELS)
+                .find(|&level| due - cursor < turn(level))
+                .unwrap_or(LEVELS - 1);
+            // The bucket start at or before `due`; at or after `cursor` by the level choice.
+            let tag = due & !(span(level) - 1);
+            let index =
+                level * BUCKETS + ((tag >> (BITS as usize * level)) as usize & (BUCKETS - 1));
+            let head = &self.heads[index];
+            let mut current = head.load(Ordering::Relaxed);
+            while unpack(current).0 == tag as u32 {
+                link.store(u64::from(unpack(current).1), Ordering::Relaxed);
+                match head.compare_exchange_weak(
+                    current,
+                    pack(tag, node),
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => return,
+                    Err(actual) => current = actual,
+                }
+            }
+            // The ticker re-tagged the bucket under us: its tick has been processed.
+        }
+        let mut current = self.overflow.load(Ordering::Relaxed);
+        loop {
+            link.store(current, Ordering::Relaxed);
+            match self.overflow.compare_exchange_weak(
+                current,
+                u64::from(node),
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Runs the wheel up to `now` unless it is not due or another thread is running it:
+    /// every node whose bucket has come (or that overflowed) is passed to `fire` with
+    /// `now`, and scheduled again at the deadline `fire` returns, if any.
+    /// Returns whether this call ran the wheel.
+    pub(crate) fn advance(&self, now: u64, mut fire: impl FnMut(u32, u64) -> Refire) -> bool {
+        if !self.is_due(now)
+            || self
+                .ticking
+                .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+        {
+            return false;
+        }
+        let now_tick = now / self.tick_nanos;
+        let cursor = self.cursor.load(Ordering::Relaxed);
+        if now_tick < cursor {
+            self.ticking.store(0, Ordering::Release);
+            return false; // another run got here first
+        }
+        // Detach first, walk after the cursor moves, so the timers fired below that ask to
+        // be scheduled again find a wheel already re-tagged for `now_tick + 1`.
+        let mut detached = [NIL; LEVELS * BUCKETS + 1];
+        for (index, head) in self.heads.iter().enumerate() {
+            let (level, bucket) = (index / BUCKETS, index % BUCKETS);
+            let (tag, _) = unpack(head.load(Ordering::Relaxed));
+            // Tags lie within 2^32 ticks at or after the cursor: rebuild the full tick.
+            let tag = cursor + u64::from(tag.wrapping_sub(cursor as u32));
+            if tag <= now_tick {
+                let retagged = pack(next_tag(level, bucket, now_tick + 1), NIL);
+                detached[index] = unpack(head.swap(retagged, Ordering::AcqRel)).1;
+            }
+        }
+        detached[LEVELS * BUCKETS] = self.overflow.swap(u64::from(NIL), Ordering::AcqRel) as u32;
+        self.cursor.store(now_tick + 1, Ordering::Release);
+        for first in detached {
+            self.walk(first, now, &mut fire);
+        }
+        self.ticking.store(0, Ordering::Release);
+        true
+    }
+
+    /// Fires every node of a detached list. A corrupt link ends the walk (and a list longer
+    /// than the node count is cut there), so bad memory cannot make it run wild.
+    fn walk(&self, first: u32, now: u64, fire: &mut impl FnMut(u32, u64) -> Refire) {
+        let mut node = first;
+        for _ in 0..self.next.len() {
+            let Some(link) = self.next.get(node as usize) else {
+                return; // NIL, or a corrupt index
+            };
+            // Read the link before firing: once fired, the node's owner may schedule it
+            // again, rewriting its link.
+            let following = link.load(Ordering::Relaxed) as u32;
+            if let Some(deadline) = fire(node, now) {
+                self.schedule(node, deadline);
+            }
+            node = following;
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Runs the wheel at `now`, recording which nodes fired; fired nodes are done.
+    fn fire_at(wheel: &Wheel, now: u64, deadlines: &[u64], fired: &mut Vec<(u32, u64)>) {
+        wheel.advance(now, |node, now| {
+            let deadline = deadlines[node as usize];
+            if deadline > now {
+                return Some(deadline); // early (a coarse bucket): ask again
+            }
+            fired.push((node, now));
+            None
+        });
+    }
+
+    #[test]
+    fn a_timer_fires_at_the_first_tick_at_or_after_its_deadline() {
+        let wheel = Wheel::new(4, 10, 0);
+        let deadlines = [25, 30, 0, 1_000];
+        for (node, &deadline) in deadlines.iter().enumerate() {
+            wheel.schedule(node as u32, deadline);
+        }
+        let mut fired = Vec::new();
+        for now in (0..=1_000).step_by(10) {
+            fire_at(&wheel, now, &deadlines, &mut fired);
+        }
+        fired.sort_by_key(|&(node, at)| (at, node)); // same-tick timers come in no set order
+        assert_eq!(fired, [(2, 0), (0, 30), (1, 30), (3, 1_000)]);
+    }
+
+    #[test]
+    fn a_timer_beyond_the_wheel_is_parked_and_fires_on_time() {
+        let wheel = Wheel::new(1, 1, 0);
+        let far = turn(LEVELS - 1) * 3 + 12_345;
+        wheel.schedule(0, far);
+        let mut fired = Vec::new();
+        let mut now = 0;
+        while fired.is_empty() && now <= far {
+            // Big steps, but never past the deadline by more than one step.
+            now = (now + turn(LEVELS - 2)).min(far);
+            fire_at(&wheel, now, &[far], &mut fired);
+        }
+        assert_eq!(fired, [(0, far)]);
+    }
+
+    #[test]
+    fn a_long_idle_gap_is_crossed_in_one_run() {
+        let wheel = Wheel::new(2, 1_000_000, 0);
+        wheel.schedule(0, 5_000_000);
+        let deadlines = [5_000_000, 40 * 86_400 * 1_000_000_000];
+        wheel.schedule(1, deadlines[1]);
+        let mut fired = Vec::new();
+        fire_at(&wheel, 30 * 86_400 * 1_000_000_000, &deadlines, &mut fired);
+        assert_eq!(fired, [(0, 30 * 86_400 * 1_000_000_000)]);
+        fire_at(&wheel, deadlines[1], &deadlines, &mut fired);
+        assert_eq!(fired.len(), 2, "the 40-day timer fired at its deadline");
+        assert_eq!(fired[1], (1, deadlines[1]));
+    }
+
+    #[test]
+    fn a_run_is_not_due_again_within_its_tick() {
+        let wheel = Wheel::new(1, 10, 0);
+        assert!(wheel.advance(5, |_, _| None));
+        assert!(!wheel.is_due(9));
+        assert!(!wheel.advance(9, |_, _| unreachable!("nothing scheduled")));
+        assert!(wheel.is_due(10));
+    }
+
+    #[test]
+    fn corrupt_links_end_the_walk() {
+        let wheel = Wheel::new(2, 1, 0);
+        wheel.schedule(0, 1);
+        wheel.schedule(1, 1);
+        // Make a cycle: 1 -> 0 -> 1 ...
+        wheel.next[0].store(1, Ordering::Relaxed);
+        let mut fired = 0;
+        wheel.advance(1, |_, _| {
+            fired += 1;
+            None
+        });
+        assert_eq!(fired, 2, "the walk stops after as many nodes as exist");
+        wheel.next[0].store(77, Ordering::Relaxed); // out of range
+        wheel.schedule(0, 2);
+        wheel.next[0].store(77, Ordering::Relaxed);
+        let mut fired = 0;
+        wheel.advance(2, |_, _| {
+            fired += 1;
+            None
+        });
+        assert_eq!(fired, 1);
+    }
+
+    proptest! {
+        /// Against a reference: every timer fires exactly once, at the first run at or after
+        /// its deadline, whatever the deadlines, steps and re-schedules.
+        #[test]
+        fn every_timer_fires_once_at_its_first_run_past_its_deadline(
+            tick in 1u64..5,
+            deadlines in proptest::collection::vec(0u64..200_000, 1..40),
+            steps in proptest::collection::vec(1u64..20_000, 1..60),
+        ) {
+            let wheel = Wheel::new(deadlines.len() as u32, tick, 0);
+            for (node, &deadline) in deadlines.iter().enumerate() {
+                wheel.schedule(node as u32, deadline);
+            }
+            let mut fired = Vec::new();
+            let mut now = 0;
+            let mut runs = Vec::new();
+            for step in steps.iter().chain(std::iter::once(&200_000)) {
+                now += step;
+                fire_at(&wheel, now, &deadlines, &mut fired);
+                runs.push(now);
+            }
+            fired.sort_unstable();
+            prop_assert_eq!(fired.len(), deadlines.len(), "every timer fired once");
+            for (node, at) in fired {
+                let deadline = deadlines[node as usize];
+                let due_run = runs
+                    .iter()
+                    .copied()
+                    .find(|&run| run / tick >= deadline.div_ceil(tick))
+                    .unwrap();
+                prop_assert!(
+                    deadline <= at && at <= due_run,
+                    "node {} (deadline {}) fired at {}, due by the run at {}",
+                    node, deadline, at, due_run
+                );
+            }
+        }
+    }
+}
+
+/// Loom model of DESIGN.md's "wheel insert racing the ticker (no timer lost)". Run from the
+/// repo root: `RUSTFLAGS="--cfg loom" cargo test --lib --release loom_models`.
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    #[test]
+    fn an_insert_racing_a_run_is_not_lost() {
+        loom::model(|| {
+            // Timers due at ticks 2 and 1 are inserted while a run at tick 2 goes on; a
+            // third timer, far out, sits in a coarse bucket the run detaches and re-files.
+            // One more run then picks up whatever overflowed.
+            let wheel = Arc::new(Wheel::new(3, 1, 0));
+            wheel.schedule(2, 70);
+            let inserter = {
+                let wheel = wheel.clone();
+                thread::spawn(move || {
+                    wheel.schedule(0, 2);
+                    wheel.schedule(1, 1);
+                })
+            };
+            let ticker = {
+                let wheel = wheel.clone();
+                thread::spawn(move || {
+                    let mut fired = Vec::new();
+                    wheel.advance(2, |node, now| {
+                        let deadline = [2, 1, 70][node as usize];
+                        if deadline > now {
+                            return Some(deadline);
+                        }
+                        fired.push(node);
+                        None
+                    });
+                    fired
+                })
+            };
+            inserter.join().unwrap();
+            let mut fired = ticker.join().unwrap();
+            wheel.advance(3, |node, _| {
+                assert_ne!(node, 2, "the far timer is not due");
+                fired.push(node);
+                None
+            });
+            fired.sort_unstable();
+            assert_eq!(fired, [0, 1], "both inserted timers fired, exactly once");
+        });
+    }
+}
