@@ -24,6 +24,7 @@ mod id;
 pub mod queue;
 pub mod ring;
 mod slots;
+mod stats;
 mod sync;
 mod wheel;
 

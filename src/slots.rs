@@ -154,7 +154,9 @@ pub(crate) enum TransitionError {
     TooManyPins,
 }
 
-/// One slot's header.
+/// One slot's header. The word and the fields every message uses fill its first 64-byte
+/// line, so a publish and a delivery touch one header line; dead-letter fields follow.
+#[repr(C, align(64))]
 pub(crate) struct SlotHeader {
     /// The state word (see the module docs); every transition is one CAS on it.
     word: AtomicU64,
@@ -172,6 +174,7 @@ const REASON_WORDS: usize = REASON_BYTES / 8;
 /// writer sees an old or new value, never undefined behaviour; readers that must be
 /// consistent re-check the word afterwards.
 #[derive(Default)]
+#[repr(C)]
 pub(crate) struct Meta {
     pub(crate) id: AtomicU64,
     pub(crate) payload_len: AtomicU64,

@@ -37,10 +37,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::clock::{nanos, Clock, MonotonicClock};
 use crate::dedup::{DedupError, DedupWindow};
-use crate::id::{mix64, MessageId};
+use crate::id::{IdSource, MessageId};
 use crate::ring::Ring;
 use crate::slots::{MessageStore, Meta, State, TransitionError, Word};
-use crate::sync::{AtomicU64, Backoff, Ordering};
+pub use crate::stats::Stats;
+use crate::stats::{Counter, Counters};
+use crate::sync::{Backoff, Ordering};
 use crate::wheel::{node, split_node, Refire, Timer, Wheel};
 
 /// Why a message died.
@@ -135,54 +137,6 @@ pub enum PublishError {
     AlreadyExpired,
 }
 
-/// A snapshot of a queue: gauges (scanned) and counters (since creation).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// Deliverable now.
-    pub ready: u64,
-    /// Waiting for a delay or a retry backoff.
-    pub delayed: u64,
-    /// Delivered and not yet settled.
-    pub in_flight: u64,
-    /// Dead letters.
-    pub dead: u64,
-    /// Publishes accepted.
-    pub published: u64,
-    /// Publishes refused as duplicates.
-    pub duplicates: u64,
-    /// Messages whose TTL ran out.
-    pub expired: u64,
-    /// Deliveries, redeliveries included.
-    pub delivered: u64,
-    /// Deliveries after the first (lease ran out, or retried after a nack).
-    pub redelivered: u64,
-    /// Acks accepted.
-    pub acked: u64,
-    /// Nacks accepted.
-    pub nacked: u64,
-    /// Messages dead-lettered.
-    pub dead_lettered: u64,
-    /// Dead letters discarded because the dead-letter queue was full.
-    pub dead_discarded: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    published: AtomicU64,
-    duplicates: AtomicU64,
-    expired: AtomicU64,
-    delivered: AtomicU64,
-    redelivered: AtomicU64,
-    acked: AtomicU64,
-    nacked: AtomicU64,
-    dead_lettered: AtomicU64,
-    dead_discarded: AtomicU64,
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
-
 fn token(slot: u32, generation: u32) -> u64 {
     u64::from(slot) << 32 | u64::from(generation)
 }
@@ -250,10 +204,13 @@ pub struct Queue<C: Clock = MonotonicClock> {
     clock: C,
     /// The slots' lease and delay timers.
     wheel: Wheel,
-    /// Seeds generated ids and jitter.
-    seed: u64,
-    sequence: AtomicU64,
+    /// Generated ids and retry jitter.
+    ids: IdSource,
     counters: Counters,
+    /// The Unix time (nanoseconds) at `clock_anchor` on the queue's clock: publish and
+    /// dead-letter times for people are derived from the queue's clock, one read, not two.
+    unix_anchor: u64,
+    clock_anchor: u64,
 }
 
 impl Queue<MonotonicClock> {
@@ -297,11 +254,12 @@ impl<C: Clock> Queue<C> {
             ready: ring(capacity)?,
             dead: ring(config.dead_letter_capacity)?,
             dedup,
-            seed: mix64(unix_nanos() ^ u64::from(std::process::id()).rotate_left(32)),
-            sequence: AtomicU64::new(0),
+            ids: IdSource::new(),
+            unix_anchor: unix_nanos(),
+            clock_anchor: clock.now_nanos(),
             wheel: Wheel::new(capacity * 2, nanos(config.timer_tick), clock.now_nanos()),
             clock,
-            counters: Counters::default(),
+            counters: Counters::new(),
             config,
         })
     }
@@ -340,7 +298,7 @@ impl<C: Clock> Queue<C> {
         }
         let now = self.clock.now_nanos();
         self.run_timers(now);
-        let id = options.id.unwrap_or_else(|| self.generate_id());
+        let id = options.id.unwrap_or_else(|| self.ids.id());
         let Some((slot, generation)) = self.claim_free_slot_per_policy() else {
             return Err(PublishError::Full {
                 capacity: self.config.capacity,
@@ -358,7 +316,7 @@ impl<C: Clock> Queue<C> {
                 }
                 return Err(match error {
                     DedupError::Duplicate { id } => {
-                        bump(&self.counters.duplicates);
+                        self.counters.bump(Counter::Duplicates);
                         PublishError::Duplicate { id }
                     }
                     DedupError::Full { capacity } => PublishError::DedupFull { capacity },
@@ -371,7 +329,8 @@ impl<C: Clock> Queue<C> {
             .store(payload.len() as u64, Ordering::Relaxed);
         meta.attempts.store(0, Ordering::Relaxed);
         meta.published_at.store(now, Ordering::Relaxed);
-        meta.published_unix.store(unix_nanos(), Ordering::Relaxed);
+        meta.published_unix
+            .store(self.unix_time(now), Ordering::Relaxed);
         let expires_at = ttl.map_or(u64::MAX, |ttl| now.saturating_add(nanos(ttl)));
         meta.expires_at.store(expires_at, Ordering::Relaxed);
         // SAFETY: `claim_free_slot` moved the slot to Writing for us; the length was checked.
@@ -386,7 +345,7 @@ impl<C: Clock> Queue<C> {
             self.move_slot(slot, generation, State::Ready);
             self.push_ready(slot, generation);
         }
-        bump(&self.counters.published);
+        self.counters.bump(Counter::Published);
         Ok(id)
     }
 
@@ -441,14 +400,10 @@ impl<C: Clock> Queue<C> {
         debug_assert!(pushed.is_ok(), "ready ring holds every slot");
     }
 
-    fn generate_id(&self) -> MessageId {
-        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
-        MessageId(mix64(self.seed.wrapping_add(sequence)))
-    }
-
-    fn random_unit(&self) -> f64 {
-        let bits = mix64(self.seed ^ self.sequence.fetch_add(1, Ordering::Relaxed));
-        (bits >> 11) as f64 / (1u64 << 53) as f64
+    /// Unix nanoseconds at `now` on the queue's clock.
+    fn unix_time(&self, now: u64) -> u64 {
+        self.unix_anchor
+            .saturating_add(now.saturating_sub(self.clock_anchor))
     }
 
     /// Receives the oldest ready message, if any, leasing it for the visibility timeout.
@@ -504,9 +459,9 @@ impl<C: Clock> Queue<C> {
             if schedule_lease_timer.get() {
                 self.wheel.schedule(node(slot, Timer::Lease), due);
             }
-            bump(&self.counters.delivered);
+            self.counters.bump(Counter::Delivered);
             if attempt > 1 {
-                bump(&self.counters.redelivered);
+                self.counters.bump(Counter::Redelivered);
             }
             return Some(Delivery::new(
                 self,
@@ -533,7 +488,7 @@ impl<C: Clock> Queue<C> {
 
     /// A ready message whose TTL ran out: dead-letter or drop it. We hold its ready token.
     fn expire(&self, slot: u32, generation: u32) {
-        bump(&self.counters.expired);
+        self.counters.bump(Counter::Expired);
         match self.config.on_expiry {
             ExpiryPolicy::DeadLetter => {
                 self.kill(slot, State::Ready, generation, DeadReason::Expired, "");
@@ -563,7 +518,8 @@ impl<C: Clock> Queue<C> {
             return false;
         };
         meta.dead_reason.store(reason.code(), Ordering::Relaxed);
-        meta.dead_unix.store(unix_nanos(), Ordering::Relaxed);
+        meta.dead_unix
+            .store(self.unix_time(self.clock.now_nanos()), Ordering::Relaxed);
         meta.set_reason(error);
         let Ok(dead) = self.store.transition_from(slot, from, generation, |w| {
             Some(Word {
@@ -573,14 +529,14 @@ impl<C: Clock> Queue<C> {
         }) else {
             return false;
         };
-        bump(&self.counters.dead_lettered);
+        self.counters.bump(Counter::DeadLettered);
         let mut filed = token(slot, dead.generation);
         while let Err(full) = self.dead.try_push(filed) {
             filed = full.into_inner();
             if let Some(oldest) = self.dead.try_pop() {
                 let (old_slot, old_generation) = split(oldest);
                 if let Ok(word) = self.free_dead(old_slot, old_generation) {
-                    bump(&self.counters.dead_discarded);
+                    self.counters.bump(Counter::DeadDiscarded);
                     self.release_if_unpinned(old_slot, word);
                 }
             }
@@ -819,19 +775,12 @@ impl<C: Clock> Queue<C> {
                 _ => {}
             }
         }
-        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        let c = &self.counters;
         Stats {
-            published: read(&c.published),
-            duplicates: read(&c.duplicates),
-            expired: read(&c.expired),
-            delivered: read(&c.delivered),
-            redelivered: read(&c.redelivered),
-            acked: read(&c.acked),
-            nacked: read(&c.nacked),
-            dead_lettered: read(&c.dead_lettered),
-            dead_discarded: read(&c.dead_discarded),
-            ..stats
+            ready: stats.ready,
+            delayed: stats.delayed,
+            in_flight: stats.in_flight,
+            dead: stats.dead,
+            ..self.counters.snapshot()
         }
     }
 
@@ -844,15 +793,15 @@ impl<C: Clock> Queue<C> {
     }
 
     pub(crate) fn note_acked(&self) {
-        bump(&self.counters.acked);
+        self.counters.bump(Counter::Acked);
     }
 
     pub(crate) fn note_nacked(&self) {
-        bump(&self.counters.nacked);
+        self.counters.bump(Counter::Nacked);
     }
 
     pub(crate) fn retry_wait(&self, attempt: u32) -> Duration {
-        self.config.backoff.wait(attempt, self.random_unit())
+        self.config.backoff.wait(attempt, self.ids.unit())
     }
 }
 
