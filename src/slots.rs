@@ -39,7 +39,7 @@
 
 use std::cell::UnsafeCell;
 
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::{prefetch_write, AtomicU64, Ordering};
 
 /// What a slot holds now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -226,11 +226,12 @@ impl Meta {
 /// The slots and their payload bytes.
 pub(crate) struct MessageStore {
     headers: Box<[SlotHeader]>,
-    /// `capacity * max_payload` bytes. A slot's bytes are written only by the publisher
+    /// `capacity * lines_per_slot` lines. A slot's bytes are written only by the publisher
     /// holding it in `Writing` and read only under a pin, which the state word orders.
     /// (Payload bytes are plain memory, not modelled by loom; the word that orders them is.)
-    payloads: Box<[UnsafeCell<u8>]>,
-    max_payload: usize,
+    payloads: Box<[PayloadLine]>,
+    /// Cache lines of payload per slot: each slot's payload starts on a line of its own.
+    lines_per_slot: usize,
 }
 
 // SAFETY: payload bytes are only accessed under the protocol above (exclusive writer in
@@ -242,6 +243,7 @@ unsafe impl Send for MessageStore {}
 impl MessageStore {
     /// A store of `capacity` free slots of `max_payload` bytes each, all at generation 0.
     pub(crate) fn new(capacity: u32, max_payload: usize) -> Self {
+        let lines_per_slot = max_payload.div_ceil(64);
         Self {
             headers: (0..capacity)
                 .map(|_| SlotHeader {
@@ -249,10 +251,10 @@ impl MessageStore {
                     meta: Meta::default(),
                 })
                 .collect(),
-            payloads: (0..capacity as usize * max_payload)
-                .map(|_| UnsafeCell::new(0))
+            payloads: (0..capacity as usize * lines_per_slot)
+                .map(|_| PayloadLine(UnsafeCell::new([0; 64])))
                 .collect(),
-            max_payload,
+            lines_per_slot,
         }
     }
 
@@ -311,7 +313,21 @@ impl MessageStore {
         generation: u32,
         change: impl Fn(Word) -> Option<Word>,
     ) -> Result<Word, TransitionError> {
-        let mut current = self.load(slot).map_err(TransitionError::Corrupt)?;
+        let current = self.load(slot).map_err(TransitionError::Corrupt)?;
+        self.transition_from_seen(slot, current, from, generation, change)
+    }
+
+    /// [`transition_from`](Self::transition_from) starting from a word the caller just
+    /// loaded (one load fewer on a hot path).
+    pub(crate) fn transition_from_seen(
+        &self,
+        slot: u32,
+        seen: Word,
+        from: State,
+        generation: u32,
+        change: impl Fn(Word) -> Option<Word>,
+    ) -> Result<Word, TransitionError> {
+        let mut current = seen;
         loop {
             if current.state != from || current.generation != generation {
                 return Err(TransitionError::Stale(current));
@@ -343,9 +359,25 @@ impl MessageStore {
         }
     }
 
-    fn payload_range(&self, slot: u32) -> std::ops::Range<usize> {
-        let start = slot as usize * self.max_payload;
-        start..start + self.max_payload
+    /// The start of the slot's payload lines, with provenance over all of them.
+    fn payload_start(&self, slot: u32) -> *mut u8 {
+        let first = slot as usize * self.lines_per_slot;
+        let lines = &self.payloads[first..first + self.lines_per_slot];
+        // `PayloadLine` is `repr(C)` around the cell, and lines are 64 bytes apart with no
+        // gaps, so the slot's bytes are one run of `lines_per_slot * 64`.
+        UnsafeCell::raw_get(lines.as_ptr().cast::<UnsafeCell<[u8; 64]>>()).cast::<u8>()
+    }
+
+    /// Starts loading the slot's header line and first payload line, so that the miss on
+    /// the word and the miss on the payload overlap instead of following each other.
+    #[inline]
+    pub(crate) fn prefetch(&self, slot: u32) {
+        if let Some(header) = self.headers.get(slot as usize) {
+            prefetch_write(&header.word);
+        }
+        if let Some(line) = self.payloads.get(slot as usize * self.lines_per_slot) {
+            prefetch_write(line);
+        }
     }
 
     /// Copies `bytes` into the slot's payload area.
@@ -354,15 +386,11 @@ impl MessageStore {
     /// The caller moved the slot to `Writing` and has not moved it on: no one else reads or
     /// writes these bytes. `bytes.len() <= max_payload` and `slot < capacity`.
     pub(crate) unsafe fn write_payload(&self, slot: u32, bytes: &[u8]) {
-        let area = &self.payloads[self.payload_range(slot)][..bytes.len()];
-        // SAFETY: the caller has exclusive access to this slot's bytes (see above);
-        // `UnsafeCell<u8>` has the layout of `u8`, and `area` is `bytes.len()` long.
+        debug_assert!(bytes.len() <= self.lines_per_slot * 64);
+        // SAFETY: the caller has exclusive access to this slot's bytes (see above), and
+        // `bytes.len() <= max_payload <= lines_per_slot * 64` bytes lie behind the start.
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                UnsafeCell::raw_get(area.as_ptr()),
-                bytes.len(),
-            )
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.payload_start(slot), bytes.len())
         };
     }
 
@@ -373,12 +401,16 @@ impl MessageStore {
     /// after the publisher's `Writing -> Ready | Delayed`, and `len <= max_payload`. While
     /// pinned the slot is not freed to the free ring, so no publisher writes these bytes.
     pub(crate) unsafe fn payload(&self, slot: u32, len: usize) -> &[u8] {
-        let area = &self.payloads[self.payload_range(slot)][..len];
-        // SAFETY: no writer while pinned (see above); `UnsafeCell<u8>` is layout-identical
-        // to `u8`, so the cells form a valid `[u8]` of `len` bytes.
-        unsafe { std::slice::from_raw_parts(UnsafeCell::raw_get(area.as_ptr()).cast_const(), len) }
+        debug_assert!(len <= self.lines_per_slot * 64);
+        // SAFETY: no writer while pinned (see above); the bytes are initialized (zeroed at
+        // creation) and `len <= max_payload` of them lie behind the start.
+        unsafe { std::slice::from_raw_parts(self.payload_start(slot).cast_const(), len) }
     }
 }
+
+/// 64 payload bytes on a cache line of their own.
+#[repr(C, align(64))]
+struct PayloadLine(UnsafeCell<[u8; 64]>);
 
 #[cfg(test)]
 mod tests {

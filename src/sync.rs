@@ -51,3 +51,38 @@ mod imp {
 }
 
 pub(crate) use imp::*;
+
+/// Starts loading the cache line of `place` for reading: a hint that lets a miss overlap
+/// other work. Does nothing where there is no prefetch instruction (and under loom/Miri).
+#[inline(always)]
+pub(crate) fn prefetch_read<T>(place: &T) {
+    prefetch::<T, { PREFETCH_READ }>(place);
+}
+
+/// Like [`prefetch_read`], for a line about to be written (fetched exclusive, where the CPU
+/// can).
+#[inline(always)]
+pub(crate) fn prefetch_write<T>(place: &T) {
+    prefetch::<T, { PREFETCH_WRITE }>(place);
+}
+
+#[cfg(all(target_arch = "x86_64", not(loom), not(miri)))]
+const PREFETCH_READ: i32 = core::arch::x86_64::_MM_HINT_T0;
+#[cfg(all(target_arch = "x86_64", not(loom), not(miri)))]
+const PREFETCH_WRITE: i32 = core::arch::x86_64::_MM_HINT_ET0;
+#[cfg(not(all(target_arch = "x86_64", not(loom), not(miri))))]
+const PREFETCH_READ: i32 = 0;
+#[cfg(not(all(target_arch = "x86_64", not(loom), not(miri))))]
+const PREFETCH_WRITE: i32 = 1;
+
+#[inline(always)]
+fn prefetch<T, const HINT: i32>(place: &T) {
+    #[cfg(all(target_arch = "x86_64", not(loom), not(miri)))]
+    // SAFETY: a prefetch never faults and makes nothing observable to the program; the
+    // address comes from a live reference anyway.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<HINT>(std::ptr::from_ref(place).cast::<i8>());
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(loom), not(miri))))]
+    let _ = place;
+}

@@ -42,6 +42,8 @@ pub struct Delivery<'q, C: Clock> {
     published_unix: u64,
     lease_deadline: u64,
     settled: bool,
+    /// Still holds its pin on the slot (an ack drops it in its own CAS).
+    pinned: bool,
 }
 
 impl<'q, C: Clock> Delivery<'q, C> {
@@ -65,6 +67,7 @@ impl<'q, C: Clock> Delivery<'q, C> {
             published_unix: meta.published_unix.load(Ordering::Relaxed),
             lease_deadline,
             settled: false,
+            pinned: true,
         }
     }
 
@@ -102,10 +105,20 @@ impl<'q, C: Clock> Delivery<'q, C> {
     /// [`SettleError::LeaseLost`] if the lease ran out first.
     pub fn ack(mut self) -> Result<(), SettleError> {
         self.settled = true;
-        self.queue
+        // Free the slot and drop our pin in one CAS (`self` is consumed: nothing borrows
+        // the payload any more).
+        let freed = self
+            .queue
             .store()
-            .transition_from(self.slot, State::Leased, self.receipt, |w| Some(w.freed()))
+            .transition_from(self.slot, State::Leased, self.receipt, |w| {
+                Some(Word {
+                    pins: w.pins.checked_sub(1)?,
+                    ..w.freed()
+                })
+            })
             .map_err(|_| self.lease_lost())?;
+        self.pinned = false;
+        self.queue.release_if_unpinned(self.slot, freed);
         self.queue.note_acked();
         Ok(())
     }
@@ -230,7 +243,9 @@ impl<C: Clock> Drop for Delivery<'_, C> {
             // Documented: an unsettled delivery is a nack; a lost lease needs nothing more.
             let _ = self.nack_inner("dropped");
         }
-        self.queue.unpin(self.slot);
+        if self.pinned {
+            self.queue.unpin(self.slot);
+        }
     }
 }
 

@@ -299,6 +299,9 @@ impl<C: Clock> Queue<C> {
         let now = self.clock.now_nanos();
         self.run_timers(now);
         let id = options.id.unwrap_or_else(|| self.ids.id());
+        if let Some(dedup) = &self.dedup {
+            dedup.prefetch(id); // its stripe loads while we claim a slot
+        }
         let Some((slot, generation)) = self.claim_free_slot_per_policy() else {
             return Err(PublishError::Full {
                 capacity: self.config.capacity,
@@ -366,6 +369,7 @@ impl<C: Clock> Queue<C> {
     fn claim_free_slot(&self) -> Option<(u32, u32)> {
         while let Some(free) = self.free.try_pop() {
             let (slot, generation) = split(free);
+            self.store.prefetch(slot); // header and payload misses overlap
             if self
                 .store
                 .transition_from(slot, State::Free, generation, |w| {
@@ -415,12 +419,14 @@ impl<C: Clock> Queue<C> {
         }
         while let Some(ready) = self.ready.try_pop() {
             let (slot, generation) = split(ready);
+            self.store.prefetch(slot); // header and payload misses overlap
             let Ok(meta) = self.store.meta(slot) else {
                 continue;
             };
-            if self.store.load(slot).map_or(true, |w| {
-                w.state != State::Ready || w.generation != generation
-            }) {
+            let Ok(seen) = self.store.load(slot) else {
+                continue;
+            };
+            if seen.state != State::Ready || seen.generation != generation {
                 continue; // stale token: whoever moved the slot on owns it now
             }
             if now >= meta.expires_at.load(Ordering::Relaxed) {
@@ -434,28 +440,29 @@ impl<C: Clock> Queue<C> {
             meta.attempts.store(attempt, Ordering::Relaxed);
             meta.due_at.store(due, Ordering::Relaxed);
             let schedule_lease_timer = std::cell::Cell::new(false);
-            let leased = match self
-                .store
-                .transition_from(slot, State::Ready, generation, |w| {
-                    schedule_lease_timer.set(!w.lease_timer);
-                    Some(Word {
-                        state: State::Leased,
-                        pins: w.pins.checked_add(1)?,
-                        generation: w.generation.wrapping_add(1),
-                        lease_timer: true,
-                        ..w
-                    })
-                }) {
-                Ok(leased) => leased,
-                Err(TransitionError::TooManyPins) => {
-                    // 255 live deliveries still borrow this message's payload: leave it
-                    // queued (token back, attempt undone) until some of them are dropped.
-                    meta.attempts.store(attempt - 1, Ordering::Relaxed);
-                    self.push_ready(slot, generation);
-                    return None;
-                }
-                Err(_) => continue, // a stale token: whoever moved the slot on owns it
-            };
+            let leased =
+                match self
+                    .store
+                    .transition_from_seen(slot, seen, State::Ready, generation, |w| {
+                        schedule_lease_timer.set(!w.lease_timer);
+                        Some(Word {
+                            state: State::Leased,
+                            pins: w.pins.checked_add(1)?,
+                            generation: w.generation.wrapping_add(1),
+                            lease_timer: true,
+                            ..w
+                        })
+                    }) {
+                    Ok(leased) => leased,
+                    Err(TransitionError::TooManyPins) => {
+                        // 255 live deliveries still borrow this message's payload: leave it
+                        // queued (token back, attempt undone) until some of them are dropped.
+                        meta.attempts.store(attempt - 1, Ordering::Relaxed);
+                        self.push_ready(slot, generation);
+                        return None;
+                    }
+                    Err(_) => continue, // a stale token: whoever moved the slot on owns it
+                };
             if schedule_lease_timer.get() {
                 self.wheel.schedule(node(slot, Timer::Lease), due);
             }
