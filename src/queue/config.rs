@@ -78,8 +78,8 @@ pub enum FullPolicy {
     Block(Duration),
 }
 
-/// The most messages a queue holds: each slot has two timer nodes, numbered in 32 bits.
-const MAX_QUEUE_CAPACITY: u32 = (1 << 31) - 1;
+/// The most messages a queue holds: ring tokens keep 24 bits of slot index.
+const MAX_QUEUE_CAPACITY: u32 = (1 << 24) - 1;
 
 /// A queue configuration; start from [`QueueConfig::new`] and adjust fields.
 ///
@@ -148,7 +148,7 @@ impl QueueConfig {
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let problem = if self.capacity == 0 || self.capacity > MAX_QUEUE_CAPACITY {
-            "capacity must be between 1 and 2^31 - 1"
+            "capacity must be between 1 and 2^24 - 1"
         } else if self.max_attempts == 0 {
             "max_attempts must be at least 1"
         } else if self.visibility_timeout.is_zero() {

@@ -38,11 +38,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::clock::{nanos, Clock, MonotonicClock};
 use crate::dedup::{DedupError, DedupWindow};
 use crate::id::{IdSource, MessageId};
-use crate::ring::Ring;
+use crate::ring::index::IndexRing;
 use crate::slots::{MessageStore, Meta, State, TransitionError, Word};
 pub use crate::stats::Stats;
 use crate::stats::{Counter, Counters};
-use crate::sync::{Backoff, Ordering};
+use crate::sync::{AtomicU64, Backoff, Ordering};
 use crate::wheel::{node, split_node, Refire, Timer, Wheel};
 
 /// Why a message died.
@@ -137,12 +137,60 @@ pub enum PublishError {
     AlreadyExpired,
 }
 
-fn token(slot: u32, generation: u32) -> u64 {
-    u64::from(slot) << 32 | u64::from(generation)
+/// A slot's token in a ring: its index and the low 8 bits of its generation. Whoever pops
+/// a token checks it against the slot header (state and those bits) and then moves the slot
+/// with a CAS on the full word, so a stale token is dropped; the rare stale token whose bits
+/// match a later incarnation in the same state only takes that incarnation's turn early (its
+/// own token then finds it moved on), never a message twice.
+fn token(slot: u32, generation: u32) -> u32 {
+    slot | (generation & 0xff) << SLOT_BITS
 }
 
-fn split(token: u64) -> (u32, u32) {
-    ((token >> 32) as u32, token as u32)
+/// Bits of a token that name the slot; the queue holds at most `2^SLOT_BITS - 1` slots, so
+/// no token is the ring's `EMPTY` (all ones).
+const SLOT_BITS: u32 = 24;
+
+fn split(token: u32) -> (u32, u8) {
+    (token & ((1 << SLOT_BITS) - 1), (token >> SLOT_BITS) as u8)
+}
+
+/// An [`IndexRing`]'s words, owned by the queue.
+struct RingWords {
+    head: PaddedWord,
+    tail: PaddedWord,
+    slots: Box<[AtomicU64]>,
+}
+
+/// A word alone on its pair of cache lines.
+#[repr(align(128))]
+struct PaddedWord(AtomicU64);
+
+impl RingWords {
+    /// An empty ring of `capacity` slots.
+    fn new(capacity: u32) -> Self {
+        let words = Self {
+            head: PaddedWord(AtomicU64::new(0)),
+            tail: PaddedWord(AtomicU64::new(0)),
+            slots: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
+        };
+        IndexRing::init(&words.head.0, &words.tail.0, &words.slots);
+        words
+    }
+
+    fn ring(&self) -> IndexRing<'_> {
+        IndexRing::attach(&self.head.0, &self.tail.0, &self.slots)
+    }
+}
+
+/// Pushes a token; `false` if the ring is full. (A ring whose words are corrupt, which
+/// only a writer outside this process could cause, reads as full.)
+fn push(ring: &RingWords, token: u32) -> bool {
+    ring.ring().try_push(token).unwrap_or(false)
+}
+
+/// Pops a token. (A corrupt ring reads as empty.)
+fn pop(ring: &RingWords) -> Option<u32> {
+    ring.ring().try_pop().ok().flatten()
 }
 
 /// Calls `attempt` until it yields something or `timeout` of real time has passed
@@ -197,9 +245,9 @@ fn system_time(unix_nanos: u64) -> SystemTime {
 pub struct Queue<C: Clock = MonotonicClock> {
     config: QueueConfig,
     store: MessageStore,
-    free: Ring<u64>,
-    ready: Ring<u64>,
-    dead: Ring<u64>,
+    free: RingWords,
+    ready: RingWords,
+    dead: RingWords,
     dedup: Option<DedupWindow>,
     clock: C,
     /// The slots' lease and delay timers.
@@ -239,20 +287,16 @@ impl<C: Clock> Queue<C> {
             )?),
             None => None,
         };
-        let ring = |size: u32| {
-            Ring::new(size as usize).map_err(|_| ConfigError {
-                problem: "capacity must be at least 1",
-            })
-        };
-        let free = ring(capacity)?;
+        let free = RingWords::new(capacity);
         for slot in 0..capacity {
-            free.try_push(token(slot, 0)).expect("room for every slot");
+            let pushed = free.ring().try_push(token(slot, 0));
+            debug_assert_eq!(pushed, Ok(true), "room for every slot");
         }
         Ok(Self {
             store: MessageStore::new(capacity, config.max_payload),
             free,
-            ready: ring(capacity)?,
-            dead: ring(config.dead_letter_capacity)?,
+            ready: RingWords::new(capacity),
+            dead: RingWords::new(config.dead_letter_capacity),
             dedup,
             ids: IdSource::new(),
             unix_anchor: unix_nanos(),
@@ -367,9 +411,10 @@ impl<C: Clock> Queue<C> {
 
     /// Takes a free slot into `Writing`, dropping stale free tokens.
     fn claim_free_slot(&self) -> Option<(u32, u32)> {
-        while let Some(free) = self.free.try_pop() {
-            let (slot, generation) = split(free);
-            self.store.prefetch(slot); // header and payload misses overlap
+        while let Some(free) = pop(&self.free) {
+            let Some((slot, generation)) = self.resolve(free, State::Free) else {
+                continue;
+            };
             if self
                 .store
                 .transition_from(slot, State::Free, generation, |w| {
@@ -400,8 +445,18 @@ impl<C: Clock> Queue<C> {
 
     pub(crate) fn push_ready(&self, slot: u32, generation: u32) {
         // The ready ring has a place for every slot, and a slot has at most one ready token.
-        let pushed = self.ready.try_push(token(slot, generation));
-        debug_assert!(pushed.is_ok(), "ready ring holds every slot");
+        let pushed = push(&self.ready, token(slot, generation));
+        debug_assert!(pushed, "ready ring holds every slot");
+    }
+
+    /// The slot a popped token names and its full generation, if its header is in `state`
+    /// with the token's generation bits; `None` for a stale token (drop it).
+    fn resolve(&self, token: u32, state: State) -> Option<(u32, u32)> {
+        let (slot, generation_bits) = split(token);
+        self.store.prefetch(slot); // header and payload misses overlap
+        let word = self.store.load(slot).ok()?;
+        (word.state == state && word.generation as u8 == generation_bits)
+            .then_some((slot, word.generation))
     }
 
     /// Unix nanoseconds at `now` on the queue's clock.
@@ -417,8 +472,8 @@ impl<C: Clock> Queue<C> {
         if self.run_timers(now) {
             now = self.clock.now_nanos(); // a run takes time: judge TTLs by the clock after it
         }
-        while let Some(ready) = self.ready.try_pop() {
-            let (slot, generation) = split(ready);
+        while let Some(ready) = pop(&self.ready) {
+            let (slot, generation_bits) = split(ready);
             self.store.prefetch(slot); // header and payload misses overlap
             let Ok(meta) = self.store.meta(slot) else {
                 continue;
@@ -426,9 +481,10 @@ impl<C: Clock> Queue<C> {
             let Ok(seen) = self.store.load(slot) else {
                 continue;
             };
-            if seen.state != State::Ready || seen.generation != generation {
+            if seen.state != State::Ready || seen.generation as u8 != generation_bits {
                 continue; // stale token: whoever moved the slot on owns it now
             }
+            let generation = seen.generation;
             if now >= meta.expires_at.load(Ordering::Relaxed) {
                 self.expire(slot, generation);
                 continue;
@@ -537,15 +593,22 @@ impl<C: Clock> Queue<C> {
             return false;
         };
         self.counters.bump(Counter::DeadLettered);
-        let mut filed = token(slot, dead.generation);
-        while let Err(full) = self.dead.try_push(filed) {
-            filed = full.into_inner();
-            if let Some(oldest) = self.dead.try_pop() {
-                let (old_slot, old_generation) = split(oldest);
-                if let Ok(word) = self.free_dead(old_slot, old_generation) {
-                    self.counters.bump(Counter::DeadDiscarded);
-                    self.release_if_unpinned(old_slot, word);
-                }
+        let filed = token(slot, dead.generation);
+        // Bounded: each round discards a letter or finds one gone, so a sane ring has room
+        // within its capacity's worth of rounds (a corrupt one leaves the letter unfiled).
+        for _ in 0..=self.config.dead_letter_capacity {
+            if push(&self.dead, filed) {
+                break;
+            }
+            let Some(oldest) = pop(&self.dead) else {
+                continue; // a racing pop made room
+            };
+            let Some((old_slot, old_generation)) = self.resolve(oldest, State::Dead) else {
+                continue;
+            };
+            if let Ok(word) = self.free_dead(old_slot, old_generation) {
+                self.counters.bump(Counter::DeadDiscarded);
+                self.release_if_unpinned(old_slot, word);
             }
         }
         true
@@ -561,16 +624,16 @@ impl<C: Clock> Queue<C> {
     /// unpin does).
     pub(crate) fn release_if_unpinned(&self, slot: u32, freed: Word) {
         if freed.state == State::Free && freed.pins == 0 {
-            let pushed = self.free.try_push(token(slot, freed.generation));
-            debug_assert!(pushed.is_ok(), "free ring holds every slot");
+            let pushed = push(&self.free, token(slot, freed.generation));
+            debug_assert!(pushed, "free ring holds every slot");
         }
     }
 
     /// Drops a delivery's pin, freeing the slot if it was the last pin of a freed slot.
     pub(crate) fn unpin(&self, slot: u32) {
         if let Ok(Some(generation)) = self.store.unpin(slot) {
-            let pushed = self.free.try_push(token(slot, generation));
-            debug_assert!(pushed.is_ok(), "free ring holds every slot");
+            let pushed = push(&self.free, token(slot, generation));
+            debug_assert!(pushed, "free ring holds every slot");
         }
     }
 
@@ -680,8 +743,10 @@ impl<C: Clock> Queue<C> {
 
     /// Removes and returns the oldest dead letter.
     pub fn pop_dead_letter(&self) -> Option<DeadLetter> {
-        while let Some(dead) = self.dead.try_pop() {
-            let (slot, generation) = split(dead);
+        while let Some(dead) = pop(&self.dead) {
+            let Some((slot, generation)) = self.resolve(dead, State::Dead) else {
+                continue;
+            };
             let Some((_, letter)) = self.copy_dead(slot, Some(generation)) else {
                 let still_ours = self
                     .store
@@ -689,7 +754,7 @@ impl<C: Clock> Queue<C> {
                     .is_ok_and(|w| w.state == State::Dead && w.generation == generation);
                 if still_ours {
                     // Pinned 255 times by concurrent listings: keep it filed, try later.
-                    let _ = self.dead.try_push(dead);
+                    let _ = push(&self.dead, dead);
                     return None;
                 }
                 continue;
@@ -706,8 +771,10 @@ impl<C: Clock> Queue<C> {
     /// Returns how many.
     pub fn redrive(&self) -> usize {
         let mut redriven = 0;
-        while let Some(dead) = self.dead.try_pop() {
-            let (slot, generation) = split(dead);
+        while let Some(dead) = pop(&self.dead) {
+            let Some((slot, generation)) = self.resolve(dead, State::Dead) else {
+                continue;
+            };
             let Ok(meta) = self.store.meta(slot) else {
                 continue;
             };

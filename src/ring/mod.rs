@@ -30,6 +30,7 @@
 //!   shared-memory segment). Its indices are bounds-checked at every use, so corrupt memory
 //!   yields [`TokenRingError::Corrupt`] rather than undefined behaviour.
 
+pub(crate) mod index;
 mod owned;
 mod token;
 

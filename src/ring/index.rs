@@ -1,0 +1,493 @@
+//! A bounded lock-free MPMC ring of 32-bit values that no stopped thread can block: the
+//! queue's index of slot tokens, in process or in a shared segment.
+//!
+//! # Why not the Vyukov ring
+//!
+//! In [`RawRing`](super::RawRing) a producer claims a position (CAS on `tail`) and publishes
+//! it later (stamp store). A producer that stops between the two (a process killed with
+//! SIGKILL) leaves its slot claimed for ever, and every consumer queues up behind it. In a
+//! shared segment that is one crash away from a dead queue.
+//!
+//! # Algorithm
+//!
+//! Here each slot is **one word**, `seq << 32 | value`, and every push or pop is **one CAS on
+//! a slot word**, which both claims the position and completes the operation. `head` and
+//! `tail` are hints that whoever sees them lag moves forward ("helping"), so a thread that
+//! stops after its slot CAS leaves nothing half done.
+//!
+//! A slot serves positions `index, index + cap, index + 2 cap, ...`; its `seq` (the low 32
+//! bits of a position) says which one it waits for, and its value whether it is filled:
+//!
+//! | slot word          | meaning at position `p` (this slot's turn)        |
+//! |--------------------|---------------------------------------------------|
+//! | `(p, EMPTY)`       | waiting for the push at `p`                        |
+//! | `(p, v)`           | holds `v`, pushed at `p`, waiting for the pop at `p`|
+//! | `(p + cap, EMPTY)` | popped at `p`, waiting for the push at `p + cap`   |
+//!
+//! - push at `t = tail`: `(t, EMPTY) -> (t, v)`. Seeing `(t, v')` or `(t + cap, EMPTY)` means
+//!   the push at `t` already happened: help `tail` past `t` and retry. Seeing
+//!   `(t - cap, v')` means the ring is full.
+//! - pop at `h = head`: `(h, v) -> (h + cap, EMPTY)`. Seeing `(h + cap, ..)` means the pop
+//!   at `h` already happened: help `head` past `h`. Seeing `(h, EMPTY)` means it is empty.
+//!
+//! Every other word is impossible (a cursor only moves past a position once the slot's
+//! CAS for it has happened), so it is reported as [`Corrupt`]: memory another process
+//! wrote cannot make an operation misbehave or spin for ever (each call also gives up,
+//! as corrupt, after more helping steps than a sane ring could ever need).
+//!
+//! Slot CASes are acquire-release, so whatever a pusher wrote before pushing (the slot
+//! header it moved to Ready) happens-before the popper's use of the value.
+//!
+//! `seq` keeps 32 bits of a position: a thread would have to stall between reading a slot
+//! and its CAS while the ring turns over 2^32 positions *and* find the identical word
+//! again for a stale CAS to succeed.
+
+use crate::sync::{AtomicU64, Ordering};
+
+/// The value of an empty slot; never pushed.
+pub(crate) const EMPTY: u32 = u32::MAX;
+
+/// The most slots a ring may have: positions are compared as wrapping 32-bit numbers.
+pub(crate) const MAX_SLOTS: usize = 1 << 30;
+
+/// The ring's memory says something no sequence of operations leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("index ring is corrupt: {what}")]
+pub(crate) struct Corrupt {
+    pub(crate) what: &'static str,
+}
+
+fn word(seq: u64, value: u32) -> u64 {
+    (seq & 0xffff_ffff) << 32 | u64::from(value)
+}
+
+fn seq_of(word: u64) -> u32 {
+    (word >> 32) as u32
+}
+
+fn value_of(word: u64) -> u32 {
+    word as u32
+}
+
+/// `a - b` as a signed distance between wrapping 32-bit positions.
+fn distance(a: u32, b: u32) -> i64 {
+    i64::from(a.wrapping_sub(b) as i32)
+}
+
+/// A ring over borrowed cursors and slots (in a region, or in owned memory).
+pub(crate) struct IndexRing<'r> {
+    head: &'r AtomicU64,
+    tail: &'r AtomicU64,
+    slots: &'r [AtomicU64],
+}
+
+impl<'r> IndexRing<'r> {
+    /// Writes an empty ring into the given words: both cursors at 0, slot `i` waiting for
+    /// the push at `i`. `slots` must be `1..=MAX_SLOTS` long.
+    pub(crate) fn init(head: &'r AtomicU64, tail: &'r AtomicU64, slots: &'r [AtomicU64]) -> Self {
+        debug_assert!((1..=MAX_SLOTS).contains(&slots.len()));
+        head.store(0, Ordering::Relaxed);
+        tail.store(0, Ordering::Relaxed);
+        for (index, slot) in slots.iter().enumerate() {
+            slot.store(word(index as u64, EMPTY), Ordering::Relaxed);
+        }
+        Self { head, tail, slots }
+    }
+
+    /// A ring already laid out in these words (by [`init`](Self::init), maybe in another
+    /// process). Nothing is trusted: every word is checked when it is used.
+    pub(crate) fn attach(head: &'r AtomicU64, tail: &'r AtomicU64, slots: &'r [AtomicU64]) -> Self {
+        Self { head, tail, slots }
+    }
+
+    fn slot(&self, position: u64) -> &AtomicU64 {
+        &self.slots[(position % self.slots.len() as u64) as usize]
+    }
+
+    /// How many helping steps one call may take before calling the ring corrupt: far more
+    /// than lagging cursors of live threads could ever need.
+    fn step_limit(&self) -> usize {
+        self.slots.len().saturating_mul(4).saturating_add(1024)
+    }
+
+    /// Moves `cursor` from `from` to `from + 1` unless someone already did.
+    fn help(cursor: &AtomicU64, from: u64) {
+        let _ = cursor.compare_exchange(from, from + 1, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Appends `value` (not [`EMPTY`]). `Ok(false)` if the ring is full.
+    pub(crate) fn try_push(&self, value: u32) -> Result<bool, Corrupt> {
+        self.push(value, true)
+    }
+
+    /// `try_push`; `advance: false` stops right after the slot CAS, as a pusher killed at
+    /// its linearization point would (for tests).
+    fn push(&self, value: u32, advance: bool) -> Result<bool, Corrupt> {
+        debug_assert_ne!(value, EMPTY);
+        let cap = self.slots.len() as i64;
+        let mut tail = self.tail.load(Ordering::Acquire);
+        for _ in 0..self.step_limit() {
+            let slot = self.slot(tail);
+            let current = slot.load(Ordering::Acquire);
+            let behind = distance(tail as u32, seq_of(current));
+            let filled = value_of(current) != EMPTY;
+            if behind == 0 && !filled {
+                // On failure another pusher took `tail`: look again.
+                if slot
+                    .compare_exchange(
+                        current,
+                        word(tail, value),
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
+                    .is_ok()
+                {
+                    if advance {
+                        Self::help(self.tail, tail);
+                    }
+                    return Ok(true);
+                }
+            } else if behind == cap && filled {
+                // The slot still holds the value pushed one turn ago: full, unless a pop
+                // just made room (then the cursor moved).
+                let now = self.tail.load(Ordering::Acquire);
+                if now == tail {
+                    return Ok(false);
+                }
+                tail = now;
+                continue;
+            } else if (behind == 0 && filled) || (behind == -cap && !filled) {
+                Self::help(self.tail, tail); // the push at `tail` happened; its pusher lags
+            } else if behind < 0 {
+                // Our `tail` is stale: the slot has moved on by whole turns since.
+            } else {
+                return Err(Corrupt {
+                    what: "a slot is behind the tail",
+                });
+            }
+            tail = self.tail.load(Ordering::Acquire);
+        }
+        Err(Corrupt {
+            what: "push made no progress",
+        })
+    }
+
+    /// Takes the oldest value, `Ok(None)` if the ring is empty.
+    pub(crate) fn try_pop(&self) -> Result<Option<u32>, Corrupt> {
+        let cap = self.slots.len() as i64;
+        let mut head = self.head.load(Ordering::Acquire);
+        for _ in 0..self.step_limit() {
+            let slot = self.slot(head);
+            let current = slot.load(Ordering::Acquire);
+            let ahead = distance(seq_of(current), head as u32);
+            let filled = value_of(current) != EMPTY;
+            if ahead == 0 && filled {
+                // On failure another popper took `head`: look again.
+                let emptied = word(head + cap as u64, EMPTY);
+                if slot
+                    .compare_exchange(current, emptied, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    Self::help(self.head, head);
+                    return Ok(Some(value_of(current)));
+                }
+            } else if ahead == 0 {
+                // Waiting for the push at `head`: empty, unless the cursor moved meanwhile.
+                let now = self.head.load(Ordering::Acquire);
+                if now == head {
+                    return Ok(None);
+                }
+                head = now;
+                continue;
+            } else if ahead == cap {
+                Self::help(self.head, head); // the pop at `head` happened; its popper lags
+            } else if ahead > cap {
+                // Our `head` is stale: the slot has moved on by whole turns since.
+            } else {
+                return Err(Corrupt {
+                    what: "a slot is behind the head",
+                });
+            }
+            head = self.head.load(Ordering::Acquire);
+        }
+        Err(Corrupt {
+            what: "pop made no progress",
+        })
+    }
+
+    /// Values in the ring now (a snapshot; exact when no one is pushing or popping).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        let tail = self.tail.load(Ordering::Acquire);
+        let head = self.head.load(Ordering::Acquire);
+        (tail.saturating_sub(head) as usize).min(self.slots.len())
+    }
+
+    /// Pushes `value` with its slot CAS but stops before moving `tail`, as a pusher killed
+    /// right after its linearization point would.
+    #[cfg(test)]
+    pub(crate) fn push_and_stop(&self, value: u32) -> bool {
+        self.push(value, false) == Ok(true)
+    }
+}
+
+/// An [`IndexRing`]'s words in memory of its own (for tests and the loom models).
+#[cfg(test)]
+pub(crate) struct OwnedWords {
+    pub(crate) head: AtomicU64,
+    pub(crate) tail: AtomicU64,
+    pub(crate) slots: Box<[AtomicU64]>,
+}
+
+#[cfg(test)]
+impl OwnedWords {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            head: AtomicU64::new(0),
+            tail: AtomicU64::new(0),
+            slots: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    pub(crate) fn ring(&self) -> IndexRing<'_> {
+        IndexRing::init(&self.head, &self.tail, &self.slots)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    #[test]
+    fn fifo_with_wrap_around_at_small_and_odd_capacities() {
+        for capacity in [1, 2, 3, 5, 8, 100] {
+            let words = OwnedWords::new(capacity);
+            let ring = words.ring();
+            let mut model = VecDeque::new();
+            let mut next = 0u32;
+            for round in 0..(capacity * 7) {
+                // Fill, or push a few, then pop a few, checking against the model.
+                for _ in 0..(round % (capacity + 2)) {
+                    let pushed = ring.try_push(next).unwrap();
+                    assert_eq!(pushed, model.len() < capacity, "capacity {capacity}");
+                    if pushed {
+                        model.push_back(next);
+                    }
+                    next += 1;
+                }
+                for _ in 0..(round % 3 + 1) {
+                    assert_eq!(ring.try_pop().unwrap(), model.pop_front());
+                }
+                assert_eq!(ring.len(), model.len());
+            }
+        }
+    }
+
+    #[test]
+    fn a_pusher_stopped_after_its_cas_blocks_no_one() {
+        let words = OwnedWords::new(2);
+        let ring = words.ring();
+        assert!(ring.push_and_stop(7)); // `tail` never moved
+        assert!(ring.try_push(8).unwrap(), "the next push helps tail past 7");
+        assert!(!ring.try_push(9).unwrap(), "full");
+        assert_eq!(ring.try_pop().unwrap(), Some(7));
+        assert_eq!(ring.try_pop().unwrap(), Some(8));
+        assert_eq!(ring.try_pop().unwrap(), None);
+        assert!(ring.push_and_stop(10));
+        assert_eq!(ring.try_pop().unwrap(), Some(10), "a pop helps too");
+    }
+
+    #[test]
+    fn corrupt_words_are_errors_not_hangs() {
+        let words = OwnedWords::new(4);
+        let ring = words.ring();
+        // A slot claiming to wait for a position far behind the tail.
+        words.tail.store(100, Ordering::Relaxed);
+        assert!(ring.try_push(1).is_err());
+        // Cursors far apart with nothing in between: helping would run for ever.
+        let words = OwnedWords::new(4);
+        let ring = words.ring();
+        for slot in words.slots.iter() {
+            slot.store(word(1 << 20, 5), Ordering::Relaxed);
+        }
+        assert!(ring.try_push(1).is_err() || ring.try_pop().is_err());
+        // Random garbage never panics.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..200 {
+            let words = OwnedWords::new(3);
+            let ring = words.ring();
+            for slot in words.slots.iter() {
+                x = crate::id::mix64(x);
+                slot.store(x, Ordering::Relaxed);
+            }
+            x = crate::id::mix64(x);
+            words.head.store(x % 16, Ordering::Relaxed);
+            words.tail.store(x % 16 + x % 5, Ordering::Relaxed);
+            let _ = ring.try_push(1);
+            let _ = ring.try_pop();
+            let _ = ring.len();
+        }
+    }
+
+    #[test]
+    fn threads_transfer_every_value_exactly_once() {
+        let words = OwnedWords::new(64);
+        let ring = words.ring();
+        let per_producer: u32 = if cfg!(miri) { 200 } else { 50_000 };
+        let producers = 3u32;
+        let remaining = std::sync::atomic::AtomicUsize::new((producers * per_producer) as usize);
+        let consumed: Vec<Vec<u32>> = std::thread::scope(|s| {
+            for p in 0..producers {
+                let ring = &ring;
+                s.spawn(move || {
+                    for i in 0..per_producer {
+                        while !ring.try_push(p * per_producer + i).unwrap() {
+                            std::hint::spin_loop();
+                        }
+                    }
+                });
+            }
+            let remaining = &remaining;
+            let consumers: Vec<_> = (0..2)
+                .map(|_| {
+                    let ring = &ring;
+                    s.spawn(move || {
+                        let mut got = Vec::new();
+                        // Until every value has been taken by one consumer or the other.
+                        while remaining.load(std::sync::atomic::Ordering::Acquire) > 0 {
+                            if let Some(v) = ring.try_pop().unwrap() {
+                                got.push(v);
+                                remaining.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                            }
+                        }
+                        got
+                    })
+                })
+                .collect();
+            consumers.into_iter().map(|c| c.join().unwrap()).collect()
+        });
+        // Per-producer FIFO at each consumer, and every value exactly once overall.
+        for got in &consumed {
+            for p in 0..producers {
+                let mine: Vec<u32> = got
+                    .iter()
+                    .copied()
+                    .filter(|v| v / per_producer == p)
+                    .collect();
+                assert!(mine.windows(2).all(|w| w[0] < w[1]), "per-producer order");
+            }
+        }
+        let mut all: Vec<u32> = consumed.into_iter().flatten().collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..producers * per_producer).collect::<Vec<_>>());
+    }
+}
+
+/// Loom models: every raced operation in a spawned thread, outcomes checked at the end.
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    fn shared(capacity: usize) -> Arc<OwnedWords> {
+        let words = Arc::new(OwnedWords::new(capacity));
+        words.ring();
+        words
+    }
+
+    fn ring(words: &OwnedWords) -> IndexRing<'_> {
+        IndexRing::attach(&words.head, &words.tail, &words.slots)
+    }
+
+    #[test]
+    fn two_pushers_one_popper_lose_and_duplicate_nothing() {
+        loom::model(|| {
+            let words = shared(2);
+            let pushers: Vec<_> = [1u32, 2]
+                .into_iter()
+                .map(|v| {
+                    let words = words.clone();
+                    thread::spawn(move || assert!(ring(&words).try_push(v).unwrap()))
+                })
+                .collect();
+            let popper = {
+                let words = words.clone();
+                thread::spawn(move || ring(&words).try_pop().unwrap())
+            };
+            for p in pushers {
+                p.join().unwrap();
+            }
+            let mut seen: Vec<u32> = popper.join().unwrap().into_iter().collect();
+            let ring = ring(&words);
+            while let Some(v) = ring.try_pop().unwrap() {
+                seen.push(v);
+            }
+            seen.sort_unstable();
+            assert_eq!(seen, [1, 2]);
+        });
+    }
+
+    #[test]
+    fn two_poppers_take_each_value_once_across_a_wrap() {
+        loom::model(|| {
+            let words = shared(1);
+            let ring0 = ring(&words);
+            assert!(ring0.try_push(1).unwrap());
+            let poppers: Vec<_> = (0..2)
+                .map(|_| {
+                    let words = words.clone();
+                    thread::spawn(move || ring(&words).try_pop().unwrap())
+                })
+                .collect();
+            let pusher = {
+                let words = words.clone();
+                thread::spawn(move || ring(&words).try_push(2).unwrap())
+            };
+            let mut seen: Vec<u32> = poppers
+                .into_iter()
+                .filter_map(|p| p.join().unwrap())
+                .collect();
+            let pushed = pusher.join().unwrap();
+            while let Some(v) = ring0.try_pop().unwrap() {
+                seen.push(v);
+            }
+            seen.sort_unstable();
+            let expected: &[u32] = if pushed { &[1, 2] } else { &[1] };
+            assert_eq!(seen, expected);
+        });
+    }
+
+    #[test]
+    fn a_pusher_stopping_after_its_cas_blocks_neither_pushers_nor_poppers() {
+        loom::model(|| {
+            let words = shared(2);
+            let stopped = {
+                let words = words.clone();
+                thread::spawn(move || assert!(ring(&words).push_and_stop(1)))
+            };
+            let pusher = {
+                let words = words.clone();
+                thread::spawn(move || assert!(ring(&words).try_push(2).unwrap()))
+            };
+            let popper = {
+                let words = words.clone();
+                thread::spawn(move || ring(&words).try_pop().unwrap())
+            };
+            stopped.join().unwrap();
+            pusher.join().unwrap();
+            let mut seen: Vec<u32> = popper.join().unwrap().into_iter().collect();
+            let ring = ring(&words);
+            while let Some(v) = ring.try_pop().unwrap() {
+                seen.push(v);
+            }
+            seen.sort_unstable();
+            assert_eq!(seen, [1, 2], "both values came out, none twice");
+            assert!(
+                ring.try_push(3).unwrap() && ring.try_push(4).unwrap(),
+                "room again"
+            );
+        });
+    }
+}
