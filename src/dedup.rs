@@ -83,6 +83,7 @@ pub struct DedupConfigError {
 }
 
 /// One remembered id.
+#[derive(Default)]
 struct Entry {
     /// The id.
     id: AtomicU64,
@@ -99,7 +100,8 @@ impl Entry {
 /// A group of entries and the lock that guards them; the lock, the length and the first
 /// three entries share the first cache line.
 #[repr(C, align(64))]
-struct Stripe {
+#[derive(Default)]
+pub(crate) struct Stripe {
     /// 0 when free, otherwise the holder (see the module docs).
     lock: AtomicU64,
     /// Entries in use: `entries[..len]`. Read and written under the lock; a value beyond
@@ -114,17 +116,6 @@ fn in_use(len: &AtomicU64) -> usize {
 }
 
 impl Stripe {
-    fn new() -> Self {
-        Self {
-            lock: AtomicU64::new(0),
-            len: AtomicU64::new(0),
-            entries: std::array::from_fn(|_| Entry {
-                id: AtomicU64::new(0),
-                expires_at: AtomicU64::new(FORGOTTEN),
-            }),
-        }
-    }
-
     /// Runs `f` holding the stripe lock, with the entries and how many are in use.
     fn locked<R>(&self, f: impl FnOnce(&[Entry; ENTRIES_PER_STRIPE], &AtomicU64) -> R) -> R {
         let backoff = Backoff::new();
@@ -160,6 +151,20 @@ pub struct DedupWindow {
     window_nanos: u64,
 }
 
+/// Stripes for at least `capacity` ids: whole stripes, a power of two of them.
+pub(crate) fn stripes_for(capacity: usize) -> usize {
+    capacity.div_ceil(ENTRIES_PER_STRIPE).next_power_of_two()
+}
+
+/// The dedup logic over stripes anywhere (a [`DedupWindow`]'s own, or a queue region's).
+/// All-zero stripes are empty.
+#[derive(Clone, Copy)]
+pub(crate) struct DedupTable<'r> {
+    /// A power of two of them (the hash picks one with a mask).
+    stripes: &'r [Stripe],
+    window_nanos: u64,
+}
+
 impl DedupWindow {
     /// A window remembering each id for `window`, room for at least `capacity` ids at once
     /// (rounded up to whole stripes, a power of two of them).
@@ -171,20 +176,21 @@ impl DedupWindow {
         if window_nanos == 0 || capacity == 0 {
             return Err(DedupConfigError { window, capacity });
         }
-        let stripes = capacity.div_ceil(ENTRIES_PER_STRIPE).next_power_of_two();
         Ok(Self {
-            stripes: (0..stripes).map(|_| Stripe::new()).collect(),
+            stripes: (0..stripes_for(capacity))
+                .map(|_| Stripe::default())
+                .collect(),
             window_nanos,
         })
     }
 
-    /// How many ids the window can remember at once.
-    pub fn capacity(&self) -> usize {
-        self.stripes.len() * ENTRIES_PER_STRIPE
+    fn table(&self) -> DedupTable<'_> {
+        DedupTable::new(&self.stripes, self.window_nanos)
     }
 
-    fn stripe(&self, id: MessageId) -> &Stripe {
-        &self.stripes[mix64(id.0) as usize & (self.stripes.len() - 1)]
+    /// How many ids the window can remember at once.
+    pub fn capacity(&self) -> usize {
+        self.table().capacity()
     }
 
     /// Starts loading `id`'s stripe into the cache, so a [`record`](Self::record) a little
@@ -192,9 +198,7 @@ impl DedupWindow {
     /// hint: it does nothing where the CPU has no prefetch instruction.
     #[inline]
     pub fn prefetch(&self, id: MessageId) {
-        let stripe = self.stripe(id);
-        prefetch_write(&stripe.lock); // the lock line, about to be written
-        prefetch_read(&stripe.entries[4]); // the second line
+        self.table().prefetch(id);
     }
 
     /// Records `id` as published at `now` (clock nanoseconds).
@@ -203,8 +207,53 @@ impl DedupWindow {
     /// [`DedupError::Duplicate`] if `id` was recorded less than one window before `now`;
     /// [`DedupError::Full`] if its stripe holds only live ids.
     pub fn record(&self, id: MessageId, now: u64) -> Result<(), DedupError> {
+        self.table().record(id, now)
+    }
+
+    /// Forgets `id` if it was recorded at `recorded_at`, so a publish that failed after
+    /// recording (say, the queue was full) can be retried without being called a duplicate.
+    pub fn forget(&self, id: MessageId, recorded_at: u64) {
+        self.table().forget(id, recorded_at);
+    }
+}
+
+impl<'r> DedupTable<'r> {
+    /// The table over `stripes` (a power of two of them, or none: then every id is
+    /// accepted and nothing remembered), remembering ids for `window_nanos`.
+    pub(crate) fn new(stripes: &'r [Stripe], window_nanos: u64) -> Self {
+        debug_assert!(stripes.len().is_power_of_two() || stripes.is_empty());
+        Self {
+            stripes,
+            window_nanos: window_nanos.max(1),
+        }
+    }
+
+    /// How many ids the table can remember at once.
+    pub(crate) fn capacity(&self) -> usize {
+        self.stripes.len() * ENTRIES_PER_STRIPE
+    }
+
+    /// `id`'s stripe: the low bits of its hash. (`x & (len - 1)` is below `len` for any
+    /// `len`, so a count that is not a power of two, from bad memory, cannot index past.)
+    fn stripe(&self, id: MessageId) -> Option<&'r Stripe> {
+        let stripes: &'r [Stripe] = self.stripes;
+        stripes.get(mix64(id.0) as usize & stripes.len().wrapping_sub(1))
+    }
+
+    #[inline]
+    pub(crate) fn prefetch(&self, id: MessageId) {
+        if let Some(stripe) = self.stripe(id) {
+            prefetch_write(&stripe.lock); // the lock line, about to be written
+            prefetch_read(&stripe.entries[4]); // the second line
+        }
+    }
+
+    pub(crate) fn record(&self, id: MessageId, now: u64) -> Result<(), DedupError> {
         let expires_at = expiry(now, self.window_nanos);
-        self.stripe(id).locked(|entries, len| {
+        let Some(stripe) = self.stripe(id) else {
+            return Ok(()); // no stripes: dedup is off
+        };
+        stripe.locked(|entries, len| {
             let used = in_use(len);
             let mut reusable = None;
             for (index, entry) in entries[..used].iter().enumerate() {
@@ -239,11 +288,12 @@ impl DedupWindow {
         })
     }
 
-    /// Forgets `id` if it was recorded at `recorded_at`, so a publish that failed after
-    /// recording (say, the queue was full) can be retried without being called a duplicate.
-    pub fn forget(&self, id: MessageId, recorded_at: u64) {
+    pub(crate) fn forget(&self, id: MessageId, recorded_at: u64) {
         let expires_at = expiry(recorded_at, self.window_nanos);
-        self.stripe(id).locked(|entries, len| {
+        let Some(stripe) = self.stripe(id) else {
+            return;
+        };
+        stripe.locked(|entries, len| {
             let recorded = entries[..in_use(len)].iter().find(|entry| {
                 entry.id.load(Ordering::Relaxed) == id.0
                     && entry.expires_at.load(Ordering::Relaxed) == expires_at

@@ -22,6 +22,7 @@ pub mod clock;
 pub mod dedup;
 mod id;
 pub mod queue;
+mod region;
 pub mod ring;
 mod slots;
 mod stats;

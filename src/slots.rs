@@ -93,6 +93,7 @@ pub(crate) struct Word {
 const LEASE_TIMER_BIT: u64 = 1 << 7;
 
 impl Word {
+    #[cfg(test)]
     pub(crate) fn new(state: State, generation: u32) -> Self {
         Self {
             state,
@@ -157,6 +158,7 @@ pub(crate) enum TransitionError {
 /// One slot's header. The word and the fields every message uses fill its first 64-byte
 /// line, so a publish and a delivery touch one header line; dead-letter fields follow.
 #[repr(C, align(64))]
+#[derive(Default)]
 pub(crate) struct SlotHeader {
     /// The state word (see the module docs); every transition is one CAS on it.
     word: AtomicU64,
@@ -223,49 +225,44 @@ impl Meta {
     }
 }
 
-/// The slots and their payload bytes.
-pub(crate) struct MessageStore {
-    headers: Box<[SlotHeader]>,
+/// The slots and their payload bytes: a view of two region sections. All bytes zero is a
+/// store of free slots at generation 0.
+#[derive(Clone, Copy)]
+pub(crate) struct MessageStore<'r> {
+    headers: &'r [SlotHeader],
     /// `capacity * lines_per_slot` lines. A slot's bytes are written only by the publisher
     /// holding it in `Writing` and read only under a pin, which the state word orders.
     /// (Payload bytes are plain memory, not modelled by loom; the word that orders them is.)
-    payloads: Box<[PayloadLine]>,
+    payloads: &'r [PayloadLine],
     /// Cache lines of payload per slot: each slot's payload starts on a line of its own.
     lines_per_slot: usize,
 }
 
-// SAFETY: payload bytes are only accessed under the protocol above (exclusive writer in
-// `Writing`, readers pinned after acquiring the word), which the state word's CASes order.
-unsafe impl Sync for MessageStore {}
-// SAFETY: the store owns plain bytes and atomics; nothing in it is tied to a thread.
-unsafe impl Send for MessageStore {}
-
-impl MessageStore {
-    /// A store of `capacity` free slots of `max_payload` bytes each, all at generation 0.
-    pub(crate) fn new(capacity: u32, max_payload: usize) -> Self {
-        let lines_per_slot = max_payload.div_ceil(64);
+impl<'r> MessageStore<'r> {
+    /// The store over these sections; `payloads` holds `lines_per_slot` lines per header
+    /// (fewer, from a corrupt layout, makes payload access of the missing slots panic-free
+    /// errors: see [`Self::payload_start`]).
+    pub(crate) fn new(
+        headers: &'r [SlotHeader],
+        payloads: &'r [PayloadLine],
+        lines_per_slot: usize,
+    ) -> Self {
+        debug_assert_eq!(payloads.len(), headers.len() * lines_per_slot);
         Self {
-            headers: (0..capacity)
-                .map(|_| SlotHeader {
-                    word: AtomicU64::new(Word::new(State::Free, 0).pack()),
-                    meta: Meta::default(),
-                })
-                .collect(),
-            payloads: (0..capacity as usize * lines_per_slot)
-                .map(|_| PayloadLine(UnsafeCell::new([0; 64])))
-                .collect(),
+            headers,
+            payloads,
             lines_per_slot,
         }
     }
 
-    fn header(&self, slot: u32) -> Result<&SlotHeader, CorruptSlot> {
+    fn header(&self, slot: u32) -> Result<&'r SlotHeader, CorruptSlot> {
         self.headers
             .get(slot as usize)
             .ok_or(CorruptSlot { slot, bits: 0 })
     }
 
     /// The slot's fields (see [`Meta`] for who may write them when).
-    pub(crate) fn meta(&self, slot: u32) -> Result<&Meta, CorruptSlot> {
+    pub(crate) fn meta(&self, slot: u32) -> Result<&'r Meta, CorruptSlot> {
         Ok(&self.header(slot)?.meta)
     }
 
@@ -400,7 +397,7 @@ impl MessageStore {
     /// The caller holds a pin on the slot, taken by a transition that acquired the word
     /// after the publisher's `Writing -> Ready | Delayed`, and `len <= max_payload`. While
     /// pinned the slot is not freed to the free ring, so no publisher writes these bytes.
-    pub(crate) unsafe fn payload(&self, slot: u32, len: usize) -> &[u8] {
+    pub(crate) unsafe fn payload(&self, slot: u32, len: usize) -> &'r [u8] {
         debug_assert!(len <= self.lines_per_slot * 64);
         // SAFETY: no writer while pinned (see above); the bytes are initialized (zeroed at
         // creation) and `len <= max_payload` of them lie behind the start.
@@ -410,7 +407,44 @@ impl MessageStore {
 
 /// 64 payload bytes on a cache line of their own.
 #[repr(C, align(64))]
-struct PayloadLine(UnsafeCell<[u8; 64]>);
+pub(crate) struct PayloadLine(UnsafeCell<[u8; 64]>);
+
+impl Default for PayloadLine {
+    fn default() -> Self {
+        Self(UnsafeCell::new([0; 64]))
+    }
+}
+
+// SAFETY: payload bytes are only accessed under the slot protocol (an exclusive writer in
+// `Writing`, readers pinned after acquiring the word), which the state word's CASes order.
+unsafe impl Sync for PayloadLine {}
+
+/// A store in memory of its own (tests and loom models).
+#[cfg(test)]
+pub(crate) struct OwnedStore {
+    headers: Box<[SlotHeader]>,
+    payloads: Box<[PayloadLine]>,
+    lines_per_slot: usize,
+}
+
+#[cfg(test)]
+impl OwnedStore {
+    /// `capacity` free slots of `max_payload` bytes.
+    pub(crate) fn new(capacity: u32, max_payload: usize) -> Self {
+        let lines_per_slot = max_payload.div_ceil(64);
+        Self {
+            headers: (0..capacity).map(|_| SlotHeader::default()).collect(),
+            payloads: (0..capacity as usize * lines_per_slot)
+                .map(|_| PayloadLine::default())
+                .collect(),
+            lines_per_slot,
+        }
+    }
+
+    pub(crate) fn store(&self) -> MessageStore<'_> {
+        MessageStore::new(&self.headers, &self.payloads, self.lines_per_slot)
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -493,7 +527,8 @@ mod tests {
 
     #[test]
     fn a_message_goes_round_and_a_stale_receipt_fails() {
-        let store = MessageStore::new(2, 16);
+        let owned = OwnedStore::new(2, 16);
+        let store = owned.store();
         publish(&store, 1, 0, b"hello");
         let leased = lease(&store, 1, 0).unwrap();
         assert_eq!(
@@ -540,7 +575,8 @@ mod tests {
 
     #[test]
     fn corrupt_words_and_slots_are_errors() {
-        let store = MessageStore::new(1, 8);
+        let owned = OwnedStore::new(1, 8);
+        let store = owned.store();
         assert!(store.load(1).is_err(), "slot out of range");
         store.headers[0].word.store(0xff, Ordering::Relaxed);
         assert_eq!(
@@ -559,7 +595,8 @@ mod tests {
 
     #[test]
     fn pins_saturate_with_an_error() {
-        let store = MessageStore::new(1, 0);
+        let owned = OwnedStore::new(1, 0);
+        let store = owned.store();
         let full = Word {
             pins: u8::MAX,
             ..Word::new(State::Ready, 0)
@@ -570,7 +607,8 @@ mod tests {
 
     #[test]
     fn racing_receivers_lease_once_and_racing_acks_settle_once() {
-        let store = MessageStore::new(1, 8);
+        let owned = OwnedStore::new(1, 8);
+        let store = owned.store();
         let rounds = if cfg!(miri) { 20 } else { 2_000 };
         let mut generation = 0;
         for _ in 0..rounds {
@@ -610,16 +648,17 @@ mod loom_models {
             std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
         let sink = outcomes.clone();
         loom::model(move || {
-            let store = Arc::new(MessageStore::new(1, 0));
+            let owned = Arc::new(OwnedStore::new(1, 0));
+            let store = owned.store();
             publish(&store, 0, 0, b"");
             let receipt = lease(&store, 0, 0).unwrap().generation;
             let acker = {
-                let store = store.clone();
-                thread::spawn(move || ack(&store, 0, receipt).is_ok())
+                let owned = owned.clone();
+                thread::spawn(move || ack(&owned.store(), 0, receipt).is_ok())
             };
             let expirer = {
-                let store = store.clone();
-                thread::spawn(move || expire(&store, 0, receipt).is_ok())
+                let owned = owned.clone();
+                thread::spawn(move || expire(&owned.store(), 0, receipt).is_ok())
             };
             let (acked, expired) = (acker.join().unwrap(), expirer.join().unwrap());
             assert!(acked != expired, "exactly one of ack and expiry wins");
@@ -639,12 +678,13 @@ mod loom_models {
     #[test]
     fn two_receivers_race_for_one_message() {
         loom::model(|| {
-            let store = Arc::new(MessageStore::new(1, 0));
+            let owned = Arc::new(OwnedStore::new(1, 0));
+            let store = owned.store();
             publish(&store, 0, 0, b"");
             let receivers: Vec<_> = (0..2)
                 .map(|_| {
-                    let store = store.clone();
-                    thread::spawn(move || lease(&store, 0, 0).is_ok())
+                    let owned = owned.clone();
+                    thread::spawn(move || lease(&owned.store(), 0, 0).is_ok())
                 })
                 .collect();
             let leased = receivers

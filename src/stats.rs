@@ -66,24 +66,27 @@ pub(crate) const STRIPES: usize = 16;
 /// pairs 64-byte lines on x86).
 #[repr(C, align(128))]
 #[derive(Default)]
-struct Stripe([AtomicU64; COUNTERS]);
+pub(crate) struct CounterStripe([AtomicU64; COUNTERS]);
 
-/// The counters of one queue.
-pub(crate) struct Counters {
-    stripes: Box<[Stripe]>,
+/// The counters of one queue: [`STRIPES`] stripes in its region.
+#[derive(Clone, Copy)]
+pub(crate) struct Counters<'r> {
+    stripes: &'r [CounterStripe],
 }
 
-impl Counters {
-    pub(crate) fn new() -> Self {
-        Self {
-            stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
-        }
+impl<'r> Counters<'r> {
+    /// Counters over `stripes` (zeroed at creation; any number of them, at least one).
+    pub(crate) fn new(stripes: &'r [CounterStripe]) -> Self {
+        Self { stripes }
     }
 
     /// Counts one `counter` event.
     #[inline]
     pub(crate) fn bump(&self, counter: Counter) {
-        self.stripes[this_thread_stripe()].0[counter as usize].fetch_add(1, Ordering::Relaxed);
+        let stripe = this_thread_stripe() % self.stripes.len().max(1);
+        if let Some(stripe) = self.stripes.get(stripe) {
+            stripe.0[counter as usize].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The total of `counter` over all stripes.
@@ -131,10 +134,11 @@ mod tests {
 
     #[test]
     fn counts_from_many_threads_add_up() {
-        let counters = Counters::new();
+        let stripes: Vec<CounterStripe> = (0..STRIPES).map(|_| CounterStripe::default()).collect();
+        let counters = Counters::new(&stripes);
         std::thread::scope(|s| {
             for _ in 0..8 {
-                s.spawn(|| {
+                s.spawn(move || {
                     for _ in 0..1000 {
                         counters.bump(Counter::Acked);
                     }
@@ -148,7 +152,7 @@ mod tests {
 
     #[test]
     fn a_stripe_is_alone_on_its_cache_lines() {
-        assert_eq!(std::mem::size_of::<Stripe>(), 128);
-        assert_eq!(std::mem::align_of::<Stripe>(), 128);
+        assert_eq!(std::mem::size_of::<CounterStripe>(), 128);
+        assert_eq!(std::mem::align_of::<CounterStripe>(), 128);
     }
 }

@@ -32,6 +32,7 @@
 //! CAS; the ticker's swap acquires every push before it (the pushes are RMWs, so they form
 //! one release sequence), after which the `next` words are plain reads.
 
+use crate::region::WheelWords;
 use crate::sync::{AtomicU64, Ordering};
 
 /// log2 of the buckets per level.
@@ -48,7 +49,7 @@ pub(crate) const LEVELS: usize = 5;
 const BITS: u32 = 1;
 #[cfg(loom)]
 pub(crate) const LEVELS: usize = 2;
-const BUCKETS: usize = 1 << BITS;
+pub(crate) const BUCKETS: usize = 1 << BITS;
 /// The end of a list.
 const NIL: u32 = u32::MAX;
 
@@ -107,39 +108,60 @@ fn unpack(head: u64) -> (u32, u32) {
 /// Hands back what to do with a fired node: `Some(deadline)` schedules it again.
 pub(crate) type Refire = Option<u64>;
 
-/// A hierarchical timing wheel of nodes (see the module docs).
-pub(crate) struct Wheel {
+/// A hierarchical timing wheel of nodes (see the module docs): a view of region words.
+#[derive(Clone, Copy)]
+pub(crate) struct Wheel<'r> {
     tick_nanos: u64,
-    /// The first tick not yet processed; every bucket's tag is at or after it.
-    cursor: AtomicU64,
+    /// The first tick not yet processed (every bucket's tag is at or after it), the run
+    /// lock, and the overflow list (timers whose bucket could not be found; the next run
+    /// takes them all).
+    words: &'r WheelWords,
     /// `LEVELS * 64` bucket heads, level-major: `tag << 32 | first`.
-    heads: Box<[AtomicU64]>,
-    /// Timers whose bucket could not be found; the next run takes them all.
-    overflow: AtomicU64,
+    heads: &'r [AtomicU64],
     /// Each node's successor in its list.
-    next: Box<[AtomicU64]>,
-    /// 1 while a run is under way.
-    ticking: AtomicU64,
+    next: &'r [AtomicU64],
 }
 
-impl Wheel {
-    /// A wheel of `nodes` nodes ticking every `tick_nanos` (at least 1), starting at `now`.
-    pub(crate) fn new(nodes: u32, tick_nanos: u64, now: u64) -> Self {
-        let tick_nanos = tick_nanos.max(1);
-        let cursor = now / tick_nanos;
-        let heads = (0..LEVELS)
-            .flat_map(|level| {
-                (0..BUCKETS)
-                    .map(move |index| AtomicU64::new(pack(next_tag(level, index, cursor), NIL)))
-            })
-            .collect();
+impl<'r> Wheel<'r> {
+    /// Lays out an empty wheel ticking every `tick_nanos` (at least 1), starting at `now`,
+    /// in these words: `heads` has `LEVELS * 64` words, `next` one per node.
+    pub(crate) fn init(
+        tick_nanos: u64,
+        now: u64,
+        words: &'r WheelWords,
+        heads: &'r [AtomicU64],
+        next: &'r [AtomicU64],
+    ) -> Self {
+        let wheel = Self::attach(tick_nanos, words, heads, next);
+        let cursor = now / wheel.tick_nanos;
+        words.cursor.0.store(cursor, Ordering::Relaxed);
+        words.ticking.0.store(0, Ordering::Relaxed);
+        words.overflow.0.store(u64::from(NIL), Ordering::Relaxed);
+        for (index, head) in heads.iter().enumerate() {
+            let (level, bucket) = (index / BUCKETS, index % BUCKETS);
+            head.store(
+                pack(next_tag(level, bucket, cursor), NIL),
+                Ordering::Relaxed,
+            );
+        }
+        for link in next {
+            link.store(u64::from(NIL), Ordering::Relaxed);
+        }
+        wheel
+    }
+
+    /// A wheel already laid out in these words (by [`init`](Self::init)).
+    pub(crate) fn attach(
+        tick_nanos: u64,
+        words: &'r WheelWords,
+        heads: &'r [AtomicU64],
+        next: &'r [AtomicU64],
+    ) -> Self {
         Self {
-            tick_nanos,
-            cursor: AtomicU64::new(cursor),
+            tick_nanos: tick_nanos.max(1),
+            words,
             heads,
-            overflow: AtomicU64::new(u64::from(NIL)),
-            next: (0..nodes).map(|_| AtomicU64::new(u64::from(NIL))).collect(),
-            ticking: AtomicU64::new(0),
+            next,
         }
     }
 
@@ -151,7 +173,7 @@ impl Wheel {
 
     /// Whether a run at `now` would have ticks to process.
     pub(crate) fn is_due(&self, now: u64) -> bool {
-        now / self.tick_nanos >= self.cursor.load(Ordering::Relaxed)
+        now / self.tick_nanos >= self.words.cursor.0.load(Ordering::Relaxed)
     }
 
     /// Schedules `node` (which its owner holds out of every list) to be handed back at
@@ -161,7 +183,7 @@ impl Wheel {
             debug_assert!(false, "node {node} out of range");
             return;
         };
-        let cursor = self.cursor.load(Ordering::Acquire);
+        let cursor = self.words.cursor.0.load(Ordering::Acquire);
         let due = self.tick_of(deadline);
         if due >= cursor {
             // Park deadlines beyond the wheel's reach in its last reachable tick.
@@ -189,10 +211,10 @@ impl Wheel {
             }
             // The ticker re-tagged the bucket under us: its tick has been processed.
         }
-        let mut current = self.overflow.load(Ordering::Relaxed);
+        let mut current = self.words.overflow.0.load(Ordering::Relaxed);
         loop {
             link.store(current, Ordering::Relaxed);
-            match self.overflow.compare_exchange_weak(
+            match self.words.overflow.0.compare_exchange_weak(
                 current,
                 u64::from(node),
                 Ordering::Release,
@@ -211,16 +233,18 @@ impl Wheel {
     pub(crate) fn advance(&self, now: u64, mut fire: impl FnMut(u32, u64) -> Refire) -> bool {
         if !self.is_due(now)
             || self
+                .words
                 .ticking
+                .0
                 .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
                 .is_err()
         {
             return false;
         }
         let now_tick = now / self.tick_nanos;
-        let cursor = self.cursor.load(Ordering::Relaxed);
+        let cursor = self.words.cursor.0.load(Ordering::Relaxed);
         if now_tick < cursor {
-            self.ticking.store(0, Ordering::Release);
+            self.words.ticking.0.store(0, Ordering::Release);
             return false; // another run got here first
         }
         // Detach first, walk after the cursor moves, so the timers fired below that ask to
@@ -236,12 +260,13 @@ impl Wheel {
                 detached[index] = unpack(head.swap(retagged, Ordering::AcqRel)).1;
             }
         }
-        detached[LEVELS * BUCKETS] = self.overflow.swap(u64::from(NIL), Ordering::AcqRel) as u32;
-        self.cursor.store(now_tick + 1, Ordering::Release);
+        detached[LEVELS * BUCKETS] =
+            self.words.overflow.0.swap(u64::from(NIL), Ordering::AcqRel) as u32;
+        self.words.cursor.0.store(now_tick + 1, Ordering::Release);
         for first in detached {
             self.walk(first, now, &mut fire);
         }
-        self.ticking.store(0, Ordering::Release);
+        self.words.ticking.0.store(0, Ordering::Release);
         true
     }
 
@@ -264,6 +289,33 @@ impl Wheel {
     }
 }
 
+/// A wheel in memory of its own (tests and loom models).
+#[cfg(test)]
+pub(crate) struct OwnedWheel {
+    tick_nanos: u64,
+    words: WheelWords,
+    heads: Box<[AtomicU64]>,
+    next: Box<[AtomicU64]>,
+}
+
+#[cfg(test)]
+impl OwnedWheel {
+    pub(crate) fn new(nodes: u32, tick_nanos: u64, now: u64) -> Self {
+        let owned = Self {
+            tick_nanos,
+            words: WheelWords::default(),
+            heads: (0..LEVELS * BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            next: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
+        };
+        Wheel::init(tick_nanos, now, &owned.words, &owned.heads, &owned.next);
+        owned
+    }
+
+    pub(crate) fn wheel(&self) -> Wheel<'_> {
+        Wheel::attach(self.tick_nanos, &self.words, &self.heads, &self.next)
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -283,7 +335,8 @@ mod tests {
 
     #[test]
     fn a_timer_fires_at_the_first_tick_at_or_after_its_deadline() {
-        let wheel = Wheel::new(4, 10, 0);
+        let owned = OwnedWheel::new(4, 10, 0);
+        let wheel = owned.wheel();
         let deadlines = [25, 30, 0, 1_000];
         for (node, &deadline) in deadlines.iter().enumerate() {
             wheel.schedule(node as u32, deadline);
@@ -298,7 +351,8 @@ mod tests {
 
     #[test]
     fn a_timer_beyond_the_wheel_is_parked_and_fires_on_time() {
-        let wheel = Wheel::new(1, 1, 0);
+        let owned = OwnedWheel::new(1, 1, 0);
+        let wheel = owned.wheel();
         let far = turn(LEVELS - 1) * 3 + 12_345;
         wheel.schedule(0, far);
         let mut fired = Vec::new();
@@ -313,7 +367,8 @@ mod tests {
 
     #[test]
     fn a_long_idle_gap_is_crossed_in_one_run() {
-        let wheel = Wheel::new(2, 1_000_000, 0);
+        let owned = OwnedWheel::new(2, 1_000_000, 0);
+        let wheel = owned.wheel();
         wheel.schedule(0, 5_000_000);
         let deadlines = [5_000_000, 40 * 86_400 * 1_000_000_000];
         wheel.schedule(1, deadlines[1]);
@@ -327,7 +382,8 @@ mod tests {
 
     #[test]
     fn a_run_is_not_due_again_within_its_tick() {
-        let wheel = Wheel::new(1, 10, 0);
+        let owned = OwnedWheel::new(1, 10, 0);
+        let wheel = owned.wheel();
         assert!(wheel.advance(5, |_, _| None));
         assert!(!wheel.is_due(9));
         assert!(!wheel.advance(9, |_, _| unreachable!("nothing scheduled")));
@@ -336,7 +392,8 @@ mod tests {
 
     #[test]
     fn corrupt_links_end_the_walk() {
-        let wheel = Wheel::new(2, 1, 0);
+        let owned = OwnedWheel::new(2, 1, 0);
+        let wheel = owned.wheel();
         wheel.schedule(0, 1);
         wheel.schedule(1, 1);
         // Make a cycle: 1 -> 0 -> 1 ...
@@ -367,7 +424,8 @@ mod tests {
             deadlines in proptest::collection::vec(0u64..200_000, 1..40),
             steps in proptest::collection::vec(1u64..20_000, 1..60),
         ) {
-            let wheel = Wheel::new(deadlines.len() as u32, tick, 0);
+            let owned = OwnedWheel::new(deadlines.len() as u32, tick, 0);
+        let wheel = owned.wheel();
             for (node, &deadline) in deadlines.iter().enumerate() {
                 wheel.schedule(node as u32, deadline);
             }
@@ -412,20 +470,22 @@ mod loom_models {
             // Timers due at ticks 2 and 1 are inserted while a run at tick 2 goes on; a
             // third timer, far out, sits in a coarse bucket the run detaches and re-files.
             // One more run then picks up whatever overflowed.
-            let wheel = Arc::new(Wheel::new(3, 1, 0));
+            let owned = Arc::new(OwnedWheel::new(3, 1, 0));
+            let wheel = owned.wheel();
             wheel.schedule(2, 70);
             let inserter = {
-                let wheel = wheel.clone();
+                let owned = owned.clone();
                 thread::spawn(move || {
+                    let wheel = owned.wheel();
                     wheel.schedule(0, 2);
                     wheel.schedule(1, 1);
                 })
             };
             let ticker = {
-                let wheel = wheel.clone();
+                let owned = owned.clone();
                 thread::spawn(move || {
                     let mut fired = Vec::new();
-                    wheel.advance(2, |node, now| {
+                    owned.wheel().advance(2, |node, now| {
                         let deadline = [2, 1, 70][node as usize];
                         if deadline > now {
                             return Some(deadline);

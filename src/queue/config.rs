@@ -146,6 +146,19 @@ impl QueueConfig {
         }
     }
 
+    /// The region shape this configuration needs.
+    pub(crate) fn shape(&self) -> crate::region::Shape {
+        crate::region::Shape {
+            capacity: self.capacity,
+            lines_per_slot: self.max_payload.div_ceil(64) as u32,
+            dead_capacity: self.dead_letter_capacity,
+            dedup_stripes: match self.dedup_window {
+                Some(_) => crate::dedup::stripes_for(self.dedup_capacity) as u32,
+                None => 0,
+            },
+        }
+    }
+
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let problem = if self.capacity == 0 || self.capacity > MAX_QUEUE_CAPACITY {
             "capacity must be between 1 and 2^24 - 1"
@@ -155,6 +168,12 @@ impl QueueConfig {
             "visibility_timeout must be longer than zero"
         } else if self.dead_letter_capacity == 0 || self.dead_letter_capacity > self.capacity {
             "dead_letter_capacity must be between 1 and capacity"
+        } else if self.dedup_window.is_some_and(|w| w.is_zero())
+            || (self.dedup_window.is_some() && self.dedup_capacity == 0)
+        {
+            "dedup_window and dedup_capacity must be non-zero (or dedup off)"
+        } else if self.dedup_window.is_some() && self.dedup_capacity > 1 << 36 {
+            "dedup_capacity must be at most 2^36 ids"
         } else if self.timer_tick.is_zero() {
             "timer_tick must be longer than zero"
         } else if self.max_payload > u32::MAX as usize {

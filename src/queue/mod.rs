@@ -36,13 +36,14 @@ pub use delivery::{Delivery, SettleError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::clock::{nanos, Clock, MonotonicClock};
-use crate::dedup::{DedupError, DedupWindow};
+use crate::dedup::{DedupError, DedupTable};
 use crate::id::{IdSource, MessageId};
+use crate::region::Region;
 use crate::ring::index::IndexRing;
 use crate::slots::{MessageStore, Meta, State, TransitionError, Word};
 pub use crate::stats::Stats;
 use crate::stats::{Counter, Counters};
-use crate::sync::{AtomicU64, Backoff, Ordering};
+use crate::sync::{Backoff, Ordering};
 use crate::wheel::{node, split_node, Refire, Timer, Wheel};
 
 /// Why a message died.
@@ -154,43 +155,15 @@ fn split(token: u32) -> (u32, u8) {
     (token & ((1 << SLOT_BITS) - 1), (token >> SLOT_BITS) as u8)
 }
 
-/// An [`IndexRing`]'s words, owned by the queue.
-struct RingWords {
-    head: PaddedWord,
-    tail: PaddedWord,
-    slots: Box<[AtomicU64]>,
-}
-
-/// A word alone on its pair of cache lines.
-#[repr(align(128))]
-struct PaddedWord(AtomicU64);
-
-impl RingWords {
-    /// An empty ring of `capacity` slots.
-    fn new(capacity: u32) -> Self {
-        let words = Self {
-            head: PaddedWord(AtomicU64::new(0)),
-            tail: PaddedWord(AtomicU64::new(0)),
-            slots: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
-        };
-        IndexRing::init(&words.head.0, &words.tail.0, &words.slots);
-        words
-    }
-
-    fn ring(&self) -> IndexRing<'_> {
-        IndexRing::attach(&self.head.0, &self.tail.0, &self.slots)
-    }
-}
-
 /// Pushes a token; `false` if the ring is full. (A ring whose words are corrupt, which
 /// only a writer outside this process could cause, reads as full.)
-fn push(ring: &RingWords, token: u32) -> bool {
-    ring.ring().try_push(token).unwrap_or(false)
+fn push(ring: IndexRing<'_>, token: u32) -> bool {
+    ring.try_push(token).unwrap_or(false)
 }
 
 /// Pops a token. (A corrupt ring reads as empty.)
-fn pop(ring: &RingWords) -> Option<u32> {
-    ring.ring().try_pop().ok().flatten()
+fn pop(ring: IndexRing<'_>) -> Option<u32> {
+    ring.try_pop().ok().flatten()
 }
 
 /// Calls `attempt` until it yields something or `timeout` of real time has passed
@@ -244,17 +217,14 @@ fn system_time(unix_nanos: u64) -> SystemTime {
 /// ```
 pub struct Queue<C: Clock = MonotonicClock> {
     config: QueueConfig,
-    store: MessageStore,
-    free: RingWords,
-    ready: RingWords,
-    dead: RingWords,
-    dedup: Option<DedupWindow>,
+    /// All shared state: slots, rings, wheel, dedup table, counters (see `region`).
+    region: Region,
+    lines_per_slot: usize,
+    tick_nanos: u64,
+    dedup_window_nanos: u64,
     clock: C,
-    /// The slots' lease and delay timers.
-    wheel: Wheel,
     /// Generated ids and retry jitter.
     ids: IdSource,
-    counters: Counters,
     /// The Unix time (nanoseconds) at `clock_anchor` on the queue's clock: publish and
     /// dead-letter times for people are derived from the queue's clock, one read, not two.
     unix_anchor: u64,
@@ -278,34 +248,97 @@ impl<C: Clock> Queue<C> {
     /// [`ConfigError`] naming the first invalid setting.
     pub fn with_clock(config: QueueConfig, clock: C) -> Result<Self, ConfigError> {
         config.validate()?;
-        let capacity = config.capacity;
-        let dedup = match config.dedup_window {
-            Some(window) => Some(DedupWindow::new(window, config.dedup_capacity).map_err(
-                |_| ConfigError {
-                    problem: "dedup_window and dedup_capacity must be non-zero (or dedup off)",
-                },
-            )?),
-            None => None,
-        };
-        let free = RingWords::new(capacity);
-        for slot in 0..capacity {
-            let pushed = free.ring().try_push(token(slot, 0));
-            debug_assert_eq!(pushed, Ok(true), "room for every slot");
-        }
-        Ok(Self {
-            store: MessageStore::new(capacity, config.max_payload),
-            free,
-            ready: RingWords::new(capacity),
-            dead: RingWords::new(config.dead_letter_capacity),
-            dedup,
+        let shape = config.shape();
+        let region = Region::on_heap(shape).map_err(|_| ConfigError {
+            problem: "capacity * max_payload is larger than memory can hold",
+        })?;
+        let queue = Self {
+            lines_per_slot: shape.lines_per_slot as usize,
+            tick_nanos: nanos(config.timer_tick),
+            dedup_window_nanos: config.dedup_window.map_or(0, nanos),
+            region,
             ids: IdSource::new(),
             unix_anchor: unix_nanos(),
             clock_anchor: clock.now_nanos(),
-            wheel: Wheel::new(capacity * 2, nanos(config.timer_tick), clock.now_nanos()),
             clock,
-            counters: Counters::new(),
             config,
-        })
+        };
+        queue.lay_out();
+        Ok(queue)
+    }
+
+    /// Writes the initial state into a zeroed region: empty rings, an empty wheel, and
+    /// every slot's token in the free ring. (Slots, dedup stripes and counters start as
+    /// zeros.)
+    fn lay_out(&self) {
+        let sections = self.region.sections();
+        let shared = sections.shared;
+        IndexRing::init(&shared.free.head.0, &shared.free.tail.0, sections.free_ring);
+        IndexRing::init(
+            &shared.ready.head.0,
+            &shared.ready.tail.0,
+            sections.ready_ring,
+        );
+        IndexRing::init(&shared.dead.head.0, &shared.dead.tail.0, sections.dead_ring);
+        Wheel::init(
+            self.tick_nanos,
+            self.clock.now_nanos(),
+            &shared.wheel,
+            sections.wheel_heads,
+            sections.wheel_next,
+        );
+        for slot in 0..self.config.capacity {
+            let pushed = push(self.free(), token(slot, 0));
+            debug_assert!(pushed, "room for every slot");
+        }
+    }
+
+    /// The message store.
+    pub(crate) fn store(&self) -> MessageStore<'_> {
+        let sections = self.region.sections();
+        MessageStore::new(
+            sections.slot_headers,
+            sections.payloads,
+            self.lines_per_slot,
+        )
+    }
+
+    fn free(&self) -> IndexRing<'_> {
+        let sections = self.region.sections();
+        let cursors = &sections.shared.free;
+        IndexRing::attach(&cursors.head.0, &cursors.tail.0, sections.free_ring)
+    }
+
+    fn ready(&self) -> IndexRing<'_> {
+        let sections = self.region.sections();
+        let cursors = &sections.shared.ready;
+        IndexRing::attach(&cursors.head.0, &cursors.tail.0, sections.ready_ring)
+    }
+
+    fn dead(&self) -> IndexRing<'_> {
+        let sections = self.region.sections();
+        let cursors = &sections.shared.dead;
+        IndexRing::attach(&cursors.head.0, &cursors.tail.0, sections.dead_ring)
+    }
+
+    fn wheel(&self) -> Wheel<'_> {
+        let sections = self.region.sections();
+        Wheel::attach(
+            self.tick_nanos,
+            &sections.shared.wheel,
+            sections.wheel_heads,
+            sections.wheel_next,
+        )
+    }
+
+    /// The dedup table, if dedup is on.
+    fn dedup(&self) -> Option<DedupTable<'_>> {
+        let stripes = self.region.sections().dedup;
+        (!stripes.is_empty()).then(|| DedupTable::new(stripes, self.dedup_window_nanos))
+    }
+
+    fn counters(&self) -> Counters<'_> {
+        Counters::new(self.region.sections().counters)
     }
 
     /// The configuration the queue was built with.
@@ -343,7 +376,7 @@ impl<C: Clock> Queue<C> {
         let now = self.clock.now_nanos();
         self.run_timers(now);
         let id = options.id.unwrap_or_else(|| self.ids.id());
-        if let Some(dedup) = &self.dedup {
+        if let Some(dedup) = self.dedup() {
             dedup.prefetch(id); // its stripe loads while we claim a slot
         }
         let Some((slot, generation)) = self.claim_free_slot_per_policy() else {
@@ -353,24 +386,24 @@ impl<C: Clock> Queue<C> {
         };
         // The id is recorded only with a slot in hand, so "duplicate" is never said of an id
         // whose first publish then failed for want of room.
-        if let Some(dedup) = &self.dedup {
+        if let Some(dedup) = self.dedup() {
             if let Err(error) = dedup.record(id, now) {
                 let freed = self
-                    .store
+                    .store()
                     .transition_from(slot, State::Writing, generation, |w| Some(w.freed()));
                 if let Ok(freed) = freed {
                     self.release_if_unpinned(slot, freed);
                 }
                 return Err(match error {
                     DedupError::Duplicate { id } => {
-                        self.counters.bump(Counter::Duplicates);
+                        self.counters().bump(Counter::Duplicates);
                         PublishError::Duplicate { id }
                     }
                     DedupError::Full { capacity } => PublishError::DedupFull { capacity },
                 });
             }
         }
-        let meta = self.store.meta(slot).expect("claimed slots are in range");
+        let meta = self.store().meta(slot).expect("claimed slots are in range");
         meta.id.store(id.0, Ordering::Relaxed);
         meta.payload_len
             .store(payload.len() as u64, Ordering::Relaxed);
@@ -381,7 +414,7 @@ impl<C: Clock> Queue<C> {
         let expires_at = ttl.map_or(u64::MAX, |ttl| now.saturating_add(nanos(ttl)));
         meta.expires_at.store(expires_at, Ordering::Relaxed);
         // SAFETY: `claim_free_slot` moved the slot to Writing for us; the length was checked.
-        unsafe { self.store.write_payload(slot, payload) };
+        unsafe { self.store().write_payload(slot, payload) };
         let delay = options.delay.map_or(0, nanos);
         if delay > 0 {
             let due = now.saturating_add(delay);
@@ -392,7 +425,7 @@ impl<C: Clock> Queue<C> {
             self.move_slot(slot, generation, State::Ready);
             self.push_ready(slot, generation);
         }
-        self.counters.bump(Counter::Published);
+        self.counters().bump(Counter::Published);
         Ok(id)
     }
 
@@ -411,12 +444,12 @@ impl<C: Clock> Queue<C> {
 
     /// Takes a free slot into `Writing`, dropping stale free tokens.
     fn claim_free_slot(&self) -> Option<(u32, u32)> {
-        while let Some(free) = pop(&self.free) {
+        while let Some(free) = pop(self.free()) {
             let Some((slot, generation)) = self.resolve(free, State::Free) else {
                 continue;
             };
             if self
-                .store
+                .store()
                 .transition_from(slot, State::Free, generation, |w| {
                     Some(Word {
                         state: State::Writing,
@@ -436,7 +469,7 @@ impl<C: Clock> Queue<C> {
     /// meanwhile.)
     fn move_slot(&self, slot: u32, generation: u32, to: State) {
         let moved = self
-            .store
+            .store()
             .transition_from(slot, State::Writing, generation, |w| {
                 Some(Word { state: to, ..w })
             });
@@ -445,7 +478,7 @@ impl<C: Clock> Queue<C> {
 
     pub(crate) fn push_ready(&self, slot: u32, generation: u32) {
         // The ready ring has a place for every slot, and a slot has at most one ready token.
-        let pushed = push(&self.ready, token(slot, generation));
+        let pushed = push(self.ready(), token(slot, generation));
         debug_assert!(pushed, "ready ring holds every slot");
     }
 
@@ -453,8 +486,8 @@ impl<C: Clock> Queue<C> {
     /// with the token's generation bits; `None` for a stale token (drop it).
     fn resolve(&self, token: u32, state: State) -> Option<(u32, u32)> {
         let (slot, generation_bits) = split(token);
-        self.store.prefetch(slot); // header and payload misses overlap
-        let word = self.store.load(slot).ok()?;
+        self.store().prefetch(slot); // header and payload misses overlap
+        let word = self.store().load(slot).ok()?;
         (word.state == state && word.generation as u8 == generation_bits)
             .then_some((slot, word.generation))
     }
@@ -472,13 +505,13 @@ impl<C: Clock> Queue<C> {
         if self.run_timers(now) {
             now = self.clock.now_nanos(); // a run takes time: judge TTLs by the clock after it
         }
-        while let Some(ready) = pop(&self.ready) {
+        while let Some(ready) = pop(self.ready()) {
             let (slot, generation_bits) = split(ready);
-            self.store.prefetch(slot); // header and payload misses overlap
-            let Ok(meta) = self.store.meta(slot) else {
+            self.store().prefetch(slot); // header and payload misses overlap
+            let Ok(meta) = self.store().meta(slot) else {
                 continue;
             };
-            let Ok(seen) = self.store.load(slot) else {
+            let Ok(seen) = self.store().load(slot) else {
                 continue;
             };
             if seen.state != State::Ready || seen.generation as u8 != generation_bits {
@@ -498,7 +531,7 @@ impl<C: Clock> Queue<C> {
             let schedule_lease_timer = std::cell::Cell::new(false);
             let leased =
                 match self
-                    .store
+                    .store()
                     .transition_from_seen(slot, seen, State::Ready, generation, |w| {
                         schedule_lease_timer.set(!w.lease_timer);
                         Some(Word {
@@ -520,11 +553,11 @@ impl<C: Clock> Queue<C> {
                     Err(_) => continue, // a stale token: whoever moved the slot on owns it
                 };
             if schedule_lease_timer.get() {
-                self.wheel.schedule(node(slot, Timer::Lease), due);
+                self.wheel().schedule(node(slot, Timer::Lease), due);
             }
-            self.counters.bump(Counter::Delivered);
+            self.counters().bump(Counter::Delivered);
             if attempt > 1 {
-                self.counters.bump(Counter::Redelivered);
+                self.counters().bump(Counter::Redelivered);
             }
             return Some(Delivery::new(
                 self,
@@ -551,14 +584,14 @@ impl<C: Clock> Queue<C> {
 
     /// A ready message whose TTL ran out: dead-letter or drop it. We hold its ready token.
     fn expire(&self, slot: u32, generation: u32) {
-        self.counters.bump(Counter::Expired);
+        self.counters().bump(Counter::Expired);
         match self.config.on_expiry {
             ExpiryPolicy::DeadLetter => {
                 self.kill(slot, State::Ready, generation, DeadReason::Expired, "");
             }
             ExpiryPolicy::Drop => {
                 let freed = self
-                    .store
+                    .store()
                     .transition_from(slot, State::Ready, generation, |w| Some(w.freed()));
                 if let Ok(word) = freed {
                     self.release_if_unpinned(slot, word);
@@ -577,14 +610,14 @@ impl<C: Clock> Queue<C> {
         reason: DeadReason,
         error: &str,
     ) -> bool {
-        let Ok(meta) = self.store.meta(slot) else {
+        let Ok(meta) = self.store().meta(slot) else {
             return false;
         };
         meta.dead_reason.store(reason.code(), Ordering::Relaxed);
         meta.dead_unix
             .store(self.unix_time(self.clock.now_nanos()), Ordering::Relaxed);
         meta.set_reason(error);
-        let Ok(dead) = self.store.transition_from(slot, from, generation, |w| {
+        let Ok(dead) = self.store().transition_from(slot, from, generation, |w| {
             Some(Word {
                 state: State::Dead,
                 ..w
@@ -592,22 +625,22 @@ impl<C: Clock> Queue<C> {
         }) else {
             return false;
         };
-        self.counters.bump(Counter::DeadLettered);
+        self.counters().bump(Counter::DeadLettered);
         let filed = token(slot, dead.generation);
         // Bounded: each round discards a letter or finds one gone, so a sane ring has room
         // within its capacity's worth of rounds (a corrupt one leaves the letter unfiled).
         for _ in 0..=self.config.dead_letter_capacity {
-            if push(&self.dead, filed) {
+            if push(self.dead(), filed) {
                 break;
             }
-            let Some(oldest) = pop(&self.dead) else {
+            let Some(oldest) = pop(self.dead()) else {
                 continue; // a racing pop made room
             };
             let Some((old_slot, old_generation)) = self.resolve(oldest, State::Dead) else {
                 continue;
             };
             if let Ok(word) = self.free_dead(old_slot, old_generation) {
-                self.counters.bump(Counter::DeadDiscarded);
+                self.counters().bump(Counter::DeadDiscarded);
                 self.release_if_unpinned(old_slot, word);
             }
         }
@@ -616,7 +649,7 @@ impl<C: Clock> Queue<C> {
 
     /// `Dead(generation) -> Free(generation + 1)`, keeping pins.
     fn free_dead(&self, slot: u32, generation: u32) -> Result<Word, TransitionError> {
-        self.store
+        self.store()
             .transition_from(slot, State::Dead, generation, |w| Some(w.freed()))
     }
 
@@ -624,15 +657,15 @@ impl<C: Clock> Queue<C> {
     /// unpin does).
     pub(crate) fn release_if_unpinned(&self, slot: u32, freed: Word) {
         if freed.state == State::Free && freed.pins == 0 {
-            let pushed = push(&self.free, token(slot, freed.generation));
+            let pushed = push(self.free(), token(slot, freed.generation));
             debug_assert!(pushed, "free ring holds every slot");
         }
     }
 
     /// Drops a delivery's pin, freeing the slot if it was the last pin of a freed slot.
     pub(crate) fn unpin(&self, slot: u32) {
-        if let Ok(Some(generation)) = self.store.unpin(slot) {
-            let pushed = push(&self.free, token(slot, generation));
+        if let Ok(Some(generation)) = self.store().unpin(slot) {
+            let pushed = push(self.free(), token(slot, generation));
             debug_assert!(pushed, "free ring holds every slot");
         }
     }
@@ -647,14 +680,14 @@ impl<C: Clock> Queue<C> {
     /// Runs the wheel if a tick has passed and no one else is running it; returns whether
     /// this call ran it.
     fn run_timers(&self, now: u64) -> bool {
-        self.wheel.advance(now, |node, now| self.fire(node, now))
+        self.wheel().advance(now, |node, now| self.fire(node, now))
     }
 
     /// A timer node came due (or early: a coarse bucket). Acts on the slot if its deadline
     /// has passed; otherwise returns the deadline to be asked again at.
     fn fire(&self, node: u32, now: u64) -> Refire {
         let (slot, timer) = split_node(node);
-        let meta = self.store.meta(slot).ok()?;
+        let meta = self.store().meta(slot).ok()?;
         match timer {
             Timer::Lease => self.fire_lease(slot, meta, now),
             Timer::Delay => self.fire_delay(slot, meta, now),
@@ -668,7 +701,7 @@ impl<C: Clock> Queue<C> {
     /// meanwhile (version, state) makes it look again.
     fn fire_lease(&self, slot: u32, meta: &Meta, now: u64) -> Refire {
         loop {
-            let word = self.store.load(slot).ok()?;
+            let word = self.store().load(slot).ok()?;
             if !word.lease_timer {
                 return None; // the bit says the node is not ours to fire (corrupt memory)
             }
@@ -691,7 +724,7 @@ impl<C: Clock> Queue<C> {
                     ..word
                 },
             };
-            match self.store.transition(slot, word, |_| Some(next)) {
+            match self.store().transition(slot, word, |_| Some(next)) {
                 Ok(moved) => {
                     if word.state == State::Leased {
                         self.push_ready(slot, moved.generation);
@@ -706,7 +739,7 @@ impl<C: Clock> Queue<C> {
 
     /// The delay node: a finished delay or backoff makes the message ready.
     fn fire_delay(&self, slot: u32, meta: &Meta, now: u64) -> Refire {
-        let word = self.store.load(slot).ok()?;
+        let word = self.store().load(slot).ok()?;
         if word.state != State::Delayed {
             return None; // only this node moves a slot out of Delayed: a corrupt link
         }
@@ -715,7 +748,7 @@ impl<C: Clock> Queue<C> {
             return Some(due);
         }
         let ready = self
-            .store
+            .store()
             .transition_from(slot, State::Delayed, word.generation, |w| {
                 Some(Word {
                     state: State::Ready,
@@ -729,12 +762,12 @@ impl<C: Clock> Queue<C> {
 
     /// Schedules the delay node of a slot just moved to `Delayed` until `due`.
     pub(crate) fn schedule_delay(&self, slot: u32, due: u64) {
-        self.wheel.schedule(node(slot, Timer::Delay), due);
+        self.wheel().schedule(node(slot, Timer::Delay), due);
     }
 
     /// Copies of every dead letter, oldest first.
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
-        let mut letters: Vec<(u64, DeadLetter)> = (0..self.store.capacity())
+        let mut letters: Vec<(u64, DeadLetter)> = (0..self.store().capacity())
             .filter_map(|slot| self.copy_dead(slot, None))
             .collect();
         letters.sort_by_key(|(dead_unix, _)| *dead_unix);
@@ -743,18 +776,18 @@ impl<C: Clock> Queue<C> {
 
     /// Removes and returns the oldest dead letter.
     pub fn pop_dead_letter(&self) -> Option<DeadLetter> {
-        while let Some(dead) = pop(&self.dead) {
+        while let Some(dead) = pop(self.dead()) {
             let Some((slot, generation)) = self.resolve(dead, State::Dead) else {
                 continue;
             };
             let Some((_, letter)) = self.copy_dead(slot, Some(generation)) else {
                 let still_ours = self
-                    .store
+                    .store()
                     .load(slot)
                     .is_ok_and(|w| w.state == State::Dead && w.generation == generation);
                 if still_ours {
                     // Pinned 255 times by concurrent listings: keep it filed, try later.
-                    let _ = push(&self.dead, dead);
+                    let _ = push(self.dead(), dead);
                     return None;
                 }
                 continue;
@@ -771,15 +804,15 @@ impl<C: Clock> Queue<C> {
     /// Returns how many.
     pub fn redrive(&self) -> usize {
         let mut redriven = 0;
-        while let Some(dead) = pop(&self.dead) {
+        while let Some(dead) = pop(self.dead()) {
             let Some((slot, generation)) = self.resolve(dead, State::Dead) else {
                 continue;
             };
-            let Ok(meta) = self.store.meta(slot) else {
+            let Ok(meta) = self.store().meta(slot) else {
                 continue;
             };
             let revived = self
-                .store
+                .store()
                 .transition_from(slot, State::Dead, generation, |w| {
                     Some(Word {
                         state: State::Ready,
@@ -800,12 +833,12 @@ impl<C: Clock> Queue<C> {
     /// Copies a dead slot (at `generation`, if given) under a pin, so it cannot be reused
     /// while we read. Returns its dead time and the copy.
     fn copy_dead(&self, slot: u32, generation: Option<u32>) -> Option<(u64, DeadLetter)> {
-        let word = self.store.load(slot).ok()?;
+        let word = self.store().load(slot).ok()?;
         if word.state != State::Dead || generation.is_some_and(|g| g != word.generation) {
             return None;
         }
         let pinned = self
-            .store
+            .store()
             .transition_from(slot, State::Dead, word.generation, |w| {
                 Some(Word {
                     pins: w.pins.checked_add(1)?,
@@ -813,11 +846,11 @@ impl<C: Clock> Queue<C> {
                 })
             })
             .ok()?;
-        let meta = self.store.meta(slot).ok()?;
+        let meta = self.store().meta(slot).ok()?;
         let len = (meta.payload_len.load(Ordering::Relaxed) as usize).min(self.config.max_payload);
         // SAFETY: we pinned the slot after acquiring a word written after its payload was
         // published; pinned, it is not reused, and `len` is clamped to `max_payload`.
-        let payload = unsafe { self.store.payload(slot, len) }.to_vec();
+        let payload = unsafe { self.store().payload(slot, len) }.to_vec();
         let dead_unix = meta.dead_unix.load(Ordering::Relaxed);
         let letter = DeadLetter {
             id: MessageId(meta.id.load(Ordering::Relaxed)),
@@ -830,7 +863,7 @@ impl<C: Clock> Queue<C> {
         };
         // Fields are only consistent if the slot is still the dead letter we pinned.
         let consistent = self
-            .store
+            .store()
             .load(slot)
             .is_ok_and(|now| now.generation == pinned.generation && now.state == State::Dead);
         self.unpin(slot);
@@ -840,8 +873,8 @@ impl<C: Clock> Queue<C> {
     /// Gauges (by a scan of the slots) and counters.
     pub fn stats(&self) -> Stats {
         let mut stats = Stats::default();
-        for slot in 0..self.store.capacity() {
-            match self.store.load(slot).map(|w| w.state) {
+        for slot in 0..self.store().capacity() {
+            match self.store().load(slot).map(|w| w.state) {
                 Ok(State::Ready) => stats.ready += 1,
                 Ok(State::Delayed) => stats.delayed += 1,
                 Ok(State::Leased | State::Settling) => stats.in_flight += 1,
@@ -854,12 +887,8 @@ impl<C: Clock> Queue<C> {
             delayed: stats.delayed,
             in_flight: stats.in_flight,
             dead: stats.dead,
-            ..self.counters.snapshot()
+            ..self.counters().snapshot()
         }
-    }
-
-    pub(crate) fn store(&self) -> &MessageStore {
-        &self.store
     }
 
     pub(crate) fn now(&self) -> u64 {
@@ -867,11 +896,11 @@ impl<C: Clock> Queue<C> {
     }
 
     pub(crate) fn note_acked(&self) {
-        self.counters.bump(Counter::Acked);
+        self.counters().bump(Counter::Acked);
     }
 
     pub(crate) fn note_nacked(&self) {
-        self.counters.bump(Counter::Nacked);
+        self.counters().bump(Counter::Nacked);
     }
 
     pub(crate) fn retry_wait(&self, attempt: u32) -> Duration {
