@@ -35,13 +35,17 @@
 use std::time::Duration;
 
 use crate::id::{mix64, MessageId};
+use crate::participants::Participants;
 use crate::sync::{prefetch_read, prefetch_write, AtomicU64, Backoff, Ordering};
 
 /// Entries per stripe: 32 entries of 16 bytes, eight cache lines.
 pub const ENTRIES_PER_STRIPE: usize = 32;
 
-/// The lock value of an in-process holder.
+/// The lock value of a standalone window's holder (a queue's holders are participant ids).
 const HELD_IN_PROCESS: u64 = 1;
+
+/// Tries at a held stripe lock between looks at whether its holder is alive.
+const SPINS_BEFORE_CHECK: u32 = 1 << 10;
 
 /// `expires_at` of a forgotten entry: expired at any time (no clock reads below 0).
 const FORGOTTEN: u64 = 0;
@@ -116,15 +120,39 @@ fn in_use(len: &AtomicU64) -> usize {
 }
 
 impl Stripe {
-    /// Runs `f` holding the stripe lock, with the entries and how many are in use.
-    fn locked<R>(&self, f: impl FnOnce(&[Entry; ENTRIES_PER_STRIPE], &AtomicU64) -> R) -> R {
+    /// Runs `f` holding the stripe lock as `holder`, with the entries and how many are in
+    /// use. A lock held through [`SPINS_BEFORE_CHECK`] tries by a holder that `alive` says
+    /// is gone (a killed process, or a value no holder writes) is taken over; its entries
+    /// may then be torn, which reads as an old id or expiry, never as anything unsafe.
+    fn locked<R>(
+        &self,
+        holder: u64,
+        alive: impl Fn(u64) -> bool,
+        f: impl FnOnce(&[Entry; ENTRIES_PER_STRIPE], &AtomicU64) -> R,
+    ) -> R {
         let backoff = Backoff::new();
-        while self
-            .lock
-            .compare_exchange_weak(0, HELD_IN_PROCESS, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            backoff.snooze();
+        let mut tries = 0u32;
+        loop {
+            match self
+                .lock
+                .compare_exchange_weak(0, holder, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(current) => {
+                    tries = tries.wrapping_add(1);
+                    if tries % SPINS_BEFORE_CHECK == 0
+                        && current != 0
+                        && !alive(current)
+                        && self
+                            .lock
+                            .compare_exchange(current, holder, Ordering::Acquire, Ordering::Relaxed)
+                            .is_ok()
+                    {
+                        break;
+                    }
+                    backoff.snooze();
+                }
+            }
         }
         let result = f(&self.entries, &self.len);
         self.lock.store(0, Ordering::Release);
@@ -163,6 +191,10 @@ pub(crate) struct DedupTable<'r> {
     /// A power of two of them (the hash picks one with a mask).
     stripes: &'r [Stripe],
     window_nanos: u64,
+    /// Written into a stripe's lock while we hold it.
+    holder: u64,
+    /// Who can hold locks (`None`: only this process, whose holders are always alive).
+    participants: Option<Participants<'r>>,
 }
 
 impl DedupWindow {
@@ -225,6 +257,24 @@ impl<'r> DedupTable<'r> {
         Self {
             stripes,
             window_nanos: window_nanos.max(1),
+            holder: HELD_IN_PROCESS,
+            participants: None,
+        }
+    }
+
+    /// The table as used by participant `holder` of a queue with these `participants`.
+    pub(crate) fn held_by(self, holder: u64, participants: Participants<'r>) -> Self {
+        Self {
+            holder,
+            participants: Some(participants),
+            ..self
+        }
+    }
+
+    fn holder_alive(&self, holder: u64) -> bool {
+        match self.participants {
+            Some(participants) => participants.is_alive(holder),
+            None => holder == HELD_IN_PROCESS,
         }
     }
 
@@ -253,39 +303,43 @@ impl<'r> DedupTable<'r> {
         let Some(stripe) = self.stripe(id) else {
             return Ok(()); // no stripes: dedup is off
         };
-        stripe.locked(|entries, len| {
-            let used = in_use(len);
-            let mut reusable = None;
-            for (index, entry) in entries[..used].iter().enumerate() {
-                let live = entry.live(now);
-                if entry.id.load(Ordering::Relaxed) == id.0 {
-                    if live {
-                        return Err(DedupError::Duplicate { id });
+        stripe.locked(
+            self.holder,
+            |h| self.holder_alive(h),
+            |entries, len| {
+                let used = in_use(len);
+                let mut reusable = None;
+                for (index, entry) in entries[..used].iter().enumerate() {
+                    let live = entry.live(now);
+                    if entry.id.load(Ordering::Relaxed) == id.0 {
+                        if live {
+                            return Err(DedupError::Duplicate { id });
+                        }
+                        reusable = Some(index); // seen longer ago than the window: renew here
+                        break;
                     }
-                    reusable = Some(index); // seen longer ago than the window: renew here
-                    break;
+                    if !live && reusable.is_none() {
+                        reusable = Some(index);
+                    }
                 }
-                if !live && reusable.is_none() {
-                    reusable = Some(index);
+                let Some(index) = reusable.or((used < ENTRIES_PER_STRIPE).then_some(used)) else {
+                    return Err(DedupError::Full {
+                        capacity: self.capacity(),
+                    });
+                };
+                entries[index].id.store(id.0, Ordering::Relaxed);
+                entries[index]
+                    .expires_at
+                    .store(expires_at, Ordering::Relaxed);
+                // Expired entries at the end no longer count: shorter scans for the next ids.
+                let mut kept = used.max(index + 1);
+                while kept > index + 1 && !entries[kept - 1].live(now) {
+                    kept -= 1;
                 }
-            }
-            let Some(index) = reusable.or((used < ENTRIES_PER_STRIPE).then_some(used)) else {
-                return Err(DedupError::Full {
-                    capacity: self.capacity(),
-                });
-            };
-            entries[index].id.store(id.0, Ordering::Relaxed);
-            entries[index]
-                .expires_at
-                .store(expires_at, Ordering::Relaxed);
-            // Expired entries at the end no longer count: shorter scans for the next ids.
-            let mut kept = used.max(index + 1);
-            while kept > index + 1 && !entries[kept - 1].live(now) {
-                kept -= 1;
-            }
-            len.store(kept as u64, Ordering::Relaxed);
-            Ok(())
-        })
+                len.store(kept as u64, Ordering::Relaxed);
+                Ok(())
+            },
+        )
     }
 
     pub(crate) fn forget(&self, id: MessageId, recorded_at: u64) {
@@ -293,15 +347,19 @@ impl<'r> DedupTable<'r> {
         let Some(stripe) = self.stripe(id) else {
             return;
         };
-        stripe.locked(|entries, len| {
-            let recorded = entries[..in_use(len)].iter().find(|entry| {
-                entry.id.load(Ordering::Relaxed) == id.0
-                    && entry.expires_at.load(Ordering::Relaxed) == expires_at
-            });
-            if let Some(entry) = recorded {
-                entry.expires_at.store(FORGOTTEN, Ordering::Relaxed);
-            }
-        });
+        stripe.locked(
+            self.holder,
+            |h| self.holder_alive(h),
+            |entries, len| {
+                let recorded = entries[..in_use(len)].iter().find(|entry| {
+                    entry.id.load(Ordering::Relaxed) == id.0
+                        && entry.expires_at.load(Ordering::Relaxed) == expires_at
+                });
+                if let Some(entry) = recorded {
+                    entry.expires_at.store(FORGOTTEN, Ordering::Relaxed);
+                }
+            },
+        );
     }
 }
 

@@ -21,14 +21,18 @@
 pub mod clock;
 pub mod dedup;
 mod id;
+mod participants;
 pub mod queue;
 mod region;
 pub mod ring;
+#[cfg(not(loom))]
+pub mod shm;
 mod slots;
 mod stats;
 mod sync;
 mod wheel;
 
+pub use clock::MonotonicClock;
 pub use id::MessageId;
 pub use queue::{Delivery, PublishError, PublishOptions, Queue, QueueConfig, SettleError};
 pub use ring::{Ring, TokenRing};

@@ -15,6 +15,7 @@
 //! |----------------|----------------------|----------------------------|
 //! | `shared`       | [`SharedWords`]      | 1                          |
 //! | `counters`     | `CounterStripe`      | [`STRIPES`]                |
+//! | `participants` | `Participant`        | [`PARTICIPANTS`]           |
 //! | `slot_headers` | `SlotHeader`         | capacity                   |
 //! | `payloads`     | `PayloadLine`        | capacity × lines per slot  |
 //! | `free_ring`    | `AtomicU64`          | capacity                   |
@@ -30,10 +31,13 @@
 //! Under loom the same sections are separate typed allocations (loom's atomics are not
 //! plain memory); the views handed to the engine are the same types either way.
 
-use std::mem::{align_of, size_of};
+#[cfg(not(loom))]
+use std::mem::align_of;
+use std::mem::size_of;
 use std::ptr::NonNull;
 
 use crate::dedup::Stripe;
+use crate::participants::{Participant, PARTICIPANTS};
 use crate::slots::{PayloadLine, SlotHeader};
 use crate::stats::{CounterStripe, STRIPES};
 use crate::sync::AtomicU64;
@@ -100,6 +104,7 @@ pub(crate) struct Span {
 pub(crate) struct Layout {
     pub(crate) shared: Span,
     pub(crate) counters: Span,
+    pub(crate) participants: Span,
     pub(crate) slot_headers: Span,
     pub(crate) payloads: Span,
     pub(crate) free_ring: Span,
@@ -137,6 +142,7 @@ impl Layout {
         let layout = Self {
             shared: section(1, size_of::<SharedWords>())?,
             counters: section(STRIPES, size_of::<CounterStripe>())?,
+            participants: section(PARTICIPANTS, size_of::<Participant>())?,
             slot_headers: section(capacity, size_of::<SlotHeader>())?,
             payloads: section(payload_lines, size_of::<PayloadLine>())?,
             free_ring: section(capacity, word)?,
@@ -169,6 +175,7 @@ pub(crate) unsafe trait Plain: Sync + Default {}
 struct RawSections {
     shared: NonNull<SharedWords>,
     counters: NonNull<[CounterStripe]>,
+    participants: NonNull<[Participant]>,
     slot_headers: NonNull<[SlotHeader]>,
     payloads: NonNull<[PayloadLine]>,
     free_ring: NonNull<[AtomicU64]>,
@@ -184,6 +191,7 @@ struct RawSections {
 pub(crate) struct Sections<'r> {
     pub(crate) shared: &'r SharedWords,
     pub(crate) counters: &'r [CounterStripe],
+    pub(crate) participants: &'r [Participant],
     pub(crate) slot_headers: &'r [SlotHeader],
     pub(crate) payloads: &'r [PayloadLine],
     pub(crate) free_ring: &'r [AtomicU64],
@@ -202,9 +210,12 @@ enum Memory {
         start: NonNull<u8>,
         layout: std::alloc::Layout,
     },
+    /// A mapped segment file (the segment header first, then the region).
+    #[cfg(not(loom))]
+    Mapped(crate::shm::Mapping),
     /// One allocation per section (loom's atomics cannot be laid over bytes).
     #[cfg(loom)]
-    Typed(TypedSections),
+    Typed(#[allow(dead_code, reason = "owned, only read through `RawSections`")] TypedSections),
 }
 
 /// A queue's region: the memory and the sections carved from it.
@@ -222,9 +233,10 @@ unsafe impl Sync for Region {}
 #[cfg(not(loom))]
 impl Drop for Memory {
     fn drop(&mut self) {
-        let Memory::Heap { start, layout } = self;
-        // SAFETY: allocated in `Region::on_heap` with exactly this layout, freed once here.
-        unsafe { std::alloc::dealloc(start.as_ptr(), *layout) };
+        if let Memory::Heap { start, layout } = self {
+            // SAFETY: allocated in `Region::on_heap` with exactly this layout, freed once.
+            unsafe { std::alloc::dealloc(start.as_ptr(), *layout) };
+        }
     }
 }
 
@@ -284,6 +296,41 @@ impl Region {
         }
     }
 
+    /// The region of `layout` in a mapped segment (header first); sections not checked
+    /// beyond lying inside the mapping.
+    #[cfg(not(loom))]
+    pub(crate) fn in_mapping(
+        mapping: crate::shm::Mapping,
+        layout: &Layout,
+    ) -> Result<Self, TooLarge> {
+        // SAFETY: a mapping is page-aligned (so aligned to SECTION_ALIGN), its bytes are
+        // initialized (file contents, zero-filled where never written), it stays mapped for
+        // as long as `memory` (owned by the region) lives, and region memory is only ever
+        // accessed shared.
+        let raw = unsafe { RawSections::carve(mapping.start(), mapping.len(), layout) }?;
+        Ok(Self {
+            raw,
+            _memory: Memory::Mapped(mapping),
+        })
+    }
+
+    /// The segment header, for a region in a mapped segment.
+    #[cfg(not(loom))]
+    pub(crate) fn segment_header(&self) -> Option<crate::shm::header::Header<'_>> {
+        match &self._memory {
+            Memory::Mapped(mapping) => mapping.header().ok(),
+            Memory::Heap { .. } => None,
+        }
+    }
+
+    /// Whether the region is this process's alone (not a mapped segment).
+    pub(crate) fn is_private(&self) -> bool {
+        #[cfg(not(loom))]
+        return !matches!(self._memory, Memory::Mapped(_));
+        #[cfg(loom)]
+        return true;
+    }
+
     /// The sections, borrowed from the region.
     pub(crate) fn sections(&self) -> Sections<'_> {
         let raw = &self.raw;
@@ -295,6 +342,7 @@ impl Region {
             Sections {
                 shared: raw.shared.as_ref(),
                 counters: raw.counters.as_ref(),
+                participants: raw.participants.as_ref(),
                 slot_headers: raw.slot_headers.as_ref(),
                 payloads: raw.payloads.as_ref(),
                 free_ring: raw.free_ring.as_ref(),
@@ -336,6 +384,7 @@ impl RawSections {
         Ok(Self {
             shared,
             counters: section(start, len, layout.counters)?,
+            participants: section(start, len, layout.participants)?,
             slot_headers: section(start, len, layout.slot_headers)?,
             payloads: section(start, len, layout.payloads)?,
             free_ring: section(start, len, layout.free_ring)?,
@@ -353,6 +402,7 @@ impl RawSections {
 struct TypedSections {
     shared: Box<SharedWords>,
     counters: Box<[CounterStripe]>,
+    participants: Box<[Participant]>,
     slot_headers: Box<[SlotHeader]>,
     payloads: Box<[PayloadLine]>,
     free_ring: Box<[AtomicU64]>,
@@ -372,6 +422,7 @@ impl TypedSections {
         Self {
             shared: Box::default(),
             counters: many(layout.counters),
+            participants: many(layout.participants),
             slot_headers: many(layout.slot_headers),
             payloads: many(layout.payloads),
             free_ring: many(layout.free_ring),
@@ -387,6 +438,7 @@ impl TypedSections {
         RawSections {
             shared: NonNull::from(&*self.shared),
             counters: NonNull::from(&*self.counters),
+            participants: NonNull::from(&*self.participants),
             slot_headers: NonNull::from(&*self.slot_headers),
             payloads: NonNull::from(&*self.payloads),
             free_ring: NonNull::from(&*self.free_ring),
@@ -408,6 +460,8 @@ unsafe impl Plain for SharedWords {}
 unsafe impl Plain for CounterStripe {}
 // SAFETY: see above.
 unsafe impl Plain for SlotHeader {}
+// SAFETY: see above.
+unsafe impl Plain for Participant {}
 // SAFETY: see above; its bytes are an `UnsafeCell<[u8; 64]>`, any bytes valid.
 unsafe impl Plain for PayloadLine {}
 // SAFETY: see above.
@@ -432,6 +486,7 @@ mod tests {
         let spans = [
             (layout.shared, size_of::<SharedWords>()),
             (layout.counters, size_of::<CounterStripe>()),
+            (layout.participants, size_of::<Participant>()),
             (layout.slot_headers, size_of::<SlotHeader>()),
             (layout.payloads, size_of::<PayloadLine>()),
             (layout.free_ring, 8),

@@ -203,7 +203,7 @@ impl<'q, C: Clock> Delivery<'q, C> {
                     ..w
                 })
             })
-            .expect("only the holder moves a settling slot");
+            .map_err(|_| self.lease_lost())?; // only another process's corruption gets here
         self.lease_deadline = due;
         Ok(())
     }
@@ -229,7 +229,8 @@ impl<'q, C: Clock> Delivery<'q, C> {
                 .transition_from(self.slot, State::Settling, self.receipt, |w| {
                     Some(Word { state: to, ..w })
                 });
-        debug_assert!(moved.is_ok(), "only the holder moves a settling slot");
+        self.queue
+            .invariant(moved.is_ok(), "only the holder moves a settling slot");
     }
 
     fn lease_lost(&self) -> SettleError {

@@ -38,6 +38,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::clock::{nanos, Clock, MonotonicClock};
 use crate::dedup::{DedupError, DedupTable};
 use crate::id::{IdSource, MessageId};
+use crate::participants::Participants;
 use crate::region::Region;
 use crate::ring::index::IndexRing;
 use crate::slots::{MessageStore, Meta, State, TransitionError, Word};
@@ -225,6 +226,12 @@ pub struct Queue<C: Clock = MonotonicClock> {
     clock: C,
     /// Generated ids and retry jitter.
     ids: IdSource,
+    /// This handle's entry in the region's participant table (see `participants`).
+    participant: u64,
+    /// The region is this process's alone (on the heap): broken invariants are our bugs,
+    /// worth a debug assertion. In a shared segment another process may have written
+    /// anything, so they are handled, never asserted.
+    trusted: bool,
     /// The Unix time (nanoseconds) at `clock_anchor` on the queue's clock: publish and
     /// dead-letter times for people are derived from the queue's clock, one read, not two.
     unix_anchor: u64,
@@ -248,12 +255,26 @@ impl<C: Clock> Queue<C> {
     /// [`ConfigError`] naming the first invalid setting.
     pub fn with_clock(config: QueueConfig, clock: C) -> Result<Self, ConfigError> {
         config.validate()?;
-        let shape = config.shape();
-        let region = Region::on_heap(shape).map_err(|_| ConfigError {
+        let region = Region::on_heap(config.shape()).map_err(|_| ConfigError {
             problem: "capacity * max_payload is larger than memory can hold",
         })?;
+        Ok(Self::on_region(config, region, clock, true).expect("a new region has room"))
+    }
+
+    /// The queue over `region`, which holds a queue of `config` (validated by the caller);
+    /// `fresh`: the region is all zeros and needs its initial state written. `None` when
+    /// the participant table is full of live handles.
+    pub(crate) fn on_region(
+        config: QueueConfig,
+        region: Region,
+        clock: C,
+        fresh: bool,
+    ) -> Option<Self> {
+        let participant = Participants::new(region.sections().participants).register()?;
         let queue = Self {
-            lines_per_slot: shape.lines_per_slot as usize,
+            participant,
+            trusted: region.is_private(),
+            lines_per_slot: config.shape().lines_per_slot as usize,
             tick_nanos: nanos(config.timer_tick),
             dedup_window_nanos: config.dedup_window.map_or(0, nanos),
             region,
@@ -263,8 +284,28 @@ impl<C: Clock> Queue<C> {
             clock,
             config,
         };
-        queue.lay_out();
-        Ok(queue)
+        if fresh {
+            queue.lay_out();
+        }
+        Some(queue)
+    }
+
+    fn participants(&self) -> Participants<'_> {
+        Participants::new(self.region.sections().participants)
+    }
+
+    /// The process ids of the handles attached to this queue now (more than one only for
+    /// a queue in shared memory).
+    pub fn attached_pids(&self) -> Vec<u32> {
+        self.participants().live_pids()
+    }
+
+    /// Marks a segment-backed queue's segment as initialized (its creation's last step).
+    #[cfg(not(loom))]
+    pub(crate) fn finish_segment(&self) {
+        if let Some(header) = self.region.segment_header() {
+            header.publish();
+        }
     }
 
     /// Writes the initial state into a zeroed region: empty rings, an empty wheel, and
@@ -289,7 +330,7 @@ impl<C: Clock> Queue<C> {
         );
         for slot in 0..self.config.capacity {
             let pushed = push(self.free(), token(slot, 0));
-            debug_assert!(pushed, "room for every slot");
+            self.invariant(pushed, "room for every slot");
         }
     }
 
@@ -329,12 +370,16 @@ impl<C: Clock> Queue<C> {
             sections.wheel_heads,
             sections.wheel_next,
         )
+        .held_by(self.participant, self.participants())
     }
 
     /// The dedup table, if dedup is on.
     fn dedup(&self) -> Option<DedupTable<'_>> {
         let stripes = self.region.sections().dedup;
-        (!stripes.is_empty()).then(|| DedupTable::new(stripes, self.dedup_window_nanos))
+        (!stripes.is_empty()).then(|| {
+            DedupTable::new(stripes, self.dedup_window_nanos)
+                .held_by(self.participant, self.participants())
+        })
     }
 
     fn counters(&self) -> Counters<'_> {
@@ -473,13 +518,18 @@ impl<C: Clock> Queue<C> {
             .transition_from(slot, State::Writing, generation, |w| {
                 Some(Word { state: to, ..w })
             });
-        debug_assert!(moved.is_ok(), "a slot in Writing changed state under us");
+        self.invariant(moved.is_ok(), "a slot in Writing changed state under us");
     }
 
     pub(crate) fn push_ready(&self, slot: u32, generation: u32) {
         // The ready ring has a place for every slot, and a slot has at most one ready token.
         let pushed = push(self.ready(), token(slot, generation));
-        debug_assert!(pushed, "ready ring holds every slot");
+        self.invariant(pushed, "ready ring holds every slot");
+    }
+
+    /// Checks what must hold unless another process corrupted the region (see `trusted`).
+    pub(crate) fn invariant(&self, holds: bool, what: &str) {
+        debug_assert!(holds || !self.trusted, "broken invariant: {what}");
     }
 
     /// The slot a popped token names and its full generation, if its header is in `state`
@@ -658,7 +708,7 @@ impl<C: Clock> Queue<C> {
     pub(crate) fn release_if_unpinned(&self, slot: u32, freed: Word) {
         if freed.state == State::Free && freed.pins == 0 {
             let pushed = push(self.free(), token(slot, freed.generation));
-            debug_assert!(pushed, "free ring holds every slot");
+            self.invariant(pushed, "free ring holds every slot");
         }
     }
 
@@ -666,7 +716,7 @@ impl<C: Clock> Queue<C> {
     pub(crate) fn unpin(&self, slot: u32) {
         if let Ok(Some(generation)) = self.store().unpin(slot) {
             let pushed = push(self.free(), token(slot, generation));
-            debug_assert!(pushed, "free ring holds every slot");
+            self.invariant(pushed, "free ring holds every slot");
         }
     }
 
@@ -905,6 +955,12 @@ impl<C: Clock> Queue<C> {
 
     pub(crate) fn retry_wait(&self, attempt: u32) -> Duration {
         self.config.backoff.wait(attempt, self.ids.unit())
+    }
+}
+
+impl<C: Clock> Drop for Queue<C> {
+    fn drop(&mut self) {
+        self.participants().leave(self.participant);
     }
 }
 

@@ -1,0 +1,199 @@
+//! Who is attached to a queue, and whether they are still alive.
+//!
+//! A region holds a table of [`PARTICIPANTS`] entries. Each queue handle registers in one
+//! (its *participant id* is the entry's index + 1) and leaves it when dropped; a process
+//! killed with SIGKILL leaves its entry behind, which any later registration may reclaim
+//! once its owner is dead.
+//!
+//! Locks in the region (a dedup stripe, the wheel's ticker) hold their holder's participant
+//! id, so a process that finds a lock held too long can ask [`Participants::is_alive`] and
+//! break the lock of a dead holder instead of waiting for ever.
+//!
+//! # Entry layout (one 64-byte line each)
+//!
+//! | word | field        | written by                                         |
+//! |------|--------------|----------------------------------------------------|
+//! | 0    | `pid`        | the registering process (CAS from 0 or from a dead pid), cleared when it leaves |
+//! | 1    | `start_time` | the registering process: its start time (`/proc/PID/stat` field 22, clock ticks after boot), which tells a live process from a later one that reused the pid |
+//!
+//! A participant is alive when its pid names a running process with the recorded start
+//! time. Values are checked like any other segment data: an id out of range or a zero pid
+//! is simply not alive.
+
+use crate::sync::{AtomicU64, Ordering};
+
+/// Entries in a region's table: the most handles attached at once.
+pub(crate) const PARTICIPANTS: usize = 64;
+
+/// One table entry.
+#[repr(C, align(64))]
+#[derive(Default)]
+pub(crate) struct Participant {
+    pid: AtomicU64,
+    start_time: AtomicU64,
+}
+
+/// A process's identity: pid and start time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Process {
+    pid: u32,
+    start_time: u64,
+}
+
+/// This process.
+fn this_process() -> Process {
+    let pid = std::process::id();
+    Process {
+        pid,
+        start_time: start_time(pid).unwrap_or(0),
+    }
+}
+
+/// A process's start time, if it exists (and its `/proc` entry can be read).
+fn start_time(pid: u32) -> Option<u64> {
+    #[cfg(all(target_os = "linux", not(miri), not(loom)))]
+    {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name (field 2) is in parentheses and may hold anything: fields
+        // resume after the last ')'. Field 22 is then the 20th after it.
+        let after = &stat[stat.rfind(')')? + 1..];
+        after.split_whitespace().nth(19)?.parse().ok()
+    }
+    #[cfg(not(all(target_os = "linux", not(miri), not(loom))))]
+    {
+        let _ = pid;
+        Some(0)
+    }
+}
+
+/// The participant table of a region.
+#[derive(Clone, Copy)]
+pub(crate) struct Participants<'r> {
+    entries: &'r [Participant],
+}
+
+impl<'r> Participants<'r> {
+    pub(crate) fn new(entries: &'r [Participant]) -> Self {
+        Self { entries }
+    }
+
+    /// Registers this process; returns its participant id, or `None` when every entry is
+    /// held by a live process.
+    pub(crate) fn register(&self) -> Option<u64> {
+        let me = this_process();
+        for (index, entry) in self.entries.iter().enumerate() {
+            let id = index as u64 + 1;
+            let pid = entry.pid.load(Ordering::Acquire);
+            let free = pid == 0 || !self.is_alive(id);
+            if free
+                && entry
+                    .pid
+                    .compare_exchange(pid, u64::from(me.pid), Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                entry.start_time.store(me.start_time, Ordering::Release);
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// Gives up the entry of participant `id` (this process's).
+    pub(crate) fn leave(&self, id: u64) {
+        if let Some(entry) = self.entry(id) {
+            entry.start_time.store(0, Ordering::Relaxed);
+            entry.pid.store(0, Ordering::Release);
+        }
+    }
+
+    fn entry(&self, id: u64) -> Option<&'r Participant> {
+        let entries: &'r [Participant] = self.entries;
+        entries.get(usize::try_from(id.checked_sub(1)?).ok()?)
+    }
+
+    /// Whether participant `id` is a running process (the one that registered).
+    pub(crate) fn is_alive(&self, id: u64) -> bool {
+        let Some(entry) = self.entry(id) else {
+            return false;
+        };
+        let Ok(pid) = u32::try_from(entry.pid.load(Ordering::Acquire)) else {
+            return false;
+        };
+        if pid == 0 {
+            return false;
+        }
+        let recorded = entry.start_time.load(Ordering::Acquire);
+        if pid == std::process::id() {
+            return true;
+        }
+        // A registration in progress has not stored its start time yet: alive.
+        recorded == 0 || start_time(pid) == Some(recorded)
+    }
+
+    /// The pids of the live participants.
+    pub(crate) fn live_pids(&self) -> Vec<u32> {
+        (1..=self.entries.len() as u64)
+            .filter(|&id| self.is_alive(id))
+            .filter_map(|id| {
+                let pid = self.entry(id)?.pid.load(Ordering::Relaxed);
+                u32::try_from(pid).ok()
+            })
+            .collect()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn table(n: usize) -> Vec<Participant> {
+        (0..n).map(|_| Participant::default()).collect()
+    }
+
+    #[test]
+    fn this_process_registers_is_alive_and_leaves() {
+        let entries = table(2);
+        let participants = Participants::new(&entries);
+        let a = participants.register().unwrap();
+        let b = participants.register().unwrap();
+        assert_ne!(a, b);
+        assert!(participants.is_alive(a) && participants.is_alive(b));
+        assert_eq!(
+            participants.register(),
+            None,
+            "both entries held by live handles"
+        );
+        participants.leave(a);
+        assert!(!participants.is_alive(a));
+        assert_eq!(participants.register(), Some(a), "a left entry is reused");
+        assert_eq!(participants.live_pids(), vec![std::process::id(); 2]);
+    }
+
+    #[test]
+    fn dead_or_garbage_entries_are_not_alive_and_are_reclaimed() {
+        let entries = table(3);
+        let participants = Participants::new(&entries);
+        // A process that exited: spawn one, wait for it, and forge its entry.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let started = start_time(pid).unwrap_or(1);
+        child.wait().unwrap();
+        entries[0].pid.store(u64::from(pid), Ordering::Relaxed);
+        entries[0].start_time.store(started, Ordering::Relaxed);
+        assert!(!participants.is_alive(1), "exited process");
+        // pid 1 exists, but not with this start time: a reused pid.
+        entries[1].pid.store(1, Ordering::Relaxed);
+        entries[1].start_time.store(u64::MAX, Ordering::Relaxed);
+        assert!(!participants.is_alive(2), "reused pid");
+        entries[2].pid.store(u64::MAX, Ordering::Relaxed);
+        assert!(!participants.is_alive(3), "garbage pid");
+        for id in [0, 4, u64::MAX] {
+            assert!(!participants.is_alive(id), "id {id} out of range");
+        }
+        assert_eq!(
+            participants.register(),
+            Some(1),
+            "the dead entry is reclaimed"
+        );
+    }
+}

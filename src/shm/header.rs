@@ -1,0 +1,339 @@
+//! The segment header: what a process must learn, and check, before it touches a region
+//! another process laid out.
+//!
+//! # Layout
+//!
+//! One `repr(C)` block of 64-bit words at offset 0 of the segment; the region follows at
+//! [`HEADER_BYTES`]. Every field is written once, by the creator, before `initialized`;
+//! nobody writes the header afterwards. Words are atomics only because other processes map
+//! them: any value may be read, and every one is checked on open.
+//!
+//! | words   | field           | checked on open against                          |
+//! |---------|-----------------|--------------------------------------------------|
+//! | 0       | magic           | `b"ACKRING\0"`                                   |
+//! | 1       | version         | [`FORMAT_VERSION`]                               |
+//! | 2       | byte order      | `0x0102_0304_0506_0708` as this process writes it|
+//! | 3       | initialized     | [`INITIALIZED`] (written last, release)          |
+//! | 4..8    | engine constants| this build's header size, wheel geometry, stripes|
+//! | 8..12   | shape           | must be what the config implies                  |
+//! | 12..23  | section offsets | must equal the layout this build computes        |
+//! | 23      | total bytes     | the layout's size; the file must be at least that|
+//! | 24..39  | configuration   | must pass `QueueConfig::validate`                |
+//! | 39..41  | hash algorithm, seed | this build's                                |
+//! | 41..44  | created (Unix ns), boot id (2 words) |                             |
+//! | 44      | participant entries | this build's                                 |
+
+use std::time::Duration;
+
+use crate::clock::nanos;
+use crate::dedup::ENTRIES_PER_STRIPE;
+use crate::participants::PARTICIPANTS;
+use crate::queue::{ExpiryPolicy, FullPolicy, QueueConfig, RetryBackoff};
+use crate::region::{Layout, Shape, Span, SECTION_ALIGN};
+use crate::stats::STRIPES;
+use crate::sync::{AtomicU64, Ordering};
+use crate::wheel::{BUCKETS, LEVELS};
+
+use super::ShmError;
+
+/// `b"ACKRING\0"` read as a little-endian word.
+const MAGIC: u64 = u64::from_le_bytes(*b"ACKRING\0");
+/// Bumped on any change of the header or region layout.
+pub(crate) const FORMAT_VERSION: u64 = 1;
+const BYTE_ORDER: u64 = 0x0102_0304_0506_0708;
+/// The `initialized` word once the creator has finished.
+const INITIALIZED: u64 = 0x494e_4954_4445_4f4e; // "INITDEON"
+/// The hash of ids shared through the segment: xxh3-64 for keys, splitmix64 for stripes.
+const HASH_ALGORITHM: u64 = 1;
+pub(crate) const WORDS: usize = 45;
+/// Bytes of the header; the region starts here.
+pub(crate) const HEADER_BYTES: usize = (WORDS * 8).next_multiple_of(SECTION_ALIGN);
+
+/// Word indices (see the table in the module docs).
+mod at {
+    pub(super) const MAGIC: usize = 0;
+    pub(super) const VERSION: usize = 1;
+    pub(super) const BYTE_ORDER: usize = 2;
+    pub(super) const INITIALIZED: usize = 3;
+    pub(super) const HEADER_BYTES: usize = 4;
+    pub(super) const WHEEL: usize = 5;
+    pub(super) const COUNTER_STRIPES: usize = 6;
+    pub(super) const DEDUP_ENTRIES: usize = 7;
+    pub(super) const SHAPE: usize = 8;
+    pub(super) const OFFSETS: usize = 12;
+    pub(super) const TOTAL_BYTES: usize = 23;
+    pub(super) const CONFIG: usize = 24;
+    pub(super) const HASH: usize = 39;
+    pub(super) const CREATED: usize = 41;
+    pub(super) const BOOT_ID: usize = 42;
+    pub(super) const PARTICIPANTS: usize = 44;
+}
+
+/// The header's words in a mapped segment.
+pub(crate) struct Header<'s> {
+    words: &'s [AtomicU64; WORDS],
+}
+
+fn corrupt(what: &'static str) -> ShmError {
+    ShmError::Corrupt { what }
+}
+
+fn incompatible(what: &'static str) -> ShmError {
+    ShmError::Incompatible { what }
+}
+
+fn spans(layout: &Layout) -> [Span; 11] {
+    [
+        layout.shared,
+        layout.counters,
+        layout.participants,
+        layout.slot_headers,
+        layout.payloads,
+        layout.free_ring,
+        layout.ready_ring,
+        layout.dead_ring,
+        layout.wheel_heads,
+        layout.wheel_next,
+        layout.dedup,
+    ]
+}
+
+const NONE: u64 = u64::MAX;
+
+fn duration(word: u64) -> Duration {
+    Duration::from_nanos(word)
+}
+
+impl<'s> Header<'s> {
+    /// The header at the start of `words` (the first [`HEADER_BYTES`] of a segment).
+    pub(crate) fn new(words: &'s [AtomicU64; WORDS]) -> Self {
+        Self { words }
+    }
+
+    fn get(&self, index: usize) -> u64 {
+        self.words[index].load(Ordering::Relaxed)
+    }
+
+    fn set(&self, index: usize, value: u64) {
+        self.words[index].store(value, Ordering::Relaxed);
+    }
+
+    /// Writes every field but `initialized` for a queue of `config` laid out as `layout`.
+    pub(crate) fn write(&self, config: &QueueConfig, layout: &Layout, boot_id: [u64; 2]) {
+        self.set(at::MAGIC, MAGIC);
+        self.set(at::VERSION, FORMAT_VERSION);
+        self.set(at::BYTE_ORDER, BYTE_ORDER);
+        self.set(at::HEADER_BYTES, HEADER_BYTES as u64);
+        self.set(at::WHEEL, (LEVELS as u64) << 32 | BUCKETS as u64);
+        self.set(at::COUNTER_STRIPES, STRIPES as u64);
+        self.set(at::DEDUP_ENTRIES, ENTRIES_PER_STRIPE as u64);
+        self.set(at::PARTICIPANTS, PARTICIPANTS as u64);
+        let shape = config.shape();
+        for (i, value) in [
+            shape.capacity,
+            shape.lines_per_slot,
+            shape.dead_capacity,
+            shape.dedup_stripes,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            self.set(at::SHAPE + i, u64::from(value));
+        }
+        for (i, span) in spans(layout).into_iter().enumerate() {
+            self.set(at::OFFSETS + i, span.offset as u64);
+        }
+        self.set(at::TOTAL_BYTES, layout.size as u64);
+        for (i, value) in encode_config(config).into_iter().enumerate() {
+            self.set(at::CONFIG + i, value);
+        }
+        self.set(at::HASH, HASH_ALGORITHM);
+        self.set(at::HASH + 1, 0);
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, nanos);
+        self.set(at::CREATED, created);
+        self.set(at::BOOT_ID, boot_id[0]);
+        self.set(at::BOOT_ID + 1, boot_id[1]);
+    }
+
+    /// Marks the segment ready: the last store of its creation (release: whoever sees it
+    /// with acquire sees everything written before).
+    pub(crate) fn publish(&self) {
+        self.words[at::INITIALIZED].store(INITIALIZED, Ordering::Release);
+    }
+
+    /// Checks every field against this build and against each other, and returns the
+    /// queue's configuration and layout. `segment_bytes` is the mapped length.
+    pub(crate) fn read(&self, segment_bytes: usize) -> Result<(QueueConfig, Layout), ShmError> {
+        if self.get(at::MAGIC) != MAGIC {
+            return Err(corrupt(
+                "no ackring magic at the start (not a queue segment)",
+            ));
+        }
+        if self.get(at::BYTE_ORDER) != BYTE_ORDER {
+            return Err(incompatible("byte order differs from this machine's"));
+        }
+        if self.get(at::VERSION) != FORMAT_VERSION {
+            return Err(ShmError::Version {
+                found: self.get(at::VERSION),
+                expected: FORMAT_VERSION,
+            });
+        }
+        if self.words[at::INITIALIZED].load(Ordering::Acquire) != INITIALIZED {
+            return Err(corrupt("the segment was never completely initialized"));
+        }
+        if self.get(at::HEADER_BYTES) != HEADER_BYTES as u64
+            || self.get(at::WHEEL) != ((LEVELS as u64) << 32 | BUCKETS as u64)
+            || self.get(at::COUNTER_STRIPES) != STRIPES as u64
+            || self.get(at::DEDUP_ENTRIES) != ENTRIES_PER_STRIPE as u64
+            || self.get(at::PARTICIPANTS) != PARTICIPANTS as u64
+        {
+            return Err(incompatible(
+                "engine layout constants differ from this build's",
+            ));
+        }
+        if self.get(at::HASH) != HASH_ALGORITHM || self.get(at::HASH + 1) != 0 {
+            return Err(incompatible(
+                "id hash algorithm or seed differs from this build's",
+            ));
+        }
+        let stored_shape = Shape {
+            capacity: self.small(at::SHAPE)?,
+            lines_per_slot: self.small(at::SHAPE + 1)?,
+            dead_capacity: self.small(at::SHAPE + 2)?,
+            dedup_stripes: self.small(at::SHAPE + 3)?,
+        };
+        let config = decode_config(
+            &std::array::from_fn(|i| self.get(at::CONFIG + i)),
+            stored_shape.capacity,
+            stored_shape.dead_capacity,
+        )?;
+        config
+            .validate()
+            .map_err(|_| corrupt("the stored configuration is invalid"))?;
+        let shape = config.shape();
+        if stored_shape != shape {
+            return Err(corrupt(
+                "the stored shape does not follow from the configuration",
+            ));
+        }
+        let layout = Layout::new(shape, HEADER_BYTES)
+            .map_err(|_| corrupt("the stored shape is larger than memory"))?;
+        let offsets_match = spans(&layout)
+            .into_iter()
+            .enumerate()
+            .all(|(i, span)| self.get(at::OFFSETS + i) == span.offset as u64);
+        if !offsets_match || self.get(at::TOTAL_BYTES) != layout.size as u64 {
+            return Err(corrupt(
+                "section offsets or total size differ from the layout",
+            ));
+        }
+        if segment_bytes < layout.size {
+            return Err(corrupt(
+                "the segment is shorter than its layout (truncated)",
+            ));
+        }
+        Ok((config, layout))
+    }
+
+    /// A header word that must fit in 32 bits.
+    fn small(&self, index: usize) -> Result<u32, ShmError> {
+        u32::try_from(self.get(index)).map_err(|_| corrupt("a shape field is out of range"))
+    }
+}
+
+/// The configuration as 15 words.
+fn encode_config(config: &QueueConfig) -> [u64; 15] {
+    let (kind, initial, multiplier, max, jitter) = match config.backoff {
+        RetryBackoff::Fixed(wait) => (0, nanos(wait), 1.0f64.to_bits(), nanos(wait), 0),
+        RetryBackoff::Exponential {
+            initial,
+            multiplier,
+            max,
+            jitter,
+        } => (
+            1,
+            nanos(initial),
+            multiplier.to_bits(),
+            nanos(max),
+            u64::from(jitter),
+        ),
+    };
+    let (full_kind, full_timeout) = match config.on_full {
+        FullPolicy::Fail => (0, 0),
+        FullPolicy::Block(timeout) => (1, nanos(timeout)),
+    };
+    [
+        config.max_payload as u64,
+        nanos(config.visibility_timeout),
+        u64::from(config.max_attempts),
+        kind,
+        initial,
+        multiplier,
+        max,
+        jitter,
+        config.default_ttl.map_or(NONE, nanos),
+        config.dedup_window.map_or(NONE, nanos),
+        config.dedup_capacity as u64,
+        match config.on_expiry {
+            ExpiryPolicy::DeadLetter => 0,
+            ExpiryPolicy::Drop => 1,
+        },
+        full_kind,
+        full_timeout,
+        nanos(config.timer_tick),
+    ]
+}
+
+/// The configuration back from its words (the capacities are shape words); values no
+/// encoding produces are corrupt.
+fn decode_config(
+    words: &[u64; 15],
+    capacity: u32,
+    dead_letter_capacity: u32,
+) -> Result<QueueConfig, ShmError> {
+    let [max_payload, visibility, max_attempts, kind, initial, multiplier, max, jitter, ttl, window, dedup_capacity, on_expiry, full_kind, full_timeout, tick] =
+        *words;
+    let flag = |word: u64| match word {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(corrupt("a configuration flag is neither 0 nor 1")),
+    };
+    let backoff = match kind {
+        0 => RetryBackoff::Fixed(duration(initial)),
+        1 => RetryBackoff::Exponential {
+            initial: duration(initial),
+            multiplier: f64::from_bits(multiplier),
+            max: duration(max),
+            jitter: flag(jitter)?,
+        },
+        _ => return Err(corrupt("unknown retry backoff kind")),
+    };
+    let on_full = match full_kind {
+        0 => FullPolicy::Fail,
+        1 => FullPolicy::Block(duration(full_timeout)),
+        _ => return Err(corrupt("unknown full policy")),
+    };
+    Ok(QueueConfig {
+        capacity,
+        dead_letter_capacity,
+        max_payload: usize::try_from(max_payload)
+            .map_err(|_| corrupt("max_payload out of range"))?,
+        visibility_timeout: duration(visibility),
+        max_attempts: u32::try_from(max_attempts)
+            .map_err(|_| corrupt("max_attempts out of range"))?,
+        backoff,
+        default_ttl: (ttl != NONE).then(|| duration(ttl)),
+        dedup_window: (window != NONE).then(|| duration(window)),
+        dedup_capacity: usize::try_from(dedup_capacity)
+            .map_err(|_| corrupt("dedup_capacity out of range"))?,
+        on_expiry: if flag(on_expiry)? {
+            ExpiryPolicy::Drop
+        } else {
+            ExpiryPolicy::DeadLetter
+        },
+        on_full,
+        timer_tick: duration(tick),
+    })
+}

@@ -1,0 +1,276 @@
+//! Queues in shared memory: a named segment (under `/dev/shm`) or a regular file that
+//! sibling processes map, holding the segment [header](header) and the queue's region.
+//!
+//! # Creating, atomically
+//!
+//! The creator makes a private temporary file next to the final name (mode 0600, created
+//! exclusively), sizes it, lays out the region, writes the header, and sets the header's
+//! `initialized` word last. Only then does it hard-link the file under its final name, which
+//! fails if the name exists. So no process can ever open a half-made segment, and of two
+//! processes creating one name at once exactly one succeeds (the other gets
+//! [`ShmError::AlreadyExists`]).
+//!
+//! # Opening, untrusted
+//!
+//! Whatever another process left in a segment is untrusted input. Opening checks every
+//! header field (magic, byte order, version, engine constants, configuration, shape, every
+//! section offset, total size against the file's size) before any region memory is used;
+//! afterwards every index or length read from the region is checked where it is used (see
+//! the ring, store, wheel and dedup modules). A bad segment is an [`ShmError`], never
+//! undefined behaviour, a panic or a hang.
+
+pub(crate) mod header;
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::queue::{ConfigError, Queue, QueueConfig};
+use crate::region::{Layout, Region};
+use crate::MonotonicClock;
+
+/// Where named segments live.
+const SHM_DIR: &str = "/dev/shm";
+/// Prefix of a named segment's file.
+const PREFIX: &str = "ackring.";
+
+/// Why a segment could not be created, opened or removed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShmError {
+    /// No segment has this name or path.
+    #[error("no queue segment at {path}")]
+    NotFound {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// A segment (or some file) already has this name or path.
+    #[error("a queue segment already exists at {path}")]
+    AlreadyExists {
+        /// The path taken.
+        path: PathBuf,
+    },
+    /// The segment's permissions do not let this process map it.
+    #[error("permission denied for the queue segment at {path}")]
+    PermissionDenied {
+        /// The path refused.
+        path: PathBuf,
+    },
+    /// The name cannot name a segment.
+    #[error("invalid segment name {name:?}: use 1 to 200 characters, no '/' and no NUL")]
+    InvalidName {
+        /// The name given.
+        name: String,
+    },
+    /// The segment was made by an ackring with another format version.
+    #[error("segment format version {found}, this build reads version {expected}")]
+    Version {
+        /// The segment's version.
+        found: u64,
+        /// This build's version.
+        expected: u64,
+    },
+    /// The segment was made for another machine or engine layout.
+    #[error("incompatible queue segment: {what}")]
+    Incompatible {
+        /// What differs.
+        what: &'static str,
+    },
+    /// The segment's contents are not a valid queue.
+    #[error("corrupt queue segment: {what}")]
+    Corrupt {
+        /// What is wrong.
+        what: &'static str,
+    },
+    /// Every entry of the segment's participant table is held by a live handle.
+    #[error("the queue segment already has the most attached handles it can hold")]
+    TooManyParticipants,
+    /// The configuration for a new segment is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Any other I/O error.
+    #[error("segment I/O at {path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+impl ShmError {
+    fn from_io(source: io::Error, path: &Path) -> Self {
+        let path = path.to_path_buf();
+        match source.kind() {
+            io::ErrorKind::NotFound => Self::NotFound { path },
+            io::ErrorKind::AlreadyExists => Self::AlreadyExists { path },
+            io::ErrorKind::PermissionDenied => Self::PermissionDenied { path },
+            _ => Self::Io { path, source },
+        }
+    }
+}
+
+/// The path of the named segment `name`.
+///
+/// # Errors
+/// [`ShmError::InvalidName`] for an empty or overlong name or one with `/` or NUL.
+pub fn segment_path(name: &str) -> Result<PathBuf, ShmError> {
+    if name.is_empty() || name.len() > 200 || name.contains(['/', '\0']) {
+        return Err(ShmError::InvalidName {
+            name: name.to_owned(),
+        });
+    }
+    Ok(Path::new(SHM_DIR).join(format!("{PREFIX}{name}")))
+}
+
+/// The host's boot id (`/proc/sys/kernel/random/boot_id`) as two words, zero if unknown.
+fn boot_id() -> [u64; 2] {
+    let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let hex: String = text.chars().filter(char::is_ascii_hexdigit).collect();
+    let word = |range: std::ops::Range<usize>| {
+        hex.get(range)
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+            .unwrap_or(0)
+    };
+    [word(0..16), word(16..32)]
+}
+
+/// A mapped segment file.
+pub(crate) struct Mapping {
+    map: memmap2::MmapRaw,
+}
+
+impl Mapping {
+    fn map(file: &File, path: &Path) -> Result<Self, ShmError> {
+        let map = memmap2::MmapRaw::map_raw(file).map_err(|e| ShmError::from_io(e, path))?;
+        Ok(Self { map })
+    }
+
+    /// The segment's header words.
+    pub(crate) fn header(&self) -> Result<header::Header<'_>, ShmError> {
+        if self.map.len() < header::HEADER_BYTES {
+            return Err(ShmError::Corrupt {
+                what: "the segment is shorter than a header (truncated)",
+            });
+        }
+        // SAFETY: the mapping is page-aligned and at least HEADER_BYTES long (checked), so
+        // the first WORDS words are in bounds and aligned; they are only accessed as atomics,
+        // and the mapping lives as long as the returned borrow of `self`.
+        let words = unsafe {
+            &*self
+                .map
+                .as_ptr()
+                .cast::<[crate::sync::AtomicU64; header::WORDS]>()
+        };
+        Ok(header::Header::new(words))
+    }
+
+    pub(crate) fn start(&self) -> std::ptr::NonNull<u8> {
+        std::ptr::NonNull::new(self.map.as_mut_ptr()).expect("a mapping is never at null")
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+impl Queue<MonotonicClock> {
+    /// Creates a queue in the named shared-memory segment `/dev/shm/ackring.NAME` (mode
+    /// 0600), for this and other processes to [`open_shm`](Self::open_shm).
+    ///
+    /// # Errors
+    /// [`ShmError::AlreadyExists`] if the name is taken, [`ShmError::Config`] for an
+    /// invalid configuration, and I/O errors.
+    pub fn create_shm(name: &str, config: QueueConfig) -> Result<Self, ShmError> {
+        Self::create_file(&segment_path(name)?, config)
+    }
+
+    /// Opens the queue in the named segment `NAME`.
+    ///
+    /// # Errors
+    /// [`ShmError::NotFound`], [`ShmError::PermissionDenied`], and, for a segment that is
+    /// not a valid queue of this build's format, [`ShmError::Version`],
+    /// [`ShmError::Incompatible`] or [`ShmError::Corrupt`] saying what is wrong.
+    pub fn open_shm(name: &str) -> Result<Self, ShmError> {
+        Self::open_file(&segment_path(name)?)
+    }
+
+    /// Removes the named segment. Processes that have it open keep using it until they drop
+    /// their queue; the memory goes when the last one does.
+    ///
+    /// # Errors
+    /// [`ShmError::NotFound`] and I/O errors.
+    pub fn unlink_shm(name: &str) -> Result<(), ShmError> {
+        let path = segment_path(name)?;
+        std::fs::remove_file(&path).map_err(|e| ShmError::from_io(e, &path))
+    }
+
+    /// Like [`create_shm`](Self::create_shm), in a regular file at `path` (a queue that
+    /// outlives a reboot, on a disk-backed file system).
+    ///
+    /// # Errors
+    /// As [`create_shm`](Self::create_shm).
+    pub fn create_file(path: &Path, config: QueueConfig) -> Result<Self, ShmError> {
+        config.validate()?;
+        let layout =
+            Layout::new(config.shape(), header::HEADER_BYTES).map_err(|_| ConfigError {
+                problem: "capacity * max_payload is larger than memory can hold",
+            })?;
+        let temporary = temporary_path(path);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temporary)
+            .map_err(|e| ShmError::from_io(e, &temporary))?;
+        let made = (|| {
+            file.set_len(layout.size as u64)
+                .map_err(|e| ShmError::from_io(e, &temporary))?;
+            let mapping = Mapping::map(&file, &temporary)?;
+            let head = mapping.header()?;
+            head.write(&config, &layout, boot_id());
+            let region = Region::in_mapping(mapping, &layout).map_err(|_| ShmError::Corrupt {
+                what: "the new segment is smaller than its layout",
+            })?;
+            let queue = Queue::on_region(config, region, MonotonicClock, true)
+                .ok_or(ShmError::TooManyParticipants)?;
+            queue.finish_segment();
+            // The name appears only now, fully made; `hard_link` never replaces a file.
+            std::fs::hard_link(&temporary, path).map_err(|e| ShmError::from_io(e, path))?;
+            Ok(queue)
+        })();
+        let _ = std::fs::remove_file(&temporary);
+        made
+    }
+
+    /// Like [`open_shm`](Self::open_shm), for a queue in a regular file at `path`.
+    ///
+    /// # Errors
+    /// As [`open_shm`](Self::open_shm).
+    pub fn open_file(path: &Path) -> Result<Self, ShmError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| ShmError::from_io(e, path))?;
+        let mapping = Mapping::map(&file, path)?;
+        let (config, layout) = mapping.header()?.read(mapping.len())?;
+        let region = Region::in_mapping(mapping, &layout).map_err(|_| ShmError::Corrupt {
+            what: "the segment is smaller than its layout",
+        })?;
+        Queue::on_region(config, region, MonotonicClock, false).ok_or(ShmError::TooManyParticipants)
+    }
+}
+
+/// A private name next to `path` for a segment under construction.
+fn temporary_path(path: &Path) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let name = path
+        .file_name()
+        .map_or_else(|| "segment".into(), |n| n.to_string_lossy().into_owned());
+    path.with_file_name(format!(".{name}.{}.{nanos}.creating", std::process::id()))
+}

@@ -1,0 +1,372 @@
+//! Shared-memory segments: creation, opening, validation of what is found there, and real
+//! processes publishing and consuming through one segment.
+//!
+//! Child processes are this test binary run again with `ACKRING_CHILD` set: the `child`
+//! test then plays the role the variable names and exits (non-zero if it panicked).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use ackring::shm::{segment_path, ShmError};
+use ackring::{Queue, QueueConfig};
+
+/// A segment name unique to this process and test.
+fn name(test: &str) -> String {
+    format!("test-{}-{test}", std::process::id())
+}
+
+/// Removes the named segment when dropped (also when the test fails).
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = Queue::unlink_shm(&self.0);
+    }
+}
+
+fn small_config() -> QueueConfig {
+    QueueConfig {
+        dedup_capacity: 256,
+        ..QueueConfig::new(64, 64)
+    }
+}
+
+#[test]
+fn two_handles_on_one_segment_share_the_queue() {
+    let name = name("share");
+    let _cleanup = Cleanup(name.clone());
+    let creator = Queue::create_shm(&name, small_config()).unwrap();
+    let opener = Queue::open_shm(&name).unwrap();
+    assert_eq!(opener.config(), creator.config());
+    creator.publish(b"across").unwrap();
+    let delivery = opener
+        .try_receive()
+        .expect("published through the other handle");
+    assert_eq!(delivery.payload(), b"across");
+    delivery.ack().unwrap();
+    assert_eq!((creator.stats().acked, creator.stats().published), (1, 1));
+    // The dedup window is shared too.
+    let id = ackring::MessageId(7);
+    let options = ackring::PublishOptions {
+        id: Some(id),
+        ..Default::default()
+    };
+    creator.publish_with(b"once", options).unwrap();
+    assert!(matches!(
+        opener.publish_with(b"twice", options),
+        Err(ackring::PublishError::Duplicate { .. })
+    ));
+}
+
+#[test]
+fn names_that_exist_do_not_exist_or_are_invalid_are_typed_errors() {
+    let name = name("errors");
+    let _cleanup = Cleanup(name.clone());
+    Queue::create_shm(&name, small_config()).unwrap();
+    assert!(matches!(
+        Queue::create_shm(&name, small_config()),
+        Err(ShmError::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        Queue::open_shm(&format!("{name}-missing")),
+        Err(ShmError::NotFound { .. })
+    ));
+    for bad in ["", "a/b", "nul\0", &"x".repeat(201)] {
+        assert!(matches!(
+            Queue::open_shm(bad),
+            Err(ShmError::InvalidName { .. })
+        ));
+    }
+    let bad_config = QueueConfig {
+        max_attempts: 0,
+        ..small_config()
+    };
+    assert!(matches!(
+        Queue::create_shm(&format!("{name}-bad"), bad_config),
+        Err(ShmError::Config(_))
+    ));
+    // The segment is private to its owner (mode 0600).
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(segment_path(&name).unwrap())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    Queue::unlink_shm(&name).unwrap();
+    assert!(matches!(
+        Queue::unlink_shm(&name),
+        Err(ShmError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn racing_creators_of_one_name_exactly_one_succeeds() {
+    let name = name("race");
+    let _cleanup = Cleanup(name.clone());
+    let results: Vec<bool> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| Queue::create_shm(&name, small_config()).is_ok()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(results.iter().filter(|ok| **ok).count(), 1, "{results:?}");
+    Queue::open_shm(&name).expect("the winner's segment is complete");
+}
+
+#[test]
+fn a_file_backed_queue_keeps_its_messages_across_close_and_open() {
+    let dir = std::env::temp_dir().join(format!("ackring-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("queue");
+    {
+        let queue = Queue::create_file(&path, small_config()).unwrap();
+        queue.publish(b"kept").unwrap();
+    }
+    let queue = Queue::open_file(&path).unwrap();
+    let delivery = queue.try_receive().expect("the message survived the close");
+    assert_eq!(delivery.payload(), b"kept");
+    delivery.ack().unwrap();
+    drop(queue);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A valid segment's bytes, written by `create_shm` and read back.
+fn valid_segment_bytes(name: &str) -> (PathBuf, Vec<u8>) {
+    Queue::create_shm(name, small_config()).unwrap();
+    let path = segment_path(name).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    (path, bytes)
+}
+
+/// Writes `bytes` as the segment and opens it.
+fn open_bytes(path: &PathBuf, bytes: &[u8]) -> Result<(), ShmError> {
+    std::fs::write(path, bytes).unwrap();
+    let name = path
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .strip_prefix("ackring.")
+        .unwrap()
+        .to_owned();
+    Queue::open_shm(&name).map(|_| ())
+}
+
+#[test]
+fn corrupt_segments_are_refused_with_what_is_wrong() {
+    let name = name("corrupt");
+    let _cleanup = Cleanup(name.clone());
+    let (path, good) = valid_segment_bytes(&name);
+    assert!(open_bytes(&path, &good).is_ok());
+    let word = |bytes: &mut Vec<u8>, index: usize, value: u64| {
+        bytes[index * 8..index * 8 + 8].copy_from_slice(&value.to_ne_bytes());
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", Vec::new()),
+        ("truncated header", good[..100].to_vec()),
+        ("truncated region", good[..good.len() / 2].to_vec()),
+        ("magic", {
+            let mut b = good.clone();
+            b[0] ^= 0xff;
+            b
+        }),
+        ("byte order", {
+            let mut b = good.clone();
+            word(&mut b, 2, 0x0807_0605_0403_0201);
+            b
+        }),
+        ("version", {
+            let mut b = good.clone();
+            word(&mut b, 1, 99);
+            b
+        }),
+        ("not initialized", {
+            let mut b = good.clone();
+            word(&mut b, 3, 0);
+            b
+        }),
+        ("capacity", {
+            let mut b = good.clone();
+            word(&mut b, 8, 1 << 40);
+            b
+        }),
+        ("shape against config", {
+            let mut b = good.clone();
+            word(&mut b, 9, 7);
+            b
+        }),
+        ("an offset", {
+            let mut b = good.clone();
+            word(&mut b, 15, 12_345);
+            b
+        }),
+        ("total size", {
+            let mut b = good.clone();
+            word(&mut b, 23, 1 << 50);
+            b
+        }),
+        ("visibility timeout zero", {
+            let mut b = good.clone();
+            word(&mut b, 25, 0);
+            b
+        }),
+        ("backoff kind", {
+            let mut b = good.clone();
+            word(&mut b, 27, 9);
+            b
+        }),
+    ];
+    for (what, bytes) in cases {
+        let result = open_bytes(&path, &bytes);
+        assert!(result.is_err(), "{what}: opened a bad segment");
+        let message = result.unwrap_err().to_string();
+        assert!(!message.is_empty(), "{what}");
+    }
+    assert!(matches!(
+        open_bytes(&path, &{
+            let mut b = good.clone();
+            word(&mut b, 1, 99);
+            b
+        }),
+        Err(ShmError::Version {
+            found: 99,
+            expected: 1
+        })
+    ));
+}
+
+#[test]
+fn random_bytes_in_the_region_never_panic_or_hang() {
+    // Past the header: the segment opens, and every operation on garbage either works or
+    // reports nothing found / an error, without panicking or spinning for ever.
+    let name = name("garbage");
+    let _cleanup = Cleanup(name.clone());
+    let (path, good) = valid_segment_bytes(&name);
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for round in 0..20 {
+        let mut bytes = good.clone();
+        for byte in bytes.iter_mut().skip(512) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if round % 2 == 0 || x % 7 == 0 {
+                *byte = x as u8;
+            }
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let Ok(queue) = Queue::open_shm(&name) else {
+            continue;
+        };
+        for _ in 0..50 {
+            let _ = queue.publish(b"probe");
+            if let Some(delivery) = queue.try_receive() {
+                let _ = delivery.payload().len();
+                let _ = delivery.nack("probe");
+            }
+            queue.tick();
+        }
+        let _ = queue.stats();
+        let _ = queue.dead_letters();
+        let _ = queue.redrive();
+    }
+}
+
+/// What a child process does, by `ACKRING_CHILD`: `produce:NAME:FROM:COUNT` publishes
+/// COUNT messages carrying FROM.. as 8-byte ids; `consume:NAME:COUNT` receives and acks
+/// until the queue's acked counter reaches COUNT, printing each payload it acked.
+#[test]
+fn child() {
+    let Ok(role) = std::env::var("ACKRING_CHILD") else {
+        return; // not a child: nothing to do
+    };
+    let parts: Vec<&str> = role.split(':').collect();
+    let queue = Queue::open_shm(parts[1]).unwrap();
+    match parts[0] {
+        "produce" => {
+            let from: u64 = parts[2].parse().unwrap();
+            let count: u64 = parts[3].parse().unwrap();
+            for n in from..from + count {
+                while queue.publish(&n.to_le_bytes()).is_err() {
+                    std::thread::yield_now();
+                }
+            }
+        }
+        "consume" => {
+            let total: u64 = parts[2].parse().unwrap();
+            let mut mine = Vec::new();
+            while queue.stats().acked < total {
+                if let Some(delivery) = queue.receive_timeout(Duration::from_millis(10)) {
+                    let n = u64::from_le_bytes(delivery.payload().try_into().unwrap());
+                    delivery.ack().unwrap();
+                    mine.push(n);
+                }
+            }
+            let listed: Vec<String> = mine.iter().map(u64::to_string).collect();
+            println!("ACKED {}", listed.join(","));
+        }
+        other => panic!("unknown child role {other}"),
+    }
+}
+
+fn spawn_child(role: &str) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
+        .env("ACKRING_CHILD", role)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn producer_and_consumer_processes_ack_every_message_exactly_once() {
+    let name = name("procs");
+    let _cleanup = Cleanup(name.clone());
+    let config = QueueConfig {
+        dedup_capacity: 16_384, // every generated id stays remembered for the whole run
+        ..small_config()
+    };
+    Queue::create_shm(&name, config).unwrap();
+    let (producers, consumers, per_producer) = (3u64, 2, 2_000u64);
+    let total = producers * per_producer;
+    let children: Vec<_> = (0..producers)
+        .map(|p| {
+            spawn_child(&format!(
+                "produce:{name}:{}:{per_producer}",
+                p * per_producer
+            ))
+        })
+        .chain((0..consumers).map(|_| spawn_child(&format!("consume:{name}:{total}"))))
+        .collect();
+    let mut acked = Vec::new();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "a child failed: {output:?}");
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        // libtest prints "test child ... " on the same line, before ours.
+        for line in stdout
+            .lines()
+            .filter_map(|l| l.split_once("ACKED ").map(|(_, rest)| rest))
+        {
+            acked.extend(
+                line.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.parse::<u64>().unwrap()),
+            );
+        }
+    }
+    acked.sort_unstable();
+    let expected: Vec<u64> = (0..total).collect();
+    assert!(
+        acked == expected,
+        "every message acked exactly once: {} acked, first difference at {:?}",
+        acked.len(),
+        acked.iter().zip(&expected).position(|(a, e)| a != e)
+    );
+    let queue = Queue::open_shm(&name).unwrap();
+    let stats = queue.stats();
+    assert_eq!(
+        (stats.published, stats.acked, stats.in_flight),
+        (total, total, 0)
+    );
+}
