@@ -30,6 +30,7 @@ pub mod shm;
 mod slots;
 mod stats;
 mod sync;
+mod wait;
 mod wheel;
 
 pub use clock::MonotonicClock;

@@ -41,6 +41,7 @@ use crate::participants::{Participant, PARTICIPANTS};
 use crate::slots::{PayloadLine, SlotHeader};
 use crate::stats::{CounterStripe, STRIPES};
 use crate::sync::AtomicU64;
+use crate::wait::Signal;
 use crate::wheel::{BUCKETS, LEVELS};
 
 /// Section starts are multiples of this (a cache-line pair).
@@ -79,6 +80,8 @@ pub(crate) struct SharedWords {
     pub(crate) ready: RingCursors,
     pub(crate) dead: RingCursors,
     pub(crate) wheel: WheelWords,
+    /// Receivers sleep on it; whoever makes a message ready wakes them.
+    pub(crate) ready_signal: Signal,
 }
 
 /// The numbers that fix a region's size.

@@ -8,7 +8,7 @@
 #[cfg(not(loom))]
 mod imp {
     pub(crate) use crossbeam_utils::Backoff;
-    pub(crate) use std::sync::atomic::{fence, AtomicU64, Ordering};
+    pub(crate) use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
     /// `std::cell::UnsafeCell` behind loom's closure API, so call sites read the same under both.
     #[derive(Debug)]
@@ -31,7 +31,7 @@ mod imp {
 #[cfg(loom)]
 mod imp {
     pub(crate) use loom::cell::UnsafeCell;
-    pub(crate) use loom::sync::atomic::{fence, AtomicU64, Ordering};
+    pub(crate) use loom::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
     /// Under loom a spin is a yield, so the model checker can schedule the thread we wait for.
     #[derive(Debug, Default)]
@@ -46,6 +46,10 @@ mod imp {
         }
         pub(crate) fn snooze(&self) {
             loom::thread::yield_now();
+        }
+        /// Loom explores schedules, not timing: no spinning phase.
+        pub(crate) fn is_completed(&self) -> bool {
+            true
         }
     }
 }

@@ -218,6 +218,27 @@ impl<'r> Wheel<'r> {
         now / self.tick_nanos >= self.words.cursor.0.load(Ordering::Relaxed)
     }
 
+    /// When the earliest scheduled timer may fire (queue-clock nanoseconds), if any: the
+    /// earliest tag of a non-empty bucket (the next tick if anything overflowed). Used to
+    /// bound how long a receiver sleeps, since timers are what make delayed messages ready.
+    pub(crate) fn next_due(&self) -> Option<u64> {
+        let cursor = self.words.cursor.0.load(Ordering::Relaxed);
+        let overflowed = self.words.overflow.0.load(Ordering::Relaxed) as u32 != NIL;
+        let earliest_tag = self
+            .heads
+            .iter()
+            .map(|head| unpack(head.load(Ordering::Relaxed)))
+            .filter(|&(_, first)| first != NIL)
+            .map(|(tag, _)| cursor + u64::from(tag.wrapping_sub(cursor as u32)))
+            .min();
+        let earliest = if overflowed {
+            Some(cursor)
+        } else {
+            earliest_tag
+        };
+        earliest.map(|tick| tick.saturating_mul(self.tick_nanos))
+    }
+
     /// Schedules `node` (which its owner holds out of every list) to be handed back at
     /// `deadline` or a little before. Lock-free.
     pub(crate) fn schedule(&self, node: u32, deadline: u64) {

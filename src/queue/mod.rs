@@ -45,6 +45,7 @@ use crate::slots::{MessageStore, Meta, State, TransitionError, Word};
 pub use crate::stats::Stats;
 use crate::stats::{Counter, Counters};
 use crate::sync::{Backoff, Ordering};
+use crate::wait::Signal;
 use crate::wheel::{node, split_node, Refire, Timer, Wheel};
 
 /// Why a message died.
@@ -525,6 +526,11 @@ impl<C: Clock> Queue<C> {
         // The ready ring has a place for every slot, and a slot has at most one ready token.
         let pushed = push(self.ready(), token(slot, generation));
         self.invariant(pushed, "ready ring holds every slot");
+        self.ready_signal().notify();
+    }
+
+    fn ready_signal(&self) -> &Signal {
+        &self.region.sections().shared.ready_signal
     }
 
     /// Checks what must hold unless another process corrupted the region (see `trusted`).
@@ -621,15 +627,43 @@ impl<C: Clock> Queue<C> {
     }
 
     /// Receives, waiting as long as it takes for a message to become ready.
-    /// (Waits by spinning and yielding; a futex-based wait comes with shared memory.)
+    /// Spins briefly, then sleeps on a futex (shared with other processes for a queue in
+    /// shared memory) that publishers wake, so an idle receiver uses no CPU.
     pub fn receive(&self) -> Delivery<'_, C> {
-        wait_for(None, || self.try_receive()).expect("waits without a timeout")
+        loop {
+            if let Some(delivery) = self.receive_timeout(Duration::from_secs(3600)) {
+                return delivery;
+            }
+        }
     }
 
-    /// Receives, waiting up to `timeout` of real time for a message to become ready.
-    /// (Waits by spinning and yielding; a futex-based wait comes with shared memory.)
+    /// Receives, waiting up to `timeout` of real time for a message to become ready (see
+    /// [`receive`](Self::receive) for how it waits).
     pub fn receive_timeout(&self, timeout: Duration) -> Option<Delivery<'_, C>> {
-        wait_for(Some(timeout), || self.try_receive())
+        let give_up = std::time::Instant::now() + timeout;
+        // A short spin first: a message due within a microsecond or two is worth not
+        // paying a sleep and a wake-up for.
+        let backoff = Backoff::new();
+        while !backoff.is_completed() {
+            if let Some(delivery) = self.try_receive() {
+                return Some(delivery);
+            }
+            backoff.spin();
+        }
+        self.ready_signal().wait_for(
+            || self.try_receive(),
+            || {
+                let left = give_up.checked_duration_since(std::time::Instant::now())?;
+                // Wake for the next timer too: timers make delayed and expired-lease
+                // messages ready, and a sleeping receiver is what would run them.
+                let now = self.clock.now_nanos();
+                let timer = self
+                    .wheel()
+                    .next_due()
+                    .map(|due| Duration::from_nanos(due.saturating_sub(now)));
+                Some(timer.map_or(left, |timer| timer.min(left)))
+            },
+        )
     }
 
     /// A ready message whose TTL ran out: dead-letter or drop it. We hold its ready token.

@@ -1,0 +1,148 @@
+//! Sleeping until a message may be ready, without a busy CPU: a futex word in the region,
+//! shared between processes (not `FUTEX_PRIVATE`), which publishers bump and wake only when
+//! someone sleeps.
+//!
+//! # Protocol (no lost wake-ups)
+//!
+//! | sleeper                                  | waker (after making a message ready)   |
+//! |------------------------------------------|----------------------------------------|
+//! | 1. `seen = seq`                          | a. push the token to the ready ring     |
+//! | 2. `waiters += 1`                        | b. if `waiters > 0`: `seq += 1`, wake   |
+//! | 3. look again; if found: `waiters -= 1`  |                                         |
+//! | 4. `futex_wait(seq, seen, timeout)`      |                                         |
+//! | 5. `waiters -= 1`                        |                                         |
+//!
+//! 2 and b's load are sequentially consistent: either the waker's load of `waiters` comes
+//! after the sleeper's increment (then it bumps `seq`, and the kernel's check of `seq`
+//! against `seen` in 4 fails or the wake-up arrives), or before it, and then the push in a
+//! precedes the sleeper's look in 3, which finds the message. A publish with no sleeper
+//! costs one load of a line that is written only when someone goes to sleep.
+
+use crate::sync::{AtomicU32, Ordering};
+
+/// A futex word and its sleeper count, on their own cache lines.
+#[repr(C, align(128))]
+#[derive(Default)]
+pub(crate) struct Signal {
+    seq: AtomicU32,
+    waiters: AtomicU32,
+}
+
+impl Signal {
+    /// Wakes every sleeper, if there is one (after a message became ready).
+    #[inline]
+    pub(crate) fn notify(&self) {
+        if self.waiters.load(Ordering::SeqCst) != 0 {
+            self.seq.fetch_add(1, Ordering::SeqCst);
+            wake_all(&self.seq);
+        }
+    }
+
+    /// Returns what `look` finds, sleeping between looks until a [`notify`](Self::notify),
+    /// or until `sleep_for` says how long is left (`None`: no more waiting; then one last
+    /// look is `None` too).
+    pub(crate) fn wait_for<T>(
+        &self,
+        mut look: impl FnMut() -> Option<T>,
+        mut sleep_for: impl FnMut() -> Option<std::time::Duration>,
+    ) -> Option<T> {
+        loop {
+            if let Some(found) = look() {
+                return Some(found);
+            }
+            let nap = sleep_for()?;
+            let seen = self.seq.load(Ordering::SeqCst);
+            self.waiters.fetch_add(1, Ordering::SeqCst);
+            if let Some(found) = look() {
+                self.waiters.fetch_sub(1, Ordering::SeqCst);
+                return Some(found);
+            }
+            sleep(&self.seq, seen, nap);
+            self.waiters.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Sleepers now (for tests).
+    #[cfg(test)]
+    pub(crate) fn sleepers(&self) -> u32 {
+        self.waiters.load(Ordering::SeqCst)
+    }
+}
+
+/// Sleeps while `word == seen`, at most `nap`.
+#[cfg(all(target_os = "linux", not(loom), not(miri)))]
+fn sleep(word: &AtomicU32, seen: u32, nap: std::time::Duration) {
+    use rustix::thread::futex;
+    let timeout = futex::Timespec {
+        tv_sec: nap.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: i64::from(nap.subsec_nanos()),
+    };
+    // Shared (no PRIVATE flag): sleepers and wakers may be different processes. Errors
+    // (EAGAIN: the word changed; EINTR; ETIMEDOUT) all mean "look again".
+    let _ = futex::wait(word, futex::Flags::empty(), seen, Some(&timeout));
+}
+
+/// Wakes every sleeper on `word`.
+#[cfg(all(target_os = "linux", not(loom), not(miri)))]
+fn wake_all(word: &AtomicU32) {
+    let _ = rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), u32::MAX);
+}
+
+/// Without futexes (loom, Miri, other systems): nap briefly by yielding.
+#[cfg(not(all(target_os = "linux", not(loom), not(miri))))]
+fn sleep(word: &AtomicU32, seen: u32, _nap: std::time::Duration) {
+    if word.load(Ordering::SeqCst) == seen {
+        crate::sync::Backoff::new().snooze();
+    }
+}
+
+#[cfg(not(all(target_os = "linux", not(loom), not(miri))))]
+fn wake_all(_word: &AtomicU32) {}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_sleeper_is_woken_by_a_notify_and_finds_what_was_made_ready() {
+        let signal = Signal::default();
+        let ready = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let sleeper = s.spawn(|| {
+                signal.wait_for(
+                    || {
+                        ready
+                            .load(std::sync::atomic::Ordering::SeqCst)
+                            .then_some(())
+                    },
+                    || Some(Duration::from_secs(3600)),
+                )
+            });
+            // Publish only once the sleeper has registered (it may still be about to sleep:
+            // the protocol covers both).
+            while signal.sleepers() == 0 {
+                std::thread::yield_now();
+            }
+            ready.store(true, std::sync::atomic::Ordering::SeqCst);
+            signal.notify();
+            assert_eq!(
+                sleeper.join().unwrap(),
+                Some(()),
+                "woken, not timed out (an hour)"
+            );
+        });
+        assert_eq!(signal.sleepers(), 0);
+    }
+
+    #[test]
+    fn waiting_ends_when_time_is_up() {
+        let signal = Signal::default();
+        let give_up = Instant::now() + Duration::from_millis(20);
+        let found: Option<()> =
+            signal.wait_for(|| None, || give_up.checked_duration_since(Instant::now()));
+        assert_eq!(found, None);
+        assert!(Instant::now() >= give_up);
+    }
+}
