@@ -63,7 +63,7 @@ impl Signal {
     }
 
     /// Sleepers now (for tests).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn sleepers(&self) -> u32 {
         self.waiters.load(Ordering::SeqCst)
     }
