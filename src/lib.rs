@@ -35,7 +35,9 @@ mod wheel;
 
 pub use clock::MonotonicClock;
 pub use id::MessageId;
-pub use queue::{Delivery, PublishError, PublishOptions, Queue, QueueConfig, SettleError};
+pub use queue::{
+    Delivery, PublishError, PublishOptions, Queue, QueueConfig, ReadyMessage, SettleError,
+};
 pub use ring::{Ring, TokenRing};
 
 /// The README's example is compiled and run as a doc test, so it stays true.

@@ -1,13 +1,15 @@
 //! Who is attached to a queue, and whether they are still alive.
 //!
 //! A region holds a table of [`PARTICIPANTS`] entries. Each queue handle registers in one
-//! (its *participant id* is the entry's index + 1) and leaves it when dropped; a process
-//! killed with SIGKILL leaves its entry behind, which any later registration may reclaim
-//! once its owner is dead.
+//! and leaves it when dropped; a process killed with SIGKILL leaves its entry behind, which
+//! any later registration may reclaim once its owner is dead. Registering bumps the entry's
+//! epoch, and a handle's *token* is `epoch << 16 | entry index + 1`: a token names one
+//! registration, so a token of a dead registration never comes alive again when its entry
+//! is reused.
 //!
-//! Locks in the region (a dedup stripe, the wheel's ticker) hold their holder's participant
-//! id, so a process that finds a lock held too long can ask [`Participants::is_alive`] and
-//! break the lock of a dead holder instead of waiting for ever.
+//! Locks in the region (a dedup stripe, the wheel's ticker) hold their holder's token, so a
+//! process that finds a lock held too long can ask [`Participants::is_alive`] and break the
+//! lock of a dead holder instead of waiting for ever.
 //!
 //! # Entry layout (one 64-byte line each)
 //!
@@ -15,6 +17,7 @@
 //! |------|--------------|----------------------------------------------------|
 //! | 0    | `pid`        | the registering process (CAS from 0 or from a dead pid), cleared when it leaves |
 //! | 1    | `start_time` | the registering process: its start time (`/proc/PID/stat` field 22, clock ticks after boot), which tells a live process from a later one that reused the pid |
+//! | 2    | `epoch`      | the registering process: bumped at each registration |
 //!
 //! A participant is alive when its pid names a running process with the recorded start
 //! time. Values are checked like any other segment data: an id out of range or a zero pid
@@ -31,6 +34,14 @@ pub(crate) const PARTICIPANTS: usize = 64;
 pub(crate) struct Participant {
     pid: AtomicU64,
     start_time: AtomicU64,
+    epoch: AtomicU64,
+}
+
+/// Bits of a token that hold the entry index + 1.
+const ID_BITS: u32 = 16;
+
+fn token(id: u64, epoch: u64) -> u64 {
+    (epoch & 0xffff) << ID_BITS | id
 }
 
 /// A process's identity: pid and start time.
@@ -77,14 +88,15 @@ impl<'r> Participants<'r> {
         Self { entries }
     }
 
-    /// Registers this process; returns its participant id, or `None` when every entry is
-    /// held by a live process.
+    /// Registers this process; returns its token (never 0, at most 32 bits), or `None`
+    /// when every entry is held by a live process.
     pub(crate) fn register(&self) -> Option<u64> {
         let me = this_process();
         for (index, entry) in self.entries.iter().enumerate() {
             let id = index as u64 + 1;
             let pid = entry.pid.load(Ordering::Acquire);
-            let free = pid == 0 || !self.is_alive(id);
+            let current = token(id, entry.epoch.load(Ordering::Acquire));
+            let free = pid == 0 || !self.is_alive(current);
             if free
                 && entry
                     .pid
@@ -92,28 +104,34 @@ impl<'r> Participants<'r> {
                     .is_ok()
             {
                 entry.start_time.store(me.start_time, Ordering::Release);
-                return Some(id);
+                let epoch = entry.epoch.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
+                return Some(token(id, epoch));
             }
         }
         None
     }
 
-    /// Gives up the entry of participant `id` (this process's).
-    pub(crate) fn leave(&self, id: u64) {
-        if let Some(entry) = self.entry(id) {
+    /// Gives up the registration `token` (this process's).
+    pub(crate) fn leave(&self, token: u64) {
+        if let Some(entry) = self.entry(token) {
             entry.start_time.store(0, Ordering::Relaxed);
             entry.pid.store(0, Ordering::Release);
         }
     }
 
-    fn entry(&self, id: u64) -> Option<&'r Participant> {
+    /// The entry a token names, if the token is of the entry's current registration.
+    fn entry(&self, token: u64) -> Option<&'r Participant> {
         let entries: &'r [Participant] = self.entries;
-        entries.get(usize::try_from(id.checked_sub(1)?).ok()?)
+        let index = usize::try_from((token & 0xffff).checked_sub(1)?).ok()?;
+        let entry = entries.get(index)?;
+        let current = entry.epoch.load(Ordering::Acquire) & 0xffff;
+        (token >> ID_BITS == current).then_some(entry)
     }
 
-    /// Whether participant `id` is a running process (the one that registered).
-    pub(crate) fn is_alive(&self, id: u64) -> bool {
-        let Some(entry) = self.entry(id) else {
+    /// Whether the registration `token` belongs to a running process (the one that
+    /// registered, not a later one with its pid).
+    pub(crate) fn is_alive(&self, token: u64) -> bool {
+        let Some(entry) = self.entry(token) else {
             return false;
         };
         let Ok(pid) = u32::try_from(entry.pid.load(Ordering::Acquire)) else {
@@ -132,12 +150,12 @@ impl<'r> Participants<'r> {
 
     /// The pids of the live participants.
     pub(crate) fn live_pids(&self) -> Vec<u32> {
-        (1..=self.entries.len() as u64)
-            .filter(|&id| self.is_alive(id))
-            .filter_map(|id| {
-                let pid = self.entry(id)?.pid.load(Ordering::Relaxed);
-                u32::try_from(pid).ok()
-            })
+        self.entries
+            .iter()
+            .enumerate()
+            .map(|(index, entry)| token(index as u64 + 1, entry.epoch.load(Ordering::Acquire)))
+            .filter(|&token| self.is_alive(token))
+            .filter_map(|token| u32::try_from(self.entry(token)?.pid.load(Ordering::Relaxed)).ok())
             .collect()
     }
 }
@@ -158,14 +176,13 @@ mod tests {
         let b = participants.register().unwrap();
         assert_ne!(a, b);
         assert!(participants.is_alive(a) && participants.is_alive(b));
-        assert_eq!(
-            participants.register(),
-            None,
-            "both entries held by live handles"
-        );
+        assert_eq!(participants.register(), None, "all held");
         participants.leave(a);
         assert!(!participants.is_alive(a));
-        assert_eq!(participants.register(), Some(a), "a left entry is reused");
+        let again = participants.register().unwrap();
+        assert_eq!(again & 0xffff, a & 0xffff, "a left entry is reused");
+        assert_ne!(again, a, "by a new registration: the old token stays dead");
+        assert!(participants.is_alive(again) && !participants.is_alive(a));
         assert_eq!(participants.live_pids(), vec![std::process::id(); 2]);
     }
 
@@ -187,13 +204,17 @@ mod tests {
         assert!(!participants.is_alive(2), "reused pid");
         entries[2].pid.store(u64::MAX, Ordering::Relaxed);
         assert!(!participants.is_alive(3), "garbage pid");
-        for id in [0, 4, u64::MAX] {
-            assert!(!participants.is_alive(id), "id {id} out of range");
+        for token in [0, 4, 1 << 16 | 1, u64::MAX] {
+            assert!(
+                !participants.is_alive(token),
+                "token {token:#x}: no such registration"
+            );
         }
-        assert_eq!(
-            participants.register(),
-            Some(1),
-            "the dead entry is reclaimed"
+        let reclaimed = participants.register().unwrap();
+        assert_eq!(reclaimed & 0xffff, 1, "the dead entry is reclaimed");
+        assert!(
+            !participants.is_alive(1),
+            "the dead registration stays dead"
         );
     }
 }

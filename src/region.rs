@@ -263,8 +263,8 @@ impl Region {
                 std::alloc::Layout::from_size_align(layout.size.max(SECTION_ALIGN), align)
                     .map_err(|_| TooLarge)?;
             // SAFETY: the layout has a non-zero size.
-            let start = NonNull::new(unsafe { std::alloc::alloc_zeroed(alloc_layout) })
-                .unwrap_or_else(|| std::alloc::handle_alloc_error(alloc_layout));
+            let start =
+                NonNull::new(unsafe { std::alloc::alloc_zeroed(alloc_layout) }).ok_or(TooLarge)?;
             #[cfg(all(target_os = "linux", not(miri)))]
             if align == HUGE_PAGE {
                 // SAFETY: the range is our own fresh allocation; advice changes no contents.

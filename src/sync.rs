@@ -47,10 +47,6 @@ mod imp {
         pub(crate) fn snooze(&self) {
             loom::thread::yield_now();
         }
-        /// Loom explores schedules, not timing: no spinning phase.
-        pub(crate) fn is_completed(&self) -> bool {
-            true
-        }
     }
 }
 

@@ -12,13 +12,14 @@
 //! | 4. `futex_wait(seq, seen, timeout)`      |                                         |
 //! | 5. `waiters -= 1`                        |                                         |
 //!
-//! 2 and b's load are sequentially consistent: either the waker's load of `waiters` comes
-//! after the sleeper's increment (then it bumps `seq`, and the kernel's check of `seq`
-//! against `seen` in 4 fails or the wake-up arrives), or before it, and then the push in a
-//! precedes the sleeper's look in 3, which finds the message. A publish with no sleeper
-//! costs one load of a line that is written only when someone goes to sleep.
+//! A SeqCst fence sits between each side's two steps (after 2, before b's load), so the
+//! fences are ordered one way or the other: if the waker's comes second, its load of
+//! `waiters` sees the increment (then it bumps `seq`, and the kernel's check of `seq`
+//! against `seen` in 4 fails or the wake-up arrives); if the sleeper's comes second, its
+//! look in 3 sees the push in a. A publish with no sleeper costs the fence and one load of
+//! a line that is written only when someone goes to sleep.
 
-use crate::sync::{AtomicU32, Ordering};
+use crate::sync::{fence, AtomicU32, Ordering};
 
 /// A futex word and its sleeper count, on their own cache lines.
 #[repr(C, align(128))]
@@ -32,6 +33,7 @@ impl Signal {
     /// Wakes every sleeper, if there is one (after a message became ready).
     #[inline]
     pub(crate) fn notify(&self) {
+        fence(Ordering::SeqCst); // orders the caller's push before the load below
         if self.waiters.load(Ordering::SeqCst) != 0 {
             self.seq.fetch_add(1, Ordering::SeqCst);
             wake_all(&self.seq);
@@ -53,6 +55,7 @@ impl Signal {
             let nap = sleep_for()?;
             let seen = self.seq.load(Ordering::SeqCst);
             self.waiters.fetch_add(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst); // orders the increment before the look below
             if let Some(found) = look() {
                 self.waiters.fetch_sub(1, Ordering::SeqCst);
                 return Some(found);

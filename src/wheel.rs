@@ -94,7 +94,7 @@ fn next_tag(level: usize, index: usize, from: u64) -> u64 {
     if start >= from {
         start
     } else {
-        start + turn(level)
+        start.saturating_add(turn(level))
     }
 }
 
@@ -229,7 +229,7 @@ impl<'r> Wheel<'r> {
             .iter()
             .map(|head| unpack(head.load(Ordering::Relaxed)))
             .filter(|&(_, first)| first != NIL)
-            .map(|(tag, _)| cursor + u64::from(tag.wrapping_sub(cursor as u32)))
+            .map(|(tag, _)| cursor.saturating_add(u64::from(tag.wrapping_sub(cursor as u32))))
             .min();
         let earliest = if overflowed {
             Some(cursor)
@@ -250,7 +250,7 @@ impl<'r> Wheel<'r> {
         let due = self.tick_of(deadline);
         if due >= cursor {
             // Park deadlines beyond the wheel's reach in its last reachable tick.
-            let due = due.min(cursor + turn(LEVELS - 1) - 1);
+            let due = due.min(cursor.saturating_add(turn(LEVELS - 1) - 1));
             let level = (0..LEVELS)
                 .find(|&level| due - cursor < turn(level))
                 .unwrap_or(LEVELS - 1);
@@ -310,15 +310,18 @@ impl<'r> Wheel<'r> {
             let (level, bucket) = (index / BUCKETS, index % BUCKETS);
             let (tag, _) = unpack(head.load(Ordering::Relaxed));
             // Tags lie within 2^32 ticks at or after the cursor: rebuild the full tick.
-            let tag = cursor + u64::from(tag.wrapping_sub(cursor as u32));
+            let tag = cursor.saturating_add(u64::from(tag.wrapping_sub(cursor as u32)));
             if tag <= now_tick {
-                let retagged = pack(next_tag(level, bucket, now_tick + 1), NIL);
+                let retagged = pack(next_tag(level, bucket, now_tick.saturating_add(1)), NIL);
                 detached[index] = unpack(head.swap(retagged, Ordering::AcqRel)).1;
             }
         }
         detached[LEVELS * BUCKETS] =
             self.words.overflow.0.swap(u64::from(NIL), Ordering::AcqRel) as u32;
-        self.words.cursor.0.store(now_tick + 1, Ordering::Release);
+        self.words
+            .cursor
+            .0
+            .store(now_tick.saturating_add(1), Ordering::Release);
         for first in detached {
             self.walk(first, now, &mut fire);
         }

@@ -234,6 +234,16 @@ fn corrupt_segments_are_refused_with_what_is_wrong() {
             expected: 1
         })
     ));
+    // Another boot id: the segment's monotonic deadlines belong to a boot that has ended.
+    let rebooted = open_bytes(&path, &{
+        let mut b = good.clone();
+        word(&mut b, 42, 0x1234);
+        b
+    });
+    assert!(
+        matches!(&rebooted, Err(ShmError::Incompatible { what }) if what.contains("reboot")),
+        "{rebooted:?}"
+    );
 }
 
 #[test]
@@ -246,7 +256,8 @@ fn random_bytes_in_the_region_never_panic_or_hang() {
     let mut x = 0x2545_f491_4f6c_dd1du64;
     for round in 0..20 {
         let mut bytes = good.clone();
-        for byte in bytes.iter_mut().skip(512) {
+        // Past the header (384 bytes): the region, cursors included.
+        for byte in bytes.iter_mut().skip(384) {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
@@ -266,7 +277,9 @@ fn random_bytes_in_the_region_never_panic_or_hang() {
             }
             queue.tick();
         }
+        let _ = queue.receive_timeout(Duration::from_millis(1));
         let _ = queue.stats();
+        let _ = queue.peek(8);
         let _ = queue.dead_letters();
         let _ = queue.redrive();
     }

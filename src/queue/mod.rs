@@ -91,6 +91,30 @@ pub struct DeadLetter {
     pub dead_at: SystemTime,
 }
 
+/// A ready message, copied out by [`Queue::peek`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyMessage {
+    /// The message id.
+    pub id: MessageId,
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// Deliveries it had so far.
+    pub attempts: u32,
+    /// When it was published.
+    pub published_at: SystemTime,
+}
+
+/// A slot's fields and payload, copied out under a pin.
+struct Snapshot {
+    id: MessageId,
+    payload: Vec<u8>,
+    attempts: u32,
+    published_unix: u64,
+    dead_unix: u64,
+    dead_reason: u64,
+    error: String,
+}
+
 /// Optional settings of one publish.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PublishOptions {
@@ -171,7 +195,8 @@ fn pop(ring: IndexRing<'_>) -> Option<u32> {
 /// Calls `attempt` until it yields something or `timeout` of real time has passed
 /// (`None`: no limit), spinning and then yielding between calls.
 fn wait_for<T>(timeout: Option<Duration>, mut attempt: impl FnMut() -> Option<T>) -> Option<T> {
-    let give_up = timeout.map(|timeout| std::time::Instant::now() + timeout);
+    // A timeout past the end of time (`Duration::MAX`) is no limit.
+    let give_up = timeout.and_then(|timeout| std::time::Instant::now().checked_add(timeout));
     let backoff = Backoff::new();
     loop {
         if let Some(found) = attempt() {
@@ -580,7 +605,12 @@ impl<C: Clock> Queue<C> {
             }
             // We hold the slot's only ready token: its fields are ours to write until the
             // CAS below hands them to the lease.
-            let attempt = meta.attempts.load(Ordering::Relaxed) + 1;
+            // Saturating: a corrupt count must not overflow (and attempts are reported as u32).
+            let attempt = meta
+                .attempts
+                .load(Ordering::Relaxed)
+                .saturating_add(1)
+                .min(u64::from(u32::MAX));
             let due = now.saturating_add(nanos(self.config.visibility_timeout));
             meta.attempts.store(attempt, Ordering::Relaxed);
             meta.due_at.store(due, Ordering::Relaxed);
@@ -640,11 +670,12 @@ impl<C: Clock> Queue<C> {
     /// Receives, waiting up to `timeout` of real time for a message to become ready (see
     /// [`receive`](Self::receive) for how it waits).
     pub fn receive_timeout(&self, timeout: Duration) -> Option<Delivery<'_, C>> {
-        let give_up = std::time::Instant::now() + timeout;
-        // A short spin first: a message due within a microsecond or two is worth not
-        // paying a sleep and a wake-up for.
+        let give_up = std::time::Instant::now().checked_add(timeout); // None: no limit
+                                                                      // A short spin first: a message due within a microsecond or two is worth not
+                                                                      // paying a sleep and a wake-up for.
+                                                                      // (Eight exponentially growing spins: about 250 pause instructions, a few µs.)
         let backoff = Backoff::new();
-        while !backoff.is_completed() {
+        for _ in 0..8 {
             if let Some(delivery) = self.try_receive() {
                 return Some(delivery);
             }
@@ -653,7 +684,10 @@ impl<C: Clock> Queue<C> {
         self.ready_signal().wait_for(
             || self.try_receive(),
             || {
-                let left = give_up.checked_duration_since(std::time::Instant::now())?;
+                let left = match give_up {
+                    Some(give_up) => give_up.checked_duration_since(std::time::Instant::now())?,
+                    None => Duration::from_secs(3600),
+                };
                 // Wake for the next timer too: timers make delayed and expired-lease
                 // messages ready, and a sleeping receiver is what would run them.
                 let now = self.clock.now_nanos();
@@ -914,16 +948,50 @@ impl<C: Clock> Queue<C> {
         redriven
     }
 
-    /// Copies a dead slot (at `generation`, if given) under a pin, so it cannot be reused
-    /// while we read. Returns its dead time and the copy.
+    /// Copies a dead slot (at `generation`, if given). Returns its dead time and the copy.
     fn copy_dead(&self, slot: u32, generation: Option<u32>) -> Option<(u64, DeadLetter)> {
+        let copy = self.snapshot(slot, State::Dead, generation)?;
+        let letter = DeadLetter {
+            id: copy.id,
+            payload: copy.payload,
+            reason: DeadReason::from_code(copy.dead_reason),
+            error: copy.error,
+            attempts: copy.attempts,
+            published_at: system_time(copy.published_unix),
+            dead_at: system_time(copy.dead_unix),
+        };
+        Some((copy.dead_unix, letter))
+    }
+
+    /// Copies of up to `limit` ready messages, oldest publish first, left in the queue
+    /// (for inspection: `ackring peek`).
+    pub fn peek(&self, limit: usize) -> Vec<ReadyMessage> {
+        let mut ready: Vec<(u64, ReadyMessage)> = (0..self.store().capacity())
+            .filter_map(|slot| self.snapshot(slot, State::Ready, None))
+            .map(|copy| {
+                let message = ReadyMessage {
+                    id: copy.id,
+                    payload: copy.payload,
+                    attempts: copy.attempts,
+                    published_at: system_time(copy.published_unix),
+                };
+                (copy.published_unix, message)
+            })
+            .collect();
+        ready.sort_by_key(|(published, _)| *published);
+        ready.into_iter().take(limit).map(|(_, m)| m).collect()
+    }
+
+    /// Copies a slot in `state` (at `generation`, if given) under a pin, so it cannot be
+    /// reused while we read; `None` if it is not in that state, or left it while we read.
+    fn snapshot(&self, slot: u32, state: State, generation: Option<u32>) -> Option<Snapshot> {
         let word = self.store().load(slot).ok()?;
-        if word.state != State::Dead || generation.is_some_and(|g| g != word.generation) {
+        if word.state != state || generation.is_some_and(|g| g != word.generation) {
             return None;
         }
         let pinned = self
             .store()
-            .transition_from(slot, State::Dead, word.generation, |w| {
+            .transition_from(slot, state, word.generation, |w| {
                 Some(Word {
                     pins: w.pins.checked_add(1)?,
                     ..w
@@ -935,23 +1003,22 @@ impl<C: Clock> Queue<C> {
         // SAFETY: we pinned the slot after acquiring a word written after its payload was
         // published; pinned, it is not reused, and `len` is clamped to `max_payload`.
         let payload = unsafe { self.store().payload(slot, len) }.to_vec();
-        let dead_unix = meta.dead_unix.load(Ordering::Relaxed);
-        let letter = DeadLetter {
+        let copy = Snapshot {
             id: MessageId(meta.id.load(Ordering::Relaxed)),
             payload,
-            reason: DeadReason::from_code(meta.dead_reason.load(Ordering::Relaxed)),
-            error: meta.reason(),
             attempts: meta.attempts.load(Ordering::Relaxed) as u32,
-            published_at: system_time(meta.published_unix.load(Ordering::Relaxed)),
-            dead_at: system_time(dead_unix),
+            published_unix: meta.published_unix.load(Ordering::Relaxed),
+            dead_unix: meta.dead_unix.load(Ordering::Relaxed),
+            dead_reason: meta.dead_reason.load(Ordering::Relaxed),
+            error: meta.reason(),
         };
-        // Fields are only consistent if the slot is still the dead letter we pinned.
+        // Fields are only consistent if the slot is still the message we pinned.
         let consistent = self
             .store()
             .load(slot)
-            .is_ok_and(|now| now.generation == pinned.generation && now.state == State::Dead);
+            .is_ok_and(|now| now.generation == pinned.generation && now.state == state);
         self.unpin(slot);
-        consistent.then_some((dead_unix, letter))
+        consistent.then_some(copy)
     }
 
     /// Gauges (by a scan of the slots) and counters.

@@ -506,3 +506,41 @@ fn an_extend_never_shortens_a_lease() {
         "ran out at the extended deadline"
     );
 }
+
+#[test]
+fn peek_copies_ready_messages_oldest_first_and_leaves_them() {
+    let (queue, clock) = queue(4);
+    queue.publish(b"first").unwrap();
+    clock.advance(Duration::from_millis(1));
+    queue.publish(b"second").unwrap();
+    let held = queue.try_receive().unwrap(); // "first" is in flight: not ready
+    let peeked = queue.peek(10);
+    assert_eq!(peeked.len(), 1);
+    assert_eq!(
+        (peeked[0].payload.as_slice(), peeked[0].attempts),
+        (&b"second"[..], 0)
+    );
+    held.nack("again").unwrap();
+    clock.advance(Duration::from_millis(100)); // the backoff ends: "first" is ready again
+    queue.tick();
+    let peeked: Vec<Vec<u8>> = queue.peek(10).into_iter().map(|m| m.payload).collect();
+    assert_eq!(
+        peeked,
+        [b"first".to_vec(), b"second".to_vec()],
+        "oldest publish first"
+    );
+    assert_eq!(queue.peek(1).len(), 1, "limited");
+    assert_eq!(queue.stats().ready, 2, "peeking took nothing");
+    // Delivery order is the ready ring's: the retried message went to the tail.
+    assert_eq!(queue.try_receive().unwrap().payload(), b"second");
+}
+
+#[test]
+fn receive_timeout_on_an_empty_queue_gives_up_and_one_without_limit_is_accepted() {
+    let (queue, _) = queue(2);
+    assert!(queue.receive_timeout(Duration::from_millis(2)).is_none());
+    queue.publish(b"now").unwrap();
+    // Duration::MAX must not overflow the deadline arithmetic.
+    let delivery = queue.receive_timeout(Duration::MAX).expect("ready at once");
+    assert_eq!(delivery.payload(), b"now");
+}

@@ -104,15 +104,18 @@ impl<'r> IndexRing<'r> {
         &self.slots[(position % self.slots.len() as u64) as usize]
     }
 
-    /// How many helping steps one call may take before calling the ring corrupt: far more
-    /// than lagging cursors of live threads could ever need.
+    /// How many steps in a row one call may take without seeing its cursor move before it
+    /// calls the ring corrupt: live threads move a cursor (or let us help it) within a
+    /// step or two, however heavy the contention; only memory no operation wrote can keep
+    /// a cursor still while its slot says it should move.
     fn step_limit(&self) -> usize {
         self.slots.len().saturating_mul(4).saturating_add(1024)
     }
 
     /// Moves `cursor` from `from` to `from + 1` unless someone already did.
     fn help(cursor: &AtomicU64, from: u64) {
-        let _ = cursor.compare_exchange(from, from + 1, Ordering::AcqRel, Ordering::Acquire);
+        let next = from.wrapping_add(1); // wrapping: a corrupt cursor must not panic
+        let _ = cursor.compare_exchange(from, next, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// Appends `value` (not [`EMPTY`]). `Ok(false)` if the ring is full.
@@ -126,7 +129,9 @@ impl<'r> IndexRing<'r> {
         debug_assert_ne!(value, EMPTY);
         let cap = self.slots.len() as i64;
         let mut tail = self.tail.load(Ordering::Acquire);
-        for _ in 0..self.step_limit() {
+        let mut still = 0;
+        while still < self.step_limit() {
+            let before = tail;
             let slot = self.slot(tail);
             let current = slot.load(Ordering::Acquire);
             let behind = distance(tail as u32, seq_of(current));
@@ -166,6 +171,7 @@ impl<'r> IndexRing<'r> {
                 });
             }
             tail = self.tail.load(Ordering::Acquire);
+            still = if tail == before { still + 1 } else { 0 };
         }
         Err(Corrupt {
             what: "push made no progress",
@@ -176,14 +182,16 @@ impl<'r> IndexRing<'r> {
     pub(crate) fn try_pop(&self) -> Result<Option<u32>, Corrupt> {
         let cap = self.slots.len() as i64;
         let mut head = self.head.load(Ordering::Acquire);
-        for _ in 0..self.step_limit() {
+        let mut still = 0;
+        while still < self.step_limit() {
+            let before = head;
             let slot = self.slot(head);
             let current = slot.load(Ordering::Acquire);
             let ahead = distance(seq_of(current), head as u32);
             let filled = value_of(current) != EMPTY;
             if ahead == 0 && filled {
                 // On failure another popper took `head`: look again.
-                let emptied = word(head + cap as u64, EMPTY);
+                let emptied = word(head.wrapping_add(cap as u64), EMPTY);
                 if slot
                     .compare_exchange(current, emptied, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
@@ -209,6 +217,7 @@ impl<'r> IndexRing<'r> {
                 });
             }
             head = self.head.load(Ordering::Acquire);
+            still = if head == before { still + 1 } else { 0 };
         }
         Err(Corrupt {
             what: "pop made no progress",

@@ -163,6 +163,11 @@ impl<'s> Header<'s> {
         self.words[at::INITIALIZED].store(INITIALIZED, Ordering::Release);
     }
 
+    /// The boot id the segment was created under.
+    pub(crate) fn boot_id(&self) -> [u64; 2] {
+        [self.get(at::BOOT_ID), self.get(at::BOOT_ID + 1)]
+    }
+
     /// Checks every field against this build and against each other, and returns the
     /// queue's configuration and layout. `segment_bytes` is the mapped length.
     pub(crate) fn read(&self, segment_bytes: usize) -> Result<(QueueConfig, Layout), ShmError> {

@@ -226,8 +226,15 @@ impl Queue<MonotonicClock> {
             .open(&temporary)
             .map_err(|e| ShmError::from_io(e, &temporary))?;
         let made = (|| {
-            file.set_len(layout.size as u64)
-                .map_err(|e| ShmError::from_io(e, &temporary))?;
+            // Reserve the memory now: a sparse file on a full tmpfs would fail later, with
+            // SIGBUS at the first touch of a page, instead of with an error here.
+            rustix::fs::fallocate(
+                &file,
+                rustix::fs::FallocateFlags::empty(),
+                0,
+                layout.size as u64,
+            )
+            .map_err(|e| ShmError::from_io(e.into(), &temporary))?;
             let mapping = Mapping::map(&file, &temporary)?;
             let head = mapping.header()?;
             head.write(&config, &layout, boot_id());
@@ -253,10 +260,29 @@ impl Queue<MonotonicClock> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(path)
             .map_err(|e| ShmError::from_io(e, path))?;
+        let is_file = file
+            .metadata()
+            .map_err(|e| ShmError::from_io(e, path))?
+            .is_file();
+        if !is_file {
+            return Err(ShmError::Corrupt {
+                what: "not a regular file",
+            });
+        }
         let mapping = Mapping::map(&file, path)?;
-        let (config, layout) = mapping.header()?.read(mapping.len())?;
+        let head = mapping.header()?;
+        let (config, layout) = head.read(mapping.len())?;
+        let (created_under, now) = (head.boot_id(), boot_id());
+        if created_under != [0, 0] && now != [0, 0] && created_under != now {
+            // Every stored deadline is on the monotonic clock of a boot that has ended.
+            return Err(ShmError::Incompatible {
+                what: "created before the host's last reboot (rebasing its deadlines is not \
+                       supported yet); unlink it or create a new queue",
+            });
+        }
         let region = Region::in_mapping(mapping, &layout).map_err(|_| ShmError::Corrupt {
             what: "the segment is smaller than its layout",
         })?;

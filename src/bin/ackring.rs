@@ -1,0 +1,174 @@
+//! `ackring`: look into and operate on a queue in shared memory.
+//!
+//! ```text
+//! ackring stat NAME        depths, in flight, dead, counters, attached processes
+//! ackring dlq NAME         dead letters with their reasons
+//! ackring redrive NAME     put every dead letter back on the ready queue
+//! ackring peek NAME        ready messages, left in the queue
+//! ```
+//! NAME is a segment under /dev/shm (as given to `Queue::create_shm`); `--file PATH`
+//! names a file-backed queue instead.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use ackring::Queue;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "ackring",
+    version,
+    about = "Inspect and operate ackring shared-memory queues"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Depths, in flight, dead letters, counters and attached processes.
+    Stat(Target),
+    /// Dead letters, oldest first, with reason, error text and attempts.
+    Dlq(Target),
+    /// Moves every dead letter back to the ready queue (attempts reset).
+    Redrive(Target),
+    /// Ready messages, oldest first, without taking them.
+    Peek {
+        #[command(flatten)]
+        target: Target,
+        /// Show at most this many.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        limit: usize,
+    },
+}
+
+#[derive(clap::Args)]
+struct Target {
+    /// The segment name (under /dev/shm).
+    #[arg(required_unless_present = "file")]
+    name: Option<String>,
+    /// A file-backed queue's path instead of a name.
+    #[arg(long, conflicts_with = "name")]
+    file: Option<PathBuf>,
+}
+
+impl Target {
+    fn open(&self) -> Result<Queue, ackring::shm::ShmError> {
+        match (&self.name, &self.file) {
+            (_, Some(path)) => Queue::open_file(path),
+            (Some(name), None) => Queue::open_shm(name),
+            (None, None) => unreachable!("clap requires one"),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("ackring: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<(), ackring::shm::ShmError> {
+    match command {
+        Command::Stat(target) => {
+            let queue = target.open()?;
+            let s = queue.stats();
+            let config = queue.config();
+            println!(
+                "capacity     {} messages of up to {} bytes",
+                config.capacity, config.max_payload
+            );
+            println!("ready        {}", s.ready);
+            println!("delayed      {}", s.delayed);
+            println!("in flight    {}", s.in_flight);
+            println!("dead         {}", s.dead);
+            println!(
+                "published    {}   duplicates {}   expired {}",
+                s.published, s.duplicates, s.expired
+            );
+            println!(
+                "delivered    {}   redelivered {}",
+                s.delivered, s.redelivered
+            );
+            println!(
+                "acked        {}   nacked {}   dead-lettered {}   discarded {}",
+                s.acked, s.nacked, s.dead_lettered, s.dead_discarded
+            );
+            let others: Vec<String> = queue
+                .attached_pids()
+                .into_iter()
+                .filter(|&pid| pid != std::process::id())
+                .map(|pid| pid.to_string())
+                .collect();
+            println!(
+                "attached     {} process(es){}{}",
+                others.len(),
+                if others.is_empty() { "" } else { ": pid " },
+                others.join(", ")
+            );
+        }
+        Command::Dlq(target) => {
+            let letters = target.open()?.dead_letters();
+            println!("{} dead letter(s)", letters.len());
+            for letter in letters {
+                println!(
+                    "{}  {:?}  attempts {}  died {}  error {:?}  payload {}",
+                    letter.id,
+                    letter.reason,
+                    letter.attempts,
+                    age(letter.dead_at),
+                    letter.error,
+                    preview(&letter.payload)
+                );
+            }
+        }
+        Command::Redrive(target) => {
+            let moved = target.open()?.redrive();
+            println!("redrove {moved} dead letter(s) to the ready queue");
+        }
+        Command::Peek { target, limit } => {
+            let ready = target.open()?.peek(limit);
+            println!("{} ready message(s) shown", ready.len());
+            for message in ready {
+                println!(
+                    "{}  attempts {}  published {}  payload {}",
+                    message.id,
+                    message.attempts,
+                    age(message.published_at),
+                    preview(&message.payload)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// "3.2 s ago".
+fn age(at: SystemTime) -> String {
+    match SystemTime::now().duration_since(at) {
+        Ok(ago) => format!("{:.1} s ago", ago.as_secs_f64()),
+        Err(_) => "just now".to_owned(),
+    }
+}
+
+/// A payload as text if it is printable UTF-8, else as hex, cut to 48 characters.
+fn preview(payload: &[u8]) -> String {
+    let text = match std::str::from_utf8(payload) {
+        Ok(text) if !text.chars().any(char::is_control) => format!("{text:?}"),
+        _ => payload.iter().map(|b| format!("{b:02x}")).collect(),
+    };
+    if text.chars().count() > 48 {
+        let cut: String = text.chars().take(45).collect();
+        format!("{cut}... ({} bytes)", payload.len())
+    } else {
+        text
+    }
+}

@@ -1,0 +1,66 @@
+//! The `ackring` tool against a real segment.
+#![cfg(feature = "cli")]
+
+use std::process::Command;
+
+use ackring::{Queue, QueueConfig};
+
+fn ackring(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_ackring"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn stat_peek_dlq_and_redrive_show_and_change_a_live_queue() {
+    let name = format!("test-{}-cli", std::process::id());
+    let queue = Queue::create_shm(&name, QueueConfig::new(16, 64)).unwrap();
+    queue.publish(b"order 17").unwrap();
+    queue.publish(b"order 18").unwrap();
+    queue
+        .try_receive()
+        .unwrap()
+        .reject("card declined")
+        .unwrap();
+
+    let (ok, stat, _) = ackring(&["stat", &name]);
+    assert!(ok);
+    assert!(stat.contains("ready        1"), "{stat}");
+    assert!(stat.contains("dead         1"), "{stat}");
+    assert!(stat.contains("published    2"), "{stat}");
+    assert!(stat.contains("attached     1 process"), "{stat}");
+
+    let (ok, peek, _) = ackring(&["peek", &name]);
+    assert!(ok && peek.contains("\"order 18\""), "{peek}");
+
+    let (ok, dlq, _) = ackring(&["dlq", &name]);
+    assert!(ok, "{dlq}");
+    assert!(
+        dlq.contains("1 dead letter") && dlq.contains("Rejected"),
+        "{dlq}"
+    );
+    assert!(
+        dlq.contains("card declined") && dlq.contains("\"order 17\""),
+        "{dlq}"
+    );
+
+    let (ok, redrive, _) = ackring(&["redrive", &name]);
+    assert!(ok && redrive.contains("redrove 1"), "{redrive}");
+    assert_eq!(
+        queue.stats().ready,
+        2,
+        "the tool's redrive reached this process's queue"
+    );
+
+    Queue::unlink_shm(&name).unwrap();
+    let (ok, _, error) = ackring(&["stat", &name]);
+    assert!(!ok && error.contains("no queue segment"), "{error}");
+    let (ok, _, _) = ackring(&["stat"]);
+    assert!(!ok, "a name or --file is required");
+}
