@@ -60,6 +60,13 @@ pub(crate) struct RingCursors {
     pub(crate) tail: Padded,
 }
 
+impl RingCursors {
+    /// The index ring of these cursors over `slots` (laid out already).
+    pub(crate) fn ring<'r>(&'r self, slots: &'r [AtomicU64]) -> crate::ring::index::IndexRing<'r> {
+        crate::ring::index::IndexRing::attach(&self.head.0, &self.tail.0, slots)
+    }
+}
+
 /// The timing wheel's single words.
 #[repr(C)]
 #[derive(Default)]

@@ -340,13 +340,13 @@ impl<C: Clock> Queue<C> {
     fn lay_out(&self) {
         let sections = self.region.sections();
         let shared = sections.shared;
-        IndexRing::init(&shared.free.head.0, &shared.free.tail.0, sections.free_ring);
-        IndexRing::init(
-            &shared.ready.head.0,
-            &shared.ready.tail.0,
-            sections.ready_ring,
-        );
-        IndexRing::init(&shared.dead.head.0, &shared.dead.tail.0, sections.dead_ring);
+        for (cursors, slots) in [
+            (&shared.free, sections.free_ring),
+            (&shared.ready, sections.ready_ring),
+            (&shared.dead, sections.dead_ring),
+        ] {
+            IndexRing::init(&cursors.head.0, &cursors.tail.0, slots);
+        }
         Wheel::init(
             self.tick_nanos,
             self.clock.now_nanos(),
@@ -372,20 +372,17 @@ impl<C: Clock> Queue<C> {
 
     fn free(&self) -> IndexRing<'_> {
         let sections = self.region.sections();
-        let cursors = &sections.shared.free;
-        IndexRing::attach(&cursors.head.0, &cursors.tail.0, sections.free_ring)
+        sections.shared.free.ring(sections.free_ring)
     }
 
     fn ready(&self) -> IndexRing<'_> {
         let sections = self.region.sections();
-        let cursors = &sections.shared.ready;
-        IndexRing::attach(&cursors.head.0, &cursors.tail.0, sections.ready_ring)
+        sections.shared.ready.ring(sections.ready_ring)
     }
 
     fn dead(&self) -> IndexRing<'_> {
         let sections = self.region.sections();
-        let cursors = &sections.shared.dead;
-        IndexRing::attach(&cursors.head.0, &cursors.tail.0, sections.dead_ring)
+        sections.shared.dead.ring(sections.dead_ring)
     }
 
     fn wheel(&self) -> Wheel<'_> {
