@@ -194,12 +194,13 @@ impl<'r> Wheel<'r> {
                 let held_ticks = (now_tick & 0xffff_ffff).wrapping_sub(taken_at) & 0xffff_ffff;
                 let second = (1_000_000_000 / self.tick_nanos).max(2);
                 let holder = current >> 32;
-                let dead = match self.participants {
+                // Only a lock held long is worth asking about: liveness reads `/proc`.
+                let dead = || match self.participants {
                     Some(participants) => !participants.is_alive(holder),
                     None => holder != self.holder,
                 };
                 held_ticks > second
-                    && dead
+                    && dead()
                     && lock
                         .compare_exchange(current, mine, Ordering::Acquire, Ordering::Relaxed)
                         .is_ok()
