@@ -19,22 +19,63 @@
 //! | 1    | `start_time` | the registering process: its start time (`/proc/PID/stat` field 22, clock ticks after boot), which tells a live process from a later one that reused the pid |
 //! | 2    | `epoch`      | the registering process: bumped at each registration |
 //!
+//! | 3    | `scheduling` | the participant: timers it is between marking due and linking into the wheel (see `queue::recovery`) |
+//! | 8..  | `pin_marks`  | the participant: [`PIN_MARKS`] counters; `pin_marks[slot % PIN_MARKS]` counts the payload pins it holds or is about to take on such slots (see `queue::recovery`) |
+//!
 //! A participant is alive when its pid names a running process with the recorded start
 //! time. Values are checked like any other segment data: an id out of range or a zero pid
 //! is simply not alive.
+//!
+//! # Owner tags
+//!
+//! A slot in a state only its owner may leave (`Writing`, `Settling`) carries a 16-bit
+//! [`OwnerTag`] of the owner's registration in its state word, so recovery can tell an owner
+//! that died there from one still at work.
 
 use crate::sync::{AtomicU64, Ordering};
 
 /// Entries in a region's table: the most handles attached at once.
 pub(crate) const PARTICIPANTS: usize = 64;
 
+/// Pin counters per participant (see the entry layout).
+pub(crate) const PIN_MARKS: usize = 256;
+
 /// One table entry.
 #[repr(C, align(64))]
-#[derive(Default)]
 pub(crate) struct Participant {
     pid: AtomicU64,
     start_time: AtomicU64,
     epoch: AtomicU64,
+    scheduling: AtomicU64,
+    _reserved: [AtomicU64; 4],
+    pin_marks: [AtomicU64; PIN_MARKS],
+}
+
+impl Default for Participant {
+    fn default() -> Self {
+        Self {
+            pid: AtomicU64::default(),
+            start_time: AtomicU64::default(),
+            epoch: AtomicU64::default(),
+            scheduling: AtomicU64::default(),
+            _reserved: std::array::from_fn(|_| AtomicU64::default()),
+            pin_marks: std::array::from_fn(|_| AtomicU64::default()),
+        }
+    }
+}
+
+/// A registration in 16 bits, for a slot's state word: entry index + 1 in the low 7 bits,
+/// the low 9 bits of the epoch above. (A registration's epoch bits repeat every 512
+/// registrations of one entry; a tag is only asked about while its slot is stuck, so a
+/// repeat would only postpone recovery of that slot to the next registration.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct OwnerTag(pub(crate) u16);
+
+impl OwnerTag {
+    /// The tag of the registration `token`.
+    pub(crate) fn of(token: u64) -> Self {
+        Self(((token >> ID_BITS) as u16 & 0x1ff) << 7 | (token & 0x7f) as u16)
+    }
 }
 
 /// Bits of a token that hold the entry index + 1.
@@ -77,6 +118,15 @@ fn start_time(pid: u32) -> Option<u64> {
     }
 }
 
+/// A new registration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Registration {
+    /// Names it in locks and liveness questions.
+    pub(crate) token: u64,
+    /// It took over the entry of a dead registration (so something may need recovering).
+    pub(crate) replaced_dead: bool,
+}
+
 /// The participant table of a region.
 #[derive(Clone, Copy)]
 pub(crate) struct Participants<'r> {
@@ -88,9 +138,9 @@ impl<'r> Participants<'r> {
         Self { entries }
     }
 
-    /// Registers this process; returns its token (never 0, at most 32 bits), or `None`
-    /// when every entry is held by a live process.
-    pub(crate) fn register(&self) -> Option<u64> {
+    /// Registers this process; its token is never 0 and at most 32 bits. `None` when every
+    /// entry is held by a live process.
+    pub(crate) fn register(&self) -> Option<Registration> {
         let me = this_process();
         for (index, entry) in self.entries.iter().enumerate() {
             let id = index as u64 + 1;
@@ -104,11 +154,109 @@ impl<'r> Participants<'r> {
                     .is_ok()
             {
                 entry.start_time.store(me.start_time, Ordering::Release);
+                // A dead registration's counts are garbage: start from zero (nothing of
+                // ours is scheduled or pinned yet).
+                entry.scheduling.store(0, Ordering::Relaxed);
+                for mark in &entry.pin_marks {
+                    mark.store(0, Ordering::Relaxed);
+                }
                 let epoch = entry.epoch.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
-                return Some(token(id, epoch));
+                return Some(Registration {
+                    token: token(id, epoch),
+                    replaced_dead: pid != 0,
+                });
             }
         }
         None
+    }
+
+    /// Frees the entries of dead registrations; returns how many. (Each dead registration
+    /// is reaped once: by this CAS or by a [`register`](Self::register) that reclaims it.)
+    pub(crate) fn reap_dead(&self) -> usize {
+        let mut reaped = 0;
+        for (index, entry) in self.entries.iter().enumerate() {
+            let pid = entry.pid.load(Ordering::Acquire);
+            if pid == 0 {
+                continue;
+            }
+            let current = token(index as u64 + 1, entry.epoch.load(Ordering::Acquire));
+            if !self.is_alive(current)
+                && entry
+                    .pid
+                    .compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                reaped += 1;
+            }
+        }
+        reaped
+    }
+
+    /// Whether the registration tagged `tag` may still be running (false only when it is
+    /// certainly dead: its entry was reused, left, or names a dead process).
+    pub(crate) fn tag_alive(&self, tag: OwnerTag) -> bool {
+        let index = usize::from(tag.0 & 0x7f);
+        let Some(entry) = index.checked_sub(1).and_then(|i| self.entries.get(i)) else {
+            return false;
+        };
+        let epoch = entry.epoch.load(Ordering::Acquire);
+        if (epoch & 0x1ff) as u16 != tag.0 >> 7 {
+            return false;
+        }
+        self.is_alive(token(index as u64, epoch))
+    }
+
+    /// Marks that the registration `token` is about to schedule a timer (see
+    /// `queue::recovery`); [`end_scheduling`](Self::end_scheduling) once it is linked.
+    pub(crate) fn begin_scheduling(&self, token: u64) {
+        if let Some(entry) = self.entry(token) {
+            entry.scheduling.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    pub(crate) fn end_scheduling(&self, token: u64) {
+        if let Some(entry) = self.entry(token) {
+            entry.scheduling.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Counts a pin the registration `token` is about to take on `slot` (before the CAS
+    /// that takes it).
+    pub(crate) fn mark_pin(&self, token: u64, slot: u32) {
+        if let Some(entry) = self.entry(token) {
+            entry.pin_marks[slot as usize % PIN_MARKS].fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Uncounts a pin on `slot` (after the CAS that dropped it, or that failed to take it).
+    pub(crate) fn unmark_pin(&self, token: u64, slot: u32) {
+        if let Some(entry) = self.entry(token) {
+            entry.pin_marks[slot as usize % PIN_MARKS].fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The live registrations' tokens.
+    pub(crate) fn live(&self) -> Vec<u64> {
+        (0..self.entries.len())
+            .map(|index| {
+                let entry = &self.entries[index];
+                token(index as u64 + 1, entry.epoch.load(Ordering::Acquire))
+            })
+            .filter(|&token| self.is_alive(token))
+            .collect()
+    }
+
+    /// Whether the registration `token` has nothing between marking and linking a timer.
+    pub(crate) fn scheduling_idle(&self, token: u64) -> bool {
+        self.entry(token)
+            .map_or(true, |entry| entry.scheduling.load(Ordering::Acquire) == 0)
+    }
+
+    /// Whether the registration `token` may hold a pin on `slot`.
+    pub(crate) fn may_pin(&self, token: u64, slot: u32) -> bool {
+        self.entry(token).is_some_and(|entry| {
+            entry.pin_marks[slot as usize % PIN_MARKS].load(Ordering::Acquire) != 0
+        })
     }
 
     /// Gives up the registration `token` (this process's).
@@ -144,8 +292,27 @@ impl<'r> Participants<'r> {
         if pid == std::process::id() {
             return true;
         }
-        // A registration in progress has not stored its start time yet: alive.
-        recorded == 0 || start_time(pid) == Some(recorded)
+        match start_time(pid) {
+            // A registration in progress has not stored its start time yet: alive while
+            // its process is.
+            Some(started) => recorded == 0 || started == recorded,
+            None => false,
+        }
+    }
+
+    /// Makes the registration `token` look like a process killed with SIGKILL: its entry
+    /// names a process that has exited.
+    #[cfg(all(test, not(loom), not(miri)))]
+    pub(crate) fn forge_dead(&self, token: u64) {
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = child.id();
+        let started = start_time(pid).unwrap_or(1);
+        child.wait().expect("wait for true");
+        let entry = self.entry(token).expect("a live registration");
+        entry.start_time.store(started, Ordering::Release);
+        entry.pid.store(u64::from(pid), Ordering::Release);
     }
 
     /// The pids of the live participants.
@@ -172,14 +339,14 @@ mod tests {
     fn this_process_registers_is_alive_and_leaves() {
         let entries = table(2);
         let participants = Participants::new(&entries);
-        let a = participants.register().unwrap();
-        let b = participants.register().unwrap();
+        let a = participants.register().unwrap().token;
+        let b = participants.register().unwrap().token;
         assert_ne!(a, b);
         assert!(participants.is_alive(a) && participants.is_alive(b));
         assert_eq!(participants.register(), None, "all held");
         participants.leave(a);
         assert!(!participants.is_alive(a));
-        let again = participants.register().unwrap();
+        let again = participants.register().unwrap().token;
         assert_eq!(again & 0xffff, a & 0xffff, "a left entry is reused");
         assert_ne!(again, a, "by a new registration: the old token stays dead");
         assert!(participants.is_alive(again) && !participants.is_alive(a));
@@ -210,7 +377,7 @@ mod tests {
                 "token {token:#x}: no such registration"
             );
         }
-        let reclaimed = participants.register().unwrap();
+        let reclaimed = participants.register().unwrap().token;
         assert_eq!(reclaimed & 0xffff, 1, "the dead entry is reclaimed");
         assert!(
             !participants.is_alive(1),

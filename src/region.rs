@@ -18,8 +18,8 @@
 //! | `participants` | `Participant`        | [`PARTICIPANTS`]           |
 //! | `slot_headers` | `SlotHeader`         | capacity                   |
 //! | `payloads`     | `PayloadLine`        | capacity × lines per slot  |
-//! | `free_ring`    | `AtomicU64`          | capacity                   |
-//! | `ready_ring`   | `AtomicU64`          | capacity                   |
+//! | `free_ring`    | `AtomicU64`          | 2 × capacity (room for the copies crash recovery may push) |
+//! | `ready_ring`   | `AtomicU64`          | 2 × capacity               |
 //! | `dead_ring`    | `AtomicU64`          | dead-letter capacity       |
 //! | `wheel_heads`  | `AtomicU64`          | wheel levels × 64          |
 //! | `wheel_next`   | `AtomicU64`          | 2 × capacity               |
@@ -89,6 +89,8 @@ pub(crate) struct SharedWords {
     pub(crate) wheel: WheelWords,
     /// Receivers sleep on it; whoever makes a message ready wakes them.
     pub(crate) ready_signal: Signal,
+    /// Crash recovery's bookkeeping.
+    pub(crate) recovery: crate::queue::recovery::RecoveryWords,
 }
 
 /// The numbers that fix a region's size.
@@ -155,8 +157,9 @@ impl Layout {
             participants: section(PARTICIPANTS, size_of::<Participant>())?,
             slot_headers: section(capacity, size_of::<SlotHeader>())?,
             payloads: section(payload_lines, size_of::<PayloadLine>())?,
-            free_ring: section(capacity, word)?,
-            ready_ring: section(capacity, word)?,
+            // Twice the slots: room for every token plus the copies recovery may push.
+            free_ring: section(capacity.checked_mul(2).ok_or(TooLarge)?, word)?,
+            ready_ring: section(capacity.checked_mul(2).ok_or(TooLarge)?, word)?,
             dead_ring: section(shape.dead_capacity as usize, word)?,
             wheel_heads: section(LEVELS * BUCKETS, word)?,
             wheel_next: section(capacity.checked_mul(2).ok_or(TooLarge)?, word)?,

@@ -10,7 +10,7 @@
 //! | 0..7   | state      | [`State`] |
 //! | 7      | lease timer| the slot's lease timer is in the timing wheel |
 //! | 8..16  | pins       | live `Delivery`s borrowing the payload |
-//! | 16..32 | version    | bumped by changes of a lease's deadline (extend) |
+//! | 16..32 | version    | `Leased`: bumped by changes of the lease's deadline (extend); `Writing`, `Settling`: the owner's tag (see `participants::OwnerTag`), so recovery can tell a dead owner |
 //! | 32..64 | generation | fences stale tokens and receipts |
 //!
 //! ```text
@@ -194,6 +194,10 @@ pub(crate) struct Meta {
     pub(crate) dead_unix: AtomicU64,
     /// Why it died (a `DeadReason` code).
     pub(crate) dead_reason: AtomicU64,
+    /// The generation at which the publisher stored `id` and `published_at` (released after
+    /// them, before the id is recorded for dedup): tells crash recovery whether a slot left
+    /// in `Writing` has its id recorded under `published_at`.
+    pub(crate) written_at_generation: AtomicU64,
     reason_len: AtomicU64,
     reason: [AtomicU64; REASON_WORDS],
 }

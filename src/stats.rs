@@ -41,6 +41,9 @@ pub struct Stats {
     pub dead_lettered: u64,
     /// Dead letters discarded because the dead-letter queue was full.
     pub dead_discarded: u64,
+    /// Crash-recovery sweeps that repaired something a killed process left (shared memory
+    /// only; see `Queue::open_shm`).
+    pub recoveries: u64,
 }
 
 /// What a counter counts (an index into a stripe).
@@ -55,9 +58,10 @@ pub(crate) enum Counter {
     Nacked,
     DeadLettered,
     DeadDiscarded,
+    Recoveries,
 }
 
-const COUNTERS: usize = 9;
+const COUNTERS: usize = 10;
 
 /// Copies of the counters kept apart; 16 separates up to 16 threads with high odds.
 pub(crate) const STRIPES: usize = 16;
@@ -108,6 +112,7 @@ impl<'r> Counters<'r> {
             nacked: self.read(Counter::Nacked),
             dead_lettered: self.read(Counter::DeadLettered),
             dead_discarded: self.read(Counter::DeadDiscarded),
+            recoveries: self.read(Counter::Recoveries),
             ..Stats::default()
         }
     }

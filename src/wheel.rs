@@ -181,9 +181,9 @@ impl<'r> Wheel<'r> {
         }
     }
 
-    /// Takes the run lock at `now_tick`: free, or held for over a second by a holder that is
-    /// no longer alive (a ticker killed mid-run; the timers it had detached fire again when
-    /// their slots are next looked at by recovery, see `queue`).
+    /// Takes the run lock at `now_tick`: free, or held for over 100 ms by a holder that is
+    /// no longer alive (a ticker killed mid-run; the timers it had detached are linked again
+    /// by crash recovery, see `queue::recovery`).
     fn try_lock(&self, now_tick: u64) -> bool {
         let mine = self.holder << 32 | (now_tick & 0xffff_ffff);
         let lock = &self.words.ticking.0;
@@ -192,20 +192,59 @@ impl<'r> Wheel<'r> {
             Err(current) => {
                 let taken_at = current & 0xffff_ffff;
                 let held_ticks = (now_tick & 0xffff_ffff).wrapping_sub(taken_at) & 0xffff_ffff;
-                let second = (1_000_000_000 / self.tick_nanos).max(2);
+                // A run takes micro- to milliseconds; 100 ms is long past any live run.
+                let long = (100_000_000 / self.tick_nanos).max(2);
                 let holder = current >> 32;
                 // Only a lock held long is worth asking about: liveness reads `/proc`.
                 let dead = || match self.participants {
                     Some(participants) => !participants.is_alive(holder),
                     None => holder != self.holder,
                 };
-                held_ticks > second
+                held_ticks > long
                     && dead()
                     && lock
                         .compare_exchange(current, mine, Ordering::Acquire, Ordering::Relaxed)
                         .is_ok()
             }
         }
+    }
+
+    /// Runs `f` holding the run lock (taken as a run at `now` would take it; `None` if
+    /// another holds it), so no list is detached while `f` runs: lists only grow.
+    pub(crate) fn with_run_lock<R>(&self, now: u64, f: impl FnOnce() -> R) -> Option<R> {
+        if !self.try_lock(now / self.tick_nanos) {
+            return None;
+        }
+        let result = f();
+        self.words.ticking.0.store(0, Ordering::Release);
+        Some(result)
+    }
+
+    /// Which nodes are in a list of the wheel (its buckets and overflow), by a walk of every
+    /// list. Call it under [`with_run_lock`](Self::with_run_lock): then lists only grow at
+    /// their heads, so every node linked before the walk began is found. (A node in a list
+    /// detached by a ticker that died mid-run is not in the wheel any more: not found.)
+    pub(crate) fn linked_nodes(&self) -> Vec<bool> {
+        let mut linked = vec![false; self.next.len()];
+        let firsts = self
+            .heads
+            .iter()
+            .map(|head| unpack(head.load(Ordering::Acquire)).1)
+            .chain([self.words.overflow.0.load(Ordering::Acquire) as u32]);
+        for first in firsts {
+            let mut node = first;
+            // A list is at most as long as there are nodes; a longer one is corrupt (cut).
+            for _ in 0..self.next.len() {
+                let Some(link) = self.next.get(node as usize) else {
+                    break; // NIL, or a corrupt index
+                };
+                if std::mem::replace(&mut linked[node as usize], true) {
+                    break; // met before: a cycle, or a list joining another (corrupt)
+                }
+                node = link.load(Ordering::Relaxed) as u32;
+            }
+        }
+        linked
     }
 
     /// The tick a deadline is due at: the first tick that starts at or after it, so a node

@@ -102,6 +102,10 @@ fn run(command: Command) -> Result<(), ackring::shm::ShmError> {
                 "acked        {}   nacked {}   dead-lettered {}   discarded {}",
                 s.acked, s.nacked, s.dead_lettered, s.dead_discarded
             );
+            println!(
+                "recoveries   {}   (crashed processes cleaned up after)",
+                s.recoveries
+            );
             let others: Vec<String> = queue
                 .attached_pids()
                 .into_iter()

@@ -33,7 +33,7 @@ pub enum SettleError {
 /// `Delivery` lives, even if the lease runs out meanwhile.
 pub struct Delivery<'q, C: Clock> {
     queue: &'q Queue<C>,
-    slot: u32,
+    pub(super) slot: u32,
     /// The slot generation of this lease: settling CASes only from `Leased(receipt)`.
     receipt: u32,
     attempt: u32,
@@ -118,6 +118,7 @@ impl<'q, C: Clock> Delivery<'q, C> {
             })
             .map_err(|_| self.lease_lost())?;
         self.pinned = false;
+        self.queue.unmark_pin(self.slot);
         self.queue.release_if_unpinned(self.slot, freed);
         self.queue.note_acked();
         Ok(())
@@ -134,7 +135,7 @@ impl<'q, C: Clock> Delivery<'q, C> {
     }
 
     fn nack_inner(&self, error: &str) -> Result<(), SettleError> {
-        self.begin_settling()?;
+        let _lease_version = self.begin_settling()?;
         self.queue.note_nacked();
         if self.attempt >= self.queue.config().max_attempts {
             self.queue.kill(
@@ -155,8 +156,10 @@ impl<'q, C: Clock> Delivery<'q, C> {
         } else {
             let due = self.queue.now().saturating_add(wait);
             meta.due_at.store(due, Ordering::Relaxed);
+            self.queue.begin_scheduling();
             self.finish_settling(State::Delayed);
             self.queue.schedule_delay(self.slot, due);
+            self.queue.end_scheduling();
         }
         Ok(())
     }
@@ -167,7 +170,7 @@ impl<'q, C: Clock> Delivery<'q, C> {
     /// [`SettleError::LeaseLost`] if the lease ran out first.
     pub fn reject(mut self, error: &str) -> Result<(), SettleError> {
         self.settled = true;
-        self.begin_settling()?;
+        let _lease_version = self.begin_settling()?;
         self.queue.kill(
             self.slot,
             State::Settling,
@@ -184,7 +187,7 @@ impl<'q, C: Clock> Delivery<'q, C> {
     /// # Errors
     /// [`SettleError::LeaseLost`] if the lease ran out first.
     pub fn extend(&mut self, by: Duration) -> Result<(), SettleError> {
-        self.begin_settling()?;
+        let lease_version = self.begin_settling()?;
         // Never earlier: the lease timer sits in the wheel for the current deadline.
         let due = self
             .queue
@@ -199,7 +202,7 @@ impl<'q, C: Clock> Delivery<'q, C> {
                 Some(Word {
                     state: State::Leased,
                     // A ticker that read the old deadline now fails its CAS.
-                    version: w.version.wrapping_add(1),
+                    version: lease_version.wrapping_add(1),
                     ..w
                 })
             })
@@ -209,16 +212,21 @@ impl<'q, C: Clock> Delivery<'q, C> {
     }
 
     /// `Leased(receipt) -> Settling(receipt)`: from here the lease cannot run out under us.
-    fn begin_settling(&self) -> Result<(), SettleError> {
+    /// The word's version holds our owner tag meanwhile (crash recovery undoes the settle if
+    /// we die); returns the lease's version.
+    fn begin_settling(&self) -> Result<u16, SettleError> {
+        let lease_version = std::cell::Cell::new(0);
         self.queue
             .store()
             .transition_from(self.slot, State::Leased, self.receipt, |w| {
+                lease_version.set(w.version);
                 Some(Word {
                     state: State::Settling,
+                    version: self.queue.owner_tag.0,
                     ..w
                 })
             })
-            .map(|_| ())
+            .map(|_| lease_version.get())
             .map_err(|_: TransitionError| self.lease_lost())
     }
 

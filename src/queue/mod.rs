@@ -29,6 +29,7 @@
 
 mod config;
 mod delivery;
+pub(crate) mod recovery;
 
 pub use config::{ConfigError, ExpiryPolicy, FullPolicy, QueueConfig, RetryBackoff};
 pub use delivery::{Delivery, SettleError};
@@ -38,7 +39,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::clock::{nanos, Clock, MonotonicClock};
 use crate::dedup::{DedupError, DedupTable};
 use crate::id::{IdSource, MessageId};
-use crate::participants::Participants;
+use crate::participants::{OwnerTag, Participants};
 use crate::region::Region;
 use crate::ring::index::IndexRing;
 use crate::slots::{MessageStore, Meta, State, TransitionError, Word};
@@ -254,6 +255,8 @@ pub struct Queue<C: Clock = MonotonicClock> {
     ids: IdSource,
     /// This handle's entry in the region's participant table (see `participants`).
     participant: u64,
+    /// The same, in the 16 bits a slot word keeps of an owner.
+    owner_tag: OwnerTag,
     /// The region is this process's alone (on the heap): broken invariants are our bugs,
     /// worth a debug assertion. In a shared segment another process may have written
     /// anything, so they are handled, never asserted.
@@ -296,9 +299,10 @@ impl<C: Clock> Queue<C> {
         clock: C,
         fresh: bool,
     ) -> Option<Self> {
-        let participant = Participants::new(region.sections().participants).register()?;
+        let registration = Participants::new(region.sections().participants).register()?;
         let queue = Self {
-            participant,
+            participant: registration.token,
+            owner_tag: OwnerTag::of(registration.token),
             trusted: region.is_private(),
             lines_per_slot: config.shape().lines_per_slot as usize,
             tick_nanos: nanos(config.timer_tick),
@@ -312,6 +316,8 @@ impl<C: Clock> Queue<C> {
         };
         if fresh {
             queue.lay_out();
+        } else if registration.replaced_dead {
+            queue.note_deaths(1);
         }
         Some(queue)
     }
@@ -452,6 +458,12 @@ impl<C: Clock> Queue<C> {
                 capacity: self.config.capacity,
             });
         };
+        let meta = self.store().meta(slot).expect("claimed slots are in range");
+        meta.id.store(id.0, Ordering::Relaxed);
+        meta.published_at.store(now, Ordering::Relaxed);
+        // Crash recovery forgets the id of a publish that died from here on (see `recovery`).
+        meta.written_at_generation
+            .store(u64::from(generation), Ordering::Release);
         // The id is recorded only with a slot in hand, so "duplicate" is never said of an id
         // whose first publish then failed for want of room.
         if let Some(dedup) = self.dedup() {
@@ -471,12 +483,9 @@ impl<C: Clock> Queue<C> {
                 });
             }
         }
-        let meta = self.store().meta(slot).expect("claimed slots are in range");
-        meta.id.store(id.0, Ordering::Relaxed);
         meta.payload_len
             .store(payload.len() as u64, Ordering::Relaxed);
         meta.attempts.store(0, Ordering::Relaxed);
-        meta.published_at.store(now, Ordering::Relaxed);
         meta.published_unix
             .store(self.unix_time(now), Ordering::Relaxed);
         let expires_at = ttl.map_or(u64::MAX, |ttl| now.saturating_add(nanos(ttl)));
@@ -487,8 +496,10 @@ impl<C: Clock> Queue<C> {
         if delay > 0 {
             let due = now.saturating_add(delay);
             meta.due_at.store(due, Ordering::Relaxed);
+            self.begin_scheduling();
             self.move_slot(slot, generation, State::Delayed);
             self.schedule_delay(slot, due);
+            self.end_scheduling();
         } else {
             self.move_slot(slot, generation, State::Ready);
             self.push_ready(slot, generation);
@@ -521,6 +532,7 @@ impl<C: Clock> Queue<C> {
                 .transition_from(slot, State::Free, generation, |w| {
                     Some(Word {
                         state: State::Writing,
+                        version: self.owner_tag.0, // who to free it from if it dies
                         ..w
                     })
                 })
@@ -611,32 +623,61 @@ impl<C: Clock> Queue<C> {
             let due = now.saturating_add(nanos(self.config.visibility_timeout));
             meta.attempts.store(attempt, Ordering::Relaxed);
             meta.due_at.store(due, Ordering::Relaxed);
+            // The pin is counted before the CAS that takes it, and a lease timer this
+            // lease must link is bracketed from before that CAS (see `recovery`).
+            self.mark_pin(slot);
+            let mut bracketed = !seen.lease_timer && !self.trusted;
+            if bracketed {
+                self.begin_scheduling();
+            }
             let schedule_lease_timer = std::cell::Cell::new(false);
-            let leased =
-                match self
-                    .store()
-                    .transition_from_seen(slot, seen, State::Ready, generation, |w| {
-                        schedule_lease_timer.set(!w.lease_timer);
-                        Some(Word {
-                            state: State::Leased,
-                            pins: w.pins.checked_add(1)?,
-                            generation: w.generation.wrapping_add(1),
-                            lease_timer: true,
-                            ..w
-                        })
-                    }) {
-                    Ok(leased) => leased,
-                    Err(TransitionError::TooManyPins) => {
+            let needs_bracket = std::cell::Cell::new(false);
+            let leased = loop {
+                let leased =
+                    self.store()
+                        .transition_from_seen(slot, seen, State::Ready, generation, |w| {
+                            if !w.lease_timer && !bracketed && !self.trusted {
+                                needs_bracket.set(true); // the ticker just dropped the timer
+                                return None;
+                            }
+                            schedule_lease_timer.set(!w.lease_timer);
+                            Some(Word {
+                                state: State::Leased,
+                                pins: w.pins.checked_add(1)?,
+                                generation: w.generation.wrapping_add(1),
+                                lease_timer: true,
+                                ..w
+                            })
+                        });
+                if needs_bracket.replace(false) {
+                    bracketed = true;
+                    self.begin_scheduling();
+                    continue;
+                }
+                break leased;
+            };
+            let leased = match leased {
+                Ok(leased) => leased,
+                Err(error) => {
+                    self.unmark_pin(slot);
+                    if bracketed {
+                        self.end_scheduling();
+                    }
+                    if error == TransitionError::TooManyPins {
                         // 255 live deliveries still borrow this message's payload: leave it
                         // queued (token back, attempt undone) until some of them are dropped.
                         meta.attempts.store(attempt - 1, Ordering::Relaxed);
                         self.push_ready(slot, generation);
                         return None;
                     }
-                    Err(_) => continue, // a stale token: whoever moved the slot on owns it
-                };
+                    continue; // a stale token: whoever moved the slot on owns it
+                }
+            };
             if schedule_lease_timer.get() {
                 self.wheel().schedule(node(slot, Timer::Lease), due);
+            }
+            if bracketed {
+                self.end_scheduling();
             }
             self.counters().bump(Counter::Delivered);
             if attempt > 1 {
@@ -741,7 +782,13 @@ impl<C: Clock> Queue<C> {
             return false;
         };
         self.counters().bump(Counter::DeadLettered);
-        let filed = token(slot, dead.generation);
+        self.file_dead(token(slot, dead.generation));
+        true
+    }
+
+    /// Files a dead slot's token in the dead ring, discarding the oldest dead letter if that
+    /// ring is full.
+    pub(crate) fn file_dead(&self, filed: u32) {
         // Bounded: each round discards a letter or finds one gone, so a sane ring has room
         // within its capacity's worth of rounds (a corrupt one leaves the letter unfiled).
         for _ in 0..=self.config.dead_letter_capacity {
@@ -759,7 +806,6 @@ impl<C: Clock> Queue<C> {
                 self.release_if_unpinned(old_slot, word);
             }
         }
-        true
     }
 
     /// `Dead(generation) -> Free(generation + 1)`, keeping pins.
@@ -777,11 +823,41 @@ impl<C: Clock> Queue<C> {
         }
     }
 
-    /// Drops a delivery's pin, freeing the slot if it was the last pin of a freed slot.
+    /// Drops a pin of ours, freeing the slot if it was the last pin of a freed slot.
     pub(crate) fn unpin(&self, slot: u32) {
         if let Ok(Some(generation)) = self.store().unpin(slot) {
             let pushed = push(self.free(), token(slot, generation));
             self.invariant(pushed, "free ring holds every slot");
+        }
+        self.unmark_pin(slot);
+    }
+
+    /// Counts a pin we are about to take on `slot`, for crash recovery (see `recovery`);
+    /// only in a shared region.
+    pub(crate) fn mark_pin(&self, slot: u32) {
+        if !self.trusted {
+            self.participants().mark_pin(self.participant, slot);
+        }
+    }
+
+    /// Uncounts a pin on `slot` we dropped or failed to take.
+    pub(crate) fn unmark_pin(&self, slot: u32) {
+        if !self.trusted {
+            self.participants().unmark_pin(self.participant, slot);
+        }
+    }
+
+    /// Marks the start of a stretch from making a timer due in a slot word to linking it
+    /// into the wheel (crash recovery waits for these; see `recovery`).
+    pub(crate) fn begin_scheduling(&self) {
+        if !self.trusted {
+            self.participants().begin_scheduling(self.participant);
+        }
+    }
+
+    pub(crate) fn end_scheduling(&self) {
+        if !self.trusted {
+            self.participants().end_scheduling(self.participant);
         }
     }
 
@@ -795,7 +871,11 @@ impl<C: Clock> Queue<C> {
     /// Runs the wheel if a tick has passed and no one else is running it; returns whether
     /// this call ran it.
     fn run_timers(&self, now: u64) -> bool {
-        self.wheel().advance(now, |node, now| self.fire(node, now))
+        let ran = self.wheel().advance(now, |node, now| self.fire(node, now));
+        if ran {
+            self.recover_if_needed(now);
+        }
+        ran
     }
 
     /// A timer node came due (or early: a coarse bucket). Acts on the slot if its deadline
@@ -986,7 +1066,8 @@ impl<C: Clock> Queue<C> {
         if word.state != state || generation.is_some_and(|g| g != word.generation) {
             return None;
         }
-        let pinned = self
+        self.mark_pin(slot);
+        let Ok(pinned) = self
             .store()
             .transition_from(slot, state, word.generation, |w| {
                 Some(Word {
@@ -994,7 +1075,10 @@ impl<C: Clock> Queue<C> {
                     ..w
                 })
             })
-            .ok()?;
+        else {
+            self.unmark_pin(slot);
+            return None;
+        };
         let meta = self.store().meta(slot).ok()?;
         let len = (meta.payload_len.load(Ordering::Relaxed) as usize).min(self.config.max_payload);
         // SAFETY: we pinned the slot after acquiring a word written after its payload was

@@ -224,6 +224,15 @@ impl<'r> IndexRing<'r> {
         })
     }
 
+    /// The values the ring's slots hold, in slot order, read one slot at a time (for crash
+    /// recovery: with pushes and pops racing, a value may be missed or seen twice).
+    pub(crate) fn held_values(&self) -> impl Iterator<Item = u32> + '_ {
+        self.slots
+            .iter()
+            .map(|slot| value_of(slot.load(Ordering::Acquire)))
+            .filter(|&value| value != EMPTY)
+    }
+
     /// Values in the ring now (a snapshot; exact when no one is pushing or popping).
     #[cfg(all(test, not(loom)))]
     pub(crate) fn len(&self) -> usize {

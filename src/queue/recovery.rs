@@ -1,0 +1,425 @@
+//! Crash recovery: what a process killed at any instruction leaves in a shared segment, and
+//! how the survivors put it right.
+//!
+//! Every operation on the region is a sequence of single-word CASes, so a process stopped
+//! between two of them leaves each word valid, and only these things half done:
+//!
+//! | left behind                                         | repaired by                               |
+//! |-----------------------------------------------------|-------------------------------------------|
+//! | a slot in `Writing` (publish never returned `Ok`)   | freed; its id forgotten by dedup if it was recorded |
+//! | a slot in `Settling` (a nack, reject or extend)     | back to `Leased`: its lease runs out as if never settled |
+//! | a token popped and never acted on, or a slot moved and its token never pushed (`Ready`, `Free`, `Dead`) | the token pushed again |
+//! | a timer marked in a slot word and never linked, or linked in a list a dying ticker had detached | the node linked again |
+//! | payload pins of its `Delivery`s                      | dropped                                   |
+//! | the ticker's run lock, a dedup stripe lock           | broken by the next taker after a bound (see `wheel`, `dedup`) |
+//! | a leased message                                    | nothing: its lease runs out as usual      |
+//!
+//! # When
+//!
+//! Whoever runs the wheel checks the participant table every [`LIVENESS_INTERVAL`]
+//! ([`Participants::reap_dead`]); every dead registration found there, or replaced by a
+//! new one, bumps `deaths`. While `deaths` is ahead of `recovered`, the ticker runs a sweep
+//! under the wheel's run lock and then records the `deaths` it started from.
+//!
+//! # Why a sweep cannot do harm to the living
+//!
+//! - **Owners** are told by the tag in the state word ([`OwnerTag`]), so only a slot whose
+//!   owner is certainly dead is taken from it, by a CAS on the exact word read.
+//! - **Tokens** are pushed again for slots whose token is not in their ring. A live thread
+//!   may hold that token (popped, not yet acted on): the copy is then a stale token, which
+//!   whoever pops it drops (a token is checked against the slot's full state word; see
+//!   `Queue::resolve`). The free and ready rings have room for a full queue's tokens twice
+//!   over, so copies never crowd out real tokens.
+//! - **Timer nodes** are a different matter: linking a node that is already in a list would
+//!   corrupt both lists. The sweep holds the run lock (no list is detached meanwhile), reads
+//!   the slot words (which nodes should be in the wheel), waits until no live participant is
+//!   between marking a timer due in a slot word and linking it (`scheduling` counts those
+//!   stretches), then walks every list. A node marked before the wait and not found by the
+//!   walk is in no list: its linker is dead, or it was in a dead ticker's detached list.
+//! - **Pins** are dropped only from a slot no live participant marked (`pin_marks`: a
+//!   holder counts the pin before taking it and uncounts it after dropping it), by a CAS
+//!   on the exact word read: every pin change is a CAS on that word, so a live holder's
+//!   pin can only be in the word the CAS replaced if its mark was seen.
+
+use std::time::{Duration, Instant};
+
+use super::{push, token, Queue};
+use crate::clock::Clock;
+use crate::participants::OwnerTag;
+use crate::slots::{State, Word};
+use crate::sync::Ordering;
+use crate::wheel::{node, Timer};
+
+/// How often the ticker asks whether participants are still alive (each question reads a
+/// `/proc` entry per participant).
+pub(crate) const LIVENESS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long a sweep waits for live participants to finish linking timers before it gives
+/// up for now (it is tried again on the next tick).
+const SCHEDULERS_WAIT: Duration = Duration::from_millis(20);
+
+/// The shared words of recovery (in `SharedWords`).
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct RecoveryWords {
+    /// Dead registrations found so far.
+    pub(crate) deaths: crate::region::Padded,
+    /// The `deaths` count the last complete sweep started from.
+    pub(crate) recovered: crate::region::Padded,
+    /// Queue-clock time of the next liveness check.
+    pub(crate) next_check: crate::region::Padded,
+}
+
+/// What one sweep did (for tests and the counters).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Sweep {
+    pub(crate) writing_freed: usize,
+    pub(crate) settling_undone: usize,
+    pub(crate) tokens_restored: usize,
+    pub(crate) timers_relinked: usize,
+    pub(crate) pins_dropped: usize,
+}
+
+impl<C: Clock> Queue<C> {
+    fn recovery_words(&self) -> &RecoveryWords {
+        &self.region.sections().shared.recovery
+    }
+
+    /// Notes a dead registration (found by a check or replaced by a registration).
+    pub(super) fn note_deaths(&self, deaths: usize) {
+        if deaths > 0 {
+            self.recovery_words()
+                .deaths
+                .0
+                .fetch_add(deaths as u64, Ordering::AcqRel);
+        }
+    }
+
+    /// Called after a wheel run: checks liveness when that is due, and sweeps while deaths
+    /// are unrecovered. Only for a shared region (a private one dies with its process).
+    pub(super) fn recover_if_needed(&self, now: u64) {
+        if self.trusted {
+            return;
+        }
+        let words = self.recovery_words();
+        let next_check = words.next_check.0.load(Ordering::Relaxed);
+        if now >= next_check
+            && words
+                .next_check
+                .0
+                .compare_exchange(
+                    next_check,
+                    now.saturating_add(super::nanos(LIVENESS_INTERVAL)),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            self.note_deaths(self.participants().reap_dead());
+        }
+        let deaths = words.deaths.0.load(Ordering::Acquire);
+        if deaths != words.recovered.0.load(Ordering::Acquire) {
+            let swept = self.wheel().with_run_lock(now, || self.sweep(now));
+            if let Some(Some(sweep)) = swept {
+                words.recovered.0.store(deaths, Ordering::Release);
+                if sweep != Sweep::default() {
+                    self.counters().bump(crate::stats::Counter::Recoveries);
+                }
+            }
+        }
+    }
+
+    /// Repairs what dead participants left (see the module docs). Call it holding the
+    /// wheel's run lock. `None` if it must be tried again (live schedulers kept busy).
+    pub(crate) fn sweep(&self, now: u64) -> Option<Sweep> {
+        let mut sweep = Sweep::default();
+        self.release_dead_owners(&mut sweep);
+        self.drop_dead_pins(&mut sweep);
+        self.relink_timers(now, &mut sweep)?;
+        self.restore_tokens(&mut sweep);
+        Some(sweep)
+    }
+
+    /// Slots in `Writing` or `Settling` whose owner is dead.
+    fn release_dead_owners(&self, sweep: &mut Sweep) {
+        let store = self.store();
+        let participants = self.participants();
+        for slot in 0..store.capacity() {
+            let Ok(word) = store.load(slot) else {
+                continue;
+            };
+            let owner = OwnerTag(word.version);
+            match word.state {
+                State::Writing if !participants.tag_alive(owner) => {
+                    // Its id was recorded for dedup only after `written_at_generation`
+                    // was set for this generation: forget it, so a retry is not refused.
+                    let meta = store.meta(slot).expect("slot in range");
+                    let written = meta.written_at_generation.load(Ordering::Acquire);
+                    let (id, published_at) = (
+                        meta.id.load(Ordering::Relaxed),
+                        meta.published_at.load(Ordering::Relaxed),
+                    );
+                    if let Ok(freed) = store.transition(slot, word, |w| Some(w.freed())) {
+                        if written == u64::from(word.generation) {
+                            if let Some(dedup) = self.dedup() {
+                                dedup.forget(crate::id::MessageId(id), published_at);
+                            }
+                        }
+                        self.release_if_unpinned(slot, freed);
+                        sweep.writing_freed += 1;
+                    }
+                }
+                State::Settling if !participants.tag_alive(owner) => {
+                    let undone = store.transition(slot, word, |w| {
+                        Some(Word {
+                            state: State::Leased,
+                            // Not the lease's old version: a ticker holding that word
+                            // re-reads the deadline (which the dead settler may have moved).
+                            version: w.version.wrapping_add(1),
+                            ..w
+                        })
+                    });
+                    if undone.is_ok() {
+                        sweep.settling_undone += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Pins that no live participant may hold.
+    fn drop_dead_pins(&self, sweep: &mut Sweep) {
+        let store = self.store();
+        let participants = self.participants();
+        let live = participants.live();
+        for slot in 0..store.capacity() {
+            let Ok(word) = store.load(slot) else {
+                continue;
+            };
+            if word.pins == 0 || live.iter().any(|&t| participants.may_pin(t, slot)) {
+                continue;
+            }
+            if let Ok(unpinned) = store.transition(slot, word, |w| Some(Word { pins: 0, ..w })) {
+                sweep.pins_dropped += usize::from(word.pins);
+                self.release_if_unpinned(slot, unpinned);
+            }
+        }
+    }
+
+    /// Timer nodes a slot word says are in the wheel but no list holds.
+    fn relink_timers(&self, now: u64, sweep: &mut Sweep) -> Option<()> {
+        let store = self.store();
+        let mut marked = Vec::new();
+        for slot in 0..store.capacity() {
+            let Ok(word) = store.load(slot) else {
+                continue;
+            };
+            if word.lease_timer {
+                marked.push(node(slot, Timer::Lease));
+            }
+            if word.state == State::Delayed {
+                marked.push(node(slot, Timer::Delay));
+            }
+        }
+        // Live participants' linking in progress finishes (or their marks postdate ours).
+        let participants = self.participants();
+        let give_up = Instant::now() + SCHEDULERS_WAIT;
+        for token in participants.live() {
+            while !participants.scheduling_idle(token) {
+                if Instant::now() >= give_up {
+                    return None;
+                }
+                std::thread::yield_now();
+            }
+        }
+        let wheel = self.wheel();
+        let linked = wheel.linked_nodes();
+        for node in marked {
+            if !linked.get(node as usize).copied().unwrap_or(true) {
+                // Due now: when it fires, the slot's own deadline decides (it may refire).
+                wheel.schedule(node, now);
+                sweep.timers_relinked += 1;
+            }
+        }
+        Some(())
+    }
+
+    /// Tokens missing from their ring.
+    fn restore_tokens(&self, sweep: &mut Sweep) {
+        use std::collections::HashSet;
+        let held = |ring: crate::ring::index::IndexRing<'_>| -> HashSet<u32> {
+            ring.held_values().collect()
+        };
+        let (free, ready, dead) = (held(self.free()), held(self.ready()), held(self.dead()));
+        let store = self.store();
+        for slot in 0..store.capacity() {
+            let Ok(word) = store.load(slot) else {
+                continue;
+            };
+            let filed = token(slot, word.generation);
+            let restored = match word.state {
+                State::Ready if !ready.contains(&filed) => {
+                    self.push_ready(slot, word.generation);
+                    true
+                }
+                State::Free if word.pins == 0 && !free.contains(&filed) => push(self.free(), filed),
+                State::Dead if !dead.contains(&filed) => {
+                    self.file_dead(filed);
+                    true
+                }
+                _ => false,
+            };
+            sweep.tokens_restored += usize::from(restored);
+        }
+    }
+}
+
+#[cfg(all(test, not(loom), not(miri)))]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::id::MessageId;
+    use crate::queue::{pop, PublishOptions, QueueConfig};
+
+    /// A file-backed segment that is removed when dropped.
+    struct TempSegment(std::path::PathBuf);
+
+    impl TempSegment {
+        fn new(test: &str) -> Self {
+            Self(
+                std::env::temp_dir()
+                    .join(format!("ackring-recovery-{}-{test}", std::process::id())),
+            )
+        }
+    }
+
+    impl Drop for TempSegment {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn with_id(id: u64) -> PublishOptions {
+        PublishOptions {
+            id: Some(MessageId(id)),
+            ..PublishOptions::default()
+        }
+    }
+
+    /// A process killed in the middle of each operation leaves each of the things recovery
+    /// repairs; one sweep by a survivor repairs them all, and afterwards every message is
+    /// delivered and every slot is usable again.
+    #[test]
+    fn a_sweep_repairs_everything_a_killed_process_left_half_done() {
+        let segment = TempSegment::new("sweep");
+        let config = QueueConfig {
+            visibility_timeout: Duration::from_millis(50),
+            dedup_capacity: 64,
+            ..QueueConfig::new(8, 32)
+        };
+        let survivor = Queue::create_file(&segment.0, config).unwrap();
+        let victim = Queue::open_file(&segment.0).unwrap();
+
+        // 1. Killed mid-publish, after recording its id for dedup.
+        let (writing, generation) = victim.claim_free_slot().unwrap();
+        let meta = victim.store().meta(writing).unwrap();
+        let now = victim.now();
+        meta.id.store(100, Ordering::Relaxed);
+        meta.published_at.store(now, Ordering::Relaxed);
+        meta.written_at_generation
+            .store(u64::from(generation), Ordering::Release);
+        victim.dedup().unwrap().record(MessageId(100), now).unwrap();
+
+        // 2. Killed between popping a ready token and leasing its message.
+        survivor.publish_with(b"token lost", with_id(1)).unwrap();
+        pop(victim.ready()).expect("the token of message 1");
+
+        // 3. Killed holding a delivery (leased, payload pinned).
+        survivor.publish_with(b"held", with_id(2)).unwrap();
+        std::mem::forget(victim.try_receive().unwrap());
+
+        // 4. Killed mid-nack (Settling).
+        survivor.publish_with(b"settling", with_id(3)).unwrap();
+        let delivery = victim.try_receive().unwrap();
+        let settling = delivery.slot;
+        let leased = victim.store().load(settling).unwrap();
+        std::mem::forget(delivery);
+        victim
+            .store()
+            .transition(settling, leased, |w| {
+                Some(Word {
+                    state: State::Settling,
+                    version: victim.owner_tag.0,
+                    ..w
+                })
+            })
+            .unwrap();
+
+        // 5. Killed between marking a lease timer due and linking it.
+        survivor.publish_with(b"timer lost", with_id(4)).unwrap();
+        let (slot, _) = super::super::split(pop(victim.ready()).unwrap());
+        let ready = victim.store().load(slot).unwrap();
+        assert!(!ready.lease_timer, "a fresh slot has no timer yet");
+        let meta = victim.store().meta(slot).unwrap();
+        meta.attempts.store(1, Ordering::Relaxed);
+        meta.due_at.store(victim.now(), Ordering::Relaxed);
+        victim
+            .store()
+            .transition(slot, ready, |w| {
+                Some(Word {
+                    state: State::Leased,
+                    generation: w.generation.wrapping_add(1),
+                    lease_timer: true,
+                    ..w
+                })
+            })
+            .unwrap();
+
+        // SIGKILL: no destructor runs.
+        let token = victim.participant;
+        std::mem::forget(victim);
+        survivor.participants().forge_dead(token);
+
+        assert_eq!(survivor.participants().reap_dead(), 1);
+        let now = survivor.now();
+        let sweep = survivor
+            .wheel()
+            .with_run_lock(now, || survivor.sweep(now))
+            .expect("the run lock is free")
+            .expect("no live scheduler in the way");
+        assert_eq!(
+            sweep,
+            Sweep {
+                writing_freed: 1,
+                settling_undone: 1,
+                tokens_restored: 1,
+                timers_relinked: 1,
+                pins_dropped: 2,
+            }
+        );
+
+        // Every message comes back (2, 3 and 4 once their leases run out), once each.
+        let mut received = Vec::new();
+        while received.len() < 4 {
+            let delivery = survivor
+                .receive_timeout(Duration::from_secs(5))
+                .expect("every message comes back within its lease");
+            received.push(delivery.id().0);
+            delivery.ack().unwrap();
+        }
+        received.sort_unstable();
+        assert_eq!(received, [1, 2, 3, 4]);
+        assert!(survivor.try_receive().is_none());
+
+        // The killed publish never returned Ok: its id may be published again.
+        survivor.publish_with(b"retried", with_id(100)).unwrap();
+        survivor.try_receive().unwrap().ack().unwrap();
+        // And no slot leaked: the queue fills to its capacity.
+        for n in 0..8 {
+            survivor.publish_with(b"fill", with_id(200 + n)).unwrap();
+        }
+        assert!(survivor.publish(b"one too many").is_err());
+    }
+}
