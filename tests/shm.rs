@@ -231,7 +231,7 @@ fn corrupt_segments_are_refused_with_what_is_wrong() {
         }),
         Err(ShmError::Version {
             found: 99,
-            expected: 2
+            expected: 3
         })
     ));
     // Another boot id: the segment's monotonic deadlines belong to a boot that has ended.

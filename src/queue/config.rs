@@ -127,7 +127,7 @@ pub struct QueueConfig {
 impl QueueConfig {
     /// Defaults for a queue of `capacity` messages of up to `max_payload` bytes: 30 s leases,
     /// 5 attempts, exponential backoff from 100 ms to 60 s, no TTL, a 2-minute dedup window
-    /// remembering `4 * capacity` ids, expired messages dead-lettered, and room for
+    /// remembering `2 * capacity` ids, expired messages dead-lettered, and room for
     /// `capacity / 4` (at least 1) dead letters, and publishes into a full queue failing.
     pub fn new(capacity: u32, max_payload: usize) -> Self {
         Self {
@@ -138,7 +138,7 @@ impl QueueConfig {
             backoff: RetryBackoff::default(),
             default_ttl: None,
             dedup_window: Some(Duration::from_secs(120)),
-            dedup_capacity: (capacity as usize).saturating_mul(4).max(1),
+            dedup_capacity: (capacity as usize).saturating_mul(2).max(1),
             on_expiry: ExpiryPolicy::DeadLetter,
             on_full: FullPolicy::Fail,
             dead_letter_capacity: (capacity / 4).max(1),

@@ -708,10 +708,11 @@ impl<C: Clock> Queue<C> {
     /// Receives, waiting up to `timeout` of real time for a message to become ready (see
     /// [`receive`](Self::receive) for how it waits).
     pub fn receive_timeout(&self, timeout: Duration) -> Option<Delivery<'_, C>> {
-        let give_up = std::time::Instant::now().checked_add(timeout); // None: no limit
-                                                                      // A short spin first: a message due within a microsecond or two is worth not
-                                                                      // paying a sleep and a wake-up for.
-                                                                      // (Eight exponentially growing spins: about 250 pause instructions, a few µs.)
+        // None: no limit.
+        let give_up = std::time::Instant::now().checked_add(timeout);
+        // A short spin first: a message due within a microsecond or two is worth not paying
+        // a sleep and a wake-up for. (Eight exponentially growing spins: about 250 pause
+        // instructions, a few µs.)
         let backoff = Backoff::new();
         for _ in 0..8 {
             if let Some(delivery) = self.try_receive() {
@@ -733,7 +734,14 @@ impl<C: Clock> Queue<C> {
                     .wheel()
                     .next_due()
                     .map(|due| Duration::from_nanos(due.saturating_sub(now)));
-                Some(timer.map_or(left, |timer| timer.min(left)))
+                let sleep = timer.map_or(left, |timer| timer.min(left));
+                // In a shared segment, wake now and then even when idle: a process killed
+                // mid-operation is noticed (and repaired) by whoever runs the timers.
+                Some(if self.trusted {
+                    sleep
+                } else {
+                    sleep.min(recovery::LIVENESS_INTERVAL)
+                })
             },
         )
     }
