@@ -43,6 +43,12 @@ pub(crate) fn mix64(mut x: u64) -> u64 {
 /// Sequence numbers a thread takes from an [`IdSource`] at a time.
 const ID_BLOCK: u64 = 1 << 12;
 
+thread_local! {
+    /// This thread's block of an [`IdSource`]'s sequence numbers: (seed of the source, next
+    /// number, end of the block).
+    static BLOCK: Cell<(u64, u64, u64)> = const { Cell::new((0, 0, 0)) };
+}
+
 /// Generates one queue's ids: `mix64(seed + n)` for sequence numbers `n` that this source
 /// never hands out twice, so generated ids never repeat (mix64 is a bijection).
 ///
@@ -75,8 +81,6 @@ impl IdSource {
     /// A sequence number no other call on this source returns.
     #[inline]
     pub(crate) fn next(&self) -> u64 {
-        // (seed of the source, next number, end of the block)
-        thread_local!(static BLOCK: Cell<(u64, u64, u64)> = const { Cell::new((0, 0, 0)) });
         BLOCK.with(|block| {
             let (seed, next, end) = block.get();
             if seed == self.seed && next < end {
@@ -87,6 +91,14 @@ impl IdSource {
             block.set((self.seed, start + 1, start + ID_BLOCK));
             start
         })
+    }
+
+    /// The id this thread's next [`id`](Self::id) call returns, if known without taking a
+    /// new block (so a publish can start loading its dedup stripe one message early).
+    #[inline]
+    pub(crate) fn peek_next_id(&self) -> Option<MessageId> {
+        let (seed, next, end) = BLOCK.with(Cell::get);
+        (seed == self.seed && next < end).then(|| MessageId(mix64(seed.wrapping_add(next))))
     }
 
     /// A fresh id.
@@ -105,6 +117,26 @@ impl IdSource {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_peeked_id_is_the_next_one() {
+        let source = IdSource::new();
+        assert_eq!(source.peek_next_id(), None, "no block taken yet");
+        let mut previous = source.id();
+        for _ in 0..2 * ID_BLOCK {
+            let peeked = source.peek_next_id();
+            let next = source.id();
+            assert!(
+                peeked.is_none() || peeked == Some(next),
+                "peeked {peeked:?}, got {next}"
+            );
+            assert_ne!(next, previous);
+            previous = next;
+        }
+        // Another source's block is not this one's.
+        let other = IdSource::new();
+        assert_eq!(other.peek_next_id(), None);
+    }
 
     #[test]
     fn ids_never_repeat_across_threads_and_sources() {

@@ -192,6 +192,21 @@ impl<'r> Participants<'r> {
         reaped
     }
 
+    /// After a reboot (see `queue::reboot`): every registration belonged to the ended boot,
+    /// and a pid and start time from then may name an unrelated process now, so every entry
+    /// is freed outright. Epochs stay, so the next registration of an entry gets a token
+    /// (and owner tag) that no slot or lock of the old boot carries.
+    pub(crate) fn forget_previous_boot(&self) {
+        for entry in self.entries {
+            entry.start_time.store(0, Ordering::Relaxed);
+            entry.scheduling.store(0, Ordering::Relaxed);
+            for mark in &entry.pin_marks {
+                mark.store(0, Ordering::Relaxed);
+            }
+            entry.pid.store(0, Ordering::Release);
+        }
+    }
+
     /// Whether the registration tagged `tag` may still be running (false only when it is
     /// certainly dead: its entry was reused, left, or names a dead process).
     pub(crate) fn tag_alive(&self, tag: OwnerTag) -> bool {

@@ -30,6 +30,11 @@ pub(crate) struct Signal {
 }
 
 impl Signal {
+    /// After a reboot: the sleepers counted belonged to the ended boot.
+    pub(crate) fn forget_sleepers(&self) {
+        self.waiters.store(0, Ordering::SeqCst);
+    }
+
     /// Wakes every sleeper, if there is one (after a message became ready).
     #[inline]
     pub(crate) fn notify(&self) {

@@ -234,16 +234,14 @@ fn corrupt_segments_are_refused_with_what_is_wrong() {
             expected: 3
         })
     ));
-    // Another boot id: the segment's monotonic deadlines belong to a boot that has ended.
+    // Another boot id: the first opener moves the segment onto this boot's clock (see
+    // src/queue/reboot.rs) and opens it.
     let rebooted = open_bytes(&path, &{
         let mut b = good.clone();
         word(&mut b, 42, 0x1234);
         b
     });
-    assert!(
-        matches!(&rebooted, Err(ShmError::Incompatible { what }) if what.contains("reboot")),
-        "{rebooted:?}"
-    );
+    assert!(rebooted.is_ok(), "{rebooted:?}");
 }
 
 #[test]

@@ -29,6 +29,7 @@
 
 mod config;
 mod delivery;
+mod reboot;
 pub(crate) mod recovery;
 
 pub use config::{ConfigError, ExpiryPolicy, FullPolicy, QueueConfig, RetryBackoff};
@@ -210,6 +211,18 @@ fn wait_for<T>(timeout: Option<Duration>, mut attempt: impl FnMut() -> Option<T>
     }
 }
 
+/// How a handle comes to a region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Attach {
+    /// A zeroed region: lay the queue out.
+    Fresh,
+    /// A queue others made, on this boot.
+    Existing,
+    /// A queue made before the host's last reboot, which no one else is attaching now:
+    /// rebase it first (see `reboot`).
+    AfterReboot,
+}
+
 fn unix_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -287,7 +300,7 @@ impl<C: Clock> Queue<C> {
         let region = Region::on_heap(config.shape()).map_err(|_| ConfigError {
             problem: "capacity * max_payload is larger than memory can hold",
         })?;
-        Ok(Self::on_region(config, region, clock, true).expect("a new region has room"))
+        Ok(Self::on_region(config, region, clock, Attach::Fresh).expect("a new region has room"))
     }
 
     /// The queue over `region`, which holds a queue of `config` (validated by the caller);
@@ -297,9 +310,13 @@ impl<C: Clock> Queue<C> {
         config: QueueConfig,
         region: Region,
         clock: C,
-        fresh: bool,
+        attach: Attach,
     ) -> Option<Self> {
-        let registration = Participants::new(region.sections().participants).register()?;
+        let participants = Participants::new(region.sections().participants);
+        if attach == Attach::AfterReboot {
+            participants.forget_previous_boot();
+        }
+        let registration = participants.register()?;
         let queue = Self {
             participant: registration.token,
             owner_tag: OwnerTag::of(registration.token),
@@ -314,10 +331,11 @@ impl<C: Clock> Queue<C> {
             clock,
             config,
         };
-        if fresh {
-            queue.lay_out();
-        } else if registration.replaced_dead {
-            queue.note_deaths(1);
+        match attach {
+            Attach::Fresh => queue.lay_out(),
+            Attach::AfterReboot => queue.rebase_after_reboot(),
+            Attach::Existing if registration.replaced_dead => queue.note_deaths(1),
+            Attach::Existing => {}
         }
         Some(queue)
     }
@@ -337,6 +355,14 @@ impl<C: Clock> Queue<C> {
     pub(crate) fn finish_segment(&self) {
         if let Some(header) = self.region.segment_header() {
             header.publish();
+        }
+    }
+
+    /// Marks a rebased segment as this boot's (see `reboot`).
+    #[cfg(not(loom))]
+    pub(crate) fn adopt_boot(&self, boot_id: [u64; 2]) {
+        if let Some(header) = self.region.segment_header() {
+            header.set_boot_id(boot_id);
         }
     }
 
@@ -364,6 +390,7 @@ impl<C: Clock> Queue<C> {
             let pushed = push(self.free(), token(slot, 0));
             self.invariant(pushed, "room for every slot");
         }
+        self.note_clock(self.clock.now_nanos());
     }
 
     /// The message store.
@@ -505,6 +532,13 @@ impl<C: Clock> Queue<C> {
             self.push_ready(slot, generation);
         }
         self.counters().bump(Counter::Published);
+        // A producer of generated ids publishes again soon: its next id's dedup stripe (a
+        // cache miss in a large table) loads meanwhile, off the next publish's path.
+        if let (None, Some(dedup)) = (options.id, self.dedup()) {
+            if let Some(next) = self.ids.peek_next_id() {
+                dedup.prefetch(next);
+            }
+        }
         Ok(id)
     }
 

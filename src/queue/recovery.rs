@@ -68,6 +68,11 @@ pub(crate) struct RecoveryWords {
     pub(crate) recovered: crate::region::Padded,
     /// Queue-clock time of the next liveness check.
     pub(crate) next_check: crate::region::Padded,
+    /// A recent reading of the monotonic clock and, in `clock_unix`, of the wall clock at
+    /// the same moment (updated with each liveness check): how a reboot's new monotonic
+    /// clock is lined up with the stored deadlines (see `queue::reboot`).
+    pub(crate) clock_mono: crate::region::Padded,
+    pub(crate) clock_unix: crate::region::Padded,
 }
 
 /// What one sweep did (for tests and the counters).
@@ -81,7 +86,7 @@ pub(crate) struct Sweep {
 }
 
 impl<C: Clock> Queue<C> {
-    fn recovery_words(&self) -> &RecoveryWords {
+    pub(super) fn recovery_words(&self) -> &RecoveryWords {
         &self.region.sections().shared.recovery
     }
 
@@ -116,6 +121,7 @@ impl<C: Clock> Queue<C> {
                 .is_ok()
         {
             self.note_deaths(self.participants().reap_dead());
+            self.note_clock(now);
         }
         let deaths = words.deaths.0.load(Ordering::Acquire);
         if deaths != words.recovered.0.load(Ordering::Acquire) {

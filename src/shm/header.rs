@@ -50,6 +50,10 @@ pub(crate) const WORDS: usize = 45;
 pub(crate) const HEADER_BYTES: usize = (WORDS * 8).next_multiple_of(SECTION_ALIGN);
 
 /// Word indices (see the table in the module docs).
+/// The header word where the boot id starts (tests fake a reboot by patching it).
+#[cfg(test)]
+pub(crate) const BOOT_ID_WORD: usize = at::BOOT_ID;
+
 mod at {
     pub(super) const MAGIC: usize = 0;
     pub(super) const VERSION: usize = 1;
@@ -163,9 +167,19 @@ impl<'s> Header<'s> {
         self.words[at::INITIALIZED].store(INITIALIZED, Ordering::Release);
     }
 
-    /// The boot id the segment was created under.
+    /// Marks the segment as this boot's (after rebasing it; release: an opener that reads
+    /// the new id with acquire sees the rebased segment).
+    pub(crate) fn set_boot_id(&self, boot_id: [u64; 2]) {
+        self.words[at::BOOT_ID].store(boot_id[0], Ordering::Release);
+        self.words[at::BOOT_ID + 1].store(boot_id[1], Ordering::Release);
+    }
+
+    /// The boot id the segment was created under (or last rebased to).
     pub(crate) fn boot_id(&self) -> [u64; 2] {
-        [self.get(at::BOOT_ID), self.get(at::BOOT_ID + 1)]
+        [
+            self.words[at::BOOT_ID].load(Ordering::Acquire),
+            self.words[at::BOOT_ID + 1].load(Ordering::Acquire),
+        ]
     }
 
     /// Checks every field against this build and against each other, and returns the

@@ -26,7 +26,7 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::queue::{ConfigError, Queue, QueueConfig};
+use crate::queue::{Attach, ConfigError, Queue, QueueConfig};
 use crate::region::{Layout, Region};
 use crate::MonotonicClock;
 
@@ -125,7 +125,7 @@ pub fn segment_path(name: &str) -> Result<PathBuf, ShmError> {
 }
 
 /// The host's boot id (`/proc/sys/kernel/random/boot_id`) as two words, zero if unknown.
-fn boot_id() -> [u64; 2] {
+pub(crate) fn boot_id() -> [u64; 2] {
     let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
     let hex: String = text.chars().filter(char::is_ascii_hexdigit).collect();
     let word = |range: std::ops::Range<usize>| {
@@ -241,7 +241,7 @@ impl Queue<MonotonicClock> {
             let region = Region::in_mapping(mapping, &layout).map_err(|_| ShmError::Corrupt {
                 what: "the new segment is smaller than its layout",
             })?;
-            let queue = Queue::on_region(config, region, MonotonicClock, true)
+            let queue = Queue::on_region(config, region, MonotonicClock, Attach::Fresh)
                 .ok_or(ShmError::TooManyParticipants)?;
             queue.finish_segment();
             // The name appears only now, fully made; `hard_link` never replaces a file.
@@ -275,18 +275,34 @@ impl Queue<MonotonicClock> {
         let mapping = Mapping::map(&file, path)?;
         let head = mapping.header()?;
         let (config, layout) = head.read(mapping.len())?;
-        let (created_under, now) = (head.boot_id(), boot_id());
-        if created_under != [0, 0] && now != [0, 0] && created_under != now {
-            // Every stored deadline is on the monotonic clock of a boot that has ended.
-            return Err(ShmError::Incompatible {
-                what: "created before the host's last reboot (rebasing its deadlines is not \
-                       supported yet); unlink it or create a new queue",
-            });
-        }
+        let host_boot = boot_id();
+        let before_reboot = |head: &header::Header<'_>| {
+            let created_under = head.boot_id();
+            created_under != [0, 0] && host_boot != [0, 0] && created_under != host_boot
+        };
+        // Every deadline in a segment from an earlier boot is on that boot's monotonic
+        // clock: the first opener rebases them, holding the file's lock so that no other
+        // opener attaches meanwhile (those wait here, then find the new boot id).
+        let locked = before_reboot(&head) && {
+            // Unlocked when `file` closes, at the end.
+            rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+                .map_err(|e| ShmError::from_io(e.into(), path))?;
+            true
+        };
+        let attach = if locked && before_reboot(&head) {
+            Attach::AfterReboot
+        } else {
+            Attach::Existing
+        };
         let region = Region::in_mapping(mapping, &layout).map_err(|_| ShmError::Corrupt {
             what: "the segment is smaller than its layout",
         })?;
-        Queue::on_region(config, region, MonotonicClock, false).ok_or(ShmError::TooManyParticipants)
+        let queue = Queue::on_region(config, region, MonotonicClock, attach)
+            .ok_or(ShmError::TooManyParticipants)?;
+        if attach == Attach::AfterReboot {
+            queue.adopt_boot(host_boot); // last: the segment is this boot's now
+        }
+        Ok(queue)
     }
 }
 
