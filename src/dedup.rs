@@ -290,19 +290,10 @@ impl<'r> DedupTable<'r> {
     }
 
     /// After a reboot (see `queue::reboot`; no other process attached): frees every
-    /// stripe lock, whose holders belonged to the ended boot, and moves every remembered
-    /// id's expiry onto the new boot's clock with `rebase`.
-    pub(crate) fn rebase(&self, rebase: impl Fn(u64) -> u64) {
+    /// stripe lock, whose holders belonged to the ended boot.
+    pub(crate) fn free_locks(&self) {
         for stripe in self.stripes {
             stripe.lock.store(0, Ordering::Relaxed);
-            for entry in &stripe.entries[..in_use(&stripe.len)] {
-                let expires_at = entry.expires_at.load(Ordering::Relaxed);
-                if expires_at != FORGOTTEN {
-                    entry
-                        .expires_at
-                        .store(rebase(expires_at).max(1), Ordering::Relaxed);
-                }
-            }
         }
     }
 

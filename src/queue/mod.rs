@@ -278,6 +278,11 @@ pub struct Queue<C: Clock = MonotonicClock> {
     /// dead-letter times for people are derived from the queue's clock, one read, not two.
     unix_anchor: u64,
     clock_anchor: u64,
+    /// Added to every reading of `clock`: the queue's clock is the host's monotonic clock
+    /// moved by the region's `clock_base`, which stays 0 until a file-backed queue is
+    /// opened after a reboot (see `reboot`). Read once when attaching: it changes only
+    /// while no other handle is attached.
+    clock_base: u64,
 }
 
 impl Queue<MonotonicClock> {
@@ -313,9 +318,12 @@ impl<C: Clock> Queue<C> {
         attach: Attach,
     ) -> Option<Self> {
         let participants = Participants::new(region.sections().participants);
+        let recovery_words = &region.sections().shared.recovery;
         if attach == Attach::AfterReboot {
             participants.forget_previous_boot();
+            reboot::carry_the_clock_over(recovery_words, clock.now_nanos());
         }
+        let clock_base = recovery_words.clock_base.0.load(Ordering::Relaxed);
         let registration = participants.register()?;
         let queue = Self {
             participant: registration.token,
@@ -327,7 +335,8 @@ impl<C: Clock> Queue<C> {
             region,
             ids: IdSource::new(),
             unix_anchor: unix_nanos(),
-            clock_anchor: clock.now_nanos(),
+            clock_anchor: clock.now_nanos().wrapping_add(clock_base),
+            clock_base,
             clock,
             config,
         };
@@ -381,7 +390,7 @@ impl<C: Clock> Queue<C> {
         }
         Wheel::init(
             self.tick_nanos,
-            self.clock.now_nanos(),
+            self.now(),
             &shared.wheel,
             sections.wheel_heads,
             sections.wheel_next,
@@ -390,7 +399,7 @@ impl<C: Clock> Queue<C> {
             let pushed = push(self.free(), token(slot, 0));
             self.invariant(pushed, "room for every slot");
         }
-        self.note_clock(self.clock.now_nanos());
+        self.note_clock(self.now());
     }
 
     /// The message store.
@@ -474,7 +483,7 @@ impl<C: Clock> Queue<C> {
         if ttl.is_some_and(|ttl| ttl.is_zero()) {
             return Err(PublishError::AlreadyExpired);
         }
-        let now = self.clock.now_nanos();
+        let now = self.now();
         self.run_timers(now);
         let id = options.id.unwrap_or_else(|| self.ids.id());
         if let Some(dedup) = self.dedup() {
@@ -625,9 +634,9 @@ impl<C: Clock> Queue<C> {
     /// Receives the oldest ready message, if any, leasing it for the visibility timeout.
     /// Expired messages met on the way are dead-lettered (or dropped, per policy).
     pub fn try_receive(&self) -> Option<Delivery<'_, C>> {
-        let mut now = self.clock.now_nanos();
+        let mut now = self.now();
         if self.run_timers(now) {
-            now = self.clock.now_nanos(); // a run takes time: judge TTLs by the clock after it
+            now = self.now(); // a run takes time: judge TTLs by the clock after it
         }
         while let Some(ready) = pop(self.ready()) {
             let (slot, generation_bits) = split(ready);
@@ -763,7 +772,7 @@ impl<C: Clock> Queue<C> {
                 };
                 // Wake for the next timer too: timers make delayed and expired-lease
                 // messages ready, and a sleeping receiver is what would run them.
-                let now = self.clock.now_nanos();
+                let now = self.now();
                 let timer = self
                     .wheel()
                     .next_due()
@@ -813,7 +822,7 @@ impl<C: Clock> Queue<C> {
         };
         meta.dead_reason.store(reason.code(), Ordering::Relaxed);
         meta.dead_unix
-            .store(self.unix_time(self.clock.now_nanos()), Ordering::Relaxed);
+            .store(self.unix_time(self.now()), Ordering::Relaxed);
         meta.set_reason(error);
         let Ok(dead) = self.store().transition_from(slot, from, generation, |w| {
             Some(Word {
@@ -907,7 +916,7 @@ impl<C: Clock> Queue<C> {
     /// (delivered at the tail of the queue), finished delays and backoffs make theirs ready.
     /// Receives and publishes do this themselves; call it to move time along when idle.
     pub fn tick(&self) {
-        self.run_timers(self.clock.now_nanos());
+        self.run_timers(self.now());
     }
 
     /// Runs the wheel if a tick has passed and no one else is running it; returns whether
@@ -1165,8 +1174,10 @@ impl<C: Clock> Queue<C> {
         }
     }
 
+    /// The queue's clock (see `clock_base`).
+    #[inline]
     pub(crate) fn now(&self) -> u64 {
-        self.clock.now_nanos()
+        self.clock.now_nanos().wrapping_add(self.clock_base)
     }
 
     pub(crate) fn note_acked(&self) {

@@ -68,11 +68,13 @@ pub(crate) struct RecoveryWords {
     pub(crate) recovered: crate::region::Padded,
     /// Queue-clock time of the next liveness check.
     pub(crate) next_check: crate::region::Padded,
-    /// A recent reading of the monotonic clock and, in `clock_unix`, of the wall clock at
-    /// the same moment (updated with each liveness check): how a reboot's new monotonic
-    /// clock is lined up with the stored deadlines (see `queue::reboot`).
-    pub(crate) clock_mono: crate::region::Padded,
+    /// A recent reading of the queue's clock and, in `clock_unix`, of the wall clock at
+    /// the same moment (updated with each liveness check): how the queue's clock carries
+    /// over a reboot (see `queue::reboot`).
+    pub(crate) clock_queue: crate::region::Padded,
     pub(crate) clock_unix: crate::region::Padded,
+    /// The queue's clock minus the host's monotonic clock (wrapping; 0 until a reboot).
+    pub(crate) clock_base: crate::region::Padded,
 }
 
 /// What one sweep did (for tests and the counters).
@@ -139,15 +141,16 @@ impl<C: Clock> Queue<C> {
     /// wheel's run lock. `None` if it must be tried again (live schedulers kept busy).
     pub(crate) fn sweep(&self, now: u64) -> Option<Sweep> {
         let mut sweep = Sweep::default();
-        self.release_dead_owners(&mut sweep);
+        self.release_dead_owners(&mut sweep, false);
         self.drop_dead_pins(&mut sweep);
         self.relink_timers(now, &mut sweep)?;
         self.restore_tokens(&mut sweep);
         Some(sweep)
     }
 
-    /// Slots in `Writing` or `Settling` whose owner is dead.
-    fn release_dead_owners(&self, sweep: &mut Sweep) {
+    /// Slots in `Writing` or `Settling` whose owner is dead (all of them with
+    /// `everyone_dead`: after a reboot, see `reboot`).
+    pub(super) fn release_dead_owners(&self, sweep: &mut Sweep, everyone_dead: bool) {
         let store = self.store();
         let participants = self.participants();
         for slot in 0..store.capacity() {
@@ -155,8 +158,9 @@ impl<C: Clock> Queue<C> {
                 continue;
             };
             let owner = OwnerTag(word.version);
+            let dead = everyone_dead || !participants.tag_alive(owner);
             match word.state {
-                State::Writing if !participants.tag_alive(owner) => {
+                State::Writing if dead => {
                     // Its id was recorded for dedup only after `written_at_generation`
                     // was set for this generation: forget it, so a retry is not refused.
                     let meta = store.meta(slot).expect("slot in range");
@@ -175,7 +179,7 @@ impl<C: Clock> Queue<C> {
                         sweep.writing_freed += 1;
                     }
                 }
-                State::Settling if !participants.tag_alive(owner) => {
+                State::Settling if dead => {
                     let undone = store.transition(slot, word, |w| {
                         Some(Word {
                             state: State::Leased,

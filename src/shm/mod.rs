@@ -276,18 +276,24 @@ impl Queue<MonotonicClock> {
         let head = mapping.header()?;
         let (config, layout) = head.read(mapping.len())?;
         let host_boot = boot_id();
+        if host_boot == [0, 0] && head.boot_id() != [0, 0] {
+            // Without the host's boot id, a segment from before a reboot cannot be told
+            // from one of this boot, and attaching to one unrebased would be wrong.
+            return Err(ShmError::Incompatible {
+                what: "the host's boot id (/proc/sys/kernel/random/boot_id) cannot be read",
+            });
+        }
         let before_reboot = |head: &header::Header<'_>| {
             let created_under = head.boot_id();
-            created_under != [0, 0] && host_boot != [0, 0] && created_under != host_boot
+            created_under != [0, 0] && created_under != host_boot
         };
-        // Every deadline in a segment from an earlier boot is on that boot's monotonic
-        // clock: the first opener rebases them, holding the file's lock so that no other
-        // opener attaches meanwhile (those wait here, then find the new boot id).
+        // Every deadline in a segment from an earlier boot is on that boot's clock: the
+        // first opener carries the queue's clock over (see `queue::reboot`), holding the
+        // file's lock so that no other opener attaches meanwhile (those wait here, then
+        // find the new boot id).
         let locked = before_reboot(&head) && {
-            // Unlocked when `file` closes, at the end.
-            rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
-                .map_err(|e| ShmError::from_io(e.into(), path))?;
-            true
+            lock_exclusive(&file).map_err(|e| ShmError::from_io(e, path))?;
+            true // unlocked when `file` closes, at the end
         };
         let attach = if locked && before_reboot(&head) {
             Attach::AfterReboot
@@ -303,6 +309,16 @@ impl Queue<MonotonicClock> {
             queue.adopt_boot(host_boot); // last: the segment is this boot's now
         }
         Ok(queue)
+    }
+}
+
+/// Waits for the exclusive `flock` on `file` (retrying when a signal interrupts).
+fn lock_exclusive(file: &File) -> io::Result<()> {
+    loop {
+        match rustix::fs::flock(file, rustix::fs::FlockOperation::LockExclusive) {
+            Err(rustix::io::Errno::INTR) => continue,
+            done => return done.map_err(io::Error::from),
+        }
     }
 }
 
