@@ -15,7 +15,9 @@
 //! It prints progress while it runs and a summary at the end: what became of every order
 //! (nothing lost), and the publish-to-delivery latency between processes.
 //!
-//! Run: `cargo run --release --example tour`
+//! Run: `cargo run --release --example tour`. With `-- --keep`, the segment stays (named
+//! `tour`, replacing an earlier kept one) for a look with the `ackring` tool:
+//! `cargo run --release -- dlq tour`.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -99,7 +101,8 @@ fn parse(payload: &[u8]) -> (u64, u64) {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        None => tour(),
+        None => tour(false),
+        Some("--keep") => tour(true),
         Some("producer") => producer(&args[2], args[3].parse()?),
         Some("consumer") => consumer(&args[2], Path::new(&args[3])),
         Some("stalled") => stalled(&args[2], Path::new(&args[3])),
@@ -194,6 +197,8 @@ fn stalled(name: &str, dir: &Path) -> Result<()> {
 /// out (also on an error).
 struct Cleanup {
     name: String,
+    /// Leave the segment in place.
+    keep: bool,
     dir: PathBuf,
     children: Vec<Child>,
 }
@@ -204,7 +209,9 @@ impl Drop for Cleanup {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = Queue::unlink_shm(&self.name);
+        if !self.keep {
+            let _ = Queue::unlink_shm(&self.name);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -227,11 +234,17 @@ fn read_words(path: &Path) -> Result<Vec<u64>> {
         .collect())
 }
 
-fn tour() -> Result<()> {
-    let name = format!("tour-{}", std::process::id());
-    let dir = std::env::temp_dir().join(&name);
+fn tour(keep: bool) -> Result<()> {
+    let name = if keep {
+        let _ = Queue::unlink_shm("tour"); // an earlier kept tour's
+        "tour".to_owned()
+    } else {
+        format!("tour-{}", std::process::id())
+    };
+    let dir = std::env::temp_dir().join(format!("ackring-tour-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut run = Cleanup {
+        keep,
         name: name.clone(),
         dir: dir.clone(),
         children: Vec::new(),
@@ -422,5 +435,8 @@ fn tour() -> Result<()> {
         return Err(format!("lost {lost:?}, acked twice {acked_twice}").into());
     }
     println!("\n  nothing lost, nothing acked twice.");
+    if keep {
+        println!("\n  segment kept: try `cargo run --release -- stat {name}` (or dlq, peek)");
+    }
     Ok(())
 }

@@ -6,10 +6,25 @@
 //! backoff, a dead-letter queue, TTL, dedup) at the latency of a lock-free ring, both inside
 //! one process and between sibling processes sharing a memory segment.
 //!
-//! This release provides the core everything else stands on:
-//! - [`Ring<T>`]: a bounded lock-free MPMC FIFO (Vyukov's algorithm) with batch operations;
-//! - [`TokenRing`]: the same algorithm over caller-provided memory, carrying `u64` tokens,
-//!   the building block of the shared-memory queue.
+//! - [`Queue`]: the reliable queue. Publish with ids (dedup), TTL and delay; receive under
+//!   a lease; ack, nack (retry with backoff), reject, extend; dead letters you can list,
+//!   pop and redrive; stats. In one process ([`Queue::new`]) or shared by processes
+//!   through a segment ([`Queue::create_shm`], [`Queue::open_shm`], or a file that
+//!   outlives a reboot), where a process killed at any instruction leaves nothing stuck.
+//! - [`Ring<T>`]: the bounded lock-free MPMC FIFO underneath (Vyukov's algorithm) with
+//!   batch operations, usable on its own.
+//! - [`TokenRing`]: the same algorithm over caller-provided memory, carrying `u64` tokens.
+//!
+//! ```
+//! use ackring::{Queue, QueueConfig};
+//!
+//! let queue = Queue::new(QueueConfig::new(1024, 64))?;
+//! let id = queue.publish(b"order 17")?;
+//! let delivery = queue.try_receive().expect("a ready message");
+//! assert_eq!((delivery.id(), delivery.payload()), (id, &b"order 17"[..]));
+//! delivery.ack()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 //!
 //! ```
 //! let ring = ackring::Ring::new(1024)?;

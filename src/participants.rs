@@ -101,15 +101,20 @@ fn this_process() -> Process {
     }
 }
 
-/// A process's start time, if it exists (and its `/proc` entry can be read).
+/// A process's start time, if it exists and still runs (a zombie, killed and not yet
+/// reaped by its parent, runs no more code: it counts as gone) and its `/proc` entry can be
+/// read.
 fn start_time(pid: u32) -> Option<u64> {
     #[cfg(all(target_os = "linux", not(miri), not(loom)))]
     {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         // The command name (field 2) is in parentheses and may hold anything: fields
         // resume after the last ')'. Field 22 is then the 20th after it.
-        let after = &stat[stat.rfind(')')? + 1..];
-        after.split_whitespace().nth(19)?.parse().ok()
+        let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+        if matches!(fields.next(), Some("Z" | "X" | "x")) {
+            return None; // state (field 3): zombie or dead
+        }
+        fields.nth(18)?.parse().ok()
     }
     #[cfg(not(all(target_os = "linux", not(miri), not(loom))))]
     {
@@ -344,6 +349,31 @@ impl<'r> Participants<'r> {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
+    #[cfg(not(miri))]
+    #[test]
+    fn a_killed_process_is_gone_before_its_parent_reaps_it() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        assert!(
+            super::start_time(pid).is_some(),
+            "a running process has a start time"
+        );
+        child.kill().unwrap();
+        // Not reaped yet: a zombie, which the kernel marks so once the signal is handled.
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while super::start_time(pid).is_some() {
+            assert!(
+                std::time::Instant::now() < give_up,
+                "a zombie counted as alive"
+            );
+            std::thread::yield_now();
+        }
+        child.wait().unwrap();
+    }
+
     use super::*;
 
     fn table(n: usize) -> Vec<Participant> {

@@ -242,6 +242,16 @@ fn corrupt_segments_are_refused_with_what_is_wrong() {
         b
     });
     assert!(rebooted.is_ok(), "{rebooted:?}");
+    // Another pid namespace on this boot: its processes' pids mean nothing here.
+    let elsewhere = open_bytes(&path, &{
+        let mut b = good.clone();
+        word(&mut b, 45, 0x1234);
+        b
+    });
+    assert!(
+        matches!(&elsewhere, Err(ShmError::Incompatible { what }) if what.contains("pid namespace")),
+        "{elsewhere:?}"
+    );
 }
 
 #[test]

@@ -367,11 +367,11 @@ impl<C: Clock> Queue<C> {
         }
     }
 
-    /// Marks a rebased segment as this boot's (see `reboot`).
+    /// Marks a rebased segment as this boot's and pid namespace's (see `reboot`).
     #[cfg(not(loom))]
-    pub(crate) fn adopt_boot(&self, boot_id: [u64; 2]) {
+    pub(crate) fn adopt_host(&self, host: &crate::shm::Host) {
         if let Some(header) = self.region.segment_header() {
-            header.set_boot_id(boot_id);
+            header.adopt(host);
         }
     }
 

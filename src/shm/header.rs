@@ -5,8 +5,10 @@
 //!
 //! One `repr(C)` block of 64-bit words at offset 0 of the segment; the region follows at
 //! [`HEADER_BYTES`]. Every field is written once, by the creator, before `initialized`;
-//! nobody writes the header afterwards. Words are atomics only because other processes map
-//! them: any value may be read, and every one is checked on open.
+//! only the host words (boot id, pid namespace) are written again, by the first opener
+//! after a reboot, holding the file's lock (see `queue::reboot`). Words are atomics only
+//! because other processes map them: any value may be read, and every one is checked on
+//! open.
 //!
 //! | words   | field           | checked on open against                          |
 //! |---------|-----------------|--------------------------------------------------|
@@ -22,6 +24,7 @@
 //! | 39..41  | hash algorithm, seed | this build's                                |
 //! | 41..44  | created (Unix ns), boot id (2 words) |                             |
 //! | 44      | participant entries | this build's                                 |
+//! | 45      | pid namespace   | the opener's (its `/proc/self/ns/pid` inode), unless rebooted since |
 
 use std::time::Duration;
 
@@ -34,7 +37,7 @@ use crate::stats::STRIPES;
 use crate::sync::{AtomicU64, Ordering};
 use crate::wheel::{BUCKETS, LEVELS};
 
-use super::ShmError;
+use super::{Host, ShmError};
 
 /// `b"ACKRING\0"` read as a little-endian word.
 const MAGIC: u64 = u64::from_le_bytes(*b"ACKRING\0");
@@ -45,15 +48,15 @@ const BYTE_ORDER: u64 = 0x0102_0304_0506_0708;
 const INITIALIZED: u64 = 0x494e_4954_4445_4f4e; // "INITDEON"
 /// The hash of ids shared through the segment: xxh3-64 for keys, splitmix64 for stripes.
 const HASH_ALGORITHM: u64 = 1;
-pub(crate) const WORDS: usize = 45;
+pub(crate) const WORDS: usize = 46;
 /// Bytes of the header; the region starts here.
 pub(crate) const HEADER_BYTES: usize = (WORDS * 8).next_multiple_of(SECTION_ALIGN);
 
-/// Word indices (see the table in the module docs).
 /// The header word where the boot id starts (tests fake a reboot by patching it).
 #[cfg(test)]
 pub(crate) const BOOT_ID_WORD: usize = at::BOOT_ID;
 
+/// Word indices (see the table in the module docs).
 mod at {
     pub(super) const MAGIC: usize = 0;
     pub(super) const VERSION: usize = 1;
@@ -71,6 +74,7 @@ mod at {
     pub(super) const CREATED: usize = 41;
     pub(super) const BOOT_ID: usize = 42;
     pub(super) const PARTICIPANTS: usize = 44;
+    pub(super) const PID_NAMESPACE: usize = 45;
 }
 
 /// The header's words in a mapped segment.
@@ -123,7 +127,7 @@ impl<'s> Header<'s> {
     }
 
     /// Writes every field but `initialized` for a queue of `config` laid out as `layout`.
-    pub(crate) fn write(&self, config: &QueueConfig, layout: &Layout, boot_id: [u64; 2]) {
+    pub(crate) fn write(&self, config: &QueueConfig, layout: &Layout, host: &Host) {
         self.set(at::MAGIC, MAGIC);
         self.set(at::VERSION, FORMAT_VERSION);
         self.set(at::BYTE_ORDER, BYTE_ORDER);
@@ -157,8 +161,9 @@ impl<'s> Header<'s> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, nanos);
         self.set(at::CREATED, created);
-        self.set(at::BOOT_ID, boot_id[0]);
-        self.set(at::BOOT_ID + 1, boot_id[1]);
+        self.set(at::BOOT_ID, host.boot_id[0]);
+        self.set(at::BOOT_ID + 1, host.boot_id[1]);
+        self.set(at::PID_NAMESPACE, host.pid_namespace);
     }
 
     /// Marks the segment ready: the last store of its creation (release: whoever sees it
@@ -167,11 +172,12 @@ impl<'s> Header<'s> {
         self.words[at::INITIALIZED].store(INITIALIZED, Ordering::Release);
     }
 
-    /// Marks the segment as this boot's (after rebasing it; release: an opener that reads
-    /// the new id with acquire sees the rebased segment).
-    pub(crate) fn set_boot_id(&self, boot_id: [u64; 2]) {
-        self.words[at::BOOT_ID].store(boot_id[0], Ordering::Release);
-        self.words[at::BOOT_ID + 1].store(boot_id[1], Ordering::Release);
+    /// Marks the segment as this host's (after rebasing it; release, boot id last: an
+    /// opener that reads the new id with acquire sees the rebased segment).
+    pub(crate) fn adopt(&self, host: &Host) {
+        self.words[at::PID_NAMESPACE].store(host.pid_namespace, Ordering::Release);
+        self.words[at::BOOT_ID].store(host.boot_id[0], Ordering::Release);
+        self.words[at::BOOT_ID + 1].store(host.boot_id[1], Ordering::Release);
     }
 
     /// The boot id the segment was created under (or last rebased to).
@@ -180,6 +186,11 @@ impl<'s> Header<'s> {
             self.words[at::BOOT_ID].load(Ordering::Acquire),
             self.words[at::BOOT_ID + 1].load(Ordering::Acquire),
         ]
+    }
+
+    /// The pid namespace of the segment's processes (0: unknown).
+    pub(crate) fn pid_namespace(&self) -> u64 {
+        self.words[at::PID_NAMESPACE].load(Ordering::Acquire)
     }
 
     /// Checks every field against this build and against each other, and returns the

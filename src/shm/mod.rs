@@ -124,6 +124,25 @@ pub fn segment_path(name: &str) -> Result<PathBuf, ShmError> {
     Ok(Path::new(SHM_DIR).join(format!("{PREFIX}{name}")))
 }
 
+/// Where the processes sharing a segment run: liveness (pid + start time) and deadlines
+/// (the monotonic clock) mean something only within one boot and one pid namespace.
+pub(crate) struct Host {
+    pub(crate) boot_id: [u64; 2],
+    /// The inode of `/proc/self/ns/pid` (0 if unknown): processes in another pid namespace
+    /// have other pids, so none could tell whether the others are alive.
+    pub(crate) pid_namespace: u64,
+}
+
+impl Host {
+    pub(crate) fn current() -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            boot_id: boot_id(),
+            pid_namespace: std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino()),
+        }
+    }
+}
+
 /// The host's boot id (`/proc/sys/kernel/random/boot_id`) as two words, zero if unknown.
 pub(crate) fn boot_id() -> [u64; 2] {
     let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
@@ -237,7 +256,7 @@ impl Queue<MonotonicClock> {
             .map_err(|e| ShmError::from_io(e.into(), &temporary))?;
             let mapping = Mapping::map(&file, &temporary)?;
             let head = mapping.header()?;
-            head.write(&config, &layout, boot_id());
+            head.write(&config, &layout, &Host::current());
             let region = Region::in_mapping(mapping, &layout).map_err(|_| ShmError::Corrupt {
                 what: "the new segment is smaller than its layout",
             })?;
@@ -275,7 +294,8 @@ impl Queue<MonotonicClock> {
         let mapping = Mapping::map(&file, path)?;
         let head = mapping.header()?;
         let (config, layout) = head.read(mapping.len())?;
-        let host_boot = boot_id();
+        let host = Host::current();
+        let host_boot = host.boot_id;
         if host_boot == [0, 0] && head.boot_id() != [0, 0] {
             // Without the host's boot id, a segment from before a reboot cannot be told
             // from one of this boot, and attaching to one unrebased would be wrong.
@@ -300,13 +320,26 @@ impl Queue<MonotonicClock> {
         } else {
             Attach::Existing
         };
+        let their_namespace = head.pid_namespace();
+        if attach == Attach::Existing
+            && their_namespace != 0
+            && host.pid_namespace != 0
+            && their_namespace != host.pid_namespace
+        {
+            // Its participants' pids mean other processes here: every one would look dead,
+            // and recovery would take their messages from under them.
+            return Err(ShmError::Incompatible {
+                what: "the segment's processes run in another pid namespace (container), \
+                       where their liveness cannot be checked",
+            });
+        }
         let region = Region::in_mapping(mapping, &layout).map_err(|_| ShmError::Corrupt {
             what: "the segment is smaller than its layout",
         })?;
         let queue = Queue::on_region(config, region, MonotonicClock, attach)
             .ok_or(ShmError::TooManyParticipants)?;
         if attach == Attach::AfterReboot {
-            queue.adopt_boot(host_boot); // last: the segment is this boot's now
+            queue.adopt_host(&host); // last: the segment is this boot's now
         }
         Ok(queue)
     }
