@@ -38,6 +38,7 @@
 //! wheel exactly while the bit is set.
 
 use std::cell::UnsafeCell;
+use std::sync::atomic::AtomicU64 as StdAtomicU64;
 
 use crate::sync::{prefetch_write, AtomicU64, Ordering};
 
@@ -381,26 +382,60 @@ impl<'r> MessageStore<'r> {
         }
     }
 
-    /// Copies `bytes` into the slot's payload area.
-    ///
-    /// # Safety
-    /// The caller moved the slot to `Writing` and has not moved it on: no one else reads or
-    /// writes these bytes. `bytes.len() <= max_payload` and `slot < capacity`.
-    pub(crate) unsafe fn write_payload(&self, slot: u32, bytes: &[u8]) {
-        debug_assert!(bytes.len() <= self.lines_per_slot * 64);
-        // SAFETY: the caller has exclusive access to this slot's bytes (see above), and
-        // `bytes.len() <= max_payload <= lines_per_slot * 64` bytes lie behind the start.
+    /// The slot's payload lines as words, for atomic access: in a shared segment another
+    /// process may write these bytes at any time (only a broken or hostile one would, but
+    /// it could), and an atomic access racing with a write is no undefined behaviour.
+    /// (`std`'s atomics even under loom, which does not model payload bytes.)
+    fn payload_words(&self, slot: u32) -> &'r [StdAtomicU64] {
+        let first = slot as usize * self.lines_per_slot;
+        let lines: &'r [PayloadLine] = &self.payloads[first..first + self.lines_per_slot];
+        // SAFETY: the lines are one run of `lines_per_slot * 64` bytes (`PayloadLine` is
+        // `repr(C, align(64))` around the cell, no gaps), 8-aligned, borrowed for 'r, and
+        // inside `UnsafeCell`s, so shared mutation through atomics is allowed; `AtomicU64`
+        // has the size and alignment of `u64`, and any bit pattern is a valid one.
         unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.payload_start(slot), bytes.len())
-        };
+            std::slice::from_raw_parts(
+                UnsafeCell::raw_get(lines.as_ptr().cast::<UnsafeCell<[u8; 64]>>())
+                    .cast::<StdAtomicU64>()
+                    .cast_const(),
+                self.lines_per_slot * 8,
+            )
+        }
     }
 
-    /// The slot's first `len` payload bytes.
+    /// Copies `bytes` into the slot's payload area (the caller holds the slot in
+    /// `Writing`; `bytes` longer than the slot's lines are cut short, which `publish`
+    /// rules out beforehand). The tail of the last word is zero-filled.
+    pub(crate) fn write_payload(&self, slot: u32, bytes: &[u8]) {
+        for (word, chunk) in self.payload_words(slot).iter().zip(bytes.chunks(8)) {
+            let mut padded = [0u8; 8];
+            padded[..chunk.len()].copy_from_slice(chunk);
+            word.store(
+                u64::from_ne_bytes(padded),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Copies the slot's first `out.len()` payload bytes (at most the slot's lines) into
+    /// `out` with atomic loads: sound whatever another process does to the bytes meanwhile.
+    pub(crate) fn copy_payload(&self, slot: u32, out: &mut [u8]) {
+        for (word, chunk) in self.payload_words(slot).iter().zip(out.chunks_mut(8)) {
+            let bytes = word
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .to_ne_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+    }
+
+    /// The slot's first `len` payload bytes, borrowed.
     ///
     /// # Safety
-    /// The caller holds a pin on the slot, taken by a transition that acquired the word
-    /// after the publisher's `Writing -> Ready | Delayed`, and `len <= max_payload`. While
-    /// pinned the slot is not freed to the free ring, so no publisher writes these bytes.
+    /// The region is this process's alone (a shared segment's bytes may be written by a
+    /// process that breaks the protocol: use [`copy_payload`](Self::copy_payload)). The
+    /// caller holds a pin on the slot, taken by a transition that acquired the word after
+    /// the publisher's `Writing -> Ready | Delayed`, and `len <= max_payload`. While pinned
+    /// the slot is not freed to the free ring, so no publisher writes these bytes.
     pub(crate) unsafe fn payload(&self, slot: u32, len: usize) -> &'r [u8] {
         debug_assert!(len <= self.lines_per_slot * 64);
         // SAFETY: no writer while pinned (see above); the bytes are initialized (zeroed at
@@ -499,8 +534,7 @@ mod tests {
                 })
             })
             .unwrap();
-        // SAFETY: we hold the slot in Writing; the payload fits.
-        unsafe { store.write_payload(slot, payload) };
+        store.write_payload(slot, payload); // we hold the slot in Writing; it fits
         store
             .transition(slot, Word::new(State::Writing, generation), |w| {
                 Some(Word {
@@ -527,6 +561,26 @@ mod tests {
         };
         assert_eq!(Word::unpack(no_timer.pack()), Some(no_timer));
         assert_eq!(Word::unpack(7), None, "no state 7");
+    }
+
+    #[test]
+    fn payloads_of_every_length_copy_back_whole_and_alone() {
+        // Two slots of two lines: a payload's words never reach into the next slot's.
+        let owned = OwnedStore::new(2, 128);
+        let store = owned.store();
+        for len in 0..=128 {
+            let pattern: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            store.write_payload(1, &[0xee; 128]);
+            store.write_payload(0, &pattern);
+            let mut back = vec![0xaa; len];
+            store.copy_payload(0, &mut back);
+            assert_eq!(back, pattern, "length {len}");
+            let mut neighbour = [0; 128];
+            store.copy_payload(1, &mut neighbour);
+            assert_eq!(neighbour, [0xee; 128], "length {len} wrote past its slot");
+            // SAFETY: this test's store is its alone; nothing writes meanwhile.
+            assert_eq!(unsafe { store.payload(0, len) }, &pattern[..]);
+        }
     }
 
     #[test]

@@ -29,8 +29,10 @@ pub enum SettleError {
 /// retried after the backoff (dead-lettered after the last attempt),
 /// [`reject`](Self::reject) to dead-letter it now. [`extend`](Self::extend) pushes the lease
 /// deadline while working. **A `Delivery` dropped unsettled is a nack with the error text
-/// "dropped".** The payload is borrowed from the queue, not copied; it stays valid while the
-/// `Delivery` lives, even if the lease runs out meanwhile.
+/// "dropped".** In a queue of this process the payload is borrowed from the queue, not
+/// copied; it stays valid while the `Delivery` lives, even if the lease runs out meanwhile.
+/// From a shared segment it is copied at receive (with atomic loads), since a process that
+/// breaks the protocol could write the bytes under a borrow.
 pub struct Delivery<'q, C: Clock> {
     queue: &'q Queue<C>,
     pub(super) slot: u32,
@@ -39,6 +41,8 @@ pub struct Delivery<'q, C: Clock> {
     attempt: u32,
     id: MessageId,
     payload_len: usize,
+    /// The payload, copied, when the queue is in a shared segment.
+    copied: Option<CopiedPayload>,
     published_unix: u64,
     lease_deadline: u64,
     settled: bool,
@@ -56,14 +60,17 @@ impl<'q, C: Clock> Delivery<'q, C> {
         lease_deadline: u64,
     ) -> Self {
         let meta = queue.store().meta(slot).expect("leased slots are in range");
+        let payload_len =
+            (meta.payload_len.load(Ordering::Relaxed) as usize).min(queue.config().max_payload);
+        let copied = (!queue.trusted).then(|| CopiedPayload::of(queue, slot, payload_len));
         Self {
             queue,
             slot,
             receipt,
             attempt,
             id: MessageId(meta.id.load(Ordering::Relaxed)),
-            payload_len: (meta.payload_len.load(Ordering::Relaxed) as usize)
-                .min(queue.config().max_payload),
+            payload_len,
+            copied,
             published_unix: meta.published_unix.load(Ordering::Relaxed),
             lease_deadline,
             settled: false,
@@ -76,11 +83,15 @@ impl<'q, C: Clock> Delivery<'q, C> {
         self.id
     }
 
-    /// The payload, borrowed from the queue.
+    /// The payload (borrowed from the queue, or a copy from a shared segment).
     pub fn payload(&self) -> &[u8] {
-        // SAFETY: the lease transition that created this delivery pinned the slot after
-        // acquiring the publisher's release, and the pin is dropped only in `Drop`, so the
-        // slot is not reused (rewritten) while `self` lives; the length is clamped.
+        if let Some(copied) = &self.copied {
+            return copied.bytes();
+        }
+        // SAFETY: the region is this process's (`copied` is set for every shared one). The
+        // lease transition that created this delivery pinned the slot after acquiring the
+        // publisher's release, and the pin is dropped only in `Drop`, so the slot is not
+        // reused (rewritten) while `self` lives; the length is clamped.
         unsafe { self.queue.store().payload(self.slot, self.payload_len) }
     }
 
@@ -266,5 +277,36 @@ impl<C: Clock> std::fmt::Debug for Delivery<'_, C> {
             .field("payload_len", &self.payload_len)
             .field("lease_deadline", &self.lease_deadline)
             .finish_non_exhaustive()
+    }
+}
+
+/// Payloads up to this size are copied into the `Delivery` itself, larger ones to the heap.
+const INLINE_PAYLOAD: usize = 64;
+
+/// A payload copied out of a shared segment.
+enum CopiedPayload {
+    Inline([u8; INLINE_PAYLOAD], usize),
+    Heap(Box<[u8]>),
+}
+
+impl CopiedPayload {
+    fn of<C: Clock>(queue: &Queue<C>, slot: u32, len: usize) -> Self {
+        let store = queue.store();
+        if len <= INLINE_PAYLOAD {
+            let mut bytes = [0; INLINE_PAYLOAD];
+            store.copy_payload(slot, &mut bytes[..len]);
+            Self::Inline(bytes, len)
+        } else {
+            let mut bytes = vec![0; len].into_boxed_slice();
+            store.copy_payload(slot, &mut bytes);
+            Self::Heap(bytes)
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Inline(bytes, len) => &bytes[..*len],
+            Self::Heap(bytes) => bytes,
+        }
     }
 }

@@ -526,8 +526,8 @@ impl<C: Clock> Queue<C> {
             .store(self.unix_time(now), Ordering::Relaxed);
         let expires_at = ttl.map_or(u64::MAX, |ttl| now.saturating_add(nanos(ttl)));
         meta.expires_at.store(expires_at, Ordering::Relaxed);
-        // SAFETY: `claim_free_slot` moved the slot to Writing for us; the length was checked.
-        unsafe { self.store().write_payload(slot, payload) };
+        // `claim_free_slot` moved the slot to Writing for us; the length was checked.
+        self.store().write_payload(slot, payload);
         let delay = options.delay.map_or(0, nanos);
         if delay > 0 {
             let due = now.saturating_add(delay);
@@ -1132,9 +1132,10 @@ impl<C: Clock> Queue<C> {
         };
         let meta = self.store().meta(slot).ok()?;
         let len = (meta.payload_len.load(Ordering::Relaxed) as usize).min(self.config.max_payload);
-        // SAFETY: we pinned the slot after acquiring a word written after its payload was
-        // published; pinned, it is not reused, and `len` is clamped to `max_payload`.
-        let payload = unsafe { self.store().payload(slot, len) }.to_vec();
+        // Pinned after acquiring a word written after its payload was published, the slot
+        // is not reused; `len` is clamped to `max_payload`.
+        let mut payload = vec![0; len];
+        self.store().copy_payload(slot, &mut payload);
         let copy = Snapshot {
             id: MessageId(meta.id.load(Ordering::Relaxed)),
             payload,
