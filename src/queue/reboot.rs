@@ -155,15 +155,8 @@ mod tests {
             before
                 .publish_with(b"short ttl", with(4, Some(30 * MINUTE), None))
                 .unwrap();
-            // A publish cut short after its id was recorded.
-            let (slot, generation) = before.claim_free_slot().unwrap();
-            let meta = before.store().meta(slot).unwrap();
+            before.cut_publish_short(MessageId(5));
             let now = before.now();
-            meta.id.store(5, Ordering::Relaxed);
-            meta.published_at.store(now, Ordering::Relaxed);
-            meta.written_at_generation
-                .store(u64::from(generation), Ordering::Release);
-            before.dedup().unwrap().record(MessageId(5), now).unwrap();
             before.note_clock(now);
             let witness_unix = &before.recovery_words().clock_unix.0;
             witness_unix.fetch_sub(HOUR, Ordering::Relaxed);

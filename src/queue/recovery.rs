@@ -286,6 +286,25 @@ impl<C: Clock> Queue<C> {
 }
 
 #[cfg(all(test, not(loom), not(miri)))]
+impl<C: Clock> Queue<C> {
+    /// Leaves what a publisher killed mid-publish leaves: a slot in `Writing` (tagged as
+    /// ours) whose id is already recorded for dedup.
+    pub(crate) fn cut_publish_short(&self, id: crate::id::MessageId) {
+        let (slot, generation) = self.claim_free_slot().expect("a free slot");
+        let meta = self.store().meta(slot).expect("slot in range");
+        let now = self.now();
+        meta.id.store(id.0, Ordering::Relaxed);
+        meta.published_at.store(now, Ordering::Relaxed);
+        meta.written_at_generation
+            .store(u64::from(generation), Ordering::Release);
+        self.dedup()
+            .expect("dedup on")
+            .record(id, now)
+            .expect("a new id");
+    }
+}
+
+#[cfg(all(test, not(loom), not(miri)))]
 mod tests {
     use std::time::Duration;
 
@@ -333,14 +352,7 @@ mod tests {
         let victim = Queue::open_file(&segment.0).unwrap();
 
         // 1. Killed mid-publish, after recording its id for dedup.
-        let (writing, generation) = victim.claim_free_slot().unwrap();
-        let meta = victim.store().meta(writing).unwrap();
-        let now = victim.now();
-        meta.id.store(100, Ordering::Relaxed);
-        meta.published_at.store(now, Ordering::Relaxed);
-        meta.written_at_generation
-            .store(u64::from(generation), Ordering::Release);
-        victim.dedup().unwrap().record(MessageId(100), now).unwrap();
+        victim.cut_publish_short(MessageId(100));
 
         // 2. Killed between popping a ready token and leasing its message.
         survivor.publish_with(b"token lost", with_id(1)).unwrap();
