@@ -217,12 +217,17 @@ pub(crate) struct Sections<'r> {
 
 /// The memory a region lives in.
 enum Memory {
-    /// Zeroed heap memory, aligned to [`SECTION_ALIGN`] (a huge-page hint when large).
+    /// Zeroed heap memory, aligned to [`SECTION_ALIGN`].
     #[cfg(not(loom))]
     Heap {
         start: NonNull<u8>,
         layout: std::alloc::Layout,
     },
+    /// A private anonymous mapping with a transparent-huge-page hint, for large regions:
+    /// the kernel hands out zeroed pages on first touch, so the hint is given before any
+    /// page exists (an allocator's zeroing would touch every page first, as 4 KiB pages).
+    #[cfg(not(loom))]
+    Anonymous(#[allow(dead_code, reason = "owned: unmapped on drop")] memmap2::MmapRaw),
     /// A mapped segment file (the segment header first, then the region).
     #[cfg(not(loom))]
     Mapped(crate::shm::Mapping),
@@ -255,7 +260,7 @@ impl Drop for Memory {
 
 /// Regions this large get a transparent-huge-page hint: their sections are reached at random
 /// (a hash table, slots in any order), and 4 KiB pages would make each reach a TLB miss.
-#[cfg(not(loom))]
+#[cfg(all(not(loom), not(miri)))]
 const HUGE_PAGE: usize = 2 << 20;
 
 impl Region {
@@ -264,28 +269,16 @@ impl Region {
         let layout = Layout::new(shape, 0)?;
         #[cfg(not(loom))]
         {
-            let align = if layout.size >= HUGE_PAGE {
-                HUGE_PAGE
-            } else {
-                SECTION_ALIGN
-            };
+            #[cfg(not(miri))]
+            if layout.size >= HUGE_PAGE {
+                return Self::on_huge_pages(&layout);
+            }
             let alloc_layout =
-                std::alloc::Layout::from_size_align(layout.size.max(SECTION_ALIGN), align)
+                std::alloc::Layout::from_size_align(layout.size.max(SECTION_ALIGN), SECTION_ALIGN)
                     .map_err(|_| TooLarge)?;
             // SAFETY: the layout has a non-zero size.
             let start =
                 NonNull::new(unsafe { std::alloc::alloc_zeroed(alloc_layout) }).ok_or(TooLarge)?;
-            #[cfg(all(target_os = "linux", not(miri)))]
-            if align == HUGE_PAGE {
-                // SAFETY: the range is our own fresh allocation; advice changes no contents.
-                let _ = unsafe {
-                    rustix::mm::madvise(
-                        start.as_ptr().cast(),
-                        alloc_layout.size(),
-                        rustix::mm::Advice::LinuxHugepage,
-                    )
-                };
-            }
             let memory = Memory::Heap {
                 start,
                 layout: alloc_layout,
@@ -307,6 +300,34 @@ impl Region {
                 _memory: Memory::Typed(typed),
             })
         }
+    }
+
+    /// A zeroed region of `layout` in a fresh anonymous mapping, starting on a huge-page
+    /// boundary (so every whole 2 MiB of it can be one huge page).
+    #[cfg(all(not(loom), not(miri)))]
+    fn on_huge_pages(layout: &Layout) -> Result<Self, TooLarge> {
+        let map = memmap2::MmapOptions::new()
+            .len(layout.size.checked_add(HUGE_PAGE).ok_or(TooLarge)?)
+            .map_anon()
+            .map_err(|_| TooLarge)?;
+        #[cfg(target_os = "linux")]
+        {
+            // Only a hint: without huge pages the queue works the same, a little slower.
+            let _ = map.advise(memmap2::Advice::HugePage);
+        }
+        let map = memmap2::MmapRaw::from(map);
+        let skip = map.as_mut_ptr().align_offset(HUGE_PAGE);
+        // SAFETY: `skip` < HUGE_PAGE, and the mapping is HUGE_PAGE bytes longer than the
+        // region, so the offset stays inside it.
+        let start = NonNull::new(unsafe { map.as_mut_ptr().add(skip) }).ok_or(TooLarge)?;
+        // SAFETY: from `start` on, the mapping has at least `layout.size` bytes, zeroed by
+        // the kernel, aligned to HUGE_PAGE (so to SECTION_ALIGN); it is owned by the region
+        // (mapped until the region is dropped) and only ever accessed shared.
+        let raw = unsafe { RawSections::carve(start, map.len() - skip, layout) }?;
+        Ok(Self {
+            raw,
+            _memory: Memory::Anonymous(map),
+        })
     }
 
     /// The region of `layout` in a mapped segment (header first); sections not checked
@@ -332,7 +353,7 @@ impl Region {
     pub(crate) fn segment_header(&self) -> Option<crate::shm::header::Header<'_>> {
         match &self._memory {
             Memory::Mapped(mapping) => mapping.header().ok(),
-            Memory::Heap { .. } => None,
+            Memory::Heap { .. } | Memory::Anonymous(_) => None,
         }
     }
 

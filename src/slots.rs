@@ -407,9 +407,21 @@ impl<'r> MessageStore<'r> {
     /// `Writing`; `bytes` longer than the slot's lines are cut short, which `publish`
     /// rules out beforehand). The tail of the last word is zero-filled.
     pub(crate) fn write_payload(&self, slot: u32, bytes: &[u8]) {
-        for (word, chunk) in self.payload_words(slot).iter().zip(bytes.chunks(8)) {
+        let words = self.payload_words(slot);
+        let whole = bytes.chunks_exact(8);
+        let tail = whole.remainder();
+        let mut words = words.iter();
+        // The chunks first: `zip` stops at their end without taking a word for it.
+        for (chunk, word) in whole.zip(words.by_ref()) {
+            let chunk: [u8; 8] = chunk.try_into().expect("chunks_exact(8) yields 8 bytes");
+            word.store(
+                u64::from_ne_bytes(chunk),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        if let (Some(word), false) = (words.next(), tail.is_empty()) {
             let mut padded = [0u8; 8];
-            padded[..chunk.len()].copy_from_slice(chunk);
+            padded[..tail.len()].copy_from_slice(tail);
             word.store(
                 u64::from_ne_bytes(padded),
                 std::sync::atomic::Ordering::Relaxed,
@@ -420,11 +432,21 @@ impl<'r> MessageStore<'r> {
     /// Copies the slot's first `out.len()` payload bytes (at most the slot's lines) into
     /// `out` with atomic loads: sound whatever another process does to the bytes meanwhile.
     pub(crate) fn copy_payload(&self, slot: u32, out: &mut [u8]) {
-        for (word, chunk) in self.payload_words(slot).iter().zip(out.chunks_mut(8)) {
+        let mut words = self.payload_words(slot).iter();
+        let mut whole = out.chunks_exact_mut(8);
+        // The chunks first: `zip` stops at their end without taking a word for it.
+        for (chunk, word) in whole.by_ref().zip(words.by_ref()) {
             let bytes = word
                 .load(std::sync::atomic::Ordering::Relaxed)
                 .to_ne_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
+            chunk.copy_from_slice(&bytes);
+        }
+        let tail = whole.into_remainder();
+        if let (Some(word), false) = (words.next(), tail.is_empty()) {
+            let bytes = word
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .to_ne_bytes();
+            tail.copy_from_slice(&bytes[..tail.len()]);
         }
     }
 

@@ -87,8 +87,8 @@ impl<'r> Counters<'r> {
     /// Counts one `counter` event.
     #[inline]
     pub(crate) fn bump(&self, counter: Counter) {
-        let stripe = this_thread_stripe() % self.stripes.len().max(1);
-        if let Some(stripe) = self.stripes.get(stripe) {
+        // A region's counters are STRIPES stripes (a power of two): a mask, not a division.
+        if let Some(stripe) = self.stripes.get(this_thread_stripe() & (STRIPES - 1)) {
             stripe.0[counter as usize].fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -921,6 +921,7 @@ impl<C: Clock> Queue<C> {
 
     /// Runs the wheel if a tick has passed and no one else is running it; returns whether
     /// this call ran it.
+    #[inline]
     fn run_timers(&self, now: u64) -> bool {
         let ran = self.wheel().advance(now, |node, now| self.fire(node, now));
         if ran {
