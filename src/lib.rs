@@ -51,7 +51,8 @@ mod wheel;
 pub use clock::MonotonicClock;
 pub use id::MessageId;
 pub use queue::{
-    Delivery, PublishError, PublishOptions, Queue, QueueConfig, ReadyMessage, SettleError,
+    BatchPublishError, Delivery, PublishError, PublishOptions, Queue, QueueConfig, ReadyMessage,
+    SettleError,
 };
 pub use ring::{Ring, TokenRing};
 

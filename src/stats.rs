@@ -87,9 +87,15 @@ impl<'r> Counters<'r> {
     /// Counts one `counter` event.
     #[inline]
     pub(crate) fn bump(&self, counter: Counter) {
+        self.add(counter, 1);
+    }
+
+    /// Counts `count` at once (a batch).
+    #[inline]
+    pub(crate) fn add(&self, counter: Counter, count: u64) {
         // A region's counters are STRIPES stripes (a power of two): a mask, not a division.
         if let Some(stripe) = self.stripes.get(this_thread_stripe() & (STRIPES - 1)) {
-            stripe.0[counter as usize].fetch_add(1, Ordering::Relaxed);
+            stripe.0[counter as usize].fetch_add(count, Ordering::Relaxed);
         }
     }
 

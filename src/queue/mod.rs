@@ -27,11 +27,13 @@
 //! most once per [`timer_tick`](QueueConfig::timer_tick). TTL is enforced when a receive
 //! reaches the message, so an expired message is never delivered.
 
+mod batch;
 mod config;
 mod delivery;
 mod reboot;
 pub(crate) mod recovery;
 
+pub use batch::BatchPublishError;
 pub use config::{ConfigError, ExpiryPolicy, FullPolicy, QueueConfig, RetryBackoff};
 pub use delivery::{Delivery, SettleError};
 
@@ -126,6 +128,26 @@ pub struct PublishOptions {
     pub ttl: Option<Duration>,
     /// Not deliverable before this much time has passed.
     pub delay: Option<Duration>,
+}
+
+/// A message on its way into a slot: what `fill` writes.
+#[derive(Clone, Copy)]
+struct Outgoing<'p> {
+    id: MessageId,
+    payload: &'p [u8],
+    ttl: Option<Duration>,
+    delay: Option<Duration>,
+}
+
+/// What came of leasing a popped ready token.
+enum Lease<'q, C: Clock> {
+    /// The message, leased.
+    Taken(Delivery<'q, C>),
+    /// A stale token (dropped) or an expired message (dead-lettered or dropped): pop again.
+    Skipped,
+    /// 255 live deliveries still borrow the slot's payload: the token went back to the
+    /// ready ring; stop receiving for now.
+    Pinned,
 }
 
 /// Why a publish was refused. Nothing was enqueued.
@@ -473,6 +495,39 @@ impl<C: Clock> Queue<C> {
         payload: &[u8],
         options: PublishOptions,
     ) -> Result<MessageId, PublishError> {
+        let ttl = self.admit(payload, &options)?;
+        let now = self.now();
+        self.run_timers(now);
+        let id = options.id.unwrap_or_else(|| self.ids.id());
+        if let Some(dedup) = self.dedup() {
+            dedup.prefetch(id); // its stripe loads while we claim a slot
+        }
+        let Some(claimed) = self.claim_free_slot_per_policy() else {
+            return Err(PublishError::Full {
+                capacity: self.config.capacity,
+            });
+        };
+        let message = Outgoing {
+            id,
+            payload,
+            ttl,
+            delay: options.delay,
+        };
+        self.fill(claimed, &message, now)?;
+        self.ready_signal().notify(); // a receiver may be asleep
+        self.counters().bump(Counter::Published);
+        if options.id.is_none() {
+            self.prefetch_next_generated_id();
+        }
+        Ok(id)
+    }
+
+    /// Checks what can be checked of a message before it takes a slot; returns its TTL.
+    fn admit(
+        &self,
+        payload: &[u8],
+        options: &PublishOptions,
+    ) -> Result<Option<Duration>, PublishError> {
         if payload.len() > self.config.max_payload {
             return Err(PublishError::PayloadTooLarge {
                 len: payload.len(),
@@ -483,19 +538,28 @@ impl<C: Clock> Queue<C> {
         if ttl.is_some_and(|ttl| ttl.is_zero()) {
             return Err(PublishError::AlreadyExpired);
         }
-        let now = self.now();
-        self.run_timers(now);
-        let id = options.id.unwrap_or_else(|| self.ids.id());
-        if let Some(dedup) = self.dedup() {
-            dedup.prefetch(id); // its stripe loads while we claim a slot
+        Ok(ttl)
+    }
+
+    /// A producer of generated ids publishes again soon: its next id's dedup stripe (a
+    /// cache miss in a large table) loads meanwhile, off the next publish's path.
+    fn prefetch_next_generated_id(&self) {
+        if let (Some(dedup), Some(next)) = (self.dedup(), self.ids.peek_next_id()) {
+            dedup.prefetch(next);
         }
-        let Some((slot, generation)) = self.claim_free_slot_per_policy() else {
-            return Err(PublishError::Full {
-                capacity: self.config.capacity,
-            });
-        };
+    }
+
+    /// Writes `message` into a slot we claimed (in `Writing`) and queues it: ready (its
+    /// token pushed, no sleeper woken yet: the caller notifies) or delayed. On a dedup
+    /// refusal the slot is freed again and nothing is queued.
+    fn fill(
+        &self,
+        (slot, generation): (u32, u32),
+        message: &Outgoing<'_>,
+        now: u64,
+    ) -> Result<(), PublishError> {
         let meta = self.store().meta(slot).expect("claimed slots are in range");
-        meta.id.store(id.0, Ordering::Relaxed);
+        meta.id.store(message.id.0, Ordering::Relaxed);
         meta.published_at.store(now, Ordering::Relaxed);
         // Crash recovery forgets the id of a publish that died from here on (see `recovery`).
         meta.written_at_generation
@@ -503,13 +567,8 @@ impl<C: Clock> Queue<C> {
         // The id is recorded only with a slot in hand, so "duplicate" is never said of an id
         // whose first publish then failed for want of room.
         if let Some(dedup) = self.dedup() {
-            if let Err(error) = dedup.record(id, now) {
-                let freed = self
-                    .store()
-                    .transition_from(slot, State::Writing, generation, |w| Some(w.freed()));
-                if let Ok(freed) = freed {
-                    self.release_if_unpinned(slot, freed);
-                }
+            if let Err(error) = dedup.record(message.id, now) {
+                self.abandon_claim((slot, generation));
                 return Err(match error {
                     DedupError::Duplicate { id } => {
                         self.counters().bump(Counter::Duplicates);
@@ -520,15 +579,17 @@ impl<C: Clock> Queue<C> {
             }
         }
         meta.payload_len
-            .store(payload.len() as u64, Ordering::Relaxed);
+            .store(message.payload.len() as u64, Ordering::Relaxed);
         meta.attempts.store(0, Ordering::Relaxed);
         meta.published_unix
             .store(self.unix_time(now), Ordering::Relaxed);
-        let expires_at = ttl.map_or(u64::MAX, |ttl| now.saturating_add(nanos(ttl)));
+        let expires_at = message
+            .ttl
+            .map_or(u64::MAX, |ttl| now.saturating_add(nanos(ttl)));
         meta.expires_at.store(expires_at, Ordering::Relaxed);
-        // `claim_free_slot` moved the slot to Writing for us; the length was checked.
-        self.store().write_payload(slot, payload);
-        let delay = options.delay.map_or(0, nanos);
+        // `claim_free_slot` moved the slot to Writing for us; `admit` checked the length.
+        self.store().write_payload(slot, message.payload);
+        let delay = message.delay.map_or(0, nanos);
         if delay > 0 {
             let due = now.saturating_add(delay);
             meta.due_at.store(due, Ordering::Relaxed);
@@ -538,17 +599,20 @@ impl<C: Clock> Queue<C> {
             self.end_scheduling();
         } else {
             self.move_slot(slot, generation, State::Ready);
-            self.push_ready(slot, generation);
+            let pushed = push(self.ready(), token(slot, generation));
+            self.invariant(pushed, "ready ring holds every slot");
         }
-        self.counters().bump(Counter::Published);
-        // A producer of generated ids publishes again soon: its next id's dedup stripe (a
-        // cache miss in a large table) loads meanwhile, off the next publish's path.
-        if let (None, Some(dedup)) = (options.id, self.dedup()) {
-            if let Some(next) = self.ids.peek_next_id() {
-                dedup.prefetch(next);
-            }
+        Ok(())
+    }
+
+    /// Frees a slot we claimed but will not fill.
+    fn abandon_claim(&self, (slot, generation): (u32, u32)) {
+        let freed = self
+            .store()
+            .transition_from(slot, State::Writing, generation, |w| Some(w.freed()));
+        if let Ok(freed) = freed {
+            self.release_if_unpinned(slot, freed);
         }
-        Ok(id)
     }
 
     /// A free slot now, or (with `FullPolicy::Block`) once one frees up within the timeout.
@@ -567,24 +631,27 @@ impl<C: Clock> Queue<C> {
     /// Takes a free slot into `Writing`, dropping stale free tokens.
     fn claim_free_slot(&self) -> Option<(u32, u32)> {
         while let Some(free) = pop(self.free()) {
-            let Some((slot, generation)) = self.resolve(free, State::Free) else {
-                continue;
-            };
-            if self
-                .store()
-                .transition_from(slot, State::Free, generation, |w| {
-                    Some(Word {
-                        state: State::Writing,
-                        version: self.owner_tag.0, // who to free it from if it dies
-                        ..w
-                    })
-                })
-                .is_ok()
-            {
-                return Some((slot, generation));
+            if let Some(claimed) = self.claim_token(free) {
+                return Some(claimed);
             }
         }
         None
+    }
+
+    /// Takes the slot a popped free token names into `Writing`; `None` for a stale token
+    /// (dropped).
+    pub(crate) fn claim_token(&self, free: u32) -> Option<(u32, u32)> {
+        let (slot, generation) = self.resolve(free, State::Free)?;
+        self.store()
+            .transition_from(slot, State::Free, generation, |w| {
+                Some(Word {
+                    state: State::Writing,
+                    version: self.owner_tag.0, // who to free it from if it dies
+                    ..w
+                })
+            })
+            .ok()
+            .map(|_| (slot, generation))
     }
 
     /// Moves a slot we hold in `Writing` to `to`. (Only its pins, from deliveries of its
@@ -634,107 +701,125 @@ impl<C: Clock> Queue<C> {
     /// Receives the oldest ready message, if any, leasing it for the visibility timeout.
     /// Expired messages met on the way are dead-lettered (or dropped, per policy).
     pub fn try_receive(&self) -> Option<Delivery<'_, C>> {
-        let mut now = self.now();
-        if self.run_timers(now) {
-            now = self.now(); // a run takes time: judge TTLs by the clock after it
-        }
+        let now = self.run_timers_then_now();
         while let Some(ready) = pop(self.ready()) {
-            let (slot, generation_bits) = split(ready);
-            self.store().prefetch(slot); // header and payload misses overlap
-            let Ok(meta) = self.store().meta(slot) else {
-                continue;
-            };
-            let Ok(seen) = self.store().load(slot) else {
-                continue;
-            };
-            if seen.state != State::Ready || seen.generation as u8 != generation_bits {
-                continue; // stale token: whoever moved the slot on owns it now
+            self.store().prefetch(split(ready).0); // header and payload misses overlap
+            match self.lease(ready, now) {
+                Lease::Taken(delivery) => return Some(delivery),
+                Lease::Skipped => continue,
+                Lease::Pinned => return None,
             }
-            let generation = seen.generation;
-            if now >= meta.expires_at.load(Ordering::Relaxed) {
-                self.expire(slot, generation);
-                continue;
-            }
-            // We hold the slot's only ready token: its fields are ours to write until the
-            // CAS below hands them to the lease.
-            // Saturating: a corrupt count must not overflow (and attempts are reported as u32).
-            let attempt = meta
-                .attempts
-                .load(Ordering::Relaxed)
-                .saturating_add(1)
-                .min(u64::from(u32::MAX));
-            let due = now.saturating_add(nanos(self.config.visibility_timeout));
-            meta.attempts.store(attempt, Ordering::Relaxed);
-            meta.due_at.store(due, Ordering::Relaxed);
-            // The pin is counted before the CAS that takes it, and a lease timer this
-            // lease must link is bracketed from before that CAS (see `recovery`).
-            self.mark_pin(slot);
-            let mut bracketed = !seen.lease_timer && !self.trusted;
-            if bracketed {
-                self.begin_scheduling();
-            }
-            let schedule_lease_timer = std::cell::Cell::new(false);
-            let needs_bracket = std::cell::Cell::new(false);
-            let leased = loop {
-                let leased =
-                    self.store()
-                        .transition_from_seen(slot, seen, State::Ready, generation, |w| {
-                            if !w.lease_timer && !bracketed && !self.trusted {
-                                needs_bracket.set(true); // the ticker just dropped the timer
-                                return None;
-                            }
-                            schedule_lease_timer.set(!w.lease_timer);
-                            Some(Word {
-                                state: State::Leased,
-                                pins: w.pins.checked_add(1)?,
-                                generation: w.generation.wrapping_add(1),
-                                lease_timer: true,
-                                ..w
-                            })
-                        });
-                if needs_bracket.replace(false) {
-                    bracketed = true;
-                    self.begin_scheduling();
-                    continue;
-                }
-                break leased;
-            };
-            let leased = match leased {
-                Ok(leased) => leased,
-                Err(error) => {
-                    self.unmark_pin(slot);
-                    if bracketed {
-                        self.end_scheduling();
-                    }
-                    if error == TransitionError::TooManyPins {
-                        // 255 live deliveries still borrow this message's payload: leave it
-                        // queued (token back, attempt undone) until some of them are dropped.
-                        meta.attempts.store(attempt - 1, Ordering::Relaxed);
-                        self.push_ready(slot, generation);
-                        return None;
-                    }
-                    continue; // a stale token: whoever moved the slot on owns it
-                }
-            };
-            if schedule_lease_timer.get() {
-                self.wheel().schedule(node(slot, Timer::Lease), due);
-            }
-            if bracketed {
-                self.end_scheduling();
-            }
-            self.counters().bump(Counter::Delivered);
-            if attempt > 1 {
-                self.counters().bump(Counter::Redelivered);
-            }
-            return Some(Delivery::new(
-                self,
-                slot,
-                leased.generation,
-                attempt as u32,
-                due,
-            ));
         }
         None
+    }
+
+    /// Runs the timers that are due, then reads the clock again if they ran (a run takes
+    /// time: TTLs are judged by the clock after it).
+    fn run_timers_then_now(&self) -> u64 {
+        let now = self.now();
+        if self.run_timers(now) {
+            self.now()
+        } else {
+            now
+        }
+    }
+
+    /// Leases the message that the popped ready token `ready` names, at `now`. Expired
+    /// messages are dead-lettered (or dropped) and stale tokens dropped: `Skipped`.
+    fn lease(&self, ready: u32, now: u64) -> Lease<'_, C> {
+        let (slot, generation_bits) = split(ready);
+        let Ok(meta) = self.store().meta(slot) else {
+            return Lease::Skipped;
+        };
+        let Ok(seen) = self.store().load(slot) else {
+            return Lease::Skipped;
+        };
+        if seen.state != State::Ready || seen.generation as u8 != generation_bits {
+            return Lease::Skipped; // stale token: whoever moved the slot on owns it now
+        }
+        let generation = seen.generation;
+        if now >= meta.expires_at.load(Ordering::Relaxed) {
+            self.expire(slot, generation);
+            return Lease::Skipped;
+        }
+        // We hold the slot's only ready token: its fields are ours to write until the
+        // CAS below hands them to the lease.
+        // Saturating: a corrupt count must not overflow (and attempts are reported as u32).
+        let attempt = meta
+            .attempts
+            .load(Ordering::Relaxed)
+            .saturating_add(1)
+            .min(u64::from(u32::MAX));
+        let due = now.saturating_add(nanos(self.config.visibility_timeout));
+        meta.attempts.store(attempt, Ordering::Relaxed);
+        meta.due_at.store(due, Ordering::Relaxed);
+        // The pin is counted before the CAS that takes it, and a lease timer this
+        // lease must link is bracketed from before that CAS (see `recovery`).
+        self.mark_pin(slot);
+        let mut bracketed = !seen.lease_timer && !self.trusted;
+        if bracketed {
+            self.begin_scheduling();
+        }
+        let schedule_lease_timer = std::cell::Cell::new(false);
+        let needs_bracket = std::cell::Cell::new(false);
+        let leased = loop {
+            let leased =
+                self.store()
+                    .transition_from_seen(slot, seen, State::Ready, generation, |w| {
+                        if !w.lease_timer && !bracketed && !self.trusted {
+                            needs_bracket.set(true); // the ticker just dropped the timer
+                            return None;
+                        }
+                        schedule_lease_timer.set(!w.lease_timer);
+                        Some(Word {
+                            state: State::Leased,
+                            pins: w.pins.checked_add(1)?,
+                            generation: w.generation.wrapping_add(1),
+                            lease_timer: true,
+                            ..w
+                        })
+                    });
+            if needs_bracket.replace(false) {
+                bracketed = true;
+                self.begin_scheduling();
+                continue;
+            }
+            break leased;
+        };
+        let leased = match leased {
+            Ok(leased) => leased,
+            Err(error) => {
+                self.unmark_pin(slot);
+                if bracketed {
+                    self.end_scheduling();
+                }
+                if error == TransitionError::TooManyPins {
+                    // 255 live deliveries still borrow this message's payload: leave it
+                    // queued (token back, attempt undone) until some of them are dropped.
+                    meta.attempts.store(attempt - 1, Ordering::Relaxed);
+                    self.push_ready(slot, generation);
+                    return Lease::Pinned;
+                }
+                return Lease::Skipped; // a stale token: whoever moved the slot on owns it
+            }
+        };
+        if schedule_lease_timer.get() {
+            self.wheel().schedule(node(slot, Timer::Lease), due);
+        }
+        if bracketed {
+            self.end_scheduling();
+        }
+        self.counters().bump(Counter::Delivered);
+        if attempt > 1 {
+            self.counters().bump(Counter::Redelivered);
+        }
+        Lease::Taken(Delivery::new(
+            self,
+            slot,
+            leased.generation,
+            attempt as u32,
+            due,
+        ))
     }
 
     /// Receives, waiting as long as it takes for a message to become ready.
@@ -751,6 +836,16 @@ impl<C: Clock> Queue<C> {
     /// Receives, waiting up to `timeout` of real time for a message to become ready (see
     /// [`receive`](Self::receive) for how it waits).
     pub fn receive_timeout(&self, timeout: Duration) -> Option<Delivery<'_, C>> {
+        self.wait_until_ready(timeout, || self.try_receive())
+    }
+
+    /// Calls `look` (a receive) until it finds something or `timeout` of real time has
+    /// passed, spinning briefly and then sleeping on the ready signal between looks.
+    fn wait_until_ready<T>(
+        &self,
+        timeout: Duration,
+        mut look: impl FnMut() -> Option<T>,
+    ) -> Option<T> {
         // None: no limit.
         let give_up = std::time::Instant::now().checked_add(timeout);
         // A short spin first: a message due within a microsecond or two is worth not paying
@@ -758,35 +853,32 @@ impl<C: Clock> Queue<C> {
         // instructions, a few µs.)
         let backoff = Backoff::new();
         for _ in 0..8 {
-            if let Some(delivery) = self.try_receive() {
-                return Some(delivery);
+            if let Some(found) = look() {
+                return Some(found);
             }
             backoff.spin();
         }
-        self.ready_signal().wait_for(
-            || self.try_receive(),
-            || {
-                let left = match give_up {
-                    Some(give_up) => give_up.checked_duration_since(std::time::Instant::now())?,
-                    None => Duration::from_secs(3600),
-                };
-                // Wake for the next timer too: timers make delayed and expired-lease
-                // messages ready, and a sleeping receiver is what would run them.
-                let now = self.now();
-                let timer = self
-                    .wheel()
-                    .next_due()
-                    .map(|due| Duration::from_nanos(due.saturating_sub(now)));
-                let sleep = timer.map_or(left, |timer| timer.min(left));
-                // In a shared segment, wake now and then even when idle: a process killed
-                // mid-operation is noticed (and repaired) by whoever runs the timers.
-                Some(if self.trusted {
-                    sleep
-                } else {
-                    sleep.min(recovery::LIVENESS_INTERVAL)
-                })
-            },
-        )
+        self.ready_signal().wait_for(look, || {
+            let left = match give_up {
+                Some(give_up) => give_up.checked_duration_since(std::time::Instant::now())?,
+                None => Duration::from_secs(3600),
+            };
+            // Wake for the next timer too: timers make delayed and expired-lease
+            // messages ready, and a sleeping receiver is what would run them.
+            let now = self.now();
+            let timer = self
+                .wheel()
+                .next_due()
+                .map(|due| Duration::from_nanos(due.saturating_sub(now)));
+            let sleep = timer.map_or(left, |timer| timer.min(left));
+            // In a shared segment, wake now and then even when idle: a process killed
+            // mid-operation is noticed (and repaired) by whoever runs the timers.
+            Some(if self.trusted {
+                sleep
+            } else {
+                sleep.min(recovery::LIVENESS_INTERVAL)
+            })
+        })
     }
 
     /// A ready message whose TTL ran out: dead-letter or drop it. We hold its ready token.
@@ -1008,8 +1100,11 @@ impl<C: Clock> Queue<C> {
     }
 
     /// Schedules the delay node of a slot just moved to `Delayed` until `due`.
+    /// Wakes sleeping receivers: each sleeps until the earliest timer it saw, and this
+    /// one may be earlier (a delayed publish or a retry backoff on an idle queue).
     pub(crate) fn schedule_delay(&self, slot: u32, due: u64) {
         self.wheel().schedule(node(slot, Timer::Delay), due);
+        self.ready_signal().notify();
     }
 
     /// Copies of every dead letter, oldest first.

@@ -544,3 +544,41 @@ fn receive_timeout_on_an_empty_queue_gives_up_and_one_without_limit_is_accepted(
     let delivery = queue.receive_timeout(Duration::MAX).expect("ready at once");
     assert_eq!(delivery.payload(), b"now");
 }
+
+#[test]
+#[cfg_attr(miri, ignore = "real time and futexes")]
+fn a_delayed_publish_wakes_a_receiver_asleep_on_an_empty_queue() {
+    // On the real clock: the receiver went to sleep with no timer due, so without a wake-up
+    // it would sleep its whole minute before noticing the delayed message.
+    let queue = Queue::new(QueueConfig::new(4, 8)).unwrap();
+    std::thread::scope(|s| {
+        let receiver = s.spawn(|| {
+            let delivery = queue.receive_timeout(Duration::from_secs(60));
+            (
+                delivery.map(|d| d.payload().to_vec()),
+                std::time::Instant::now(),
+            )
+        });
+        while queue.ready_signal().sleepers() == 0 {
+            std::thread::yield_now(); // until the receiver sleeps
+        }
+        let delay = Duration::from_millis(20);
+        let published = std::time::Instant::now();
+        let options = PublishOptions {
+            delay: Some(delay),
+            ..PublishOptions::default()
+        };
+        queue.publish_with(b"later", options).unwrap();
+        let (payload, received) = receiver.join().unwrap();
+        assert_eq!(payload.as_deref(), Some(b"later".as_slice()));
+        let waited = received - published;
+        assert!(
+            waited >= delay,
+            "delivered {waited:?} after publish, before its delay"
+        );
+        assert!(
+            waited < Duration::from_secs(30),
+            "the sleeping receiver was not woken: delivered {waited:?} after publish"
+        );
+    });
+}

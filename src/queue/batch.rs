@@ -1,0 +1,476 @@
+//! Batches: many messages published, or received, in one call.
+//!
+//! A batch does once what single calls do for every message (read the clock, look at the
+//! timers, wake sleepers) and overlaps the cache misses of its messages: it takes the
+//! tokens of up to [`CHUNK`] messages from a ring first, so that their slot headers,
+//! payload lines and dedup stripes load together, and only then fills or leases each in
+//! turn. Every message still moves by the same single-word CASes as in a single call, so
+//! batches and single calls mix freely, in one process or across processes.
+
+use super::{pop, push, split, Lease, Outgoing, PublishError, PublishOptions, Queue};
+use crate::clock::Clock;
+use crate::id::MessageId;
+use crate::queue::Delivery;
+use crate::stats::Counter;
+
+/// Messages a batch takes from a ring before working on them: enough to overlap their
+/// misses, few enough that their lines stay in the first-level cache.
+const CHUNK: usize = 16;
+
+/// Why a batch publish stopped before the end of its batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("published the first {published} messages of the batch, then: {error}")]
+pub struct BatchPublishError {
+    /// How many messages, from the front of the batch, were published (and stay queued).
+    pub published: usize,
+    /// Why the next message was not; the messages after it were not tried.
+    pub error: PublishError,
+}
+
+impl<C: Clock> Queue<C> {
+    /// Publishes `payloads` in order, each with a generated id, as
+    /// [`publish`](Self::publish) would one by one, at a fraction of the cost per message.
+    /// Each message is confirmed as it is queued: consumers may receive the first ones
+    /// before the call returns.
+    ///
+    /// ```
+    /// use ackring::{Queue, QueueConfig};
+    ///
+    /// let queue = Queue::new(QueueConfig::new(64, 32))?;
+    /// queue.publish_batch(&[b"a".as_slice(), b"b", b"c"])?;
+    ///
+    /// let mut deliveries = Vec::new();
+    /// assert_eq!(queue.try_receive_batch(&mut deliveries, 16), 3);
+    /// for delivery in deliveries.drain(..) {
+    ///     delivery.ack()?;
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`BatchPublishError`] at the first message that could not be published (see
+    /// [`PublishError`]; with [`FullPolicy::Block`](super::FullPolicy::Block) a full
+    /// queue is waited on as in `publish`): the messages before it stay published, it
+    /// and the ones after it were not.
+    pub fn publish_batch<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<(), BatchPublishError> {
+        self.publish_all(
+            payloads
+                .iter()
+                .map(|payload| (payload.as_ref(), PublishOptions::default())),
+        )
+    }
+
+    /// Publishes `messages` in order, each with its own [`PublishOptions`] (id, TTL,
+    /// delay), as [`publish_with`](Self::publish_with) would one by one.
+    ///
+    /// # Errors
+    /// As [`publish_batch`](Self::publish_batch).
+    pub fn publish_batch_with<P: AsRef<[u8]>>(
+        &self,
+        messages: &[(P, PublishOptions)],
+    ) -> Result<(), BatchPublishError> {
+        self.publish_all(
+            messages
+                .iter()
+                .map(|(payload, options)| (payload.as_ref(), *options)),
+        )
+    }
+
+    fn publish_all<'p>(
+        &self,
+        mut messages: impl Iterator<Item = (&'p [u8], PublishOptions)>,
+    ) -> Result<(), BatchPublishError> {
+        let mut published = 0;
+        let mut generated_ids = false;
+        // Admitted messages waiting for slots are `outgoing[..pending]`; an admission error
+        // ends the batch once they are in.
+        let mut outgoing = [Outgoing::NONE; CHUNK];
+        let mut pending = 0;
+        let mut refused = None;
+        let mut slots = [(0u32, 0u32); CHUNK];
+        let outcome = loop {
+            let now = self.now();
+            self.run_timers(now);
+            while pending < CHUNK && refused.is_none() {
+                let Some((payload, options)) = messages.next() else {
+                    break;
+                };
+                match self.admit(payload, &options) {
+                    Ok(ttl) => {
+                        let id = options.id.unwrap_or_else(|| {
+                            generated_ids = true;
+                            self.ids.id()
+                        });
+                        if let Some(dedup) = self.dedup() {
+                            dedup.prefetch(id);
+                        }
+                        outgoing[pending] = Outgoing {
+                            id,
+                            payload,
+                            ttl,
+                            delay: options.delay,
+                        };
+                        pending += 1;
+                    }
+                    Err(error) => refused = Some(error),
+                }
+            }
+            if pending == 0 {
+                break refused.map_or(Ok(()), |error| Err(BatchPublishError { published, error }));
+            }
+            let mut claimed = self.claim_free_slots(&mut slots[..pending]);
+            if claimed == 0 {
+                // None free: wait as the full policy says, holding no slot meanwhile (a
+                // batch that held slots while it waited could wait on itself).
+                let Some(slot) = self.claim_free_slot_per_policy() else {
+                    let error = PublishError::Full {
+                        capacity: self.config.capacity,
+                    };
+                    break Err(BatchPublishError { published, error });
+                };
+                slots[0] = slot;
+                claimed = 1;
+            }
+            let mut failed = None;
+            for index in 0..claimed {
+                if let Err(error) = self.fill(slots[index], &outgoing[index], now) {
+                    for &unused in &slots[index + 1..claimed] {
+                        self.abandon_claim(unused);
+                    }
+                    failed = Some(error);
+                    break;
+                }
+                published += 1;
+            }
+            self.ready_signal().notify();
+            if let Some(error) = failed {
+                break Err(BatchPublishError { published, error });
+            }
+            outgoing.copy_within(claimed..pending, 0);
+            pending -= claimed;
+        };
+        self.counters().add(Counter::Published, published as u64);
+        if generated_ids {
+            self.prefetch_next_generated_id();
+        }
+        outcome
+    }
+
+    /// Claims free slots for up to `slots.len()` messages into `slots`, never waiting;
+    /// returns how many. Pops the tokens first, so that the slots' lines load together.
+    fn claim_free_slots(&self, slots: &mut [(u32, u32)]) -> usize {
+        let mut tokens = [0u32; CHUNK];
+        let mut popped = 0;
+        while popped < slots.len().min(CHUNK) {
+            let Some(free) = pop(self.free()) else {
+                break;
+            };
+            self.store().prefetch(split(free).0);
+            tokens[popped] = free;
+            popped += 1;
+        }
+        let mut claimed = 0;
+        for &free in &tokens[..popped] {
+            if let Some(slot) = self.claim_token(free) {
+                slots[claimed] = slot;
+                claimed += 1;
+            }
+        }
+        claimed
+    }
+
+    /// Receives up to `max` ready messages, oldest first, as [`try_receive`](Self::try_receive)
+    /// would one by one, and appends them to `out`; returns how many. Never waits.
+    ///
+    /// Reuse `out` across calls: once it has grown, a batch allocates nothing.
+    pub fn try_receive_batch<'q>(&'q self, out: &mut Vec<Delivery<'q, C>>, max: usize) -> usize {
+        let now = self.run_timers_then_now();
+        let mut received = 0;
+        let mut tokens = [0u32; CHUNK];
+        while received < max {
+            let wanted = (max - received).min(CHUNK);
+            let mut popped = 0;
+            while popped < wanted {
+                let Some(ready) = pop(self.ready()) else {
+                    break;
+                };
+                self.store().prefetch(split(ready).0);
+                tokens[popped] = ready;
+                popped += 1;
+            }
+            for (index, &ready) in tokens[..popped].iter().enumerate() {
+                match self.lease(ready, now) {
+                    Lease::Taken(delivery) => {
+                        out.push(delivery);
+                        received += 1;
+                    }
+                    Lease::Skipped => {}
+                    Lease::Pinned => {
+                        // Rare (255 live deliveries of one slot): the rest of the chunk
+                        // goes back too, to the tail of the queue.
+                        for &unleased in &tokens[index + 1..popped] {
+                            let pushed = push(self.ready(), unleased);
+                            self.invariant(pushed, "ready ring holds every slot");
+                        }
+                        self.ready_signal().notify();
+                        return received;
+                    }
+                }
+            }
+            if popped < wanted {
+                break; // the ring ran dry
+            }
+        }
+        received
+    }
+
+    /// Receives up to `max` messages into `out` as [`try_receive_batch`](Self::try_receive_batch),
+    /// first waiting up to `timeout` of real time for one to become ready (as
+    /// [`receive_timeout`](Self::receive_timeout) waits). Returns how many; 0 if none came.
+    pub fn receive_batch_timeout<'q>(
+        &'q self,
+        out: &mut Vec<Delivery<'q, C>>,
+        max: usize,
+        timeout: std::time::Duration,
+    ) -> usize {
+        if max == 0 {
+            return 0;
+        }
+        self.wait_until_ready(timeout, || {
+            let received = self.try_receive_batch(out, max);
+            (received > 0).then_some(received)
+        })
+        .unwrap_or(0)
+    }
+}
+
+impl Outgoing<'_> {
+    /// A placeholder for the unused places of a chunk.
+    const NONE: Self = Outgoing {
+        id: MessageId(0),
+        payload: &[],
+        ttl: None,
+        delay: None,
+    };
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::queue::{FullPolicy, QueueConfig};
+
+    fn queue(capacity: u32) -> (Queue<ManualClock>, ManualClock) {
+        let clock = ManualClock::new();
+        let queue = Queue::with_clock(QueueConfig::new(capacity, 16), clock.clone()).unwrap();
+        (queue, clock)
+    }
+
+    fn payloads(range: std::ops::Range<u32>) -> Vec<Vec<u8>> {
+        range.map(|n| n.to_le_bytes().to_vec()).collect()
+    }
+
+    fn with_id(payload: &[u8], id: u64) -> (&[u8], PublishOptions) {
+        let options = PublishOptions {
+            id: Some(MessageId(id)),
+            ..PublishOptions::default()
+        };
+        (payload, options)
+    }
+
+    /// Receives everything ready in batches of `max`, acks it, returns the payloads.
+    fn drain(queue: &Queue<ManualClock>, max: usize) -> Vec<Vec<u8>> {
+        let mut received = Vec::new();
+        let mut batch = Vec::new();
+        while queue.try_receive_batch(&mut batch, max) > 0 {
+            assert!(
+                batch.len() <= max,
+                "{} deliveries for a batch of {max}",
+                batch.len()
+            );
+            for delivery in batch.drain(..) {
+                received.push(delivery.payload().to_vec());
+                delivery.ack().unwrap();
+            }
+        }
+        received
+    }
+
+    #[test]
+    fn batches_longer_than_a_chunk_go_round_in_fifo_order() {
+        let (queue, _) = queue(64);
+        let sent = payloads(0..(3 * CHUNK as u32 + 5));
+        queue.publish_batch(&sent).unwrap();
+        assert_eq!(drain(&queue, 7), sent);
+        let stats = queue.stats();
+        assert_eq!(stats.published, sent.len() as u64);
+        assert_eq!(
+            (stats.delivered, stats.acked),
+            (stats.published, stats.published)
+        );
+        assert_eq!((stats.ready, stats.in_flight), (0, 0));
+    }
+
+    #[test]
+    fn a_full_queue_stops_the_batch_after_the_messages_that_fit() {
+        let (queue, _) = queue(20);
+        let sent = payloads(0..30);
+        let refused = queue.publish_batch(&sent).unwrap_err();
+        assert_eq!(
+            refused,
+            BatchPublishError {
+                published: 20,
+                error: PublishError::Full { capacity: 20 },
+            }
+        );
+        assert_eq!(drain(&queue, 64), sent[..20]);
+        // No slot was kept by the refused part: the whole capacity takes a batch again.
+        queue.publish_batch(&sent[..20]).unwrap();
+        assert_eq!(queue.stats().ready, 20);
+    }
+
+    #[test]
+    fn a_duplicate_stops_the_batch_and_frees_the_slots_it_had_claimed() {
+        let (queue, _) = queue(8);
+        let batch = [
+            with_id(b"one", 1),
+            with_id(b"two", 2),
+            with_id(b"two again", 2),
+            with_id(b"three", 3),
+        ];
+        assert_eq!(
+            queue.publish_batch_with(&batch),
+            Err(BatchPublishError {
+                published: 2,
+                error: PublishError::Duplicate { id: MessageId(2) },
+            })
+        );
+        assert_eq!(drain(&queue, 8), [b"one".to_vec(), b"two".to_vec()]);
+        assert_eq!(queue.stats().duplicates, 1);
+        // "three" was never tried: its id is free, and every slot is free.
+        let fill: Vec<_> = (3..11).map(|id| with_id(b"fill", id)).collect();
+        queue.publish_batch_with(&fill).unwrap();
+        assert_eq!(queue.stats().ready, 8);
+    }
+
+    #[test]
+    fn a_bad_payload_past_the_first_chunk_stops_the_batch_there() {
+        let (queue, _) = queue(64);
+        let mut sent = payloads(0..40);
+        let bad_at = CHUNK + 4;
+        sent[bad_at] = vec![0; 17];
+        assert_eq!(
+            queue.publish_batch(&sent),
+            Err(BatchPublishError {
+                published: bad_at,
+                error: PublishError::PayloadTooLarge { len: 17, max: 16 },
+            })
+        );
+        assert_eq!(drain(&queue, 64), sent[..bad_at]);
+        assert_eq!(queue.stats().published, bad_at as u64);
+    }
+
+    #[test]
+    fn a_batch_receive_leases_each_message_and_dead_letters_the_expired() {
+        let (queue, clock) = queue(8);
+        let short = PublishOptions {
+            ttl: Some(Duration::from_millis(5)),
+            ..PublishOptions::default()
+        };
+        let long = PublishOptions {
+            ttl: Some(Duration::from_secs(60)),
+            ..PublishOptions::default()
+        };
+        let delayed = PublishOptions {
+            delay: Some(Duration::from_secs(1)),
+            ..PublishOptions::default()
+        };
+        let batch = [(b"a", long), (b"b", short), (b"c", long), (b"d", delayed)];
+        queue.publish_batch_with(&batch).unwrap();
+        clock.advance(Duration::from_millis(10));
+        let mut deliveries = Vec::new();
+        assert_eq!(queue.try_receive_batch(&mut deliveries, 8), 2);
+        let received: Vec<_> = deliveries.iter().map(|d| d.payload().to_vec()).collect();
+        assert_eq!(received, [b"a".to_vec(), b"c".to_vec()]);
+        assert!(deliveries.iter().all(|d| d.attempt() == 1));
+        let letters = queue.dead_letters();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(
+            (letters[0].payload.as_slice(), letters[0].reason),
+            (b"b".as_slice(), crate::queue::DeadReason::Expired)
+        );
+        // Leased, never settled (a consumer that vanished): the leases run out and both
+        // come back, attempt 2, along with the delayed one (all due in one timer run, in
+        // no promised order).
+        deliveries.into_iter().for_each(std::mem::forget);
+        clock.advance(Duration::from_secs(31));
+        let mut again = Vec::new();
+        assert_eq!(queue.try_receive_batch(&mut again, 8), 3);
+        let mut attempts: Vec<_> = again
+            .iter()
+            .map(|d| (d.payload().to_vec(), d.attempt()))
+            .collect();
+        attempts.sort();
+        assert_eq!(
+            attempts,
+            [(b"a".to_vec(), 2), (b"c".to_vec(), 2), (b"d".to_vec(), 1)]
+        );
+    }
+
+    #[test]
+    fn a_batch_receive_takes_no_more_than_asked() {
+        let (queue, _) = queue(8);
+        queue.publish_batch(&payloads(0..5)).unwrap();
+        let mut deliveries = Vec::new();
+        assert_eq!(queue.try_receive_batch(&mut deliveries, 0), 0);
+        assert_eq!(queue.try_receive_batch(&mut deliveries, 3), 3);
+        assert_eq!(queue.try_receive_batch(&mut deliveries, 3), 2);
+        assert_eq!(deliveries.len(), 5);
+        assert_eq!(queue.stats().in_flight, 5);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "real time and threads")]
+    fn a_blocking_batch_larger_than_the_queue_waits_for_room_as_it_goes() {
+        let config = QueueConfig {
+            on_full: FullPolicy::Block(Duration::from_secs(30)),
+            dedup_window: None, // 50 ids would overflow a 4-slot queue's default window
+            ..QueueConfig::new(4, 8)
+        };
+        let queue = Queue::new(config).unwrap();
+        let sent = payloads(0..50);
+        let received = std::thread::scope(|s| {
+            let consumer = s.spawn(|| {
+                let mut received = Vec::new();
+                let mut batch = Vec::new();
+                while received.len() < sent.len() {
+                    queue.receive_batch_timeout(&mut batch, 3, Duration::from_secs(30));
+                    for delivery in batch.drain(..) {
+                        received.push(delivery.payload().to_vec());
+                        delivery.ack().unwrap();
+                    }
+                }
+                received
+            });
+            // Holds at most a chunk of claimed slots while it waits for the next: never
+            // all four, or the consumer would have nothing to ack.
+            queue.publish_batch(&sent).unwrap();
+            consumer.join().unwrap()
+        });
+        assert_eq!(received, sent);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "real time")]
+    fn a_batch_receive_with_a_timeout_gives_up_empty_handed() {
+        let queue = Queue::new(QueueConfig::new(4, 8)).unwrap();
+        let mut deliveries = Vec::new();
+        assert_eq!(
+            queue.receive_batch_timeout(&mut deliveries, 4, Duration::from_millis(5)),
+            0
+        );
+        assert!(deliveries.is_empty());
+    }
+}
