@@ -7,10 +7,11 @@
 //! turn. Every message still moves by the same single-word CASes as in a single call, so
 //! batches and single calls mix freely, in one process or across processes.
 
-use super::{pop, push, split, Lease, Outgoing, PublishError, PublishOptions, Queue};
+use super::{push, split, Lease, Outgoing, PublishError, PublishOptions, Queue};
 use crate::clock::Clock;
 use crate::id::MessageId;
 use crate::queue::Delivery;
+use crate::ring::index::IndexRing;
 use crate::stats::Counter;
 
 /// Messages a batch takes from a ring before working on them: enough to overlap their
@@ -132,16 +133,27 @@ impl<C: Clock> Queue<C> {
                 claimed = 1;
             }
             let mut failed = None;
+            let mut ready = [0u32; CHUNK];
+            let mut readied = 0;
             for index in 0..claimed {
-                if let Err(error) = self.fill(slots[index], &outgoing[index], now) {
-                    for &unused in &slots[index + 1..claimed] {
-                        self.abandon_claim(unused);
+                match self.fill(slots[index], &outgoing[index], now) {
+                    Ok(token) => {
+                        if let Some(token) = token {
+                            ready[readied] = token;
+                            readied += 1;
+                        }
+                        published += 1;
                     }
-                    failed = Some(error);
-                    break;
+                    Err(error) => {
+                        for &unused in &slots[index + 1..claimed] {
+                            self.abandon_claim(unused);
+                        }
+                        failed = Some(error);
+                        break;
+                    }
                 }
-                published += 1;
             }
+            self.push_ready_tokens(&ready[..readied]);
             self.ready_signal().notify();
             if let Some(error) = failed {
                 break Err(BatchPublishError { published, error });
@@ -160,15 +172,7 @@ impl<C: Clock> Queue<C> {
     /// returns how many. Pops the tokens first, so that the slots' lines load together.
     fn claim_free_slots(&self, slots: &mut [(u32, u32)]) -> usize {
         let mut tokens = [0u32; CHUNK];
-        let mut popped = 0;
-        while popped < slots.len().min(CHUNK) {
-            let Some(free) = pop(self.free()) else {
-                break;
-            };
-            self.store().prefetch(split(free).0);
-            tokens[popped] = free;
-            popped += 1;
-        }
+        let popped = self.pop_tokens(self.free(), &mut tokens[..slots.len().min(CHUNK)]);
         let mut claimed = 0;
         for &free in &tokens[..popped] {
             if let Some(slot) = self.claim_token(free) {
@@ -189,15 +193,7 @@ impl<C: Clock> Queue<C> {
         let mut tokens = [0u32; CHUNK];
         while received < max {
             let wanted = (max - received).min(CHUNK);
-            let mut popped = 0;
-            while popped < wanted {
-                let Some(ready) = pop(self.ready()) else {
-                    break;
-                };
-                self.store().prefetch(split(ready).0);
-                tokens[popped] = ready;
-                popped += 1;
-            }
+            let popped = self.pop_tokens(self.ready(), &mut tokens[..wanted]);
             for (index, &ready) in tokens[..popped].iter().enumerate() {
                 match self.lease(ready, now) {
                     Lease::Taken(delivery) => {
@@ -222,6 +218,35 @@ impl<C: Clock> Queue<C> {
             }
         }
         received
+    }
+
+    /// Pops up to `tokens.len()` tokens from `ring` (consecutive ones with one CAS each and
+    /// one cursor move) and starts loading their slots; returns how many.
+    fn pop_tokens(&self, ring: IndexRing<'_>, tokens: &mut [u32]) -> usize {
+        // A corrupt ring (only another process could make one) reads as empty.
+        let popped = ring.try_pop_many(tokens).unwrap_or(0);
+        for &token in &tokens[..popped] {
+            self.store().prefetch(split(token).0);
+        }
+        popped
+    }
+
+    /// Pushes ready tokens in order (consecutive ones with one CAS each and one cursor
+    /// move). The ready ring has a place for every slot, so all go in.
+    fn push_ready_tokens(&self, mut tokens: &[u32]) {
+        while !tokens.is_empty() {
+            match self.ready().try_push_many(tokens) {
+                Ok(pushed) if pushed > 0 => tokens = &tokens[pushed..],
+                _ => {
+                    // Only a corrupt ring refuses: push one at a time as single calls do.
+                    for &token in tokens {
+                        let pushed = push(self.ready(), token);
+                        self.invariant(pushed, "ready ring holds every slot");
+                    }
+                    return;
+                }
+            }
+        }
     }
 
     /// Receives up to `max` messages into `out` as [`try_receive_batch`](Self::try_receive_batch),

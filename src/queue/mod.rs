@@ -513,7 +513,10 @@ impl<C: Clock> Queue<C> {
             ttl,
             delay: options.delay,
         };
-        self.fill(claimed, &message, now)?;
+        if let Some(ready) = self.fill(claimed, &message, now)? {
+            let pushed = push(self.ready(), ready);
+            self.invariant(pushed, "ready ring holds every slot");
+        }
         self.ready_signal().notify(); // a receiver may be asleep
         self.counters().bump(Counter::Published);
         if options.id.is_none() {
@@ -549,15 +552,16 @@ impl<C: Clock> Queue<C> {
         }
     }
 
-    /// Writes `message` into a slot we claimed (in `Writing`) and queues it: ready (its
-    /// token pushed, no sleeper woken yet: the caller notifies) or delayed. On a dedup
+    /// Writes `message` into a slot we claimed (in `Writing`) and makes it ready or
+    /// delayed. A ready message's token is returned for the caller to push to the ready
+    /// ring (then to wake sleepers), so a batch can push its tokens together. On a dedup
     /// refusal the slot is freed again and nothing is queued.
     fn fill(
         &self,
         (slot, generation): (u32, u32),
         message: &Outgoing<'_>,
         now: u64,
-    ) -> Result<(), PublishError> {
+    ) -> Result<Option<u32>, PublishError> {
         let meta = self.store().meta(slot).expect("claimed slots are in range");
         meta.id.store(message.id.0, Ordering::Relaxed);
         meta.published_at.store(now, Ordering::Relaxed);
@@ -597,12 +601,11 @@ impl<C: Clock> Queue<C> {
             self.move_slot(slot, generation, State::Delayed);
             self.schedule_delay(slot, due);
             self.end_scheduling();
+            Ok(None)
         } else {
             self.move_slot(slot, generation, State::Ready);
-            let pushed = push(self.ready(), token(slot, generation));
-            self.invariant(pushed, "ready ring holds every slot");
+            Ok(Some(token(slot, generation)))
         }
-        Ok(())
     }
 
     /// Frees a slot we claimed but will not fill.

@@ -546,6 +546,7 @@ fn receive_timeout_on_an_empty_queue_gives_up_and_one_without_limit_is_accepted(
 }
 
 #[test]
+#[cfg(not(loom))]
 #[cfg_attr(miri, ignore = "real time and futexes")]
 fn a_delayed_publish_wakes_a_receiver_asleep_on_an_empty_queue() {
     // On the real clock: the receiver went to sleep with no timer due, so without a wake-up

@@ -129,12 +129,97 @@ impl<'r> IndexRing<'r> {
 
     /// Appends `value` (not [`EMPTY`]). `Ok(false)` if the ring is full.
     pub(crate) fn try_push(&self, value: u32) -> Result<bool, Corrupt> {
-        self.push(value, true)
+        Ok(self.push(value, true)?.is_some())
     }
 
-    /// `try_push`; `advance: false` stops right after the slot CAS, as a pusher killed at
-    /// its linearization point would (for tests).
-    fn push(&self, value: u32, advance: bool) -> Result<bool, Corrupt> {
+    /// Appends the longest prefix of `values` (none [`EMPTY`]) that fits, in order; returns
+    /// how many. The first goes in as a `try_push` would; each next one by a CAS on the
+    /// next position's slot directly, which succeeds only if that slot waits for exactly
+    /// that push (so the values stay consecutive, in order); `tail` then moves once, past
+    /// them all (see [`advance_to`](Self::advance_to)).
+    pub(crate) fn try_push_many(&self, values: &[u32]) -> Result<usize, Corrupt> {
+        let Some((&first, rest)) = values.split_first() else {
+            return Ok(0);
+        };
+        let Some(position) = self.push(first, false)? else {
+            return Ok(0);
+        };
+        let mut next = position.wrapping_add(1);
+        let mut pushed = 1;
+        for &value in rest {
+            debug_assert_ne!(value, EMPTY);
+            let waiting = word(next, EMPTY);
+            let taken = self.slot(next).compare_exchange(
+                waiting,
+                word(next, value),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+            if taken.is_err() {
+                break; // full, or another pusher took `next`: the batch ends here
+            }
+            pushed += 1;
+            next = next.wrapping_add(1);
+        }
+        Self::advance_to(self.tail, next);
+        Ok(pushed)
+    }
+
+    /// Pops up to `out.len()` values into `out`, oldest first; returns how many. The first
+    /// comes out as a `try_pop` would; each next one by a CAS on the next position's slot
+    /// directly, which succeeds only if that slot holds the value pushed at exactly that
+    /// position; `head` then moves once, past them all.
+    pub(crate) fn try_pop_many(&self, out: &mut [u32]) -> Result<usize, Corrupt> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        let Some((position, first)) = self.pop(false)? else {
+            return Ok(0);
+        };
+        out[0] = first;
+        let cap = self.slots.len() as u64;
+        let mut next = position.wrapping_add(1);
+        let mut popped = 1;
+        while popped < out.len() {
+            let slot = self.slot(next);
+            let current = slot.load(Ordering::Acquire);
+            if seq_of(current) != next as u32 || value_of(current) == EMPTY {
+                break; // empty, or another popper took `next` (or a corrupt word)
+            }
+            let emptied = word(next.wrapping_add(cap), EMPTY);
+            if slot
+                .compare_exchange(current, emptied, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                break;
+            }
+            out[popped] = value_of(current);
+            popped += 1;
+            next = next.wrapping_add(1);
+        }
+        Self::advance_to(self.head, next);
+        Ok(popped)
+    }
+
+    /// Moves `cursor` forward to `to` unless it is already there or past. Sound for a batch
+    /// that completed every position from the one it began at (which the cursor had
+    /// reached, or was helped to) up to `to`: a cursor may stand at a position only once
+    /// every position before it is done, and that holds for `to`.
+    fn advance_to(cursor: &AtomicU64, to: u64) {
+        let mut current = cursor.load(Ordering::Acquire);
+        // Positions never wrap (2^64 operations); a corrupt cursor past `to` stays put.
+        while current < to {
+            match cursor.compare_exchange_weak(current, to, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return,
+                Err(moved) => current = moved,
+            }
+        }
+    }
+
+    /// `try_push`, returning the position pushed at (`None`: full); `advance: false` stops
+    /// right after the slot CAS, as a pusher killed at its linearization point would (and
+    /// as a batch does, moving `tail` once at its end).
+    fn push(&self, value: u32, advance: bool) -> Result<Option<u64>, Corrupt> {
         debug_assert_ne!(value, EMPTY);
         let cap = self.slots.len() as i64;
         let mut tail = self.tail.load(Ordering::Acquire);
@@ -159,14 +244,14 @@ impl<'r> IndexRing<'r> {
                     if advance {
                         Self::help(self.tail, tail);
                     }
-                    return Ok(true);
+                    return Ok(Some(tail));
                 }
             } else if behind == cap && filled {
                 // The slot still holds the value pushed one turn ago: full, unless a pop
                 // just made room (then the cursor moved).
                 let now = self.tail.load(Ordering::Acquire);
                 if now == tail {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 tail = now;
                 continue;
@@ -189,6 +274,12 @@ impl<'r> IndexRing<'r> {
 
     /// Takes the oldest value, `Ok(None)` if the ring is empty.
     pub(crate) fn try_pop(&self) -> Result<Option<u32>, Corrupt> {
+        Ok(self.pop(true)?.map(|(_, value)| value))
+    }
+
+    /// `try_pop`, returning the position popped at too; `advance: false` leaves `head` to
+    /// the caller (a batch moves it once, at its end).
+    fn pop(&self, advance: bool) -> Result<Option<(u64, u32)>, Corrupt> {
         let cap = self.slots.len() as i64;
         let mut head = self.head.load(Ordering::Acquire);
         let mut still = 0;
@@ -205,8 +296,10 @@ impl<'r> IndexRing<'r> {
                     .compare_exchange(current, emptied, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
                 {
-                    Self::help(self.head, head);
-                    return Ok(Some(value_of(current)));
+                    if advance {
+                        Self::help(self.head, head);
+                    }
+                    return Ok(Some((head, value_of(current))));
                 }
             } else if ahead == 0 {
                 // Waiting for the push at `head`: empty, unless the cursor moved meanwhile.
@@ -254,7 +347,7 @@ impl<'r> IndexRing<'r> {
     /// right after its linearization point would.
     #[cfg(test)]
     pub(crate) fn push_and_stop(&self, value: u32) -> bool {
-        self.push(value, false) == Ok(true)
+        matches!(self.push(value, false), Ok(Some(_)))
     }
 }
 
@@ -285,6 +378,43 @@ impl OwnedWords {
 mod tests {
     use super::*;
     use std::collections::VecDeque;
+
+    #[test]
+    fn batches_keep_fifo_and_stop_at_full_and_empty_across_the_wrap() {
+        for capacity in [1, 2, 3, 5, 8, 100] {
+            let words = OwnedWords::new(capacity);
+            let ring = words.ring();
+            let mut model = VecDeque::new();
+            let mut next = 0u32;
+            let mut out = vec![0u32; capacity + 3];
+            for round in 0..(capacity * 7) {
+                let wanted = round % (capacity + 3);
+                let values: Vec<u32> = (next..next + wanted as u32).collect();
+                let pushed = ring.try_push_many(&values).unwrap();
+                assert_eq!(
+                    pushed,
+                    wanted.min(capacity - model.len()),
+                    "capacity {capacity}"
+                );
+                model.extend(&values[..pushed]);
+                next += wanted as u32;
+                let asked = (round * 5 + 1) % (capacity + 3);
+                let popped = ring.try_pop_many(&mut out[..asked]).unwrap();
+                let expected: Vec<u32> = model.drain(..asked.min(model.len())).collect();
+                assert_eq!(&out[..popped], expected, "capacity {capacity}");
+                assert_eq!(ring.len(), model.len());
+                // Single operations pick up where the batches left the cursors.
+                if round % 3 == 0 {
+                    assert_eq!(ring.try_push(next).unwrap(), model.len() < capacity);
+                    if model.len() < capacity {
+                        model.push_back(next);
+                    }
+                    next += 1;
+                    assert_eq!(ring.try_pop().unwrap(), model.pop_front());
+                }
+            }
+        }
+    }
 
     #[test]
     fn fifo_with_wrap_around_at_small_and_odd_capacities() {
@@ -359,6 +489,17 @@ mod tests {
 
     #[test]
     fn threads_transfer_every_value_exactly_once() {
+        transfer_every_value_exactly_once(false);
+    }
+
+    #[test]
+    fn threads_in_batches_and_alone_transfer_every_value_exactly_once() {
+        transfer_every_value_exactly_once(true);
+    }
+
+    /// Three producers and two consumers; with `batches`, every other operation of each is
+    /// a batch (pushes of up to 5, pops of up to 7), racing the single ones.
+    fn transfer_every_value_exactly_once(batches: bool) {
         let words = OwnedWords::new(64);
         let ring = words.ring();
         let per_producer: u32 = if cfg!(miri) { 200 } else { 50_000 };
@@ -368,10 +509,23 @@ mod tests {
             for p in 0..producers {
                 let ring = &ring;
                 s.spawn(move || {
-                    for i in 0..per_producer {
-                        while !ring.try_push(p * per_producer + i).unwrap() {
+                    let values: Vec<u32> =
+                        (0..per_producer).map(|i| p * per_producer + i).collect();
+                    let mut sent = 0;
+                    for turn in 0.. {
+                        if sent == values.len() {
+                            break;
+                        }
+                        let pushed = if batches && turn % 2 == 0 {
+                            let end = (sent + 5).min(values.len());
+                            ring.try_push_many(&values[sent..end]).unwrap()
+                        } else {
+                            usize::from(ring.try_push(values[sent]).unwrap())
+                        };
+                        if pushed == 0 {
                             std::hint::spin_loop();
                         }
+                        sent += pushed;
                     }
                 });
             }
@@ -382,11 +536,22 @@ mod tests {
                     s.spawn(move || {
                         let mut got = Vec::new();
                         // Until every value has been taken by one consumer or the other.
-                        while remaining.load(std::sync::atomic::Ordering::Acquire) > 0 {
-                            if let Some(v) = ring.try_pop().unwrap() {
-                                got.push(v);
-                                remaining.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                        let mut batch = [0u32; 7];
+                        for turn in 0usize.. {
+                            if remaining.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                                break;
                             }
+                            let popped = if batches && turn % 2 == 0 {
+                                let popped = ring.try_pop_many(&mut batch).unwrap();
+                                got.extend_from_slice(&batch[..popped]);
+                                popped
+                            } else {
+                                ring.try_pop().unwrap().map_or(0, |v| {
+                                    got.push(v);
+                                    1
+                                })
+                            };
+                            remaining.fetch_sub(popped, std::sync::atomic::Ordering::AcqRel);
                         }
                         got
                     })
@@ -483,6 +648,87 @@ mod loom_models {
             seen.sort_unstable();
             let expected: &[u32] = if pushed { &[1, 2] } else { &[1] };
             assert_eq!(seen, expected);
+        });
+    }
+
+    #[test]
+    fn a_batch_pop_racing_a_pop_and_a_push_takes_each_value_once_in_order() {
+        loom::model(|| {
+            let words = shared(3);
+            let ring0 = ring(&words);
+            assert_eq!(ring0.try_push_many(&[1, 2]).unwrap(), 2);
+            let batch = {
+                let words = words.clone();
+                thread::spawn(move || {
+                    let mut out = [0u32; 3];
+                    let popped = ring(&words).try_pop_many(&mut out).unwrap();
+                    out[..popped].to_vec()
+                })
+            };
+            let single = {
+                let words = words.clone();
+                thread::spawn(move || ring(&words).try_pop().unwrap())
+            };
+            let pusher = {
+                let words = words.clone();
+                thread::spawn(move || ring(&words).try_push(3).unwrap())
+            };
+            let batch = batch.join().unwrap();
+            assert!(batch.windows(2).all(|w| w[0] < w[1]), "in order: {batch:?}");
+            let mut seen = batch;
+            seen.extend(single.join().unwrap());
+            assert!(pusher.join().unwrap(), "room for a third value");
+            while let Some(v) = ring0.try_pop().unwrap() {
+                seen.push(v);
+            }
+            seen.sort_unstable();
+            assert_eq!(seen, [1, 2, 3]);
+        });
+    }
+
+    #[test]
+    fn a_batch_push_racing_a_push_and_a_pop_loses_nothing() {
+        loom::model(|| {
+            let words = shared(3);
+            let ring0 = ring(&words);
+            assert!(ring0.try_push(1).unwrap());
+            let batch = {
+                let words = words.clone();
+                thread::spawn(move || ring(&words).try_push_many(&[10, 11]).unwrap())
+            };
+            let single = {
+                let words = words.clone();
+                thread::spawn(move || ring(&words).try_push(20).unwrap())
+            };
+            let popper = {
+                let words = words.clone();
+                thread::spawn(move || ring(&words).try_pop().unwrap())
+            };
+            let batched = batch.join().unwrap();
+            let pushed_single = single.join().unwrap();
+            let mut seen: Vec<u32> = popper.join().unwrap().into_iter().collect();
+            while let Some(v) = ring0.try_pop().unwrap() {
+                seen.push(v);
+            }
+            // The batch's values come out in order, none lost or doubled.
+            let from_batch: Vec<u32> = seen
+                .iter()
+                .copied()
+                .filter(|v| (10..20).contains(v))
+                .collect();
+            assert_eq!(from_batch, [10, 11][..batched].to_vec());
+            let mut expected = vec![1];
+            expected.extend([10, 11][..batched].iter());
+            if pushed_single {
+                expected.push(20);
+            }
+            seen.sort_unstable();
+            expected.sort_unstable();
+            assert_eq!(seen, expected);
+            assert!(
+                ring0.try_push_many(&[5, 6, 7]).unwrap() == 3,
+                "all room again"
+            );
         });
     }
 
