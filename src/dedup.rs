@@ -62,6 +62,7 @@ const FORGOTTEN: u64 = 0;
 
 /// The `expires_at` of an id recorded at `now` (the window is at least 1 ns, so never
 /// `FORGOTTEN`).
+#[inline]
 fn expiry(now: u64, window_nanos: u64) -> u64 {
     now.saturating_add(window_nanos)
 }
@@ -106,6 +107,7 @@ struct Entry {
 }
 
 impl Entry {
+    #[inline]
     fn live(&self, now: u64) -> bool {
         now < self.expires_at.load(Ordering::Relaxed)
     }
@@ -125,6 +127,7 @@ pub(crate) struct Stripe {
 }
 
 /// How many entries a stripe's length says are in use (a torn length reads as all).
+#[inline]
 fn in_use(len: &AtomicU64) -> usize {
     (len.load(Ordering::Relaxed) as usize).min(ENTRIES_PER_STRIPE)
 }
@@ -134,6 +137,7 @@ impl Stripe {
     /// use. A lock held through [`SPINS_BEFORE_CHECK`] tries by a holder that `alive` says
     /// is gone (a killed process, or a value no holder writes) is taken over; its entries
     /// may then be torn, which reads as an old id or expiry, never as anything unsafe.
+    #[inline]
     fn locked<R>(
         &self,
         holder: u64,
@@ -263,6 +267,7 @@ impl DedupWindow {
 impl<'r> DedupTable<'r> {
     /// The table over `stripes` (a power of two of them, or none: then every id is
     /// accepted and nothing remembered), remembering ids for `window_nanos`.
+    #[inline]
     pub(crate) fn new(stripes: &'r [Stripe], window_nanos: u64) -> Self {
         debug_assert!(stripes.len().is_power_of_two() || stripes.is_empty());
         Self {
@@ -274,6 +279,7 @@ impl<'r> DedupTable<'r> {
     }
 
     /// The table as used by participant `holder` of a queue with these `participants`.
+    #[inline]
     pub(crate) fn held_by(self, holder: u64, participants: Participants<'r>) -> Self {
         Self {
             holder,
@@ -304,6 +310,7 @@ impl<'r> DedupTable<'r> {
 
     /// `id`'s stripe: the low bits of its hash. (`x & (len - 1)` is below `len` for any
     /// `len`, so a count that is not a power of two, from bad memory, cannot index past.)
+    #[inline]
     fn stripe(&self, id: MessageId) -> Option<&'r Stripe> {
         let stripes: &'r [Stripe] = self.stripes;
         stripes.get(mix64(id.0) as usize & stripes.len().wrapping_sub(1))
@@ -317,6 +324,7 @@ impl<'r> DedupTable<'r> {
         }
     }
 
+    #[inline]
     pub(crate) fn record(&self, id: MessageId, now: u64) -> Result<(), DedupError> {
         let expires_at = expiry(now, self.window_nanos);
         let Some(stripe) = self.stripe(id) else {

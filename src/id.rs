@@ -34,6 +34,7 @@ impl std::fmt::Display for MessageId {
 
 /// Spreads an id's bits (the splitmix64 finalizer, a bijection): sequential ids land in
 /// unrelated places of a hash table. Fixed and portable, like everything hashed in a region.
+#[inline]
 pub(crate) fn mix64(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

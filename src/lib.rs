@@ -51,8 +51,8 @@ mod wheel;
 pub use clock::MonotonicClock;
 pub use id::MessageId;
 pub use queue::{
-    BatchPublishError, Delivery, PublishError, PublishOptions, Queue, QueueConfig, ReadyMessage,
-    SettleError,
+    BatchAckError, BatchPublishError, Delivery, PublishError, PublishOptions, Queue, QueueConfig,
+    ReadyMessage, SettleError,
 };
 pub use ring::{Ring, TokenRing};
 

@@ -62,6 +62,7 @@ pub(crate) struct RingCursors {
 
 impl RingCursors {
     /// The index ring of these cursors over `slots` (laid out already).
+    #[inline]
     pub(crate) fn ring<'r>(&'r self, slots: &'r [AtomicU64]) -> crate::ring::index::IndexRing<'r> {
         crate::ring::index::IndexRing::attach(&self.head.0, &self.tail.0, slots)
     }
@@ -366,6 +367,7 @@ impl Region {
     }
 
     /// The sections, borrowed from the region.
+    #[inline]
     pub(crate) fn sections(&self) -> Sections<'_> {
         let raw = &self.raw;
         // SAFETY: every raw section points into memory `self._memory` owns and never moves

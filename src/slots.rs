@@ -64,6 +64,7 @@ pub(crate) enum State {
 }
 
 impl State {
+    #[inline]
     fn from_bits(bits: u8) -> Option<Self> {
         Some(match bits {
             0 => Self::Free,
@@ -108,6 +109,7 @@ impl Word {
     /// The slot freed: next generation (which fences every old token and receipt), no
     /// lease version, pins and lease timer kept (the last unpin returns the slot to the
     /// free ring; the timer stays in the wheel until it fires).
+    #[inline]
     pub(crate) fn freed(self) -> Self {
         Self {
             state: State::Free,
@@ -117,6 +119,7 @@ impl Word {
         }
     }
 
+    #[inline]
     fn pack(self) -> u64 {
         u64::from(self.state as u8)
             | if self.lease_timer { LEASE_TIMER_BIT } else { 0 }
@@ -126,6 +129,7 @@ impl Word {
     }
 
     /// `None` for bits no transition ever writes (another writer corrupted the word).
+    #[inline]
     fn unpack(bits: u64) -> Option<Self> {
         Some(Self {
             state: State::from_bits(bits as u8 & 0x7f)?,
@@ -247,6 +251,7 @@ impl<'r> MessageStore<'r> {
     /// The store over these sections; `payloads` holds `lines_per_slot` lines per header
     /// (fewer, from a corrupt layout, makes payload access of the missing slots panic-free
     /// errors: see [`Self::payload_start`]).
+    #[inline]
     pub(crate) fn new(
         headers: &'r [SlotHeader],
         payloads: &'r [PayloadLine],
@@ -260,6 +265,7 @@ impl<'r> MessageStore<'r> {
         }
     }
 
+    #[inline]
     fn header(&self, slot: u32) -> Result<&'r SlotHeader, CorruptSlot> {
         self.headers
             .get(slot as usize)
@@ -267,6 +273,7 @@ impl<'r> MessageStore<'r> {
     }
 
     /// The slot's fields (see [`Meta`] for who may write them when).
+    #[inline]
     pub(crate) fn meta(&self, slot: u32) -> Result<&'r Meta, CorruptSlot> {
         Ok(&self.header(slot)?.meta)
     }
@@ -277,6 +284,7 @@ impl<'r> MessageStore<'r> {
     }
 
     /// The slot's current word.
+    #[inline]
     pub(crate) fn load(&self, slot: u32) -> Result<Word, CorruptSlot> {
         let bits = self.header(slot)?.word.load(Ordering::Acquire);
         Word::unpack(bits).ok_or(CorruptSlot { slot, bits })
@@ -284,6 +292,7 @@ impl<'r> MessageStore<'r> {
 
     /// Moves the slot from exactly `expected` to whatever `change` makes of it, with one CAS
     /// that acquires what the previous owner wrote and releases what this one wrote.
+    #[inline]
     pub(crate) fn transition(
         &self,
         slot: u32,
@@ -308,6 +317,7 @@ impl<'r> MessageStore<'r> {
 
     /// Moves the slot from `from` at `generation` (with whatever pins it has) via `change`,
     /// retrying while only the pins differ. The common form: "if it is still Leased(g)...".
+    #[inline]
     pub(crate) fn transition_from(
         &self,
         slot: u32,
@@ -321,6 +331,7 @@ impl<'r> MessageStore<'r> {
 
     /// [`transition_from`](Self::transition_from) starting from a word the caller just
     /// loaded (one load fewer on a hot path).
+    #[inline]
     pub(crate) fn transition_from_seen(
         &self,
         slot: u32,
@@ -362,6 +373,7 @@ impl<'r> MessageStore<'r> {
     }
 
     /// The start of the slot's payload lines, with provenance over all of them.
+    #[inline]
     fn payload_start(&self, slot: u32) -> *mut u8 {
         let first = slot as usize * self.lines_per_slot;
         let lines = &self.payloads[first..first + self.lines_per_slot];
@@ -386,6 +398,7 @@ impl<'r> MessageStore<'r> {
     /// process may write these bytes at any time (only a broken or hostile one would, but
     /// it could), and an atomic access racing with a write is no undefined behaviour.
     /// (`std`'s atomics even under loom, which does not model payload bytes.)
+    #[inline]
     fn payload_words(&self, slot: u32) -> &'r [StdAtomicU64] {
         let first = slot as usize * self.lines_per_slot;
         let lines: &'r [PayloadLine] = &self.payloads[first..first + self.lines_per_slot];
@@ -406,6 +419,7 @@ impl<'r> MessageStore<'r> {
     /// Copies `bytes` into the slot's payload area (the caller holds the slot in
     /// `Writing`; `bytes` longer than the slot's lines are cut short, which `publish`
     /// rules out beforehand). The tail of the last word is zero-filled.
+    #[inline]
     pub(crate) fn write_payload(&self, slot: u32, bytes: &[u8]) {
         let words = self.payload_words(slot);
         let whole = bytes.chunks_exact(8);
@@ -431,6 +445,7 @@ impl<'r> MessageStore<'r> {
 
     /// Copies the slot's first `out.len()` payload bytes (at most the slot's lines) into
     /// `out` with atomic loads: sound whatever another process does to the bytes meanwhile.
+    #[inline]
     pub(crate) fn copy_payload(&self, slot: u32, out: &mut [u8]) {
         let mut words = self.payload_words(slot).iter();
         let mut whole = out.chunks_exact_mut(8);
@@ -458,6 +473,7 @@ impl<'r> MessageStore<'r> {
     /// caller holds a pin on the slot, taken by a transition that acquired the word after
     /// the publisher's `Writing -> Ready | Delayed`, and `len <= max_payload`. While pinned
     /// the slot is not freed to the free ring, so no publisher writes these bytes.
+    #[inline]
     pub(crate) unsafe fn payload(&self, slot: u32, len: usize) -> &'r [u8] {
         debug_assert!(len <= self.lines_per_slot * 64);
         // SAFETY: no writer while pinned (see above); the bytes are initialized (zeroed at

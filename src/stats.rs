@@ -80,6 +80,7 @@ pub(crate) struct Counters<'r> {
 
 impl<'r> Counters<'r> {
     /// Counters over `stripes` (zeroed at creation; any number of them, at least one).
+    #[inline]
     pub(crate) fn new(stripes: &'r [CounterStripe]) -> Self {
         Self { stripes }
     }

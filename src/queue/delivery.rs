@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::{system_time, DeadReason, Queue};
+use super::{free_token, system_time, DeadReason, Queue};
 use crate::clock::{nanos, Clock};
 use crate::id::MessageId;
 use crate::slots::{State, TransitionError, Word};
@@ -114,10 +114,21 @@ impl<'q, C: Clock> Delivery<'q, C> {
     ///
     /// # Errors
     /// [`SettleError::LeaseLost`] if the lease ran out first.
-    pub fn ack(mut self) -> Result<(), SettleError> {
+    pub fn ack(self) -> Result<(), SettleError> {
+        let queue = self.queue;
+        if let Some(free) = self.ack_quietly()? {
+            queue.push_free(free);
+        }
+        queue.note_acked();
+        Ok(())
+    }
+
+    /// The ack's state change without its bookkeeping: frees the slot and drops our pin in
+    /// one CAS (`self` is consumed: nothing borrows the payload any more). Returns the
+    /// slot's free token if the slot may go back to the free ring now (no other delivery
+    /// pins it), for the caller to push; the caller counts the ack.
+    pub(super) fn ack_quietly(mut self) -> Result<Option<u32>, SettleError> {
         self.settled = true;
-        // Free the slot and drop our pin in one CAS (`self` is consumed: nothing borrows
-        // the payload any more).
         let freed = self
             .queue
             .store()
@@ -130,9 +141,12 @@ impl<'q, C: Clock> Delivery<'q, C> {
             .map_err(|_| self.lease_lost())?;
         self.pinned = false;
         self.queue.unmark_pin(self.slot);
-        self.queue.release_if_unpinned(self.slot, freed);
-        self.queue.note_acked();
-        Ok(())
+        Ok(free_token(self.slot, freed))
+    }
+
+    /// Whether this delivery came from `queue`.
+    pub(super) fn is_from(&self, queue: &Queue<C>) -> bool {
+        std::ptr::eq(self.queue, queue)
     }
 
     /// Failed with `error`: retried after the backoff for this attempt, or dead-lettered

@@ -33,7 +33,7 @@ mod delivery;
 mod reboot;
 pub(crate) mod recovery;
 
-pub use batch::BatchPublishError;
+pub use batch::{BatchAckError, BatchPublishError};
 pub use config::{ConfigError, ExpiryPolicy, FullPolicy, QueueConfig, RetryBackoff};
 pub use delivery::{Delivery, SettleError};
 
@@ -200,6 +200,12 @@ fn token(slot: u32, generation: u32) -> u32 {
 /// Bits of a token that name the slot; the queue holds at most `2^SLOT_BITS - 1` slots, so
 /// no token is the ring's `EMPTY` (all ones).
 const SLOT_BITS: u32 = 24;
+
+/// The token to return a slot to the free ring with, if its word `freed` says it is free
+/// and unpinned (a pinned one goes back when its last pin is dropped).
+fn free_token(slot: u32, freed: Word) -> Option<u32> {
+    (freed.state == State::Free && freed.pins == 0).then(|| token(slot, freed.generation))
+}
 
 fn split(token: u32) -> (u32, u8) {
     (token & ((1 << SLOT_BITS) - 1), (token >> SLOT_BITS) as u8)
@@ -708,7 +714,10 @@ impl<C: Clock> Queue<C> {
         while let Some(ready) = pop(self.ready()) {
             self.store().prefetch(split(ready).0); // header and payload misses overlap
             match self.lease(ready, now) {
-                Lease::Taken(delivery) => return Some(delivery),
+                Lease::Taken(delivery) => {
+                    self.counters().bump(Counter::Delivered);
+                    return Some(delivery);
+                }
                 Lease::Skipped => continue,
                 Lease::Pinned => return None,
             }
@@ -728,7 +737,8 @@ impl<C: Clock> Queue<C> {
     }
 
     /// Leases the message that the popped ready token `ready` names, at `now`. Expired
-    /// messages are dead-lettered (or dropped) and stale tokens dropped: `Skipped`.
+    /// messages are dead-lettered (or dropped) and stale tokens dropped: `Skipped`. The
+    /// caller counts the delivery.
     fn lease(&self, ready: u32, now: u64) -> Lease<'_, C> {
         let (slot, generation_bits) = split(ready);
         let Ok(meta) = self.store().meta(slot) else {
@@ -812,7 +822,6 @@ impl<C: Clock> Queue<C> {
         if bracketed {
             self.end_scheduling();
         }
-        self.counters().bump(Counter::Delivered);
         if attempt > 1 {
             self.counters().bump(Counter::Redelivered);
         }
@@ -963,10 +972,15 @@ impl<C: Clock> Queue<C> {
     /// Returns a freed slot to the free ring unless a delivery still pins it (then the last
     /// unpin does).
     pub(crate) fn release_if_unpinned(&self, slot: u32, freed: Word) {
-        if freed.state == State::Free && freed.pins == 0 {
-            let pushed = push(self.free(), token(slot, freed.generation));
-            self.invariant(pushed, "free ring holds every slot");
+        if let Some(free) = free_token(slot, freed) {
+            self.push_free(free);
         }
+    }
+
+    /// Returns a free slot's token to the free ring.
+    fn push_free(&self, free: u32) {
+        let pushed = push(self.free(), free);
+        self.invariant(pushed, "free ring holds every slot");
     }
 
     /// Drops a pin of ours, freeing the slot if it was the last pin of a freed slot.

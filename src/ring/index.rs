@@ -57,19 +57,23 @@ pub(crate) struct Corrupt {
     pub(crate) what: &'static str,
 }
 
+#[inline]
 fn word(seq: u64, value: u32) -> u64 {
     (seq & 0xffff_ffff) << 32 | u64::from(value)
 }
 
+#[inline]
 fn seq_of(word: u64) -> u32 {
     (word >> 32) as u32
 }
 
+#[inline]
 fn value_of(word: u64) -> u32 {
     word as u32
 }
 
 /// `a - b` as a signed distance between wrapping 32-bit positions.
+#[inline]
 fn distance(a: u32, b: u32) -> i64 {
     i64::from(a.wrapping_sub(b) as i32)
 }
@@ -96,6 +100,7 @@ impl<'r> IndexRing<'r> {
 
     /// A ring already laid out in these words (by [`init`](Self::init), maybe in another
     /// process). Nothing is trusted: every word is checked when it is used.
+    #[inline]
     pub(crate) fn attach(head: &'r AtomicU64, tail: &'r AtomicU64, slots: &'r [AtomicU64]) -> Self {
         Self { head, tail, slots }
     }
@@ -117,17 +122,20 @@ impl<'r> IndexRing<'r> {
     /// calls the ring corrupt: live threads move a cursor (or let us help it) within a
     /// step or two, however heavy the contention; only memory no operation wrote can keep
     /// a cursor still while its slot says it should move.
+    #[inline]
     fn step_limit(&self) -> usize {
         self.slots.len().saturating_mul(4).saturating_add(1024)
     }
 
     /// Moves `cursor` from `from` to `from + 1` unless someone already did.
+    #[inline]
     fn help(cursor: &AtomicU64, from: u64) {
         let next = from.wrapping_add(1); // wrapping: a corrupt cursor must not panic
         let _ = cursor.compare_exchange(from, next, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// Appends `value` (not [`EMPTY`]). `Ok(false)` if the ring is full.
+    #[inline]
     pub(crate) fn try_push(&self, value: u32) -> Result<bool, Corrupt> {
         Ok(self.push(value, true)?.is_some())
     }
@@ -137,6 +145,7 @@ impl<'r> IndexRing<'r> {
     /// next position's slot directly, which succeeds only if that slot waits for exactly
     /// that push (so the values stay consecutive, in order); `tail` then moves once, past
     /// them all (see [`advance_to`](Self::advance_to)).
+    #[inline]
     pub(crate) fn try_push_many(&self, values: &[u32]) -> Result<usize, Corrupt> {
         let Some((&first, rest)) = values.split_first() else {
             return Ok(0);
@@ -169,6 +178,7 @@ impl<'r> IndexRing<'r> {
     /// comes out as a `try_pop` would; each next one by a CAS on the next position's slot
     /// directly, which succeeds only if that slot holds the value pushed at exactly that
     /// position; `head` then moves once, past them all.
+    #[inline]
     pub(crate) fn try_pop_many(&self, out: &mut [u32]) -> Result<usize, Corrupt> {
         if out.is_empty() {
             return Ok(0);
@@ -205,6 +215,7 @@ impl<'r> IndexRing<'r> {
     /// that completed every position from the one it began at (which the cursor had
     /// reached, or was helped to) up to `to`: a cursor may stand at a position only once
     /// every position before it is done, and that holds for `to`.
+    #[inline]
     fn advance_to(cursor: &AtomicU64, to: u64) {
         let mut current = cursor.load(Ordering::Acquire);
         // Positions never wrap (2^64 operations); a corrupt cursor past `to` stays put.
@@ -219,6 +230,7 @@ impl<'r> IndexRing<'r> {
     /// `try_push`, returning the position pushed at (`None`: full); `advance: false` stops
     /// right after the slot CAS, as a pusher killed at its linearization point would (and
     /// as a batch does, moving `tail` once at its end).
+    #[inline]
     fn push(&self, value: u32, advance: bool) -> Result<Option<u64>, Corrupt> {
         debug_assert_ne!(value, EMPTY);
         let cap = self.slots.len() as i64;
@@ -273,12 +285,14 @@ impl<'r> IndexRing<'r> {
     }
 
     /// Takes the oldest value, `Ok(None)` if the ring is empty.
+    #[inline]
     pub(crate) fn try_pop(&self) -> Result<Option<u32>, Corrupt> {
         Ok(self.pop(true)?.map(|(_, value)| value))
     }
 
     /// `try_pop`, returning the position popped at too; `advance: false` leaves `head` to
     /// the caller (a batch moves it once, at its end).
+    #[inline]
     fn pop(&self, advance: bool) -> Result<Option<(u64, u32)>, Corrupt> {
         let cap = self.slots.len() as i64;
         let mut head = self.head.load(Ordering::Acquire);
