@@ -1,10 +1,13 @@
 //! The reliable queue's cost per message against the raw ring, measured in the same run:
 //! publish -> receive -> ack of 64-byte messages with generated ids and dedup on, against
-//! pushing and popping 64-byte arrays through `ackring::Ring`.
+//! pushing and popping 64-byte arrays through `ackring::Ring`; one message per call, and in
+//! batches of [`BATCH`] (`publish_batch` / `try_receive_batch` / `ack_batch` against
+//! `push_batch` / `pop_batch`).
 //!
 //! `cargo bench --bench queue`
 
 use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
@@ -14,6 +17,7 @@ use crossbeam_utils::Backoff;
 
 const CAPACITY: u32 = 1024;
 const MESSAGES_PER_ITERATION: u64 = 1 << 15;
+const BATCH: usize = 32;
 const PAYLOAD: [u8; 64] = [7; 64];
 const END: u8 = 0xff;
 
@@ -26,47 +30,57 @@ fn pin(thread_index: usize, threads: usize) {
     }
 }
 
-/// Runs `producers` threads calling `send(false)` `total / producers` times, then one of them
-/// `send(true)` once per consumer (end markers), and `consumers` threads calling `receive`
-/// until it reports an end marker. Returns the time from the start barrier to the end.
-fn run(
-    producers: usize,
-    consumers: usize,
-    total: u64,
-    send: impl Fn(bool) + Sync,
-    receive: impl Fn() -> Option<bool> + Sync,
-) -> Duration {
+/// How a peer moves messages: `send(count, end)` sends `count` messages (end markers if
+/// `end`), retrying until all went in; `receive()` takes what it can and says how many of
+/// them were end markers (`None`: nothing there).
+struct Peer<S, R> {
+    send: S,
+    receive: R,
+    /// Messages per `send` call.
+    batch: usize,
+}
+
+/// Runs `producers` threads sending `total / producers` messages each, then one end marker
+/// per consumer, and `consumers` threads receiving until all the end markers were seen.
+/// Returns the time from the start barrier to the end.
+fn run<S, R>(producers: usize, consumers: usize, total: u64, peer: &Peer<S, R>) -> Duration
+where
+    S: Fn(usize, bool) + Sync,
+    R: Fn() -> Option<usize> + Sync,
+{
     let threads = producers + consumers;
     let start = Barrier::new(threads + 1);
+    // One batch may hold several end markers: consumers stop once all were seen.
+    let ends_seen = AtomicUsize::new(0);
     let producers_done = Barrier::new(producers);
-    let per_producer = total / producers as u64;
+    let calls_per_producer = total / producers as u64 / peer.batch as u64;
     let began = std::thread::scope(|s| {
         for p in 0..producers {
-            let (start, producers_done, send) = (&start, &producers_done, &send);
+            let (start, producers_done) = (&start, &producers_done);
             s.spawn(move || {
                 pin(p, threads);
                 start.wait();
-                for _ in 0..per_producer {
-                    send(false);
+                for _ in 0..calls_per_producer {
+                    (peer.send)(peer.batch, false);
                 }
                 producers_done.wait();
                 if p == 0 {
-                    for _ in 0..consumers {
-                        send(true);
-                    }
+                    (peer.send)(consumers, true);
                 }
             });
         }
         for c in 0..consumers {
-            let (start, receive) = (&start, &receive);
+            let (start, ends_seen) = (&start, &ends_seen);
             s.spawn(move || {
                 pin(producers + c, threads);
                 start.wait();
                 let backoff = Backoff::new();
-                loop {
-                    match receive() {
-                        Some(true) => return,
-                        Some(false) => backoff.reset(),
+                while ends_seen.load(Ordering::Relaxed) < consumers {
+                    match (peer.receive)() {
+                        Some(ends) => {
+                            ends_seen.fetch_add(ends, Ordering::Relaxed);
+                            backoff.reset();
+                        }
                         None => backoff.snooze(),
                     }
                 }
@@ -76,28 +90,6 @@ fn run(
         Instant::now()
     });
     began.elapsed()
-}
-
-/// `iters` runs of `MESSAGES_PER_ITERATION` messages, timed and summed (criterion's
-/// `iter_custom`).
-fn timed(
-    iters: u64,
-    producers: usize,
-    consumers: usize,
-    send: impl Fn(bool) + Sync,
-    receive: impl Fn() -> Option<bool> + Sync,
-) -> Duration {
-    (0..iters)
-        .map(|_| {
-            run(
-                producers,
-                consumers,
-                MESSAGES_PER_ITERATION,
-                &send,
-                &receive,
-            )
-        })
-        .sum()
 }
 
 /// A 64-byte message; the first byte marks the end of the stream.
@@ -121,50 +113,111 @@ fn bench_pair(c: &mut Criterion, producers: usize, consumers: usize) {
     group.throughput(Throughput::Elements(MESSAGES_PER_ITERATION));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(4));
+    let mut bench = |name: &str, parameter: &str, timed: &dyn Fn(u64) -> Duration| {
+        group.bench_function(BenchmarkId::new(name, parameter), |b| {
+            b.iter_custom(timed)
+        });
+    };
     let ring: Ring<[u8; 64]> = Ring::new(CAPACITY as usize).unwrap();
-    group.bench_function(BenchmarkId::new("ackring::Ring", "64B"), |b| {
-        b.iter_custom(|iters| {
-            timed(
-                iters,
-                producers,
-                consumers,
-                |end| {
-                    let mut message = message(end);
+    let ring_single = Peer {
+        batch: 1,
+        send: |count: usize, end: bool| {
+            for _ in 0..count {
+                let mut item = message(end);
+                let backoff = Backoff::new();
+                while let Err(full) = ring.try_push(item) {
+                    item = full.into_inner();
+                    backoff.snooze();
+                }
+            }
+        },
+        receive: || ring.try_pop().map(|m| usize::from(black_box(m)[0] == END)),
+    };
+    bench("ackring::Ring", "64B", &|iters| {
+        (0..iters)
+            .map(|_| run(producers, consumers, MESSAGES_PER_ITERATION, &ring_single))
+            .sum()
+    });
+    let ring_batches = Peer {
+        batch: BATCH,
+        send: |count: usize, end: bool| {
+            let mut items = vec![message(end); count];
+            let backoff = Backoff::new();
+            while !items.is_empty() {
+                if ring.push_batch(&mut items) == 0 {
+                    backoff.snooze();
+                }
+            }
+        },
+        receive: || {
+            let mut out = Vec::with_capacity(BATCH);
+            (ring.pop_batch(&mut out, BATCH) > 0)
+                .then(|| out.iter().filter(|m| black_box(m)[0] == END).count())
+        },
+    };
+    bench("ackring::Ring", "64B batches of 32", &|iters| {
+        (0..iters)
+            .map(|_| run(producers, consumers, MESSAGES_PER_ITERATION, &ring_batches))
+            .sum()
+    });
+    bench("ackring::Queue", "64B publish-receive-ack", &|iters| {
+        let queue = Queue::new(queue_config()).unwrap();
+        let peer = Peer {
+            batch: 1,
+            send: |count: usize, end: bool| {
+                for _ in 0..count {
                     let backoff = Backoff::new();
-                    while let Err(full) = ring.try_push(message) {
-                        message = full.into_inner();
+                    while queue.publish(&message(end)).is_err() {
                         backoff.snooze();
                     }
-                },
-                || ring.try_pop().map(|m| black_box(m)[0] == END),
-            )
-        })
+                }
+            },
+            receive: || {
+                let delivery = queue.try_receive()?;
+                let end = black_box(delivery.payload())[0] == END;
+                delivery.ack().expect("acked within the lease");
+                Some(usize::from(end))
+            },
+        };
+        (0..iters)
+            .map(|_| run(producers, consumers, MESSAGES_PER_ITERATION, &peer))
+            .sum()
     });
-    group.bench_function(
-        BenchmarkId::new("ackring::Queue", "64B publish-receive-ack"),
-        |b| {
-            b.iter_custom(|iters| {
-                let queue = Queue::new(queue_config()).unwrap();
-                timed(
-                    iters,
-                    producers,
-                    consumers,
-                    |end| {
-                        let backoff = Backoff::new();
-                        while queue.publish(&message(end)).is_err() {
+    bench("ackring::Queue", "64B batches of 32", &|iters| {
+        let queue = Queue::new(queue_config()).unwrap();
+        let peer = Peer {
+            batch: BATCH,
+            send: |count: usize, end: bool| {
+                let messages = vec![message(end); count];
+                let mut sent = 0;
+                let backoff = Backoff::new();
+                while sent < count {
+                    match queue.publish_batch(&messages[sent..]) {
+                        Ok(()) => sent = count,
+                        Err(refused) => {
+                            sent += refused.published;
                             backoff.snooze();
                         }
-                    },
-                    || {
-                        let delivery = queue.try_receive()?;
-                        let end = black_box(delivery.payload())[0] == END;
-                        delivery.ack().expect("acked within the lease");
-                        Some(end)
-                    },
-                )
-            })
-        },
-    );
+                    }
+                }
+            },
+            receive: || {
+                let mut deliveries = Vec::with_capacity(BATCH);
+                if queue.try_receive_batch(&mut deliveries, BATCH) == 0 {
+                    return None;
+                }
+                let ends = deliveries
+                    .iter()
+                    .filter(|d| black_box(d.payload())[0] == END)
+                    .count();
+                queue.ack_batch(deliveries).expect("acked within the lease");
+                Some(ends)
+            },
+        };
+        (0..iters)
+            .map(|_| run(producers, consumers, MESSAGES_PER_ITERATION, &peer))
+            .sum()
+    });
     group.finish();
 }
 

@@ -241,9 +241,14 @@ impl<C: Clock> Queue<C> {
         &'q self,
         deliveries: impl IntoIterator<Item = Delivery<'q, C>>,
     ) -> Result<(), BatchAckError> {
-        let mut freed = [0u32; CHUNK];
-        let mut pending = 0;
-        let mut acked = 0u64;
+        // The iterator is the caller's code and may panic: the guard returns the slots freed
+        // so far (and counts their acks) however this call ends.
+        let mut freed = FreedSlots {
+            queue: self,
+            tokens: [0; CHUNK],
+            pending: 0,
+            acked: 0,
+        };
         let mut lost = Vec::new();
         for delivery in deliveries {
             if !delivery.is_from(self) {
@@ -254,22 +259,11 @@ impl<C: Clock> Queue<C> {
                 continue;
             }
             match delivery.ack_quietly() {
-                Ok(free) => {
-                    acked += 1;
-                    if let Some(free) = free {
-                        freed[pending] = free;
-                        pending += 1;
-                        if pending == CHUNK {
-                            self.push_tokens(self.free(), &freed);
-                            pending = 0;
-                        }
-                    }
-                }
+                Ok(free) => freed.add(free),
                 Err(SettleError::LeaseLost { id }) => lost.push(id),
             }
         }
-        self.push_tokens(self.free(), &freed[..pending]);
-        self.counters().add(Counter::Acked, acked);
+        drop(freed);
         if lost.is_empty() {
             Ok(())
         } else {
@@ -313,13 +307,45 @@ impl<C: Clock> Queue<C> {
         timeout: std::time::Duration,
     ) -> usize {
         if max == 0 {
-            return 0;
+            return self.try_receive_batch(out, 0); // runs the timers, as with a larger max
         }
         self.wait_until_ready(timeout, || {
             let received = self.try_receive_batch(out, max);
             (received > 0).then_some(received)
         })
         .unwrap_or(0)
+    }
+}
+
+/// Slots an [`ack_batch`](Queue::ack_batch) freed, going back to the free ring a chunk at a
+/// time; the rest, and the count of acks, when dropped.
+struct FreedSlots<'q, C: Clock> {
+    queue: &'q Queue<C>,
+    tokens: [u32; CHUNK],
+    pending: usize,
+    acked: u64,
+}
+
+impl<C: Clock> FreedSlots<'_, C> {
+    /// One ack done; `free` is its slot's token if the slot goes back now.
+    fn add(&mut self, free: Option<u32>) {
+        self.acked += 1;
+        if let Some(free) = free {
+            self.tokens[self.pending] = free;
+            self.pending += 1;
+            if self.pending == CHUNK {
+                self.queue.push_tokens(self.queue.free(), &self.tokens);
+                self.pending = 0;
+            }
+        }
+    }
+}
+
+impl<C: Clock> Drop for FreedSlots<'_, C> {
+    fn drop(&mut self) {
+        let queue = self.queue;
+        queue.push_tokens(queue.free(), &self.tokens[..self.pending]);
+        queue.counters().add(Counter::Acked, self.acked);
     }
 }
 
@@ -525,6 +551,28 @@ mod tests {
         let stats = queue.stats();
         assert_eq!((stats.acked, stats.in_flight, stats.ready), (4, 0, 0));
         // Every slot came back: the whole capacity takes a batch again.
+        queue.publish_batch(&payloads(0..4)).unwrap();
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "unwinding through the test is slow under Miri")]
+    fn a_batch_ack_cut_short_by_a_panicking_iterator_still_frees_what_it_acked() {
+        let (queue, _) = queue(4);
+        queue.publish_batch(&payloads(0..4)).unwrap();
+        let mut deliveries = Vec::new();
+        assert_eq!(queue.try_receive_batch(&mut deliveries, 4), 4);
+        let cut_short = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut deliveries = deliveries.into_iter();
+            queue.ack_batch(std::iter::from_fn(|| {
+                let next = deliveries.next();
+                assert!(next.is_some(), "the caller's iterator panics at its end");
+                next
+            }))
+        }));
+        assert!(cut_short.is_err());
+        let stats = queue.stats();
+        assert_eq!((stats.acked, stats.in_flight), (4, 0));
+        // All four slots came back to the free ring.
         queue.publish_batch(&payloads(0..4)).unwrap();
     }
 
