@@ -1,17 +1,18 @@
 //! The reliable queue's cost per message against the raw ring, measured in the same run:
-//! publish -> receive -> ack of 64-byte messages with generated ids and dedup on, against
+//! publish -> receive -> ack of 64-byte messages with ids given and dedup on, against
 //! pushing and popping 64-byte arrays through `ackring::Ring`; one message per call, and in
 //! batches of [`BATCH`] (`publish_batch` / `try_receive_batch` / `ack_batch` against
 //! `push_batch` / `pop_batch`).
 //!
 //! `cargo bench --bench queue`
 
+use std::cell::Cell;
 use std::hint::black_box;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use ackring::{Queue, QueueConfig, Ring};
+use ackring::{MessageId, PublishOptions, Queue, QueueConfig, Ring};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use crossbeam_utils::Backoff;
 
@@ -99,6 +100,22 @@ fn message(end: bool) -> [u8; 64] {
     message
 }
 
+/// A fresh id for the calling thread: ids are given, not generated, so that every publish
+/// goes through the dedup window (the queue does not remember the ids it generates).
+fn fresh_id() -> MessageId {
+    static BLOCKS: AtomicU64 = AtomicU64::new(0);
+    thread_local!(static NEXT: Cell<u64> = Cell::new(BLOCKS.fetch_add(1 << 40, Ordering::Relaxed)));
+    MessageId(NEXT.with(|next| next.replace(next.get() + 1)))
+}
+
+fn with_fresh_id<P>(payload: P) -> (P, PublishOptions) {
+    let options = PublishOptions {
+        id: Some(fresh_id()),
+        ..PublishOptions::default()
+    };
+    (payload, options)
+}
+
 fn queue_config() -> QueueConfig {
     QueueConfig {
         // Dedup sized for the rate: ids live 100 ms, a million remembered.
@@ -114,9 +131,7 @@ fn bench_pair(c: &mut Criterion, producers: usize, consumers: usize) {
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(4));
     let mut bench = |name: &str, parameter: &str, timed: &dyn Fn(u64) -> Duration| {
-        group.bench_function(BenchmarkId::new(name, parameter), |b| {
-            b.iter_custom(timed)
-        });
+        group.bench_function(BenchmarkId::new(name, parameter), |b| b.iter_custom(timed));
     };
     let ring: Ring<[u8; 64]> = Ring::new(CAPACITY as usize).unwrap();
     let ring_single = Peer {
@@ -166,8 +181,9 @@ fn bench_pair(c: &mut Criterion, producers: usize, consumers: usize) {
             batch: 1,
             send: |count: usize, end: bool| {
                 for _ in 0..count {
+                    let (payload, options) = with_fresh_id(message(end));
                     let backoff = Backoff::new();
-                    while queue.publish(&message(end)).is_err() {
+                    while queue.publish_with(&payload, options).is_err() {
                         backoff.snooze();
                     }
                 }
@@ -188,11 +204,11 @@ fn bench_pair(c: &mut Criterion, producers: usize, consumers: usize) {
         let peer = Peer {
             batch: BATCH,
             send: |count: usize, end: bool| {
-                let messages = vec![message(end); count];
+                let messages: Vec<_> = (0..count).map(|_| with_fresh_id(message(end))).collect();
                 let mut sent = 0;
                 let backoff = Backoff::new();
                 while sent < count {
-                    match queue.publish_batch(&messages[sent..]) {
+                    match queue.publish_batch_with(&messages[sent..]) {
                         Ok(()) => sent = count,
                         Err(refused) => {
                             sent += refused.published;

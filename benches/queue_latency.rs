@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use ackring::clock::{Clock, MonotonicClock};
-use ackring::{Queue, QueueConfig, Ring};
+use ackring::{MessageId, PublishOptions, Queue, QueueConfig, Ring};
 use hdrhistogram::Histogram;
 
 const MESSAGES: u64 = 200_000;
@@ -110,9 +110,17 @@ fn main() {
         ..QueueConfig::new(1024, 64)
     };
     let queue = Queue::new(config).expect("valid config");
+    // Ids given, so that every publish goes through the dedup window (generated ones skip it).
+    let next_id = std::sync::atomic::AtomicU64::new(0); // one sender: no contention
     let histogram = measure(
         |stamp| {
-            while queue.publish(&stamped(stamp)).is_err() {
+            let options = PublishOptions {
+                id: Some(MessageId(
+                    next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                )),
+                ..PublishOptions::default()
+            };
+            while queue.publish_with(&stamped(stamp), options).is_err() {
                 std::hint::spin_loop();
             }
         },

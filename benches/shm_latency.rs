@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ackring::clock::{Clock, MonotonicClock};
-use ackring::{Queue, QueueConfig};
+use ackring::{MessageId, PublishOptions, Queue, QueueConfig};
 use hdrhistogram::Histogram;
 
 const LATENCY_MESSAGES: u64 = 100_000;
@@ -191,7 +191,12 @@ fn run(transport: Transport, paced: bool) -> String {
             let start = now();
             for i in 0..count {
                 pace(i, start);
-                while queue.publish(&message(now())).is_err() {
+                // Ids given, so that every publish goes through the dedup window.
+                let options = PublishOptions {
+                    id: Some(MessageId(i)),
+                    ..PublishOptions::default()
+                };
+                while queue.publish_with(&message(now()), options).is_err() {
                     std::hint::spin_loop();
                 }
             }

@@ -94,16 +94,6 @@ impl IdSource {
         })
     }
 
-    /// The id this thread's [`id`](Self::id) call after `skipped` more returns (0: the
-    /// next one), if known without taking a new block (so a publish can start loading its
-    /// dedup stripe early).
-    #[inline]
-    pub(crate) fn peek_id_after(&self, skipped: u64) -> Option<MessageId> {
-        let (seed, next, end) = BLOCK.with(Cell::get);
-        let at = next.saturating_add(skipped);
-        (seed == self.seed && at < end).then(|| MessageId(mix64(seed.wrapping_add(at))))
-    }
-
     /// A fresh id.
     #[inline]
     pub(crate) fn id(&self) -> MessageId {
@@ -120,33 +110,6 @@ impl IdSource {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-
-    #[test]
-    fn peeked_ids_are_the_ones_to_come() {
-        let source = IdSource::new();
-        assert_eq!(source.peek_id_after(0), None, "no block taken yet");
-        let mut previous = source.id();
-        for _ in 0..2 * ID_BLOCK {
-            let peeked = source.peek_id_after(0);
-            let peeked_later = source.peek_id_after(2);
-            let next = source.id();
-            assert!(
-                peeked.is_none() || peeked == Some(next),
-                "peeked {peeked:?}, got {next}"
-            );
-            let _ = source.id();
-            let later = source.id();
-            assert!(
-                peeked_later.is_none() || peeked_later == Some(later),
-                "peeked {peeked_later:?} two ahead, got {later}"
-            );
-            assert_ne!(next, previous);
-            previous = later;
-        }
-        // Another source's block is not this one's.
-        let other = IdSource::new();
-        assert_eq!(other.peek_id_after(0), None);
-    }
 
     #[test]
     fn ids_never_repeat_across_threads_and_sources() {

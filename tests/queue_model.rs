@@ -159,14 +159,15 @@ struct Message {
     place: Where,
     attempts: u32,
     expires_at: u64,
-    published_at: u64,
 }
 
 #[derive(Default)]
 struct Model {
     messages: HashMap<u64, Message>,
-    /// Accepted publish time of each id, for the dedup window.
+    /// Accepted publish time of each id the caller gave, for the dedup window.
     accepted_at: HashMap<MessageId, u64>,
+    /// Every id the queue generated so far.
+    generated: HashSet<MessageId>,
     ids: Vec<MessageId>,
     next_serial: u64,
     next_lease: u64,
@@ -261,7 +262,6 @@ impl Model {
                 place,
                 attempts: 0,
                 expires_at,
-                published_at: now,
             },
         );
         if let Some(id) = id {
@@ -276,12 +276,13 @@ impl Model {
         match message.id {
             Some(known) => assert_eq!(id, known, "message {serial} has the id it was given"),
             None => {
+                // Unique, and not remembered by the dedup window: a later publish that
+                // gives this id explicitly is accepted (and remembered from then on).
                 assert!(
-                    !self.accepted_at.contains_key(&id),
+                    self.generated.insert(id) && !self.accepted_at.contains_key(&id),
                     "generated id {id} of message {serial} was already used"
                 );
                 message.id = Some(id);
-                self.accepted_at.insert(id, message.published_at);
                 self.ids.push(id);
             }
         }

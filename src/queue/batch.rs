@@ -94,7 +94,6 @@ impl<C: Clock> Queue<C> {
         mut messages: impl Iterator<Item = (&'p [u8], PublishOptions)>,
     ) -> Result<(), BatchPublishError> {
         let mut published = 0;
-        let mut generated_ids = false;
         // Admitted messages waiting for slots are `outgoing[..pending]`; an admission error
         // ends the batch once they are in.
         let mut outgoing = [Outgoing::NONE; CHUNK];
@@ -110,19 +109,7 @@ impl<C: Clock> Queue<C> {
                 };
                 match self.admit(payload, &options) {
                     Ok(ttl) => {
-                        let id = options.id.unwrap_or_else(|| {
-                            generated_ids = true;
-                            self.ids.id()
-                        });
-                        if let Some(dedup) = self.dedup() {
-                            dedup.prefetch(id);
-                        }
-                        outgoing[pending] = Outgoing {
-                            id,
-                            payload,
-                            ttl,
-                            delay: options.delay,
-                        };
+                        outgoing[pending] = self.outgoing(payload, options, ttl);
                         pending += 1;
                     }
                     Err(error) => refused = Some(error),
@@ -174,9 +161,6 @@ impl<C: Clock> Queue<C> {
             pending -= claimed;
         };
         self.counters().add(Counter::Published, published as u64);
-        if generated_ids {
-            self.prefetch_next_generated_id();
-        }
         outcome
     }
 
@@ -353,6 +337,7 @@ impl Outgoing<'_> {
     /// A placeholder for the unused places of a chunk.
     const NONE: Self = Outgoing {
         id: MessageId(0),
+        remembered: false,
         payload: &[],
         ttl: None,
         delay: None,

@@ -107,9 +107,11 @@ pub struct QueueConfig {
     pub backoff: RetryBackoff,
     /// TTL of messages published without one; `None` = they never expire.
     pub default_ttl: Option<Duration>,
-    /// How long a message id is remembered to reject re-publishes; `None` = no dedup.
+    /// How long a message id given by the publisher is remembered to reject re-publishes;
+    /// `None` = no dedup. (Generated ids are unique and not remembered.)
     pub dedup_window: Option<Duration>,
-    /// Ids the dedup window remembers at once (rounded up).
+    /// Ids the dedup window remembers at once (rounded up): at least the publisher-given
+    /// ids published in any one `dedup_window`, or publishes fail with `DedupFull`.
     pub dedup_capacity: usize,
     /// What an expired message becomes.
     pub on_expiry: ExpiryPolicy,

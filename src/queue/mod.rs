@@ -122,7 +122,8 @@ struct Snapshot {
 /// Optional settings of one publish.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PublishOptions {
-    /// The message id; `None` = generate a unique one.
+    /// The message id; `None` = generate a unique one. Only ids given here are remembered
+    /// by the dedup window (a generated id is unique, so there is nothing to reject).
     pub id: Option<MessageId>,
     /// Time to live; `None` = the queue's `default_ttl`.
     pub ttl: Option<Duration>,
@@ -134,6 +135,8 @@ pub struct PublishOptions {
 #[derive(Clone, Copy)]
 struct Outgoing<'p> {
     id: MessageId,
+    /// The caller gave the id: the dedup window records it.
+    remembered: bool,
     payload: &'p [u8],
     ttl: Option<Duration>,
     delay: Option<Duration>,
@@ -196,9 +199,6 @@ pub enum PublishError {
 fn token(slot: u32, generation: u32) -> u32 {
     slot | (generation & 0xff) << SLOT_BITS
 }
-
-/// How many generated ids past the next one a publish prefetches the dedup stripe of.
-const PREFETCH_IDS_AHEAD: u64 = 2;
 
 /// Bits of a token that name the slot; the queue holds at most `2^SLOT_BITS - 1` slots, so
 /// no token is the ring's `EMPTY` (all ones).
@@ -507,20 +507,11 @@ impl<C: Clock> Queue<C> {
         let ttl = self.admit(payload, &options)?;
         let now = self.now();
         self.run_timers(now);
-        let id = options.id.unwrap_or_else(|| self.ids.id());
-        if let Some(dedup) = self.dedup() {
-            dedup.prefetch(id); // its stripe loads while we claim a slot
-        }
+        let message = self.outgoing(payload, options, ttl); // its stripe loads while we claim
         let Some(claimed) = self.claim_free_slot_per_policy() else {
             return Err(PublishError::Full {
                 capacity: self.config.capacity,
             });
-        };
-        let message = Outgoing {
-            id,
-            payload,
-            ttl,
-            delay: options.delay,
         };
         if let Some(ready) = self.fill(claimed, &message, now)? {
             let pushed = push(self.ready(), ready);
@@ -528,10 +519,35 @@ impl<C: Clock> Queue<C> {
         }
         self.ready_signal().notify(); // a receiver may be asleep
         self.counters().bump(Counter::Published);
-        if options.id.is_none() {
-            self.prefetch_next_generated_id();
+        Ok(message.id)
+    }
+
+    /// The message as `fill` will write it: the caller's id, remembered by the dedup
+    /// window (whose stripe for it starts loading now), or a generated one, which is unique
+    /// by construction and so not remembered: no caller can publish it again by mistake,
+    /// and a window sized for the caller's ids is not filled with ids no one repeats.
+    fn outgoing<'p>(
+        &self,
+        payload: &'p [u8],
+        options: PublishOptions,
+        ttl: Option<Duration>,
+    ) -> Outgoing<'p> {
+        let (id, remembered) = match options.id {
+            Some(id) => {
+                if let Some(dedup) = self.dedup() {
+                    dedup.prefetch(id);
+                }
+                (id, true)
+            }
+            None => (self.ids.id(), false),
+        };
+        Outgoing {
+            id,
+            remembered,
+            payload,
+            ttl,
+            delay: options.delay,
         }
-        Ok(id)
     }
 
     /// Checks what can be checked of a message before it takes a slot; returns its TTL.
@@ -553,17 +569,6 @@ impl<C: Clock> Queue<C> {
         Ok(ttl)
     }
 
-    /// A producer of generated ids publishes again soon: the dedup stripe of an id it will
-    /// use a few publishes from now (a cache miss in a large table) loads meanwhile, off
-    /// their path. (A few ahead, not the next: one publish takes less time than a miss.)
-    fn prefetch_next_generated_id(&self) {
-        if let (Some(dedup), Some(next)) =
-            (self.dedup(), self.ids.peek_id_after(PREFETCH_IDS_AHEAD))
-        {
-            dedup.prefetch(next);
-        }
-    }
-
     /// Writes `message` into a slot we claimed (in `Writing`) and makes it ready or
     /// delayed. A ready message's token is returned for the caller to push to the ready
     /// ring (then to wake sleepers), so a batch can push its tokens together. On a dedup
@@ -582,7 +587,7 @@ impl<C: Clock> Queue<C> {
             .store(u64::from(generation), Ordering::Release);
         // The id is recorded only with a slot in hand, so "duplicate" is never said of an id
         // whose first publish then failed for want of room.
-        if let Some(dedup) = self.dedup() {
+        if let (true, Some(dedup)) = (message.remembered, self.dedup()) {
             if let Err(error) = dedup.record(message.id, now) {
                 self.abandon_claim((slot, generation));
                 return Err(match error {

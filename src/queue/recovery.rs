@@ -163,6 +163,7 @@ impl<C: Clock> Queue<C> {
                 State::Writing if dead => {
                     // Its id was recorded for dedup only after `written_at_generation`
                     // was set for this generation: forget it, so a retry is not refused.
+                    // (A generated id was never recorded: nothing is found to forget.)
                     let meta = store.meta(slot).expect("slot in range");
                     let written = meta.written_at_generation.load(Ordering::Acquire);
                     let (id, published_at) = (

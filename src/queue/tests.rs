@@ -97,6 +97,34 @@ fn duplicate_ids_are_rejected_within_the_window_and_accepted_after() {
 }
 
 #[test]
+fn generated_ids_do_not_use_up_the_dedup_window() {
+    // A window for 8 ids (one stripe of 32 entries) and far more generated-id messages
+    // within it: generated ids are unique, so the window keeps room for the caller's own.
+    let (queue, _) = queue(4);
+    assert_eq!(queue.config().dedup_capacity, 8);
+    for _ in 0..1_000 {
+        queue.publish(b"generated").unwrap();
+        queue.try_receive().unwrap().ack().unwrap();
+    }
+    queue.publish_with(b"mine", id(7)).unwrap();
+    assert_eq!(
+        queue.publish_with(b"mine", id(7)),
+        Err(PublishError::Duplicate { id: MessageId(7) })
+    );
+    // A generated id given back explicitly is a new id to the window: accepted, once.
+    let generated = queue.publish(b"generated").unwrap();
+    let again = PublishOptions {
+        id: Some(generated),
+        ..PublishOptions::default()
+    };
+    queue.publish_with(b"again", again).unwrap();
+    assert_eq!(
+        queue.publish_with(b"again", again),
+        Err(PublishError::Duplicate { id: generated })
+    );
+}
+
+#[test]
 fn generated_ids_are_unique() {
     let (queue, _) = queue(64);
     let mut ids: Vec<MessageId> = (0..64).map(|_| queue.publish(b"").unwrap()).collect();
