@@ -227,7 +227,7 @@ enum Memory {
     /// A private anonymous mapping with a transparent-huge-page hint, for large regions:
     /// the kernel hands out zeroed pages on first touch, so the hint is given before any
     /// page exists (an allocator's zeroing would touch every page first, as 4 KiB pages).
-    #[cfg(not(loom))]
+    #[cfg(all(not(loom), not(miri)))]
     Anonymous(#[allow(dead_code, reason = "owned: unmapped on drop")] memmap2::MmapRaw),
     /// A mapped segment file (the segment header first, then the region).
     #[cfg(not(loom))]
@@ -358,7 +358,7 @@ impl Region {
     pub(crate) fn segment_header(&self) -> Option<crate::shm::header::Header<'_>> {
         match &self._memory {
             Memory::Mapped(mapping) => mapping.header().ok(),
-            Memory::Heap { .. } | Memory::Anonymous(_) => None,
+            _ => None, // on the heap
         }
     }
 

@@ -79,7 +79,8 @@ pub(crate) struct Counters<'r> {
 }
 
 impl<'r> Counters<'r> {
-    /// Counters over `stripes` (zeroed at creation; any number of them, at least one).
+    /// Counters over `stripes`: [`STRIPES`] of them, zeroed at creation (a region always
+    /// has that many; a thread whose stripe is missing would count nothing).
     #[inline]
     pub(crate) fn new(stripes: &'r [CounterStripe]) -> Self {
         Self { stripes }

@@ -4,20 +4,21 @@
 //!
 //! # Protocol (no lost wake-ups)
 //!
-//! | sleeper                                  | waker (after making a message ready)   |
+//! | sleeper                                  | waker (after making a message ready, or scheduling a timer) |
 //! |------------------------------------------|----------------------------------------|
-//! | 1. `seen = seq`                          | a. push the token to the ready ring     |
+//! | 1. `seen = seq`                          | a. push the token to the ready ring (or link the timer) |
 //! | 2. `waiters += 1`                        | b. if `waiters > 0`: `seq += 1`, wake   |
 //! | 3. look again; if found: `waiters -= 1`  |                                         |
-//! | 4. `futex_wait(seq, seen, timeout)`      |                                         |
-//! | 5. `waiters -= 1`                        |                                         |
+//! | 4. decide the timeout (next timer due)   |                                         |
+//! | 5. `futex_wait(seq, seen, timeout)`      |                                         |
+//! | 6. `waiters -= 1`                        |                                         |
 //!
 //! A SeqCst fence sits between each side's two steps (after 2, before b's load), so the
 //! fences are ordered one way or the other: if the waker's comes second, its load of
 //! `waiters` sees the increment (then it bumps `seq`, and the kernel's check of `seq`
-//! against `seen` in 4 fails or the wake-up arrives); if the sleeper's comes second, its
-//! look in 3 sees the push in a. A publish with no sleeper costs the fence and one load of
-//! a line that is written only when someone goes to sleep.
+//! against `seen` in 5 fails or the wake-up arrives); if the sleeper's comes second, its
+//! look in 3 sees the push in a, and its timeout in 4 the timer. A publish with no sleeper
+//! costs the fence and one load of a line that is written only when someone goes to sleep.
 
 use crate::sync::{fence, AtomicU32, Ordering};
 
@@ -46,8 +47,9 @@ impl Signal {
     }
 
     /// Returns what `look` finds, sleeping between looks until a [`notify`](Self::notify),
-    /// or until `sleep_for` says how long is left (`None`: no more waiting; then one last
-    /// look is `None` too).
+    /// or until `sleep_for` says how long is left (`None`: no more waiting). `sleep_for` is
+    /// asked while this sleeper is counted, so what a waker did before its `notify` is
+    /// seen by it (or the waker wakes it).
     pub(crate) fn wait_for<T>(
         &self,
         mut look: impl FnMut() -> Option<T>,
@@ -57,15 +59,27 @@ impl Signal {
             if let Some(found) = look() {
                 return Some(found);
             }
-            let nap = sleep_for()?;
             let seen = self.seq.load(Ordering::SeqCst);
             self.waiters.fetch_add(1, Ordering::SeqCst);
             fence(Ordering::SeqCst); // orders the increment before the look below
-            if let Some(found) = look() {
-                self.waiters.fetch_sub(1, Ordering::SeqCst);
-                return Some(found);
+                                     // How long to sleep is decided after the fence too: it depends on the timers
+                                     // (the next one due), and a waker that scheduled one before our fence is seen
+                                     // here, while one after it sees us waiting and wakes us.
+            let nap = match look() {
+                Some(found) => Err(found),
+                None => Ok(sleep_for()),
+            };
+            match nap {
+                Ok(Some(nap)) => sleep(&self.seq, seen, nap),
+                Ok(None) => {
+                    self.waiters.fetch_sub(1, Ordering::SeqCst);
+                    return None;
+                }
+                Err(found) => {
+                    self.waiters.fetch_sub(1, Ordering::SeqCst);
+                    return Some(found);
+                }
             }
-            sleep(&self.seq, seen, nap);
             self.waiters.fetch_sub(1, Ordering::SeqCst);
         }
     }

@@ -343,11 +343,8 @@ fn spawn_child(role: &str) -> std::process::Child {
 fn producer_and_consumer_processes_ack_every_message_exactly_once() {
     let name = name("procs");
     let _cleanup = Cleanup(name.clone());
-    let config = QueueConfig {
-        dedup_capacity: 16_384, // every generated id stays remembered for the whole run
-        ..small_config()
-    };
-    Queue::create_shm(&name, config).unwrap();
+    // Generated ids: not remembered by the dedup window, so its small default is no limit.
+    Queue::create_shm(&name, small_config()).unwrap();
     let (producers, consumers, per_producer) = (3u64, 2, 2_000u64);
     let total = producers * per_producer;
     let children: Vec<_> = (0..producers)

@@ -134,6 +134,7 @@ impl<C: Clock> Queue<C> {
             let mut failed = None;
             let mut ready = [0u32; CHUNK];
             let mut readied = 0;
+            let mut published_now = 0;
             for index in 0..claimed {
                 match self.fill(slots[index], &outgoing[index], now) {
                     Ok(token) => {
@@ -141,7 +142,7 @@ impl<C: Clock> Queue<C> {
                             ready[readied] = token;
                             readied += 1;
                         }
-                        published += 1;
+                        published_now += 1;
                     }
                     Err(error) => {
                         for &unused in &slots[index + 1..claimed] {
@@ -154,13 +155,16 @@ impl<C: Clock> Queue<C> {
             }
             self.push_tokens(self.ready(), &ready[..readied]);
             self.ready_signal().notify();
+            // Counted chunk by chunk: the caller's `AsRef` may panic before the end.
+            self.counters()
+                .add(Counter::Published, published_now as u64);
+            published += published_now;
             if let Some(error) = failed {
                 break Err(BatchPublishError { published, error });
             }
             outgoing.copy_within(claimed..pending, 0);
             pending -= claimed;
         };
-        self.counters().add(Counter::Published, published as u64);
         outcome
     }
 
@@ -184,39 +188,37 @@ impl<C: Clock> Queue<C> {
     ///
     /// Reuse `out` across calls: once it has grown, a batch allocates nothing.
     pub fn try_receive_batch<'q>(&'q self, out: &mut Vec<Delivery<'q, C>>, max: usize) -> usize {
-        let now = self.run_timers_then_now();
+        let mut now = self.run_timers_then_now();
         let mut received = 0;
         let mut tokens = [0u32; CHUNK];
-        while received < max {
+        let mut pinned = false;
+        while received < max && !pinned {
             let wanted = (max - received).min(CHUNK);
             let popped = self.pop_tokens(self.ready(), &mut tokens[..wanted]);
-            for (index, &ready) in tokens[..popped].iter().enumerate() {
+            for &ready in &tokens[..popped] {
                 match self.lease(ready, now) {
                     Lease::Taken(delivery) => {
                         out.push(delivery);
                         received += 1;
                     }
                     Lease::Skipped => {}
-                    Lease::Pinned => {
-                        // Rare (255 live deliveries of one slot): the rest of the chunk
-                        // goes back too, to the tail of the queue.
-                        self.push_tokens(self.ready(), &tokens[index + 1..popped]);
-                        self.ready_signal().notify();
-                        self.counters().add(Counter::Delivered, received as u64);
-                        return received;
-                    }
+                    // Rare (255 live deliveries of one slot): its token went back to the
+                    // ready ring; the rest of the chunk is leased (in order), then we stop.
+                    Lease::Pinned => pinned = true,
                 }
             }
             if popped < wanted {
                 break; // the ring ran dry
             }
+            now = self.now(); // TTLs and leases of the next chunk by the clock of now
         }
         self.counters().add(Counter::Delivered, received as u64);
         received
     }
 
     /// Acks every delivery, as [`Delivery::ack`] would one by one, at a lower cost per
-    /// message (the freed slots go back to the free ring together, counted once).
+    /// message: the freed slots go back to the free ring in groups of up to 16 as the
+    /// batch goes on (all of them by the time it returns), and are counted once.
     ///
     /// # Errors
     /// [`BatchAckError`] naming the messages whose lease ran out first: those were not

@@ -144,9 +144,13 @@ impl<'r> IndexRing<'r> {
     /// how many. The first goes in as a `try_push` would; each next one by a CAS on the
     /// next position's slot directly, which succeeds only if that slot waits for exactly
     /// that push (so the values stay consecutive, in order); `tail` then moves once, past
-    /// them all (see [`advance_to`](Self::advance_to)).
+    /// them all (see [`advance_to`](Self::advance_to)). At most a ring's length at once.
     #[inline]
     pub(crate) fn try_push_many(&self, values: &[u32]) -> Result<usize, Corrupt> {
+        // At most one turn of the ring: a batch that went further while its cursor stood
+        // still would leave a slot a whole turn ahead of the cursor, which helpers (who
+        // move a cursor past a slot done once) cannot get past.
+        let values = &values[..values.len().min(self.slots.len())];
         let Some((&first, rest)) = values.split_first() else {
             return Ok(0);
         };
@@ -170,16 +174,19 @@ impl<'r> IndexRing<'r> {
             pushed += 1;
             next = next.wrapping_add(1);
         }
-        Self::advance_to(self.tail, next);
+        self.advance_to(self.tail, next);
         Ok(pushed)
     }
 
     /// Pops up to `out.len()` values into `out`, oldest first; returns how many. The first
     /// comes out as a `try_pop` would; each next one by a CAS on the next position's slot
     /// directly, which succeeds only if that slot holds the value pushed at exactly that
-    /// position; `head` then moves once, past them all.
+    /// position; `head` then moves once, past them all. At most a ring's length at once.
     #[inline]
     pub(crate) fn try_pop_many(&self, out: &mut [u32]) -> Result<usize, Corrupt> {
+        // At most one turn of the ring (see `try_push_many`).
+        let turn = out.len().min(self.slots.len());
+        let out = &mut out[..turn];
         if out.is_empty() {
             return Ok(0);
         }
@@ -207,7 +214,7 @@ impl<'r> IndexRing<'r> {
             popped += 1;
             next = next.wrapping_add(1);
         }
-        Self::advance_to(self.head, next);
+        self.advance_to(self.head, next);
         Ok(popped)
     }
 
@@ -216,10 +223,15 @@ impl<'r> IndexRing<'r> {
     /// reached, or was helped to) up to `to`: a cursor may stand at a position only once
     /// every position before it is done, and that holds for `to`.
     #[inline]
-    fn advance_to(cursor: &AtomicU64, to: u64) {
+    fn advance_to(&self, cursor: &AtomicU64, to: u64) {
         let mut current = cursor.load(Ordering::Acquire);
-        // Positions never wrap (2^64 operations); a corrupt cursor past `to` stays put.
-        while current < to {
+        // Positions never wrap (2^64 operations); a corrupt cursor past `to` stays put. Each
+        // failed CAS means the cursor moved: a bounded number of tries, so that a process
+        // writing the cursor without pause cannot keep us here.
+        for _ in 0..self.step_limit() {
+            if current >= to {
+                return;
+            }
             match cursor.compare_exchange_weak(current, to, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return,
                 Err(moved) => current = moved,
