@@ -93,6 +93,18 @@ where
     began.elapsed()
 }
 
+/// `iters` runs of [`MESSAGES_PER_ITERATION`] messages, their times summed (criterion's
+/// `iter_custom`).
+fn runs<S, R>(iters: u64, producers: usize, consumers: usize, peer: &Peer<S, R>) -> Duration
+where
+    S: Fn(usize, bool) + Sync,
+    R: Fn() -> Option<usize> + Sync,
+{
+    (0..iters)
+        .map(|_| run(producers, consumers, MESSAGES_PER_ITERATION, peer))
+        .sum()
+}
+
 /// A 64-byte message; the first byte marks the end of the stream.
 fn message(end: bool) -> [u8; 64] {
     let mut message = PAYLOAD;
@@ -149,9 +161,7 @@ fn bench_pair(c: &mut Criterion, producers: usize, consumers: usize) {
         receive: || ring.try_pop().map(|m| usize::from(black_box(m)[0] == END)),
     };
     bench("ackring::Ring", "64B", &|iters| {
-        (0..iters)
-            .map(|_| run(producers, consumers, MESSAGES_PER_ITERATION, &ring_single))
-            .sum()
+        runs(iters, producers, consumers, &ring_single)
     });
     let ring_batches = Peer {
         batch: BATCH,
@@ -171,9 +181,7 @@ fn bench_pair(c: &mut Criterion, producers: usize, consumers: usize) {
         },
     };
     bench("ackring::Ring", "64B batches of 32", &|iters| {
-        (0..iters)
-            .map(|_| run(producers, consumers, MESSAGES_PER_ITERATION, &ring_batches))
-            .sum()
+        runs(iters, producers, consumers, &ring_batches)
     });
     bench("ackring::Queue", "64B publish-receive-ack", &|iters| {
         let queue = Queue::new(queue_config()).unwrap();
@@ -195,9 +203,7 @@ fn bench_pair(c: &mut Criterion, producers: usize, consumers: usize) {
                 Some(usize::from(end))
             },
         };
-        (0..iters)
-            .map(|_| run(producers, consumers, MESSAGES_PER_ITERATION, &peer))
-            .sum()
+        runs(iters, producers, consumers, &peer)
     });
     bench("ackring::Queue", "64B batches of 32", &|iters| {
         let queue = Queue::new(queue_config()).unwrap();
@@ -230,9 +236,7 @@ fn bench_pair(c: &mut Criterion, producers: usize, consumers: usize) {
                 Some(ends)
             },
         };
-        (0..iters)
-            .map(|_| run(producers, consumers, MESSAGES_PER_ITERATION, &peer))
-            .sum()
+        runs(iters, producers, consumers, &peer)
     });
     group.finish();
 }
