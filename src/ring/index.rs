@@ -407,7 +407,12 @@ mod tests {
 
     #[test]
     fn batches_keep_fifo_and_stop_at_full_and_empty_across_the_wrap() {
-        for capacity in [1, 2, 3, 5, 8, 100] {
+        let capacities: &[usize] = if cfg!(miri) {
+            &[1, 3, 8]
+        } else {
+            &[1, 2, 3, 5, 8, 100]
+        };
+        for &capacity in capacities {
             let words = OwnedWords::new(capacity);
             let ring = words.ring();
             let mut model = VecDeque::new();
