@@ -1,7 +1,7 @@
 //! Batches: many messages published, or received, in one call.
 //!
 //! A batch does once what single calls do for every message (read the clock, look at the
-//! timers, wake sleepers) and overlaps the cache misses of its messages: it takes the
+//! timers, wake sleepers, count) and overlaps the cache misses of its messages: it takes the
 //! tokens of up to [`CHUNK`] messages from a ring first, so that their slot headers,
 //! payload lines and dedup stripes load together, and only then fills or leases each in
 //! turn. Every message still moves by the same single-word CASes as in a single call, so
@@ -100,7 +100,7 @@ impl<C: Clock> Queue<C> {
         let mut pending = 0;
         let mut refused = None;
         let mut slots = [(0u32, 0u32); CHUNK];
-        let outcome = loop {
+        loop {
             let now = self.now();
             self.run_timers(now);
             while pending < CHUNK && refused.is_none() {
@@ -164,8 +164,7 @@ impl<C: Clock> Queue<C> {
             }
             outgoing.copy_within(claimed..pending, 0);
             pending -= claimed;
-        };
-        outcome
+        }
     }
 
     /// Claims free slots for up to `slots.len()` messages into `slots`, never waiting;
