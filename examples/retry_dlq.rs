@@ -4,7 +4,7 @@
 //! - Orders divisible by 7 always fail: retried with exponential backoff, then dead-lettered
 //!   with their last error once `max_attempts` is used up.
 //! - Orders divisible by 11 are rejected as invalid: dead-lettered at once.
-//! - Three orders are published twice: the dedup window rejects the copies.
+//! - Every 67th order is published twice (two of them): the dedup window rejects the copies.
 //! - One order has a 20 ms TTL and sits in the queue too long: dead-lettered as expired,
 //!   never delivered.
 //!
