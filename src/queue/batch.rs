@@ -107,6 +107,7 @@ impl<C: Clock> Queue<C> {
                 let Some((payload, options)) = messages.next() else {
                     break;
                 };
+                self.prefetch_dedup_stripe(&options);
                 match self.admit(payload, &options) {
                     Ok(ttl) => {
                         outgoing[pending] = self.outgoing(payload, options, ttl);

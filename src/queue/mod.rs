@@ -504,10 +504,13 @@ impl<C: Clock> Queue<C> {
         payload: &[u8],
         options: PublishOptions,
     ) -> Result<MessageId, PublishError> {
+        // The id's dedup stripe is most likely a cache miss: it loads from here on, while we
+        // read the clock and claim a slot.
+        self.prefetch_dedup_stripe(&options);
         let ttl = self.admit(payload, &options)?;
         let now = self.now();
         self.run_timers(now);
-        let message = self.outgoing(payload, options, ttl); // its stripe loads while we claim
+        let message = self.outgoing(payload, options, ttl);
         let Some(claimed) = self.claim_free_slot_per_policy() else {
             return Err(PublishError::Full {
                 capacity: self.config.capacity,
@@ -523,7 +526,7 @@ impl<C: Clock> Queue<C> {
     }
 
     /// The message as `fill` will write it: the caller's id, remembered by the dedup
-    /// window (whose stripe for it starts loading now), or a generated one, which is unique
+    /// window, or a generated one, which is unique
     /// by construction and so not remembered: no caller can publish it again by mistake,
     /// and a window sized for the caller's ids is not filled with ids no one repeats.
     fn outgoing<'p>(
@@ -533,12 +536,7 @@ impl<C: Clock> Queue<C> {
         ttl: Option<Duration>,
     ) -> Outgoing<'p> {
         let (id, remembered) = match options.id {
-            Some(id) => {
-                if let Some(dedup) = self.dedup() {
-                    dedup.prefetch(id);
-                }
-                (id, true)
-            }
+            Some(id) => (id, true),
             None => (self.ids.id(), false),
         };
         Outgoing {
@@ -547,6 +545,14 @@ impl<C: Clock> Queue<C> {
             payload,
             ttl,
             delay: options.delay,
+        }
+    }
+
+    /// Starts loading the dedup stripe of the caller's id, if any, into the cache.
+    #[inline]
+    pub(super) fn prefetch_dedup_stripe(&self, options: &PublishOptions) {
+        if let (Some(id), Some(dedup)) = (options.id, self.dedup()) {
+            dedup.prefetch(id);
         }
     }
 
