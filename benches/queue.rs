@@ -1,5 +1,6 @@
 //! The reliable queue's cost per message against the raw ring, measured in the same run:
-//! publish -> receive -> ack of 64-byte messages with ids given and dedup on, against
+//! publish -> receive -> ack of 64-byte messages with ids given (numbered per publisher,
+//! or looking random) and dedup on, against
 //! pushing and popping 64-byte arrays through `ackring::Ring`; one message per call, and in
 //! batches of [`BATCH`] (`publish_batch` / `try_receive_batch` / `ack_batch` against
 //! `push_batch` / `pop_batch`).
@@ -120,9 +121,20 @@ fn fresh_id() -> MessageId {
     MessageId(NEXT.with(|next| next.replace(next.get() + 1)))
 }
 
+/// A fresh id that looks random: [`fresh_id`] times an odd constant (a bijection, so still
+/// unique). The queue guesses that a publisher's next id is this one plus one and
+/// prefetches its dedup stripe; with these ids the guess is always wrong.
+fn fresh_random_id() -> MessageId {
+    MessageId(fresh_id().0.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
 fn with_fresh_id<P>(payload: P) -> (P, PublishOptions) {
+    with_id(payload, fresh_id())
+}
+
+fn with_id<P>(payload: P, id: MessageId) -> (P, PublishOptions) {
     let options = PublishOptions {
-        id: Some(fresh_id()),
+        id: Some(id),
         ..PublishOptions::default()
     };
     (payload, options)
@@ -183,13 +195,13 @@ fn bench_pair(c: &mut Criterion, producers: usize, consumers: usize) {
     bench("ackring::Ring", "64B batches of 32", &|iters| {
         runs(iters, producers, consumers, &ring_batches)
     });
-    bench("ackring::Queue", "64B publish-receive-ack", &|iters| {
+    let queue_single = |ids: fn() -> MessageId, iters: u64| {
         let queue = Queue::new(queue_config()).unwrap();
         let peer = Peer {
             batch: 1,
             send: |count: usize, end: bool| {
                 for _ in 0..count {
-                    let (payload, options) = with_fresh_id(message(end));
+                    let (payload, options) = with_id(message(end), ids());
                     let backoff = Backoff::new();
                     while queue.publish_with(&payload, options).is_err() {
                         backoff.snooze();
@@ -204,7 +216,15 @@ fn bench_pair(c: &mut Criterion, producers: usize, consumers: usize) {
             },
         };
         runs(iters, producers, consumers, &peer)
+    };
+    bench("ackring::Queue", "64B publish-receive-ack", &|iters| {
+        queue_single(fresh_id, iters)
     });
+    bench(
+        "ackring::Queue",
+        "64B publish-receive-ack, random ids",
+        &|iters| queue_single(fresh_random_id, iters),
+    );
     bench("ackring::Queue", "64B batches of 32", &|iters| {
         let queue = Queue::new(queue_config()).unwrap();
         let peer = Peer {

@@ -25,6 +25,13 @@
 //! stripe's first cache line, which a publish prefetches ([`DedupWindow::prefetch`])
 //! before it does its other work.
 //!
+//! A table for a million ids is tens of megabytes: a record is a miss to memory (about
+//! 150 ns on the machine we measure on), longer than the rest of a publish, so the
+//! prefetch at the start of a publish hides only part of it. A queue's publish therefore
+//! also prefetches the stripe of the id after the caller's: publishers that number their
+//! messages find their next stripe loaded (a single-thread publish took 200 ns with the
+//! early prefetch alone, 148 ns with the guess too; random ids: about 200 ns either way).
+//!
 //! So an id is decided in exactly one place, its stripe, under its lock: two publishers of
 //! one id can never both be accepted, and memory never grows.
 //!
@@ -316,11 +323,22 @@ impl<'r> DedupTable<'r> {
         stripes.get(mix64(id.0) as usize & stripes.len().wrapping_sub(1))
     }
 
+    /// Starts loading `id`'s stripe, about to be recorded (so fetched for writing).
     #[inline]
     pub(crate) fn prefetch(&self, id: MessageId) {
         if let Some(stripe) = self.stripe(id) {
             prefetch_write(&stripe.lock); // the lock line, about to be written
             prefetch_read(&stripe.entries[4]); // the second line
+        }
+    }
+
+    /// Starts loading the stripe of an id that may be recorded next: read only, so that a
+    /// wrong guess does not take the line from a core that is using it.
+    #[inline]
+    pub(crate) fn prefetch_guess(&self, id: MessageId) {
+        if let Some(stripe) = self.stripe(id) {
+            prefetch_read(&stripe.lock);
+            prefetch_read(&stripe.entries[4]);
         }
     }
 
