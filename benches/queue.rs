@@ -5,6 +5,10 @@
 //! batches of [`BATCH`] (`publish_batch` / `try_receive_batch` / `ack_batch` against
 //! `push_batch` / `pop_batch`).
 //!
+//! After each group, the ratios the goal is about are measured once more with the ring and
+//! the queue alternating run by run (see [`compare`]), because on a shared machine the
+//! speed of either can drift by half between criterion's back-to-back benchmarks.
+//!
 //! `cargo bench --bench queue`
 
 use std::cell::Cell;
@@ -149,6 +153,81 @@ fn queue_config() -> QueueConfig {
     }
 }
 
+/// The queue moving one message per call: publish with an id from `ids`, then receive
+/// and ack.
+fn queue_single(
+    queue: &Queue,
+    ids: fn() -> MessageId,
+) -> Peer<impl Fn(usize, bool) + Sync + '_, impl Fn() -> Option<usize> + Sync + '_> {
+    Peer {
+        batch: 1,
+        send: move |count: usize, end: bool| {
+            for _ in 0..count {
+                let (payload, options) = with_id(message(end), ids());
+                let backoff = Backoff::new();
+                while queue.publish_with(&payload, options).is_err() {
+                    backoff.snooze();
+                }
+            }
+        },
+        receive: move || {
+            let delivery = queue.try_receive()?;
+            let end = black_box(delivery.payload())[0] == END;
+            delivery.ack().expect("acked within the lease");
+            Some(usize::from(end))
+        },
+    }
+}
+
+/// Rounds of the interleaved comparison (see [`compare`]).
+const ROUNDS: usize = 15;
+
+/// Messages a second of one run.
+fn rate<S, R>(producers: usize, consumers: usize, peer: &Peer<S, R>) -> f64
+where
+    S: Fn(usize, bool) + Sync,
+    R: Fn() -> Option<usize> + Sync,
+{
+    let took = run(producers, consumers, MESSAGES_PER_ITERATION, peer);
+    MESSAGES_PER_ITERATION as f64 / took.as_secs_f64()
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// The goal's ratio, measured so that a machine whose speed drifts (a shared one) does not
+/// skew it: [`ROUNDS`] rounds, each a run of the ring then a run of the queue, back to
+/// back; prints the median rates and the median of the rounds' ratios.
+fn compare<S1, R1, S2, R2>(
+    what: &str,
+    (producers, consumers): (usize, usize),
+    ring: &Peer<S1, R1>,
+    queue: &Peer<S2, R2>,
+) where
+    S1: Fn(usize, bool) + Sync,
+    R1: Fn() -> Option<usize> + Sync,
+    S2: Fn(usize, bool) + Sync,
+    R2: Fn() -> Option<usize> + Sync,
+{
+    let (mut ring_rates, mut queue_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let ring_rate = rate(producers, consumers, ring);
+        let queue_rate = rate(producers, consumers, queue);
+        ring_rates.push(ring_rate);
+        queue_rates.push(queue_rate);
+        ratios.push(ring_rate / queue_rate);
+    }
+    println!(
+        "ratio {producers}p{consumers}c {what}: Ring {:.2} M/s, Queue {:.2} M/s, \
+         Ring/Queue {:.2}x (medians of {ROUNDS} alternating rounds)",
+        median(ring_rates) / 1e6,
+        median(queue_rates) / 1e6,
+        median(ratios),
+    );
+}
+
 fn bench_pair(c: &mut Criterion, producers: usize, consumers: usize) {
     let mut group = c.benchmark_group(format!("queue_roundtrip/{producers}p{consumers}c"));
     group.throughput(Throughput::Elements(MESSAGES_PER_ITERATION));
@@ -157,6 +236,7 @@ fn bench_pair(c: &mut Criterion, producers: usize, consumers: usize) {
     let mut bench = |name: &str, parameter: &str, timed: &dyn Fn(u64) -> Duration| {
         group.bench_function(BenchmarkId::new(name, parameter), |b| b.iter_custom(timed));
     };
+    let threads = (producers, consumers);
     let ring: Ring<[u8; 64]> = Ring::new(CAPACITY as usize).unwrap();
     let ring_single = Peer {
         batch: 1,
@@ -195,70 +275,59 @@ fn bench_pair(c: &mut Criterion, producers: usize, consumers: usize) {
     bench("ackring::Ring", "64B batches of 32", &|iters| {
         runs(iters, producers, consumers, &ring_batches)
     });
-    let queue_single = |ids: fn() -> MessageId, iters: u64| {
-        let queue = Queue::new(queue_config()).unwrap();
-        let peer = Peer {
-            batch: 1,
-            send: |count: usize, end: bool| {
-                for _ in 0..count {
-                    let (payload, options) = with_id(message(end), ids());
-                    let backoff = Backoff::new();
-                    while queue.publish_with(&payload, options).is_err() {
-                        backoff.snooze();
-                    }
-                }
-            },
-            receive: || {
-                let delivery = queue.try_receive()?;
-                let end = black_box(delivery.payload())[0] == END;
-                delivery.ack().expect("acked within the lease");
-                Some(usize::from(end))
-            },
-        };
-        runs(iters, producers, consumers, &peer)
-    };
+    let queue = Queue::new(queue_config()).unwrap();
+    let numbered = queue_single(&queue, fresh_id);
     bench("ackring::Queue", "64B publish-receive-ack", &|iters| {
-        queue_single(fresh_id, iters)
+        runs(iters, producers, consumers, &numbered)
     });
+    let random = queue_single(&queue, fresh_random_id);
     bench(
         "ackring::Queue",
         "64B publish-receive-ack, random ids",
-        &|iters| queue_single(fresh_random_id, iters),
+        &|iters| runs(iters, producers, consumers, &random),
     );
-    bench("ackring::Queue", "64B batches of 32", &|iters| {
-        let queue = Queue::new(queue_config()).unwrap();
-        let peer = Peer {
-            batch: BATCH,
-            send: |count: usize, end: bool| {
-                let messages: Vec<_> = (0..count).map(|_| with_fresh_id(message(end))).collect();
-                let mut sent = 0;
-                let backoff = Backoff::new();
-                while sent < count {
-                    match queue.publish_batch_with(&messages[sent..]) {
-                        Ok(()) => sent = count,
-                        Err(refused) => {
-                            sent += refused.published;
-                            backoff.snooze();
-                        }
+    let queue_batches = Peer {
+        batch: BATCH,
+        send: |count: usize, end: bool| {
+            let messages: Vec<_> = (0..count).map(|_| with_fresh_id(message(end))).collect();
+            let mut sent = 0;
+            let backoff = Backoff::new();
+            while sent < count {
+                match queue.publish_batch_with(&messages[sent..]) {
+                    Ok(()) => sent = count,
+                    Err(refused) => {
+                        sent += refused.published;
+                        backoff.snooze();
                     }
                 }
-            },
-            receive: || {
-                let mut deliveries = Vec::with_capacity(BATCH);
-                if queue.try_receive_batch(&mut deliveries, BATCH) == 0 {
-                    return None;
-                }
-                let ends = deliveries
-                    .iter()
-                    .filter(|d| black_box(d.payload())[0] == END)
-                    .count();
-                queue.ack_batch(deliveries).expect("acked within the lease");
-                Some(ends)
-            },
-        };
-        runs(iters, producers, consumers, &peer)
+            }
+        },
+        receive: || {
+            let mut deliveries = Vec::with_capacity(BATCH);
+            if queue.try_receive_batch(&mut deliveries, BATCH) == 0 {
+                return None;
+            }
+            let ends = deliveries
+                .iter()
+                .filter(|d| black_box(d.payload())[0] == END)
+                .count();
+            queue.ack_batch(deliveries).expect("acked within the lease");
+            Some(ends)
+        },
+    };
+    bench("ackring::Queue", "64B batches of 32", &|iters| {
+        runs(iters, producers, consumers, &queue_batches)
     });
     group.finish();
+    compare("one per call", threads, &ring_single, &numbered);
+    compare("one per call, random ids", threads, &ring_single, &random);
+    compare("batches of 32", threads, &ring_batches, &queue_batches);
+    compare(
+        "queue batches against ring one per call",
+        threads,
+        &ring_single,
+        &queue_batches,
+    );
 }
 
 fn roundtrip(c: &mut Criterion) {
