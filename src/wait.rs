@@ -61,10 +61,11 @@ impl Signal {
             }
             let seen = self.seq.load(Ordering::SeqCst);
             self.waiters.fetch_add(1, Ordering::SeqCst);
-            fence(Ordering::SeqCst); // orders the increment before the look below
-                                     // How long to sleep is decided after the fence too: it depends on the timers
-                                     // (the next one due), and a waker that scheduled one before our fence is seen
-                                     // here, while one after it sees us waiting and wakes us.
+            // Orders the increment before the look below. How long to sleep is decided
+            // after the fence too: it depends on the timers (the next one due), and a waker
+            // that scheduled one before our fence is seen here, while one after it sees us
+            // waiting and wakes us.
+            fence(Ordering::SeqCst);
             let nap = match look() {
                 Some(found) => Err(found),
                 None => Ok(sleep_for()),
