@@ -50,6 +50,19 @@ fn stat_peek_dlq_and_redrive_show_and_change_a_live_queue() {
         "{dlq}"
     );
 
+    let (ok, peek, _) = ackring(&["peek", &name, "--limit", "0"]);
+    assert!(
+        ok && peek.contains("1 ready message(s), the first 0 shown"),
+        "{peek}"
+    );
+    assert!(!peek.contains("order 18"), "{peek}");
+    let (ok, dlq, _) = ackring(&["dlq", &name, "-n", "0"]);
+    assert!(
+        ok && dlq.contains("1 dead letter(s), the first 0 shown"),
+        "{dlq}"
+    );
+    assert!(!dlq.contains("order 17"), "{dlq}");
+
     let (ok, redrive, _) = ackring(&["redrive", &name]);
     assert!(ok && redrive.contains("redrove 1"), "{redrive}");
     assert_eq!(

@@ -32,7 +32,13 @@ enum Command {
     /// Depths, in flight, dead letters, counters and attached processes.
     Stat(Target),
     /// Dead letters, oldest first, with reason, error text and attempts.
-    Dlq(Target),
+    Dlq {
+        #[command(flatten)]
+        target: Target,
+        /// Show at most this many.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        limit: usize,
+    },
     /// Moves every dead letter back to the ready queue (attempts reset).
     Redrive(Target),
     /// Ready messages, oldest first, without taking them.
@@ -119,10 +125,10 @@ fn run(command: Command) -> Result<(), ackring::shm::ShmError> {
                 others.join(", ")
             );
         }
-        Command::Dlq(target) => {
+        Command::Dlq { target, limit } => {
             let letters = target.open()?.dead_letters();
-            println!("{} dead letter(s)", letters.len());
-            for letter in letters {
+            println!("{}", shown(letters.len(), limit, "dead letter(s)"));
+            for letter in letters.into_iter().take(limit) {
                 println!(
                     "{}  {:?}  attempts {}  died {}  error {:?}  payload {}",
                     letter.id,
@@ -139,8 +145,13 @@ fn run(command: Command) -> Result<(), ackring::shm::ShmError> {
             println!("redrove {moved} dead letter(s) to the ready queue");
         }
         Command::Peek { target, limit } => {
-            let ready = target.open()?.peek(limit);
-            println!("{} ready message(s) shown", ready.len());
+            let queue = target.open()?;
+            let total = queue.stats().ready;
+            let ready = queue.peek(limit);
+            let total = usize::try_from(total)
+                .unwrap_or(usize::MAX)
+                .max(ready.len());
+            println!("{}", shown(total, limit, "ready message(s)"));
             for message in ready {
                 println!(
                     "{}  attempts {}  published {}  payload {}",
@@ -153,6 +164,15 @@ fn run(command: Command) -> Result<(), ackring::shm::ShmError> {
         }
     }
     Ok(())
+}
+
+/// "401 dead letter(s), the first 20 shown" (or just the count when all are shown).
+fn shown(total: usize, limit: usize, what: &str) -> String {
+    if total > limit {
+        format!("{total} {what}, the first {limit} shown")
+    } else {
+        format!("{total} {what}")
+    }
 }
 
 /// "3.2 s ago".

@@ -3,7 +3,7 @@
 //!
 //! # How a message moves
 //!
-//! The slot header in the [message store](crate::slots) is the truth; the rings are indexes
+//! The slot header in the message store (`slots`) is the truth; the rings are indexes
 //! of slot tokens (`slot << 32 | generation`): `free` holds empty slots, `ready` deliverable
 //! ones, `dead` dead letters, oldest first. Every move is one CAS on the slot's state word
 //! by whoever holds the slot's token or lease, so a stale token or receipt simply fails.
@@ -11,7 +11,7 @@
 //! # Deadlines
 //!
 //! Lease deadlines and delay/backoff ends live in the slot header (`due_at`); the
-//! [timing wheel](crate::wheel) says when to look at them. Each slot has two wheel nodes:
+//! timing wheel (`wheel`) says when to look at them. Each slot has two wheel nodes:
 //!
 //! - its **delay** node, scheduled by whoever moves the slot to `Delayed` (a delayed
 //!   publish, a nack with a backoff). Only the node's firing moves the slot on, to ready.

@@ -23,7 +23,7 @@
 //!
 //! # Two homes, one algorithm
 //!
-//! [`RawRing`] is the algorithm over *borrowed* cursors and slots, so the same code serves
+//! `RawRing` is the algorithm over *borrowed* cursors and slots, so the same code serves
 //! - [`Ring<T>`], a generic in-process ring that owns its slots (a peer of crossbeam's
 //!   `ArrayQueue`), and
 //! - [`TokenRing`], a ring of `u64` tokens laid out in caller-provided memory (later a

@@ -1,5 +1,5 @@
 //! Queues in shared memory: a named segment (under `/dev/shm`) or a regular file that
-//! sibling processes map, holding the segment [header](header) and the queue's region.
+//! sibling processes map, holding the segment header (`header`) and the queue's region.
 //!
 //! # Creating, atomically
 //!
