@@ -156,6 +156,7 @@ impl<'r> Wheel<'r> {
     }
 
     /// A wheel already laid out in these words (by [`init`](Self::init)).
+    #[inline]
     pub(crate) fn attach(
         tick_nanos: u64,
         words: &'r WheelWords,
@@ -173,6 +174,7 @@ impl<'r> Wheel<'r> {
     }
 
     /// The wheel as run by participant `holder` of a queue with these `participants`.
+    #[inline]
     pub(crate) fn held_by(self, holder: u64, participants: Participants<'r>) -> Self {
         Self {
             holder,
