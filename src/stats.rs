@@ -126,7 +126,11 @@ impl<'r> Counters<'r> {
     }
 }
 
-/// This thread's stripe: a hash of the address of a thread-local, computed once per thread.
+/// This thread's stripe, picked once per thread: the next one in turn after a stripe picked
+/// per process (from a hash of the process id), so that the first [`STRIPES`] threads of a
+/// process never share one, and threads of different processes rarely do. (A hash per
+/// thread put a producer and its consumer on one stripe one time in sixteen, and then
+/// every count moved a cache line between their cores.)
 #[inline]
 fn this_thread_stripe() -> usize {
     thread_local!(static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) });
@@ -135,10 +139,17 @@ fn this_thread_stripe() -> usize {
         if cached < STRIPES {
             return cached;
         }
-        let picked = (mix64(stripe as *const Cell<usize> as u64) % STRIPES as u64) as usize;
+        let picked = next_stripe();
         stripe.set(picked);
         picked
     })
+}
+
+#[cold]
+fn next_stripe() -> usize {
+    static TURN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let first = mix64(u64::from(std::process::id())) as usize;
+    first.wrapping_add(TURN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) % STRIPES
 }
 
 #[cfg(all(test, not(loom)))]
