@@ -8,8 +8,23 @@ use crate::sync::{AtomicU64, Ordering};
 ///
 /// Give one explicitly (`MessageId(order_number)`), derive one from an application key with
 /// [`MessageId::from_key`], or let the queue generate one.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+///
+/// Shown in hexadecimal by `Display` and `Debug` alike, so that an error's message and
+/// its `Debug` form name an id the same way:
+///
+/// ```
+/// use ackring::MessageId;
+/// assert_eq!(MessageId(255).to_string(), "00000000000000ff");
+/// assert_eq!(format!("{:?}", MessageId(255)), "MessageId(0x00000000000000ff)");
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MessageId(pub u64);
+
+impl std::fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MessageId(0x{self})")
+    }
+}
 
 impl MessageId {
     /// Derives an id from an application key (an idempotency key, an order number as text...)

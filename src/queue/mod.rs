@@ -1182,7 +1182,9 @@ impl<C: Clock> Queue<C> {
     }
 
     /// Puts every dead letter back on the ready queue (at the tail) with its attempts reset.
-    /// Returns how many.
+    /// Returns how many. A message keeps its TTL: one that has expired is dead-lettered (or
+    /// dropped) again as expired at the next receive, never delivered; publish its payload
+    /// anew to send it again.
     pub fn redrive(&self) -> usize {
         let mut redriven = 0;
         while let Some(dead) = pop(self.dead()) {

@@ -322,6 +322,32 @@ fn redrive_puts_dead_letters_back_with_attempts_reset() {
 }
 
 #[test]
+fn a_redriven_expired_message_expires_again_and_is_never_delivered() {
+    let (queue, clock) = queue(4);
+    let ttl = PublishOptions {
+        ttl: Some(Duration::from_secs(5)),
+        ..id(7)
+    };
+    queue.publish_with(b"stale soon", ttl).unwrap();
+    clock.advance(Duration::from_secs(5));
+    assert!(queue.try_receive().is_none());
+    assert_eq!(queue.redrive(), 1);
+    assert_eq!(queue.stats().ready, 1, "back on the ready queue");
+    assert!(
+        queue.try_receive().is_none(),
+        "an expired message is never delivered"
+    );
+    let dead = queue.dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].id, dead[0].reason),
+        (MessageId(7), DeadReason::Expired)
+    );
+    let stats = queue.stats();
+    assert_eq!((stats.expired, stats.delivered), (2, 0));
+}
+
+#[test]
 fn a_full_dead_letter_queue_discards_its_oldest_and_counts_it() {
     let config = QueueConfig {
         dead_letter_capacity: 1,
