@@ -319,6 +319,10 @@ fn bench_pair(c: &mut Criterion, producers: usize, consumers: usize) {
         runs(iters, producers, consumers, &queue_batches)
     });
     group.finish();
+    // Not when criterion only lists or smoke-tests the benchmarks.
+    if std::env::args().any(|arg| arg == "--list" || arg == "--test") {
+        return;
+    }
     compare("one per call", threads, &ring_single, &numbered);
     compare("one per call, random ids", threads, &ring_single, &random);
     compare("batches of 32", threads, &ring_batches, &queue_batches);

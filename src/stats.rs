@@ -4,8 +4,8 @@
 //! its cache line between the producer's and the consumer's cores on every message (it was
 //! the single largest cost of a publish). So each counter is kept in [`STRIPES`] places,
 //! each 128-byte stripe holding one copy of every counter; a thread bumps the copies of
-//! the stripe its thread-local hash picks, and a read sums the stripes. Two threads that
-//! pick one stripe still count correctly (the bumps are atomic), only slower.
+//! the stripe it was dealt (see `this_thread_stripe`), and a read sums the stripes. Two
+//! threads on one stripe still count correctly (the bumps are atomic), only slower.
 
 use std::cell::Cell;
 
@@ -63,7 +63,7 @@ pub(crate) enum Counter {
 
 const COUNTERS: usize = 10;
 
-/// Copies of the counters kept apart; 16 separates up to 16 threads with high odds.
+/// Copies of the counters kept apart: the first 16 threads of a process each get their own.
 pub(crate) const STRIPES: usize = 16;
 
 /// One copy of every counter, alone on its cache lines (128 bytes: adjacent-line prefetch
@@ -128,9 +128,9 @@ impl<'r> Counters<'r> {
 
 /// This thread's stripe, picked once per thread: the next one in turn after a stripe picked
 /// per process (from a hash of the process id), so that the first [`STRIPES`] threads of a
-/// process never share one, and threads of different processes rarely do. (A hash per
-/// thread put a producer and its consumer on one stripe one time in sixteen, and then
-/// every count moved a cache line between their cores.)
+/// process never share one. (A hash per thread put an in-process producer and consumer on
+/// one stripe one time in sixteen, and then every count moved a cache line between their
+/// cores.) Threads of different processes still share a stripe one time in sixteen.
 #[inline]
 fn this_thread_stripe() -> usize {
     thread_local!(static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) });
@@ -145,6 +145,8 @@ fn this_thread_stripe() -> usize {
     })
 }
 
+/// The stripe for a thread asking for the first time. (A `std` atomic, not the `sync`
+/// facade's: dealing stripes is no part of any model, and a loom atomic cannot be a static.)
 #[cold]
 fn next_stripe() -> usize {
     static TURN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

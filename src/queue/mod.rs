@@ -506,7 +506,7 @@ impl<C: Clock> Queue<C> {
     ) -> Result<MessageId, PublishError> {
         // The id's dedup stripe is most likely a cache miss: it loads from here on, while we
         // read the clock and claim a slot.
-        self.prefetch_dedup_stripe(&options);
+        self.prefetch_dedup_stripes_from(&options);
         let ttl = self.admit(payload, &options)?;
         let now = self.now();
         self.run_timers(now);
@@ -548,15 +548,23 @@ impl<C: Clock> Queue<C> {
         }
     }
 
-    /// Starts loading the dedup stripe of the caller's id, if any, into the cache, and the
-    /// stripe of the id after it.
+    /// Starts loading the dedup stripe of the caller's id, if any, into the cache (a batch
+    /// does this for each message as it admits it).
     #[inline]
     pub(super) fn prefetch_dedup_stripe(&self, options: &PublishOptions) {
         if let (Some(id), Some(dedup)) = (options.id, self.dedup()) {
             dedup.prefetch(id);
-            // Publishers often number their messages (a producer's sequence, the counter in
-            // a Snowflake id): the next number's stripe then loads while this publish runs.
-            // A wrong guess costs a read from memory that no one waits for.
+        }
+    }
+
+    /// [`prefetch_dedup_stripe`](Self::prefetch_dedup_stripe), and the stripe of the id after
+    /// the caller's: publishers often number their messages (a producer's sequence, the
+    /// counter in a Snowflake id), and the next number's stripe then loads while this
+    /// publish runs. A wrong guess costs a read from memory that no one waits for.
+    #[inline]
+    fn prefetch_dedup_stripes_from(&self, options: &PublishOptions) {
+        if let (Some(id), Some(dedup)) = (options.id, self.dedup()) {
+            dedup.prefetch(id);
             dedup.prefetch_guess(MessageId(id.0.wrapping_add(1)));
         }
     }
