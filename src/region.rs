@@ -358,7 +358,7 @@ impl Region {
     pub(crate) fn segment_header(&self) -> Option<crate::shm::header::Header<'_>> {
         match &self._memory {
             Memory::Mapped(mapping) => mapping.header().ok(),
-            _ => None, // on the heap
+            _ => None, // this process's own memory: no segment header
         }
     }
 

@@ -107,7 +107,7 @@ impl<C: Clock> Queue<C> {
                 let Some((payload, options)) = messages.next() else {
                     break;
                 };
-                self.prefetch_dedup_stripe(&options);
+                self.prefetch_dedup_stripe(&options, false);
                 match self.admit(payload, &options) {
                     Ok(ttl) => {
                         outgoing[pending] = self.outgoing(payload, options, ttl);
@@ -154,8 +154,11 @@ impl<C: Clock> Queue<C> {
                     }
                 }
             }
-            self.push_tokens(self.ready(), &ready[..readied]);
-            self.ready_signal().notify();
+            if readied > 0 {
+                // (Delayed ones woke the sleepers as their timers went in.)
+                self.push_tokens(self.ready(), &ready[..readied]);
+                self.ready_signal().notify();
+            }
             // Counted chunk by chunk: the caller's `AsRef` may panic before the end.
             self.counters()
                 .add(Counter::Published, published_now as u64);

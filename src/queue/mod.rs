@@ -506,7 +506,7 @@ impl<C: Clock> Queue<C> {
     ) -> Result<MessageId, PublishError> {
         // The id's dedup stripe is most likely a cache miss: it loads from here on, while we
         // read the clock and claim a slot.
-        self.prefetch_dedup_stripes_from(&options);
+        self.prefetch_dedup_stripe(&options, true);
         let ttl = self.admit(payload, &options)?;
         let now = self.now();
         self.run_timers(now);
@@ -516,19 +516,18 @@ impl<C: Clock> Queue<C> {
                 capacity: self.config.capacity,
             });
         };
+        // A delayed message's timer woke the sleepers in `fill`; a ready one wakes them here.
         if let Some(ready) = self.fill(claimed, &message, now)? {
-            let pushed = push(self.ready(), ready);
-            self.invariant(pushed, "ready ring holds every slot");
+            self.push_ready_token(ready);
         }
-        self.ready_signal().notify(); // a receiver may be asleep
         self.counters().bump(Counter::Published);
         Ok(message.id)
     }
 
     /// The message as `fill` will write it: the caller's id, remembered by the dedup
-    /// window, or a generated one, which is unique
-    /// by construction and so not remembered: no caller can publish it again by mistake,
-    /// and a window sized for the caller's ids is not filled with ids no one repeats.
+    /// window, or a generated one, which is unique by construction and so not remembered:
+    /// no caller can publish it again by mistake, and a window sized for the caller's ids
+    /// is not filled with ids no one repeats.
     fn outgoing<'p>(
         &self,
         payload: &'p [u8],
@@ -548,24 +547,18 @@ impl<C: Clock> Queue<C> {
         }
     }
 
-    /// Starts loading the dedup stripe of the caller's id, if any, into the cache (a batch
-    /// does this for each message as it admits it).
+    /// Starts loading the dedup stripe of the caller's id, if any, into the cache, and with
+    /// `and_next` the stripe of the id after it: publishers often number their messages (a
+    /// producer's sequence, the counter in a Snowflake id), and a single publish then finds
+    /// its stripe loaded by the one before. A wrong guess costs a read from memory that no
+    /// one waits for. (A batch prefetches each message's own stripe as it admits it.)
     #[inline]
-    pub(super) fn prefetch_dedup_stripe(&self, options: &PublishOptions) {
+    pub(super) fn prefetch_dedup_stripe(&self, options: &PublishOptions, and_next: bool) {
         if let (Some(id), Some(dedup)) = (options.id, self.dedup()) {
             dedup.prefetch(id);
-        }
-    }
-
-    /// [`prefetch_dedup_stripe`](Self::prefetch_dedup_stripe), and the stripe of the id after
-    /// the caller's: publishers often number their messages (a producer's sequence, the
-    /// counter in a Snowflake id), and the next number's stripe then loads while this
-    /// publish runs. A wrong guess costs a read from memory that no one waits for.
-    #[inline]
-    fn prefetch_dedup_stripes_from(&self, options: &PublishOptions) {
-        if let (Some(id), Some(dedup)) = (options.id, self.dedup()) {
-            dedup.prefetch(id);
-            dedup.prefetch_guess(MessageId(id.0.wrapping_add(1)));
+            if and_next {
+                dedup.prefetch_guess(MessageId(id.0.wrapping_add(1)));
+            }
         }
     }
 
@@ -706,8 +699,13 @@ impl<C: Clock> Queue<C> {
     }
 
     pub(crate) fn push_ready(&self, slot: u32, generation: u32) {
+        self.push_ready_token(token(slot, generation));
+    }
+
+    /// Pushes a ready token and wakes sleeping receivers.
+    fn push_ready_token(&self, ready: u32) {
         // The ready ring has a place for every slot, and a slot has at most one ready token.
-        let pushed = push(self.ready(), token(slot, generation));
+        let pushed = push(self.ready(), ready);
         self.invariant(pushed, "ready ring holds every slot");
         self.ready_signal().notify();
     }
