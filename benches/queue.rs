@@ -1,6 +1,8 @@
 //! The reliable queue's cost per message against the raw ring, measured in the same run:
 //! publish -> receive -> ack of 64-byte messages with ids given (numbered per publisher,
-//! or looking random) and dedup on, against
+//! or looking random) and dedup on, received with `try_receive` (the harness backing off
+//! between empty tries, as it does for the ring) or with the queue's own waiting
+//! (`receive_timeout`), against
 //! pushing and popping 64-byte arrays through `ackring::Ring`; one message per call, and in
 //! batches of [`BATCH`] (`publish_batch` / `try_receive_batch` / `ack_batch` against
 //! `push_batch` / `pop_batch`).
@@ -153,11 +155,21 @@ fn queue_config() -> QueueConfig {
     }
 }
 
+/// How a queue peer's consumers wait for a message.
+#[derive(Clone, Copy)]
+enum Receive {
+    /// `try_receive`, with the harness's backoff between empty tries (as the ring's).
+    Try,
+    /// `receive_timeout`: the queue's own waiting.
+    Blocking,
+}
+
 /// The queue moving one message per call: publish with an id from `ids`, then receive
-/// and ack.
+/// (as `receive` says) and ack.
 fn queue_single(
     queue: &Queue,
     ids: fn() -> MessageId,
+    receive: Receive,
 ) -> Peer<impl Fn(usize, bool) + Sync + '_, impl Fn() -> Option<usize> + Sync + '_> {
     Peer {
         batch: 1,
@@ -171,7 +183,11 @@ fn queue_single(
             }
         },
         receive: move || {
-            let delivery = queue.try_receive()?;
+            let delivery = match receive {
+                Receive::Try => queue.try_receive(),
+                // Short: a consumer whose partner took the last end marker waits it out.
+                Receive::Blocking => queue.receive_timeout(Duration::from_micros(100)),
+            }?;
             let end = black_box(delivery.payload())[0] == END;
             delivery.ack().expect("acked within the lease");
             Some(usize::from(end))
@@ -276,11 +292,17 @@ fn bench_pair(c: &mut Criterion, producers: usize, consumers: usize) {
         runs(iters, producers, consumers, &ring_batches)
     });
     let queue = Queue::new(queue_config()).unwrap();
-    let numbered = queue_single(&queue, fresh_id);
+    let numbered = queue_single(&queue, fresh_id, Receive::Try);
     bench("ackring::Queue", "64B publish-receive-ack", &|iters| {
         runs(iters, producers, consumers, &numbered)
     });
-    let random = queue_single(&queue, fresh_random_id);
+    let blocking = queue_single(&queue, fresh_id, Receive::Blocking);
+    bench(
+        "ackring::Queue",
+        "64B publish-receive-ack, blocking receive",
+        &|iters| runs(iters, producers, consumers, &blocking),
+    );
+    let random = queue_single(&queue, fresh_random_id, Receive::Try);
     bench(
         "ackring::Queue",
         "64B publish-receive-ack, random ids",
@@ -325,6 +347,12 @@ fn bench_pair(c: &mut Criterion, producers: usize, consumers: usize) {
     }
     compare("one per call", threads, &ring_single, &numbered);
     compare("one per call, random ids", threads, &ring_single, &random);
+    compare(
+        "one per call, the queue's blocking receive",
+        threads,
+        &ring_single,
+        &blocking,
+    );
     compare("batches of 32", threads, &ring_batches, &queue_batches);
     compare(
         "queue batches against ring one per call",

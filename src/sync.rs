@@ -8,6 +8,7 @@
 #[cfg(not(loom))]
 mod imp {
     pub(crate) use crossbeam_utils::Backoff;
+    pub(crate) use std::hint::spin_loop as spin_hint;
     pub(crate) use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
     /// `std::cell::UnsafeCell` behind loom's closure API, so call sites read the same under both.
@@ -32,6 +33,9 @@ mod imp {
 mod imp {
     pub(crate) use loom::cell::UnsafeCell;
     pub(crate) use loom::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+    /// Under loom a spin hint is a yield, so the model checker can schedule the thread we
+    /// wait for.
+    pub(crate) use loom::thread::yield_now as spin_hint;
 
     /// Under loom a spin is a yield, so the model checker can schedule the thread we wait for.
     #[derive(Debug, Default)]
