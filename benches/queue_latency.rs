@@ -131,7 +131,7 @@ fn main() {
     };
     let histogram = measure(publish, || queue.try_receive().map(settle));
     report("ackring::Queue publish -> try_receive", &histogram);
-    // The queue's own waiting: looks every half microsecond, sleeps after 50 µs.
+    // The queue's own waiting: looks every half microsecond, sleeps after 20 µs.
     let histogram = measure(publish, || {
         queue.receive_timeout(Duration::from_secs(1)).map(settle)
     });
