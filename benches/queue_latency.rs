@@ -29,8 +29,9 @@ fn pin(core: usize) {
     }
 }
 
-/// Runs the paced producer and the busy-polling consumer; `send` publishes a stamped
-/// message, `receive` returns a stamp if a message was there.
+/// Runs the paced producer and the consumer, which calls `receive` until it has every
+/// message; `send` publishes a stamped message, `receive` returns a stamp if a message was
+/// there.
 fn measure(send: impl Fn(u64) + Sync, receive: impl Fn() -> Option<u64> + Sync) -> Histogram<u64> {
     let clock = MonotonicClock;
     std::thread::scope(|s| {

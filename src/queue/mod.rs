@@ -876,11 +876,13 @@ impl<C: Clock> Queue<C> {
     ///
     /// It looks every half microsecond for the first 20 µs, then sleeps on a futex
     /// (shared with other processes for a queue in shared memory) that publishers wake, so
-    /// a receiver of a steady stream (a message at least every 20 µs) never pays a wake-up,
-    /// and an idle one uses no CPU.
+    /// a receiver of a steady stream (a message at least every 20 µs) does not sleep
+    /// between messages, and an idle one uses no CPU.
     /// For the lowest latency, at the cost of a core, call [`try_receive`](Self::try_receive)
-    /// in a loop; back off between empty tries all the same, since each try reads the cache
-    /// line the next publish writes (see the README's figures).
+    /// in a loop; but under load, wait about half a microsecond between empty tries: each
+    /// try reads the cache line the next publish writes, and a consumer that tries much more
+    /// often (as crossbeam's `Backoff` does) slows the publisher by a transfer between cores
+    /// per message (see the README's figures).
     pub fn receive(&self) -> Delivery<'_, C> {
         loop {
             if let Some(delivery) = self.receive_timeout(Duration::from_secs(3600)) {
@@ -896,7 +898,8 @@ impl<C: Clock> Queue<C> {
     }
 
     /// Calls `look` (a receive) until it finds something or `timeout` of real time has
-    /// passed, spinning briefly and then sleeping on the ready signal between looks.
+    /// passed: every half microsecond for the first 20 µs (see `look_while_spinning`),
+    /// then between sleeps on the ready signal.
     fn wait_until_ready<T>(
         &self,
         timeout: Duration,
@@ -940,9 +943,10 @@ impl<C: Clock> Queue<C> {
     /// very cache line the next publish writes, so a receiver that looks more often than
     /// messages come takes that line from the publisher before every publish, and the
     /// publisher, the slower side, pays a transfer between cores each time. Looking every
-    /// half microsecond (a little longer than a publish) lets the publisher of a busy
-    /// stream run ahead; the price is up to one interval of delay for a message that comes
-    /// while the receiver waits. See the README for the figures.
+    /// half microsecond (longer than a publish takes between two busy cores, 200-350 ns)
+    /// lets the publisher of a busy stream run ahead; the price is up to one interval (plus
+    /// a look) of delay for a message that comes while the receiver waits. See the README
+    /// for the figures.
     fn look_while_spinning<T>(
         &self,
         started: std::time::Instant,
