@@ -49,6 +49,8 @@ use crate::slots::{MessageStore, Meta, State, TransitionError, Word};
 pub use crate::stats::Stats;
 use crate::stats::{Counter, Counters};
 use crate::sync::{spin_hint, Backoff, Ordering};
+use crate::wait::Signal;
+use crate::wheel::{node, split_node, Refire, Timer, Wheel};
 
 /// How long a waiting receiver keeps looking for a message before it sleeps (see
 /// `look_while_spinning`): twice what a futex wake-up costs (about 10 µs on the machine we
@@ -59,8 +61,6 @@ const SPIN_BUDGET: Duration = Duration::from_micros(20);
 
 /// How often a waiting receiver looks while it spins.
 const LOOK_INTERVAL: Duration = Duration::from_nanos(500);
-use crate::wait::Signal;
-use crate::wheel::{node, split_node, Refire, Timer, Wheel};
 
 /// Why a message died.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,6 +233,41 @@ fn push(ring: IndexRing<'_>, token: u32) -> bool {
 /// Pops a token. (A corrupt ring reads as empty.)
 fn pop(ring: IndexRing<'_>) -> Option<u32> {
     ring.try_pop().ok().flatten()
+}
+
+/// The first part of a wait: `look` every [`LOOK_INTERVAL`] for [`SPIN_BUDGET`] (or
+/// `timeout`, if shorter), awake. A message that comes within that time is found within
+/// a look interval, where a sleeper would take a futex wake-up (about 10 µs, measured)
+/// and its publisher a wake system call.
+///
+/// Why not look as often as possible: each look reads the ready ring's next slot, the
+/// very cache line the next publish writes, so a receiver that looks more often than
+/// messages come takes that line from the publisher before every publish, and the
+/// publisher, the slower side, pays a transfer between cores each time. Looking every
+/// half microsecond (longer than a publish takes between two busy cores, 200-350 ns)
+/// lets the publisher of a busy stream run ahead; the price is up to one interval (plus
+/// a look) of delay for a message that comes while the receiver waits. See the README
+/// for the figures.
+fn look_while_spinning<T>(
+    started: std::time::Instant,
+    timeout: Duration,
+    look: &mut impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let spin_for = SPIN_BUDGET.min(timeout);
+    loop {
+        if let Some(found) = look() {
+            return Some(found);
+        }
+        let looked = std::time::Instant::now();
+        if looked.duration_since(started) >= spin_for {
+            return None;
+        }
+        while looked.elapsed() < LOOK_INTERVAL {
+            for _ in 0..4 {
+                spin_hint();
+            }
+        }
+    }
 }
 
 /// Calls `attempt` until it yields something or `timeout` of real time has passed
@@ -908,7 +943,7 @@ impl<C: Clock> Queue<C> {
         let started = std::time::Instant::now();
         // None: no limit.
         let give_up = started.checked_add(timeout);
-        if let Some(found) = self.look_while_spinning(started, timeout, &mut look) {
+        if let Some(found) = look_while_spinning(started, timeout, &mut look) {
             return Some(found);
         }
         self.ready_signal().wait_for(look, || {
@@ -932,42 +967,6 @@ impl<C: Clock> Queue<C> {
                 sleep.min(recovery::LIVENESS_INTERVAL)
             })
         })
-    }
-
-    /// The first part of a wait: `look` every [`LOOK_INTERVAL`] for [`SPIN_BUDGET`] (or
-    /// `timeout`, if shorter), awake. A message that comes within that time is found within
-    /// a look interval, where a sleeper would take a futex wake-up (about 10 µs, measured)
-    /// and its publisher a wake system call.
-    ///
-    /// Why not look as often as possible: each look reads the ready ring's next slot, the
-    /// very cache line the next publish writes, so a receiver that looks more often than
-    /// messages come takes that line from the publisher before every publish, and the
-    /// publisher, the slower side, pays a transfer between cores each time. Looking every
-    /// half microsecond (longer than a publish takes between two busy cores, 200-350 ns)
-    /// lets the publisher of a busy stream run ahead; the price is up to one interval (plus
-    /// a look) of delay for a message that comes while the receiver waits. See the README
-    /// for the figures.
-    fn look_while_spinning<T>(
-        &self,
-        started: std::time::Instant,
-        timeout: Duration,
-        look: &mut impl FnMut() -> Option<T>,
-    ) -> Option<T> {
-        let spin_for = SPIN_BUDGET.min(timeout);
-        loop {
-            if let Some(found) = look() {
-                return Some(found);
-            }
-            let looked = std::time::Instant::now();
-            if looked.duration_since(started) >= spin_for {
-                return None;
-            }
-            while looked.elapsed() < LOOK_INTERVAL {
-                for _ in 0..4 {
-                    spin_hint();
-                }
-            }
-        }
     }
 
     /// A ready message whose TTL ran out: dead-letter or drop it. We hold its ready token.
