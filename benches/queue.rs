@@ -7,6 +7,11 @@
 //! batches of [`BATCH`] (`publish_batch` / `try_receive_batch` / `ack_batch` against
 //! `push_batch` / `pop_batch`).
 //!
+//! A third peer, the design's skeleton ([`Skeleton`]), moves messages the way the queue
+//! does underneath (two rings of slot tokens, a header CAS on each side, a payload line)
+//! with none of its features, to split the queue's cost over the ring's into what the
+//! design's shape costs and what the features cost.
+//!
 //! After each group, the ratios the goal is about are measured once more with the ring and
 //! the queue alternating run by run (see [`compare`]), because on a shared machine the
 //! speed of either can drift by half between criterion's back-to-back benchmarks.
@@ -195,6 +200,89 @@ fn queue_single(
     }
 }
 
+/// One 64-byte line of words.
+#[repr(C, align(64))]
+#[derive(Default)]
+struct Line([AtomicU64; 8]);
+
+/// The data movement DESIGN.md prescribes for a message, and nothing else: a slot token
+/// from a free ring, a header CAS to claim the slot, the payload written as words, a
+/// header CAS to publish it, the token pushed to a ready ring; the consumer pops it, CASes
+/// the header to leased, reads the payload, CASes the header free and pushes the token
+/// back. No ids, dedup, clock, timers or counters: what is left between this and the queue
+/// is the cost of those, and what is left between this and the ring is the cost of the
+/// design's shape (two rings, and a header line beside the payload).
+struct Skeleton {
+    free: Ring<u32>,
+    ready: Ring<u32>,
+    headers: Vec<Line>,
+    payloads: Vec<Line>,
+}
+
+/// A header's states in the skeleton.
+const SLOT_FREE: u64 = 0;
+const SLOT_WRITING: u64 = 1;
+const SLOT_READY: u64 = 2;
+const SLOT_LEASED: u64 = 3;
+
+impl Skeleton {
+    fn new() -> Self {
+        let free = Ring::new(CAPACITY as usize).unwrap();
+        for slot in 0..CAPACITY {
+            free.try_push(slot).unwrap();
+        }
+        Self {
+            free,
+            ready: Ring::new(CAPACITY as usize).unwrap(),
+            headers: (0..CAPACITY).map(|_| Line::default()).collect(),
+            payloads: (0..CAPACITY).map(|_| Line::default()).collect(),
+        }
+    }
+
+    /// Moves `header`'s state word from `from` to `to` (the skeleton's protocol makes it so).
+    fn transition(header: &Line, from: u64, to: u64) {
+        let moved = header.0[0].compare_exchange(from, to, Ordering::AcqRel, Ordering::Relaxed);
+        assert_eq!(moved, Ok(from), "the skeleton's slot protocol");
+    }
+
+    fn peer(
+        &self,
+    ) -> Peer<impl Fn(usize, bool) + Sync + '_, impl Fn() -> Option<usize> + Sync + '_> {
+        Peer {
+            batch: 1,
+            send: move |count: usize, end: bool| {
+                for _ in 0..count {
+                    let backoff = Backoff::new();
+                    let slot = loop {
+                        match self.free.try_pop() {
+                            Some(slot) => break slot,
+                            None => backoff.snooze(),
+                        }
+                    };
+                    let header = &self.headers[slot as usize];
+                    Self::transition(header, SLOT_FREE, SLOT_WRITING);
+                    let words = &self.payloads[slot as usize].0;
+                    words[0].store(u64::from(end), Ordering::Relaxed);
+                    for word in &words[1..] {
+                        word.store(u64::from_le_bytes([7; 8]), Ordering::Relaxed);
+                    }
+                    Self::transition(header, SLOT_WRITING, SLOT_READY);
+                    assert!(self.ready.try_push(slot).is_ok(), "a token per slot fits");
+                }
+            },
+            receive: move || {
+                let slot = self.ready.try_pop()?;
+                let header = &self.headers[slot as usize];
+                Self::transition(header, SLOT_READY, SLOT_LEASED);
+                let end = black_box(self.payloads[slot as usize].0[0].load(Ordering::Relaxed)) == 1;
+                Self::transition(header, SLOT_LEASED, SLOT_FREE);
+                assert!(self.free.try_push(slot).is_ok(), "a token per slot fits");
+                Some(usize::from(end))
+            },
+        }
+    }
+}
+
 /// Rounds of the interleaved comparison (see [`compare`]).
 const ROUNDS: usize = 15;
 
@@ -227,19 +315,39 @@ fn compare<S1, R1, S2, R2>(
     S2: Fn(usize, bool) + Sync,
     R2: Fn() -> Option<usize> + Sync,
 {
-    let (mut ring_rates, mut queue_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    compare_named(
+        what,
+        (producers, consumers),
+        ("Ring", ring),
+        ("Queue", queue),
+    );
+}
+
+/// [`compare`] of any two peers, named as given: prints `first / second`.
+fn compare_named<S1, R1, S2, R2>(
+    what: &str,
+    (producers, consumers): (usize, usize),
+    (first_name, first): (&str, &Peer<S1, R1>),
+    (second_name, second): (&str, &Peer<S2, R2>),
+) where
+    S1: Fn(usize, bool) + Sync,
+    R1: Fn() -> Option<usize> + Sync,
+    S2: Fn(usize, bool) + Sync,
+    R2: Fn() -> Option<usize> + Sync,
+{
+    let (mut first_rates, mut second_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        let ring_rate = rate(producers, consumers, ring);
-        let queue_rate = rate(producers, consumers, queue);
-        ring_rates.push(ring_rate);
-        queue_rates.push(queue_rate);
-        ratios.push(ring_rate / queue_rate);
+        let first_rate = rate(producers, consumers, first);
+        let second_rate = rate(producers, consumers, second);
+        first_rates.push(first_rate);
+        second_rates.push(second_rate);
+        ratios.push(first_rate / second_rate);
     }
     println!(
-        "ratio {producers}p{consumers}c {what}: Ring {:.2} M/s, Queue {:.2} M/s, \
-         Ring/Queue {:.2}x (medians of {ROUNDS} alternating rounds)",
-        median(ring_rates) / 1e6,
-        median(queue_rates) / 1e6,
+        "ratio {producers}p{consumers}c {what}: {first_name} {:.2} M/s, {second_name} {:.2} M/s, \
+         {first_name}/{second_name} {:.2}x (medians of {ROUNDS} alternating rounds)",
+        median(first_rates) / 1e6,
+        median(second_rates) / 1e6,
         median(ratios),
     );
 }
@@ -291,6 +399,13 @@ fn bench_pair(c: &mut Criterion, producers: usize, consumers: usize) {
     bench("ackring::Ring", "64B batches of 32", &|iters| {
         runs(iters, producers, consumers, &ring_batches)
     });
+    let skeleton = Skeleton::new();
+    let skeleton = skeleton.peer();
+    bench(
+        "design skeleton",
+        "64B, two rings, header and payload",
+        &|iters| runs(iters, producers, consumers, &skeleton),
+    );
     let queue = Queue::new(queue_config()).unwrap();
     let numbered = queue_single(&queue, fresh_id, Receive::Try);
     bench("ackring::Queue", "64B publish-receive-ack", &|iters| {
@@ -352,6 +467,18 @@ fn bench_pair(c: &mut Criterion, producers: usize, consumers: usize) {
         threads,
         &ring_single,
         &blocking,
+    );
+    compare_named(
+        "one per call, the design's skeleton",
+        threads,
+        ("Ring", &ring_single),
+        ("Skeleton", &skeleton),
+    );
+    compare_named(
+        "one per call, the queue's blocking receive against the skeleton",
+        threads,
+        ("Skeleton", &skeleton),
+        ("Queue", &blocking),
     );
     compare("batches of 32", threads, &ring_batches, &queue_batches);
     compare(

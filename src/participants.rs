@@ -255,13 +255,19 @@ impl<'r> Participants<'r> {
         }
     }
 
+    /// Every entry's current registration token, in entry order, whoever holds it (a live
+    /// process, a dead one, or none).
+    pub(crate) fn tokens(&self) -> impl Iterator<Item = u64> + 'r {
+        let entries: &'r [Participant] = self.entries;
+        entries
+            .iter()
+            .enumerate()
+            .map(|(index, entry)| token(index as u64 + 1, entry.epoch.load(Ordering::Acquire)))
+    }
+
     /// The live registrations' tokens.
     pub(crate) fn live(&self) -> Vec<u64> {
-        (0..self.entries.len())
-            .map(|index| {
-                let entry = &self.entries[index];
-                token(index as u64 + 1, entry.epoch.load(Ordering::Acquire))
-            })
+        self.tokens()
             .filter(|&token| self.is_alive(token))
             .collect()
     }

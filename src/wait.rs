@@ -90,6 +90,18 @@ impl Signal {
     pub(crate) fn sleepers(&self) -> u32 {
         self.waiters.load(Ordering::SeqCst)
     }
+
+    /// Counts a sleeper that never sleeps, so that every `notify` shows (for tests).
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn count_a_sleeper(&self) {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Wake-ups so far while someone was counted asleep (for tests).
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn wake_ups(&self) -> u32 {
+        self.seq.load(Ordering::SeqCst)
+    }
 }
 
 /// Sleeps while `word == seen`, at most `nap`.

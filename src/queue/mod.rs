@@ -890,7 +890,11 @@ impl<C: Clock> Queue<C> {
             }
         };
         if schedule_lease_timer.get() {
+            // A sleeper decides how long to sleep from the timers it sees linked: one that
+            // looked before this link must be woken to look again (`wait`'s protocol).
+            // Rare: a slot's lease timer stays linked from one lease to the next.
             self.wheel().schedule(node(slot, Timer::Lease), due);
+            self.ready_signal().notify();
         }
         if bracketed {
             self.end_scheduling();
@@ -954,10 +958,12 @@ impl<C: Clock> Queue<C> {
             // Wake for the next timer too: timers make delayed and expired-lease
             // messages ready, and a sleeping receiver is what would run them.
             let now = self.now();
-            let timer = self
-                .wheel()
-                .next_due()
-                .map(|due| Duration::from_nanos(due.saturating_sub(now)));
+            // At least a tick: a timer already due that the look did not run is being
+            // run by another thread (or one stopped holding the run lock), and looking
+            // again at once would only spin.
+            let timer = self.wheel().next_due().map(|due| {
+                Duration::from_nanos(due.saturating_sub(now)).max(self.config.timer_tick)
+            });
             let sleep = timer.map_or(left, |timer| timer.min(left));
             // In a shared segment, wake now and then even when idle: a process killed
             // mid-operation is noticed (and repaired) by whoever runs the timers.
@@ -1108,8 +1114,18 @@ impl<C: Clock> Queue<C> {
     /// this call ran it.
     #[inline]
     fn run_timers(&self, now: u64) -> bool {
-        let ran = self.wheel().advance(now, |node, now| self.fire(node, now));
+        let mut relinked = false;
+        let ran = self.wheel().advance(now, |node, now| {
+            let again = self.fire(node, now);
+            relinked |= again.is_some();
+            again
+        });
         if ran {
+            // A sleeper that looked at the timers while this run held some of them
+            // detached did not see them: wake it to look again (`wait`'s protocol).
+            if relinked {
+                self.ready_signal().notify();
+            }
             self.recover_if_needed(now);
         }
         ran

@@ -201,14 +201,41 @@ impl<C: Clock> Queue<C> {
 
     /// Pins that no live participant may hold.
     fn drop_dead_pins(&self, sweep: &mut Sweep) {
+        let registrations = self.registrations_now();
+        self.drop_pins_none_of_these_hold(&registrations, sweep);
+    }
+
+    /// Every participant entry's registration token, and whether it is alive, now.
+    fn registrations_now(&self) -> Vec<(u64, bool)> {
+        let participants = self.participants();
+        participants
+            .tokens()
+            .map(|token| (token, participants.is_alive(token)))
+            .collect()
+    }
+
+    /// Drops the pins of slots that no participant may hold: neither a registration that
+    /// `looked` found alive, nor one made since `looked` (its entry's token changed). A
+    /// process that registers after the look may pin a slot before the walk reaches it: its
+    /// pin then shows in the slot word, loaded after its registration, so its new token
+    /// shows too.
+    fn drop_pins_none_of_these_hold(&self, looked: &[(u64, bool)], sweep: &mut Sweep) {
         let store = self.store();
         let participants = self.participants();
-        let live = participants.live();
         for slot in 0..store.capacity() {
             let Ok(word) = store.load(slot) else {
                 continue;
             };
-            if word.pins == 0 || live.iter().any(|&t| participants.may_pin(t, slot)) {
+            if word.pins == 0 {
+                continue;
+            }
+            let may_hold = participants
+                .tokens()
+                .zip(looked)
+                .any(|(token, &(then, alive))| {
+                    (alive || token != then) && participants.may_pin(token, slot)
+                });
+            if may_hold {
                 continue;
             }
             if let Ok(unpinned) = store.transition(slot, word, |w| Some(Word { pins: 0, ..w })) {
@@ -252,6 +279,9 @@ impl<C: Clock> Queue<C> {
                 wheel.schedule(node, now);
                 sweep.timers_relinked += 1;
             }
+        }
+        if sweep.timers_relinked > 0 {
+            self.ready_signal().notify(); // sleepers decided their naps without these
         }
         Some(())
     }
@@ -336,6 +366,34 @@ mod tests {
             id: Some(MessageId(id)),
             ..PublishOptions::default()
         }
+    }
+
+    /// A process that registers while a sweep runs, after the sweep looked at who is
+    /// alive, keeps the pins it takes: the sweep must not count it among the dead.
+    #[test]
+    fn a_sweep_spares_the_pins_of_a_process_that_registered_during_it() {
+        let segment = TempSegment::new("late-pin");
+        let config = QueueConfig {
+            dedup_capacity: 64,
+            ..QueueConfig::new(8, 32)
+        };
+        let survivor = Queue::create_file(&segment.0, config).unwrap();
+        let victim = Queue::open_file(&segment.0).unwrap();
+        let token = victim.participant;
+        std::mem::forget(victim); // SIGKILL: no destructor runs
+        survivor.participants().forge_dead(token);
+
+        let looked = survivor.registrations_now(); // the sweep's look at who is alive
+        let newcomer = Queue::open_file(&segment.0).unwrap();
+        newcomer.publish(b"held").unwrap();
+        let delivery = newcomer.try_receive().unwrap(); // pins its slot
+        let mut sweep = Sweep::default();
+        survivor.drop_pins_none_of_these_hold(&looked, &mut sweep);
+        assert_eq!(
+            sweep.pins_dropped, 0,
+            "the newcomer's pin was taken for dead"
+        );
+        delivery.ack().expect("the lease and its pin are intact");
     }
 
     /// A process killed in the middle of each operation leaves each of the things recovery
