@@ -20,6 +20,7 @@
 //! | 2    | `epoch`      | the registering process: bumped at each registration |
 //!
 //! | 3    | `scheduling` | the participant: timers it is between marking due and linking into the wheel (see `queue::recovery`) |
+//! | 4    | `sleeping`   | the participant: its threads counted asleep on the ready signal (see `wait`); whoever reaps its death takes the count back off the signal |
 //! | 8..  | `pin_marks`  | the participant: [`PIN_MARKS`] counters; `pin_marks[slot % PIN_MARKS]` counts the payload pins it holds or is about to take on such slots (see `queue::recovery`) |
 //!
 //! A participant is alive when its pid names a running process with the recorded start
@@ -47,7 +48,8 @@ pub(crate) struct Participant {
     start_time: AtomicU64,
     epoch: AtomicU64,
     scheduling: AtomicU64,
-    _reserved: [AtomicU64; 4],
+    sleeping: AtomicU64,
+    _reserved: [AtomicU64; 3],
     pin_marks: [AtomicU64; PIN_MARKS],
 }
 
@@ -58,6 +60,7 @@ impl Default for Participant {
             start_time: AtomicU64::default(),
             epoch: AtomicU64::default(),
             scheduling: AtomicU64::default(),
+            sleeping: AtomicU64::default(),
             _reserved: std::array::from_fn(|_| AtomicU64::default()),
             pin_marks: std::array::from_fn(|_| AtomicU64::default()),
         }
@@ -130,6 +133,19 @@ pub(crate) struct Registration {
     pub(crate) token: u64,
     /// It took over the entry of a dead registration (so something may need recovering).
     pub(crate) replaced_dead: bool,
+    /// Threads of that dead registration still counted asleep on the ready signal (killed
+    /// in their sleep): for the new registrant to take off the signal's count.
+    pub(crate) dead_sleepers: u64,
+}
+
+/// What [`Participants::reap_dead`] freed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Reaped {
+    /// Dead registrations freed.
+    pub(crate) registrations: usize,
+    /// Their threads still counted asleep on the ready signal: for the reaper to take off
+    /// the signal's count.
+    pub(crate) sleepers: u64,
 }
 
 /// The participant table of a region.
@@ -159,6 +175,9 @@ impl<'r> Participants<'r> {
                     .is_ok()
             {
                 entry.start_time.store(me.start_time, Ordering::Release);
+                // Acquire: the dead's increments of the signal's count precede its own
+                // count's (see `wait`), so they are in what the caller takes off.
+                let dead_sleepers = entry.sleeping.swap(0, Ordering::Acquire);
                 // A dead registration's counts are garbage: start from zero (nothing of
                 // ours is scheduled or pinned yet).
                 entry.scheduling.store(0, Ordering::Relaxed);
@@ -169,16 +188,17 @@ impl<'r> Participants<'r> {
                 return Some(Registration {
                     token: token(id, epoch),
                     replaced_dead: pid != 0,
+                    dead_sleepers,
                 });
             }
         }
         None
     }
 
-    /// Frees the entries of dead registrations; returns how many. (Each dead registration
+    /// Frees the entries of dead registrations; returns what it freed. (Each dead registration
     /// is reaped once: by this CAS or by a [`register`](Self::register) that reclaims it.)
-    pub(crate) fn reap_dead(&self) -> usize {
-        let mut reaped = 0;
+    pub(crate) fn reap_dead(&self) -> Reaped {
+        let mut reaped = Reaped::default();
         for (index, entry) in self.entries.iter().enumerate() {
             let pid = entry.pid.load(Ordering::Acquire);
             if pid == 0 {
@@ -191,7 +211,11 @@ impl<'r> Participants<'r> {
                     .compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
             {
-                reaped += 1;
+                reaped.registrations += 1;
+                // Ours alone to take: the CAS above reaped this registration once.
+                // (Saturating: the word is segment data, maybe garbage.)
+                let sleepers = entry.sleeping.swap(0, Ordering::Acquire);
+                reaped.sleepers = reaped.sleepers.saturating_add(sleepers);
             }
         }
         reaped
@@ -205,6 +229,7 @@ impl<'r> Participants<'r> {
         for entry in self.entries {
             entry.start_time.store(0, Ordering::Relaxed);
             entry.scheduling.store(0, Ordering::Relaxed);
+            entry.sleeping.store(0, Ordering::Relaxed);
             for mark in &entry.pin_marks {
                 mark.store(0, Ordering::Relaxed);
             }
@@ -276,6 +301,12 @@ impl<'r> Participants<'r> {
     pub(crate) fn scheduling_idle(&self, token: u64) -> bool {
         self.entry(token)
             .map_or(true, |entry| entry.scheduling.load(Ordering::Acquire) == 0)
+    }
+
+    /// The count of the registration `token`'s threads asleep on the ready signal, if
+    /// `token` is its entry's current registration.
+    pub(crate) fn sleeping(&self, token: u64) -> Option<&'r AtomicU64> {
+        self.entry(token).map(|entry| &entry.sleeping)
     }
 
     /// Whether the registration `token` may hold a pin on `slot`.

@@ -178,8 +178,9 @@ impl Layout {
 /// shared through atomics or cells only, and no stricter alignment than a section start.
 ///
 /// # Safety
-/// Implementors are `repr(C)` or `repr(transparent)` compositions of `AtomicU64` and
-/// `UnsafeCell<[u8; N]>` with no padding that is read, alignment at most
+/// Implementors are `repr(C)` or `repr(transparent)` compositions of `AtomicU64`,
+/// `AtomicU32` (the ready signal's futex word and count) and `UnsafeCell<[u8; N]>` with no
+/// padding that is read, alignment at most
 /// [`SECTION_ALIGN`], and no drop glue.
 pub(crate) unsafe trait Plain: Sync + Default {}
 
@@ -493,8 +494,8 @@ impl TypedSections {
 
 // SAFETY: any bit pattern is a valid `AtomicU64`, its alignment is 8, no drop glue.
 unsafe impl Plain for AtomicU64 {}
-// SAFETY: a `repr(C)` composition of `AtomicU64`s (any bit pattern is a valid value), with
-// alignment 128 and no drop glue; the same holds for the types below.
+// SAFETY: a `repr(C)` composition of `AtomicU64`s and `AtomicU32`s (any bit pattern is a
+// valid value), with alignment 128 and no drop glue; the same holds for the types below.
 unsafe impl Plain for SharedWords {}
 // SAFETY: see above.
 unsafe impl Plain for CounterStripe {}

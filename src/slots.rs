@@ -248,9 +248,9 @@ pub(crate) struct MessageStore<'r> {
 }
 
 impl<'r> MessageStore<'r> {
-    /// The store over these sections; `payloads` holds `lines_per_slot` lines per header
-    /// (fewer, from a corrupt layout, makes payload access of the missing slots panic-free
-    /// errors: see [`Self::payload_start`]).
+    /// The store over these sections; `payloads` holds `lines_per_slot` lines per header.
+    /// (Always: the layout is computed by this build from the checked configuration, never
+    /// read from a segment, so [`Self::payload_start`] can slice without a fallback.)
     #[inline]
     pub(crate) fn new(
         headers: &'r [SlotHeader],

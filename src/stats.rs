@@ -23,6 +23,9 @@ pub struct Stats {
     pub in_flight: u64,
     /// Dead letters.
     pub dead: u64,
+    /// Receivers asleep now, waiting for a message (those still looking, in their first
+    /// 20 µs, are not counted).
+    pub sleeping_receivers: u64,
     /// Publishes accepted.
     pub published: u64,
     /// Publishes refused as duplicates.

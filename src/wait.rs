@@ -19,8 +19,19 @@
 //! against `seen` in 5 fails or the wake-up arrives); if the sleeper's comes second, its
 //! look in 3 sees the push in a, and its timeout in 4 the timer. A publish with no sleeper
 //! costs the fence and one load of a line that is written only when someone goes to sleep.
+//!
+//! # Sleepers killed in their sleep
+//!
+//! A process killed (SIGKILL) while one of its threads sleeps never takes that thread off
+//! `waiters`, and every publish after would then pay a wake system call for no one. So a
+//! sleeper also counts itself in its registration's own word (`Participants::sleeping`),
+//! after its increment of `waiters` and before its decrement, with release order: whoever
+//! reaps the dead registration takes that word's count off `waiters`
+//! ([`forget_dead_sleepers`](Signal::forget_dead_sleepers)). A kill between the two steps
+//! leaves `waiters` one too high, a spurious wake per publish, never one too low, which
+//! would leave a live sleeper unwoken.
 
-use crate::sync::{fence, AtomicU32, Ordering};
+use crate::sync::{fence, AtomicU32, AtomicU64, Ordering};
 
 /// A futex word and its sleeper count, on their own cache lines.
 #[repr(C, align(128))]
@@ -36,6 +47,35 @@ impl Signal {
         self.waiters.store(0, Ordering::SeqCst);
     }
 
+    /// Takes `sleepers` that were killed in their sleep off the count (see the module docs).
+    pub(crate) fn forget_dead_sleepers(&self, sleepers: u64) {
+        if sleepers == 0 {
+            return;
+        }
+        let _ = self
+            .waiters
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |waiters| {
+                Some(waiters.saturating_sub(u32::try_from(sleepers).unwrap_or(u32::MAX)))
+            });
+    }
+
+    /// Counts the calling thread asleep: in `waiters`, then in `mine` (its registration's
+    /// own count, if any; see the module docs).
+    fn count_in(&self, mine: Option<&AtomicU64>) {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        if let Some(mine) = mine {
+            mine.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// Undoes [`count_in`](Self::count_in), in the opposite order.
+    fn count_out(&self, mine: Option<&AtomicU64>) {
+        if let Some(mine) = mine {
+            mine.fetch_sub(1, Ordering::Release);
+        }
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+
     /// Wakes every sleeper, if there is one (after a message became ready).
     #[inline]
     pub(crate) fn notify(&self) {
@@ -49,18 +89,20 @@ impl Signal {
     /// Returns what `look` finds, sleeping between looks until a [`notify`](Self::notify),
     /// or until `sleep_for` says how long is left (`None`: no more waiting). `sleep_for` is
     /// asked while this sleeper is counted, so what a waker did before its `notify` is
-    /// seen by it (or the waker wakes it).
+    /// seen by it (or the waker wakes it). `mine` is the caller's registration's count of
+    /// sleepers, if it has one (see the module docs).
     pub(crate) fn wait_for<T>(
         &self,
         mut look: impl FnMut() -> Option<T>,
         mut sleep_for: impl FnMut() -> Option<std::time::Duration>,
+        mine: Option<&AtomicU64>,
     ) -> Option<T> {
         loop {
             if let Some(found) = look() {
                 return Some(found);
             }
             let seen = self.seq.load(Ordering::SeqCst);
-            self.waiters.fetch_add(1, Ordering::SeqCst);
+            self.count_in(mine);
             // Orders the increment before the look below. How long to sleep is decided
             // after the fence too: it depends on the timers (the next one due), and a waker
             // that scheduled one before our fence is seen here, while one after it sees us
@@ -73,28 +115,28 @@ impl Signal {
             match nap {
                 Ok(Some(nap)) => sleep(&self.seq, seen, nap),
                 Ok(None) => {
-                    self.waiters.fetch_sub(1, Ordering::SeqCst);
+                    self.count_out(mine);
                     return None;
                 }
                 Err(found) => {
-                    self.waiters.fetch_sub(1, Ordering::SeqCst);
+                    self.count_out(mine);
                     return Some(found);
                 }
             }
-            self.waiters.fetch_sub(1, Ordering::SeqCst);
+            self.count_out(mine);
         }
     }
 
-    /// Sleepers now (for tests).
-    #[cfg(all(test, not(loom)))]
+    /// Sleepers now.
     pub(crate) fn sleepers(&self) -> u32 {
         self.waiters.load(Ordering::SeqCst)
     }
 
-    /// Counts a sleeper that never sleeps, so that every `notify` shows (for tests).
+    /// Counts a sleeper that never sleeps (as one killed in its sleep), so that every
+    /// `notify` shows (for tests).
     #[cfg(all(test, not(loom)))]
-    pub(crate) fn count_a_sleeper(&self) {
-        self.waiters.fetch_add(1, Ordering::SeqCst);
+    pub(crate) fn count_a_sleeper(&self, mine: Option<&AtomicU64>) {
+        self.count_in(mine);
     }
 
     /// Wake-ups so far while someone was counted asleep (for tests).
@@ -153,6 +195,7 @@ mod tests {
                             .then_some(())
                     },
                     || Some(Duration::from_secs(3600)),
+                    None,
                 )
             });
             // Publish only once the sleeper has registered (it may still be about to sleep:
@@ -175,8 +218,11 @@ mod tests {
     fn waiting_ends_when_time_is_up() {
         let signal = Signal::default();
         let give_up = Instant::now() + Duration::from_millis(20);
-        let found: Option<()> =
-            signal.wait_for(|| None, || give_up.checked_duration_since(Instant::now()));
+        let found: Option<()> = signal.wait_for(
+            || None,
+            || give_up.checked_duration_since(Instant::now()),
+            None,
+        );
         assert_eq!(found, None);
         assert!(Instant::now() >= give_up);
     }

@@ -394,6 +394,26 @@ fn consumers_killed_at_random_lose_and_duplicate_nothing() {
         "kills found consumers holding leases"
     );
     assert_every_slot_comes_back(&queue);
+    assert_no_sleeper_left_counted(&queue);
+}
+
+/// Once every other process is dead and the liveness check has seen it (every 100 ms, in
+/// whoever runs the timers), no receiver is counted asleep: consumers killed in their
+/// sleep were uncounted, or every publish would pay a wake-up system call for ever.
+fn assert_no_sleeper_left_counted(queue: &Queue) {
+    let give_up = Instant::now() + Duration::from_secs(5);
+    loop {
+        let _ = queue.try_receive(); // runs the timers, and with them the liveness check
+        let sleeping = queue.stats().sleeping_receivers;
+        if sleeping == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "{sleeping} receivers of dead processes still counted asleep"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Producers are killed at random moments, mid-publish, while the parent consumes: every

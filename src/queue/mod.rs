@@ -419,7 +419,12 @@ impl<C: Clock> Queue<C> {
         match attach {
             Attach::Fresh => queue.lay_out(),
             Attach::AfterReboot => queue.rebase_after_reboot(),
-            Attach::Existing if registration.replaced_dead => queue.note_deaths(1),
+            Attach::Existing if registration.replaced_dead => {
+                queue
+                    .ready_signal()
+                    .forget_dead_sleepers(registration.dead_sleepers);
+                queue.note_deaths(1);
+            }
             Attach::Existing => {}
         }
         Some(queue)
@@ -950,29 +955,39 @@ impl<C: Clock> Queue<C> {
         if let Some(found) = look_while_spinning(started, timeout, &mut look) {
             return Some(found);
         }
-        self.ready_signal().wait_for(look, || {
-            let left = match give_up {
-                Some(give_up) => give_up.checked_duration_since(std::time::Instant::now())?,
-                None => Duration::from_secs(3600),
-            };
-            // Wake for the next timer too: timers make delayed and expired-lease
-            // messages ready, and a sleeping receiver is what would run them.
-            let now = self.now();
-            // At least a tick: a timer already due that the look did not run is being
-            // run by another thread (or one stopped holding the run lock), and looking
-            // again at once would only spin.
-            let timer = self.wheel().next_due().map(|due| {
-                Duration::from_nanos(due.saturating_sub(now)).max(self.config.timer_tick)
-            });
-            let sleep = timer.map_or(left, |timer| timer.min(left));
-            // In a shared segment, wake now and then even when idle: a process killed
-            // mid-operation is noticed (and repaired) by whoever runs the timers.
-            Some(if self.trusted {
-                sleep
-            } else {
-                sleep.min(recovery::LIVENESS_INTERVAL)
-            })
-        })
+        // Only a shared region's sleepers can be killed in their sleep (see `wait`).
+        let mine = if self.trusted {
+            None
+        } else {
+            self.participants().sleeping(self.participant)
+        };
+        self.ready_signal().wait_for(
+            look,
+            || {
+                let left = match give_up {
+                    Some(give_up) => give_up.checked_duration_since(std::time::Instant::now())?,
+                    None => Duration::from_secs(3600),
+                };
+                // Wake for the next timer too: timers make delayed and expired-lease
+                // messages ready, and a sleeping receiver is what would run them.
+                let now = self.now();
+                // At least a tick: a timer already due that the look did not run is being
+                // run by another thread (or one stopped holding the run lock), and looking
+                // again at once would only spin.
+                let timer = self.wheel().next_due().map(|due| {
+                    Duration::from_nanos(due.saturating_sub(now)).max(self.config.timer_tick)
+                });
+                let sleep = timer.map_or(left, |timer| timer.min(left));
+                // In a shared segment, wake now and then even when idle: a process killed
+                // mid-operation is noticed (and repaired) by whoever runs the timers.
+                Some(if self.trusted {
+                    sleep
+                } else {
+                    sleep.min(recovery::LIVENESS_INTERVAL)
+                })
+            },
+            mine,
+        )
     }
 
     /// A ready message whose TTL ran out: dead-letter or drop it. We hold its ready token.
@@ -1378,6 +1393,7 @@ impl<C: Clock> Queue<C> {
             delayed: stats.delayed,
             in_flight: stats.in_flight,
             dead: stats.dead,
+            sleeping_receivers: u64::from(self.ready_signal().sleepers()),
             ..self.counters().snapshot()
         }
     }

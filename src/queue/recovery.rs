@@ -122,7 +122,9 @@ impl<C: Clock> Queue<C> {
                 )
                 .is_ok()
         {
-            self.note_deaths(self.participants().reap_dead());
+            let reaped = self.participants().reap_dead();
+            self.ready_signal().forget_dead_sleepers(reaped.sleepers);
+            self.note_deaths(reaped.registrations);
             self.note_clock(now);
         }
         let deaths = words.deaths.0.load(Ordering::Acquire);
@@ -368,6 +370,42 @@ mod tests {
         }
     }
 
+    /// Threads of killed processes that were asleep on the ready signal stay counted, and
+    /// every publish would wake them with a system call for ever; reaping a death (by the
+    /// liveness check, or by a registration that takes over the dead entry) uncounts them.
+    #[test]
+    fn sleepers_killed_in_their_sleep_are_uncounted_when_their_deaths_are_reaped() {
+        let segment = TempSegment::new("dead-sleepers");
+        let survivor = Queue::create_file(&segment.0, QueueConfig::new(8, 32)).unwrap();
+        let signal = survivor.ready_signal();
+        let victims = [(); 2].map(|()| Queue::open_file(&segment.0).unwrap());
+        for victim in victims {
+            // One of its threads went to sleep in a receive, and SIGKILL took the process.
+            let mine = victim.participants().sleeping(victim.participant);
+            signal.count_a_sleeper(mine);
+            let token = victim.participant;
+            std::mem::forget(victim);
+            survivor.participants().forge_dead(token);
+        }
+        assert_eq!(signal.sleepers(), 2);
+
+        // A new handle takes over one dead entry, and the sleeper counted there.
+        let newcomer = Queue::open_file(&segment.0).unwrap();
+        assert_eq!(signal.sleepers(), 1);
+        // The liveness check reaps the other.
+        survivor
+            .recovery_words()
+            .next_check
+            .0
+            .store(0, Ordering::Relaxed);
+        survivor.recover_if_needed(survivor.now());
+        assert_eq!(signal.sleepers(), 0);
+
+        let woken = signal.wake_ups();
+        newcomer.publish(b"no one to wake").unwrap();
+        assert_eq!(signal.wake_ups(), woken, "a publish makes no wake-up call");
+    }
+
     /// A process that registers while a sweep runs, after the sweep looked at who is
     /// alive, keeps the pins it takes: the sweep must not count it among the dead.
     #[test]
@@ -463,7 +501,7 @@ mod tests {
         std::mem::forget(victim);
         survivor.participants().forge_dead(token);
 
-        assert_eq!(survivor.participants().reap_dead(), 1);
+        assert_eq!(survivor.participants().reap_dead().registrations, 1);
         let now = survivor.now();
         let sweep = survivor
             .wheel()

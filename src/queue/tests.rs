@@ -653,7 +653,7 @@ fn linking_a_timer_wakes_the_sleepers() {
         ..QueueConfig::new(1, 8)
     });
     let signal = queue.ready_signal();
-    signal.count_a_sleeper();
+    signal.count_a_sleeper(None);
     queue.publish(b"first").unwrap();
     let woken = signal.wake_ups();
     let first = queue.try_receive().unwrap();

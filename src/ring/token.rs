@@ -15,6 +15,13 @@
 //! caller's memory uninitialized.
 //! The view never re-reads `capacity` or `one_lap` from memory after initialization, and
 //! every cursor read from memory is bounds-checked before it indexes a slot.
+//!
+//! What bounds-checking cannot give: progress. This is Vyukov's ring, where a producer
+//! preempted between claiming a slot and stamping it makes the others wait, and a stamp
+//! overwritten with a value of the wrong lap looks exactly like such a producer: the others
+//! wait for it for ever (no undefined behaviour, no panic, but a hang). Memory that another
+//! process can write, or kill a writer of, wants the queue's index ring instead
+//! (`src/ring/index.rs`), where every operation is one CAS on a slot word.
 
 use std::mem::{align_of, size_of};
 

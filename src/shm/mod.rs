@@ -18,6 +18,11 @@
 //! afterwards every index or length read from the region is checked where it is used (see
 //! the ring, store, wheel and dedup modules). A bad segment is an [`ShmError`], never
 //! undefined behaviour, a panic or a hang.
+//!
+//! One thing no check can catch: a process with write access that shrinks the file after
+//! it was mapped (`ftruncate`). Touching the pages past the new end then raises `SIGBUS`
+//! in every process that maps it, as with any shared mapping of a file. The segment's
+//! mode (0600) limits that to processes of the same user.
 
 pub(crate) mod header;
 
