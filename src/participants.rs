@@ -20,7 +20,7 @@
 //! | 2    | `epoch`      | the registering process: bumped at each registration |
 //!
 //! | 3    | `scheduling` | the participant: timers it is between marking due and linking into the wheel (see `queue::recovery`) |
-//! | 4    | `sleeping`   | the participant: its threads counted asleep on the ready signal (see `wait`); whoever reaps its death takes the count back off the signal |
+//! | 4    | `sleeping`   | the registering process sets the top 16 bits to its epoch's low 16 bits; the participant counts its threads asleep on the ready signal in the low 48 (see `wait`); whoever reaps its death takes that count back off the signal, only while the epoch bits are still its |
 //! | 8..  | `pin_marks`  | the participant: [`PIN_MARKS`] counters; `pin_marks[slot % PIN_MARKS]` counts the payload pins it holds or is about to take on such slots (see `queue::recovery`) |
 //!
 //! A participant is alive when its pid names a running process with the recorded start
@@ -83,6 +83,52 @@ impl OwnerTag {
 
 /// Bits of a token that hold the entry index + 1.
 const ID_BITS: u32 = 16;
+
+/// Bits of a `sleeping` word that count sleepers; the epoch's low 16 bits sit above them.
+const SLEEPER_BITS: u32 = 48;
+
+/// A `sleeping` word of the registration of `epoch`, with no sleeper counted.
+fn no_sleepers(epoch: u64) -> u64 {
+    (epoch & 0xffff) << SLEEPER_BITS
+}
+
+/// Takes the sleepers counted for the dead registration of `epoch` out of its entry's
+/// `sleeping` word. The pid CAS that reaped it has freed the entry already, so a new
+/// registration may have taken them (then the word carries the new epoch and nothing is
+/// taken here) or may count sleepers of its own (never taken: they carry its epoch).
+fn take_sleepers(word: &AtomicU64, epoch: u64) -> u64 {
+    // A dead registration's word no longer changes; only a process writing garbage would
+    // keep it moving, so a few tries are enough.
+    for _ in 0..8 {
+        let seen = word.load(Ordering::Acquire);
+        let sleepers = sleepers_of(seen, epoch);
+        if sleepers == 0 {
+            return 0;
+        }
+        if word
+            .compare_exchange(
+                seen,
+                no_sleepers(epoch),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+        {
+            return sleepers;
+        }
+    }
+    0
+}
+
+/// The sleepers a `sleeping` word counts for the registration of `epoch` (none if the word
+/// belongs to another registration).
+fn sleepers_of(word: u64, epoch: u64) -> u64 {
+    if word >> SLEEPER_BITS == epoch & 0xffff {
+        word & ((1 << SLEEPER_BITS) - 1)
+    } else {
+        0
+    }
+}
 
 fn token(id: u64, epoch: u64) -> u64 {
     (epoch & 0xffff) << ID_BITS | id
@@ -175,9 +221,16 @@ impl<'r> Participants<'r> {
                     .is_ok()
             {
                 entry.start_time.store(me.start_time, Ordering::Release);
-                // Acquire: the dead's increments of the signal's count precede its own
-                // count's (see `wait`), so they are in what the caller takes off.
-                let dead_sleepers = entry.sleeping.swap(0, Ordering::Acquire);
+                // Only the winner of the pid CAS above moves the epoch.
+                let replaced = entry.epoch.load(Ordering::Acquire);
+                // The replaced registration's sleepers, unless a reaper took them already
+                // (it leaves the word with no count): one of us takes them, once. Acquire:
+                // the dead's increments of the signal's count precede its own count's (see
+                // `wait`), so they are in what the caller takes off.
+                let left = entry
+                    .sleeping
+                    .swap(no_sleepers(replaced.wrapping_add(1)), Ordering::AcqRel);
+                let dead_sleepers = sleepers_of(left, replaced);
                 // A dead registration's counts are garbage: start from zero (nothing of
                 // ours is scheduled or pinned yet).
                 entry.scheduling.store(0, Ordering::Relaxed);
@@ -204,7 +257,8 @@ impl<'r> Participants<'r> {
             if pid == 0 {
                 continue;
             }
-            let current = token(index as u64 + 1, entry.epoch.load(Ordering::Acquire));
+            let epoch = entry.epoch.load(Ordering::Acquire);
+            let current = token(index as u64 + 1, epoch);
             if !self.is_alive(current)
                 && entry
                     .pid
@@ -212,9 +266,8 @@ impl<'r> Participants<'r> {
                     .is_ok()
             {
                 reaped.registrations += 1;
-                // Ours alone to take: the CAS above reaped this registration once.
-                // (Saturating: the word is segment data, maybe garbage.)
-                let sleepers = entry.sleeping.swap(0, Ordering::Acquire);
+                // Saturating: the word is segment data, maybe garbage.
+                let sleepers = take_sleepers(&entry.sleeping, epoch);
                 reaped.sleepers = reaped.sleepers.saturating_add(sleepers);
             }
         }
@@ -433,6 +486,58 @@ mod tests {
         assert_ne!(again, a, "by a new registration: the old token stays dead");
         assert!(participants.is_alive(again) && !participants.is_alive(a));
         assert_eq!(participants.live_pids(), vec![std::process::id(); 2]);
+    }
+
+    /// The sleepers a dead registration left counted are taken once, by the reaper or by
+    /// the registration that takes over its entry, whichever comes first; and a reaper that
+    /// comes late never takes the new registration's own sleepers.
+    #[test]
+    fn a_dead_registrations_sleepers_are_taken_once_and_never_a_live_ones() {
+        fn exited_process() -> (u64, u64) {
+            let mut child = std::process::Command::new("true").spawn().unwrap();
+            let pid = child.id();
+            let started = start_time(pid).unwrap_or(1);
+            child.wait().unwrap();
+            (u64::from(pid), started)
+        }
+        for reaper_first in [true, false] {
+            let entries = table(1);
+            let participants = Participants::new(&entries);
+            let dead = participants.register().unwrap().token;
+            let dead_epoch = dead >> ID_BITS;
+            let mine = participants.sleeping(dead).unwrap();
+            mine.fetch_add(2, Ordering::Relaxed); // two of its threads asleep, then SIGKILL
+            let (pid, started) = exited_process();
+            entries[0].pid.store(pid, Ordering::Relaxed);
+            entries[0].start_time.store(started, Ordering::Relaxed);
+
+            // A reaper's pid CAS frees the entry; it takes the sleepers right after, or
+            // only once a new registration has taken the entry and counted a sleeper.
+            entries[0].pid.store(0, Ordering::Release);
+            let taken_first = if reaper_first {
+                take_sleepers(&entries[0].sleeping, dead_epoch)
+            } else {
+                0
+            };
+            let newcomer = participants.register().unwrap();
+            participants
+                .sleeping(newcomer.token)
+                .unwrap()
+                .fetch_add(1, Ordering::Relaxed);
+            let taken_late = take_sleepers(&entries[0].sleeping, dead_epoch);
+            assert_eq!(
+                taken_first + taken_late + newcomer.dead_sleepers,
+                2,
+                "the dead's two sleepers, once"
+            );
+            assert_eq!(newcomer.dead_sleepers, if reaper_first { 0 } else { 2 });
+            let word = entries[0].sleeping.load(Ordering::Relaxed);
+            assert_eq!(
+                sleepers_of(word, newcomer.token >> ID_BITS),
+                1,
+                "its own sleeper"
+            );
+        }
     }
 
     #[test]
