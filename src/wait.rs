@@ -52,11 +52,20 @@ impl Signal {
         if sleepers == 0 {
             return;
         }
-        let _ = self
-            .waiters
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |waiters| {
-                Some(waiters.saturating_sub(u32::try_from(sleepers).unwrap_or(u32::MAX)))
-            });
+        let sleepers = u32::try_from(sleepers).unwrap_or(u32::MAX);
+        // A few tries: live sleepers come and go meanwhile, and only a process writing
+        // garbage could make every try fail (then the count stays high: spurious wakes).
+        let mut seen = self.waiters.load(Ordering::SeqCst);
+        for _ in 0..8 {
+            let rest = seen.saturating_sub(sleepers);
+            match self
+                .waiters
+                .compare_exchange_weak(seen, rest, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return,
+                Err(now) => seen = now,
+            }
+        }
     }
 
     /// Counts the calling thread asleep: in `waiters`, then in `mine` (its registration's

@@ -419,13 +419,16 @@ impl<C: Clock> Queue<C> {
         match attach {
             Attach::Fresh => queue.lay_out(),
             Attach::AfterReboot => queue.rebase_after_reboot(),
-            Attach::Existing if registration.replaced_dead => {
+            Attach::Existing => {
+                // Sleepers of the registration this entry held, if it died in their sleep:
+                // also when a reaper freed the entry but did not get to take them.
                 queue
                     .ready_signal()
                     .forget_dead_sleepers(registration.dead_sleepers);
-                queue.note_deaths(1);
+                if registration.replaced_dead {
+                    queue.note_deaths(1);
+                }
             }
-            Attach::Existing => {}
         }
         Some(queue)
     }
@@ -971,12 +974,16 @@ impl<C: Clock> Queue<C> {
                 // Wake for the next timer too: timers make delayed and expired-lease
                 // messages ready, and a sleeping receiver is what would run them.
                 let now = self.now();
-                // At least a tick: a timer already due that the look did not run is being
-                // run by another thread (or one stopped holding the run lock), and looking
-                // again at once would only spin.
-                let timer = self.wheel().next_due().map(|due| {
-                    Duration::from_nanos(due.saturating_sub(now)).max(self.config.timer_tick)
-                });
+                // A timer already due that the look did not run is being run by another
+                // thread (or one stopped holding the run lock): looking again at once
+                // would only spin, so wait a tick for it.
+                let timer = self
+                    .wheel()
+                    .next_due()
+                    .map(|due| match due.checked_sub(now) {
+                        Some(wait) if wait > 0 => Duration::from_nanos(wait),
+                        _ => self.config.timer_tick,
+                    });
                 let sleep = timer.map_or(left, |timer| timer.min(left));
                 // In a shared segment, wake now and then even when idle: a process killed
                 // mid-operation is noticed (and repaired) by whoever runs the timers.

@@ -406,6 +406,24 @@ mod tests {
         assert_eq!(signal.wake_ups(), woken, "a publish makes no wake-up call");
     }
 
+    /// A reaper killed between freeing a dead entry (its pid CAS) and taking the sleepers
+    /// counted there leaves them in the entry: the next registration there uncounts them.
+    #[test]
+    fn sleepers_left_in_a_freed_entry_are_uncounted_by_its_next_registration() {
+        let segment = TempSegment::new("freed-sleepers");
+        let survivor = Queue::create_file(&segment.0, QueueConfig::new(8, 32)).unwrap();
+        let signal = survivor.ready_signal();
+        let victim = Queue::open_file(&segment.0).unwrap();
+        signal.count_a_sleeper(victim.participants().sleeping(victim.participant));
+        let token = victim.participant;
+        std::mem::forget(victim); // SIGKILL in its sleep
+        survivor.participants().leave(token); // a reaper's pid CAS, then the reaper died
+        assert_eq!(signal.sleepers(), 1);
+
+        let _newcomer = Queue::open_file(&segment.0).unwrap(); // takes the freed entry
+        assert_eq!(signal.sleepers(), 0);
+    }
+
     /// A process that registers while a sweep runs, after the sweep looked at who is
     /// alive, keeps the pins it takes: the sweep must not count it among the dead.
     #[test]
