@@ -30,11 +30,11 @@ fn order_options(order: u64) -> PublishOptions {
 
 /// The business logic: Ok, or the error text a failing handler would report.
 fn handle(order: u64, attempt: u32) -> Result<(), &'static str> {
-    if order % 11 == 0 {
+    if order.is_multiple_of(11) {
         Err("invalid: unknown customer")
-    } else if order % 7 == 0 {
+    } else if order.is_multiple_of(7) {
         Err("payment gateway: card declined")
-    } else if order % 5 == 0 && attempt == 1 {
+    } else if order.is_multiple_of(5) && attempt == 1 {
         Err("inventory service timed out")
     } else {
         Ok(())

@@ -161,7 +161,7 @@ impl Stripe {
                 Ok(_) => break,
                 Err(current) => {
                     tries = tries.wrapping_add(1);
-                    if tries % SPINS_BEFORE_CHECK == 0
+                    if tries.is_multiple_of(SPINS_BEFORE_CHECK)
                         && current != 0
                         && !alive(current)
                         && self

@@ -353,7 +353,7 @@ impl<'r> Participants<'r> {
     /// Whether the registration `token` has nothing between marking and linking a timer.
     pub(crate) fn scheduling_idle(&self, token: u64) -> bool {
         self.entry(token)
-            .map_or(true, |entry| entry.scheduling.load(Ordering::Acquire) == 0)
+            .is_none_or(|entry| entry.scheduling.load(Ordering::Acquire) == 0)
     }
 
     /// The count of the registration `token`'s threads asleep on the ready signal, if

@@ -413,7 +413,7 @@ impl RawSections {
         ) -> Result<NonNull<[T]>, TooLarge> {
             let bytes = span.count.checked_mul(size_of::<T>()).ok_or(TooLarge)?;
             let end = span.offset.checked_add(bytes).ok_or(TooLarge)?;
-            if end > len || span.offset % align_of::<T>() != 0 {
+            if end > len || !span.offset.is_multiple_of(align_of::<T>()) {
                 return Err(TooLarge);
             }
             // The offset is within the allocation (checked above), so the add stays in it.

@@ -70,7 +70,7 @@ pub(crate) fn node(slot: u32, timer: Timer) -> u32 {
 
 /// The slot and timer of a node.
 pub(crate) fn split_node(node: u32) -> (u32, Timer) {
-    let timer = if node % 2 == 0 {
+    let timer = if node.is_multiple_of(2) {
         Timer::Lease
     } else {
         Timer::Delay
@@ -252,7 +252,7 @@ impl<'r> Wheel<'r> {
     /// The tick a deadline is due at: the first tick that starts at or after it, so a node
     /// is never handed back before its deadline.
     fn tick_of(&self, deadline: u64) -> u64 {
-        deadline / self.tick_nanos + u64::from(deadline % self.tick_nanos != 0)
+        deadline / self.tick_nanos + u64::from(!deadline.is_multiple_of(self.tick_nanos))
     }
 
     /// Whether a run at `now` would have ticks to process.

@@ -269,7 +269,7 @@ fn random_bytes_in_the_region_never_panic_or_hang() {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            if round % 2 == 0 || x % 7 == 0 {
+            if round % 2 == 0 || x.is_multiple_of(7) {
                 *byte = x as u8;
             }
         }

@@ -162,7 +162,7 @@ impl<'a> TokenRing<'a> {
         let one_lap = one_lap_for(capacity)?;
         let needed = Self::bytes_needed(capacity)?;
         let address = memory.as_ptr() as usize;
-        if address % Self::ALIGN != 0 {
+        if !address.is_multiple_of(Self::ALIGN) {
             return Err(RingMemoryError::Misaligned {
                 address,
                 required: Self::ALIGN,
