@@ -223,13 +223,12 @@ impl<'r> Participants<'r> {
                 entry.start_time.store(me.start_time, Ordering::Release);
                 // Only the winner of the pid CAS above moves the epoch.
                 let replaced = entry.epoch.load(Ordering::Acquire);
+                let epoch = replaced.wrapping_add(1);
                 // The replaced registration's sleepers, unless a reaper took them already
                 // (it leaves the word with no count): one of us takes them, once. Acquire:
                 // the dead's increments of the signal's count precede its own count's (see
                 // `wait`), so they are in what the caller takes off.
-                let left = entry
-                    .sleeping
-                    .swap(no_sleepers(replaced.wrapping_add(1)), Ordering::AcqRel);
+                let left = entry.sleeping.swap(no_sleepers(epoch), Ordering::AcqRel);
                 let dead_sleepers = sleepers_of(left, replaced);
                 // A dead registration's counts are garbage: start from zero (nothing of
                 // ours is scheduled or pinned yet).
@@ -237,7 +236,8 @@ impl<'r> Participants<'r> {
                 for mark in &entry.pin_marks {
                     mark.store(0, Ordering::Relaxed);
                 }
-                let epoch = entry.epoch.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
+                // Release: the counts cleared above come before the new token appears.
+                entry.epoch.store(epoch, Ordering::Release);
                 return Some(Registration {
                     token: token(id, epoch),
                     replaced_dead: pid != 0,

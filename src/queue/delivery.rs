@@ -7,6 +7,7 @@ use crate::clock::{nanos, Clock};
 use crate::id::MessageId;
 use crate::slots::{State, TransitionError, Word};
 use crate::sync::Ordering;
+use crate::wheel::Timer;
 
 /// Why settling a delivery failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -183,7 +184,7 @@ impl<'q, C: Clock> Delivery<'q, C> {
             meta.due_at.store(due, Ordering::Relaxed);
             self.queue.begin_scheduling();
             self.finish_settling(State::Delayed);
-            self.queue.schedule_delay(self.slot, due);
+            self.queue.schedule_timer(self.slot, Timer::Delay, due);
             self.queue.end_scheduling();
         }
         Ok(())

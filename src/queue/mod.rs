@@ -681,7 +681,7 @@ impl<C: Clock> Queue<C> {
             meta.due_at.store(due, Ordering::Relaxed);
             self.begin_scheduling();
             self.move_slot(slot, generation, State::Delayed);
-            self.schedule_delay(slot, due);
+            self.schedule_timer(slot, Timer::Delay, due);
             self.end_scheduling();
             Ok(None)
         } else {
@@ -898,11 +898,8 @@ impl<C: Clock> Queue<C> {
             }
         };
         if schedule_lease_timer.get() {
-            // A sleeper decides how long to sleep from the timers it sees linked: one that
-            // looked before this link must be woken to look again (`wait`'s protocol).
             // Rare: a slot's lease timer stays linked from one lease to the next.
-            self.wheel().schedule(node(slot, Timer::Lease), due);
-            self.ready_signal().notify();
+            self.schedule_timer(slot, Timer::Lease, due);
         }
         if bracketed {
             self.end_scheduling();
@@ -1230,11 +1227,12 @@ impl<C: Clock> Queue<C> {
         None
     }
 
-    /// Schedules the delay node of a slot just moved to `Delayed` until `due`.
-    /// Wakes sleeping receivers: each sleeps until the earliest timer it saw, and this
-    /// one may be earlier (a delayed publish or a retry backoff on an idle queue).
-    pub(crate) fn schedule_delay(&self, slot: u32, due: u64) {
-        self.wheel().schedule(node(slot, Timer::Delay), due);
+    /// Links a slot's `timer` node into the wheel until `due` (the delay node of a slot
+    /// just moved to `Delayed`, or the lease node of a first lease). Wakes sleeping
+    /// receivers: each sleeps until the earliest timer it saw, and this one may be earlier
+    /// (`wait`'s protocol).
+    pub(crate) fn schedule_timer(&self, slot: u32, timer: Timer, due: u64) {
+        self.wheel().schedule(node(slot, timer), due);
         self.ready_signal().notify();
     }
 
