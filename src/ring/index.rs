@@ -319,6 +319,16 @@ impl<'r> IndexRing<'r> {
         })
     }
 
+    /// The value the next pop would take, if the slot at `head` holds it now. Only a guess
+    /// (another popper may take it first), for prefetching: a corrupt cursor or slot reads
+    /// as some value or none.
+    #[inline]
+    pub(crate) fn peek(&self) -> Option<u32> {
+        let head = self.head.load(Ordering::Relaxed);
+        let current = self.slot(head).load(Ordering::Relaxed);
+        (seq_of(current) == head as u32 && value_of(current) != EMPTY).then(|| value_of(current))
+    }
+
     /// Takes the oldest value, `Ok(None)` if the ring is empty.
     #[inline]
     pub(crate) fn try_pop(&self) -> Result<Option<u32>, Corrupt> {
@@ -547,6 +557,22 @@ mod tests {
                 assert_eq!(ring.try_pop().unwrap(), Some(expected));
             }
             assert_eq!(ring.try_pop().unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn peek_shows_what_the_next_pop_takes() {
+        let words = OwnedWords::new(2);
+        let ring = words.ring();
+        assert_eq!(ring.peek(), None);
+        for round in 0..5 {
+            assert!(ring.try_push(round).unwrap());
+            assert!(ring.try_push(round + 100).unwrap());
+            assert_eq!(ring.peek(), Some(round));
+            assert_eq!(ring.try_pop().unwrap(), Some(round));
+            assert_eq!(ring.peek(), Some(round + 100));
+            assert_eq!(ring.try_pop().unwrap(), Some(round + 100));
+            assert_eq!(ring.peek(), None);
         }
     }
 
