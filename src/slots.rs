@@ -171,6 +171,10 @@ pub(crate) struct SlotHeader {
     meta: Meta,
 }
 
+// The fields every message uses share the first line with the word (see `SlotHeader`).
+#[cfg(not(loom))]
+const _: () = assert!(std::mem::offset_of!(SlotHeader, meta.written_at_generation) < 64);
+
 /// Bytes of consumer error text a slot keeps (longer text is cut at a char boundary).
 pub(crate) const REASON_BYTES: usize = 120;
 const REASON_WORDS: usize = REASON_BYTES / 8;
@@ -187,22 +191,25 @@ pub(crate) struct Meta {
     pub(crate) payload_len: AtomicU64,
     /// Deliveries so far (the attempt number of the latest one).
     pub(crate) attempts: AtomicU64,
-    /// Publish time on the queue's clock (nanoseconds).
+    /// Publish time on the queue's clock (nanoseconds). Readers show it as Unix time
+    /// (`Queue::unix_time`), rather than the publisher storing both: a field more would
+    /// spill the hot fields onto a second line.
     pub(crate) published_at: AtomicU64,
-    /// Publish time as Unix nanoseconds, for people.
-    pub(crate) published_unix: AtomicU64,
     /// TTL deadline on the queue's clock; `u64::MAX` when the message never expires.
     pub(crate) expires_at: AtomicU64,
     /// The lease deadline while `Leased`; the delay or backoff end while `Delayed`.
     pub(crate) due_at: AtomicU64,
+    /// The generation at which the publisher stored `id` and `published_at` (released after
+    /// them, before the id is recorded for dedup): tells crash recovery whether a slot left
+    /// in `Writing` has its id recorded under `published_at`. On the first line with the
+    /// word: on the second, the consumers' cores took that line away (adjacent-line
+    /// prefetch pairs it with the first) and every publish waited to get it back (probe,
+    /// 1/1: 6% more messages with the field on the first line).
+    pub(crate) written_at_generation: AtomicU64,
     /// Dead-letter time as Unix nanoseconds.
     pub(crate) dead_unix: AtomicU64,
     /// Why it died (a `DeadReason` code).
     pub(crate) dead_reason: AtomicU64,
-    /// The generation at which the publisher stored `id` and `published_at` (released after
-    /// them, before the id is recorded for dedup): tells crash recovery whether a slot left
-    /// in `Writing` has its id recorded under `published_at`.
-    pub(crate) written_at_generation: AtomicU64,
     reason_len: AtomicU64,
     reason: [AtomicU64; REASON_WORDS],
 }

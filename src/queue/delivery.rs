@@ -44,7 +44,8 @@ pub struct Delivery<'q, C: Clock> {
     payload_len: usize,
     /// The payload, copied, when the queue is in a shared segment.
     copied: Option<CopiedPayload>,
-    published_unix: u64,
+    /// On the queue's clock.
+    published_at: u64,
     lease_deadline: u64,
     settled: bool,
     /// Still holds its pin on the slot (an ack drops it in its own CAS).
@@ -72,7 +73,7 @@ impl<'q, C: Clock> Delivery<'q, C> {
             id: MessageId(meta.id.load(Ordering::Relaxed)),
             payload_len,
             copied,
-            published_unix: meta.published_unix.load(Ordering::Relaxed),
+            published_at: meta.published_at.load(Ordering::Relaxed),
             lease_deadline,
             settled: false,
             pinned: true,
@@ -103,7 +104,7 @@ impl<'q, C: Clock> Delivery<'q, C> {
 
     /// When the message was published.
     pub fn published_at(&self) -> SystemTime {
-        system_time(self.published_unix)
+        system_time(self.queue.unix_time(self.published_at))
     }
 
     /// When the lease runs out, on the queue's clock (nanoseconds).

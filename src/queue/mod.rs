@@ -123,7 +123,8 @@ struct Snapshot {
     id: MessageId,
     payload: Vec<u8>,
     attempts: u32,
-    published_unix: u64,
+    /// On the queue's clock.
+    published_at: u64,
     dead_unix: u64,
     dead_reason: u64,
     error: String,
@@ -667,8 +668,6 @@ impl<C: Clock> Queue<C> {
         meta.payload_len
             .store(message.payload.len() as u64, Ordering::Relaxed);
         meta.attempts.store(0, Ordering::Relaxed);
-        meta.published_unix
-            .store(self.unix_time(now), Ordering::Relaxed);
         let expires_at = message
             .ttl
             .map_or(u64::MAX, |ttl| now.saturating_add(nanos(ttl)));
@@ -791,10 +790,13 @@ impl<C: Clock> Queue<C> {
             .then_some((slot, word.generation))
     }
 
-    /// Unix nanoseconds at `now` on the queue's clock.
-    fn unix_time(&self, now: u64) -> u64 {
-        self.unix_anchor
-            .saturating_add(now.saturating_sub(self.clock_anchor))
+    /// Unix nanoseconds at `at` on the queue's clock (before or after this handle opened).
+    pub(super) fn unix_time(&self, at: u64) -> u64 {
+        if at >= self.clock_anchor {
+            self.unix_anchor.saturating_add(at - self.clock_anchor)
+        } else {
+            self.unix_anchor.saturating_sub(self.clock_anchor - at)
+        }
     }
 
     /// Receives the oldest ready message, if any, leasing it for the visibility timeout.
@@ -1321,7 +1323,7 @@ impl<C: Clock> Queue<C> {
             reason: DeadReason::from_code(copy.dead_reason),
             error: copy.error,
             attempts: copy.attempts,
-            published_at: system_time(copy.published_unix),
+            published_at: system_time(self.unix_time(copy.published_at)),
             dead_at: system_time(copy.dead_unix),
         };
         Some((copy.dead_unix, letter))
@@ -1337,9 +1339,9 @@ impl<C: Clock> Queue<C> {
                     id: copy.id,
                     payload: copy.payload,
                     attempts: copy.attempts,
-                    published_at: system_time(copy.published_unix),
+                    published_at: system_time(self.unix_time(copy.published_at)),
                 };
-                (copy.published_unix, message)
+                (copy.published_at, message)
             })
             .collect();
         ready.sort_by_key(|(published, _)| *published);
@@ -1376,7 +1378,7 @@ impl<C: Clock> Queue<C> {
             id: MessageId(meta.id.load(Ordering::Relaxed)),
             payload,
             attempts: meta.attempts.load(Ordering::Relaxed) as u32,
-            published_unix: meta.published_unix.load(Ordering::Relaxed),
+            published_at: meta.published_at.load(Ordering::Relaxed),
             dead_unix: meta.dead_unix.load(Ordering::Relaxed),
             dead_reason: meta.dead_reason.load(Ordering::Relaxed),
             error: meta.reason(),

@@ -716,3 +716,32 @@ fn a_receiver_naps_while_a_due_timer_run_is_held_elsewhere() {
     // Once the run is free, the timer runs and the message comes.
     assert_eq!(queue.try_receive().unwrap().payload(), b"later");
 }
+
+#[test]
+fn a_message_shows_its_publish_time_whenever_and_by_whom_it_is_read() {
+    let clock = ManualClock::new();
+    clock.advance(Duration::from_secs(100));
+    let queue = Queue::with_clock(QueueConfig::new(4, 8), clock.clone()).unwrap();
+    let opened = queue.now();
+    // Times from before this handle opened (published through another handle of a shared
+    // queue) lie before its anchor, and show as such.
+    let second = 1_000_000_000;
+    assert_eq!(
+        queue.unix_time(opened - 60 * second) + 60 * second,
+        queue.unix_time(opened)
+    );
+    assert_eq!(queue.unix_time(opened + 5), queue.unix_time(opened) + 5);
+    queue.publish(b"m").unwrap();
+    clock.advance(Duration::from_secs(3));
+    let delivery = queue.try_receive().unwrap();
+    assert_eq!(
+        delivery.published_at() + Duration::from_secs(3),
+        system_time(queue.unix_time(queue.now()))
+    );
+    delivery.reject("for the dead-letter view").unwrap();
+    let dead = queue.dead_letters();
+    assert_eq!(
+        dead[0].published_at + Duration::from_secs(3),
+        dead[0].dead_at
+    );
+}
