@@ -521,6 +521,29 @@ mod tests {
         }
     }
 
+    /// Makes `pushes` pushes (of `next`, `next + 1`, ...) and `pops` pops, checking each
+    /// answer against `model`, a queue of the ring's capacity.
+    fn push_and_pop_against(
+        ring: &IndexRing<'_>,
+        model: &mut VecDeque<u32>,
+        next: &mut u32,
+        pushes: usize,
+        pops: usize,
+    ) {
+        let capacity = ring.slots.len();
+        for _ in 0..pushes {
+            let pushed = ring.try_push(*next).unwrap();
+            assert_eq!(pushed, model.len() < capacity, "capacity {capacity}");
+            if pushed {
+                model.push_back(*next);
+            }
+            *next += 1;
+        }
+        for _ in 0..pops {
+            assert_eq!(ring.try_pop().unwrap(), model.pop_front());
+        }
+    }
+
     #[test]
     fn fifo_with_wrap_around_at_small_and_odd_capacities() {
         for capacity in [1, 2, 3, 5, 8, 100] {
@@ -529,18 +552,9 @@ mod tests {
             let mut model = VecDeque::new();
             let mut next = 0u32;
             for round in 0..(capacity * 7) {
-                // Fill, or push a few, then pop a few, checking against the model.
-                for _ in 0..(round % (capacity + 2)) {
-                    let pushed = ring.try_push(next).unwrap();
-                    assert_eq!(pushed, model.len() < capacity, "capacity {capacity}");
-                    if pushed {
-                        model.push_back(next);
-                    }
-                    next += 1;
-                }
-                for _ in 0..(round % 3 + 1) {
-                    assert_eq!(ring.try_pop().unwrap(), model.pop_front());
-                }
+                // Fill, or push a few, then pop a few.
+                let (pushes, pops) = (round % (capacity + 2), round % 3 + 1);
+                push_and_pop_against(&ring, &mut model, &mut next, pushes, pops);
                 assert_eq!(ring.len(), model.len());
             }
         }
@@ -570,17 +584,8 @@ mod tests {
             let mut model = VecDeque::new();
             let mut next = 0u32;
             for round in 0..(capacity * 12) {
-                for _ in 0..(round % (capacity + 2)) {
-                    let pushed = ring.try_push(next).unwrap();
-                    assert_eq!(pushed, model.len() < capacity, "capacity {capacity}");
-                    if pushed {
-                        model.push_back(next);
-                    }
-                    next += 1;
-                }
-                for _ in 0..(round % 3) {
-                    assert_eq!(ring.try_pop().unwrap(), model.pop_front());
-                }
+                let (pushes, pops) = (round % (capacity + 2), round % 3);
+                push_and_pop_against(&ring, &mut model, &mut next, pushes, pops);
                 let cursor = if round % 2 == 0 {
                     &words.head
                 } else {
@@ -783,6 +788,37 @@ mod loom_models {
         IndexRing::attach(&words.head, &words.tail, &words.slots)
     }
 
+    /// Pushes each of `values`, popping once after each push; returns the values that went
+    /// in and those that came out.
+    fn push_and_pop_each(ring: &IndexRing<'_>, values: &[u32]) -> (Vec<u32>, Vec<u32>) {
+        let (mut pushed, mut got) = (Vec::new(), Vec::new());
+        for &value in values {
+            if ring.try_push(value).unwrap() {
+                pushed.push(value);
+            }
+            got.extend(ring.try_pop().unwrap());
+        }
+        (pushed, got)
+    }
+
+    /// Checks that `seen` and what is left in a ring of one slot are exactly `want` (in any
+    /// order), and that the ring then holds one value and no more.
+    fn exactly_these_then_one_place(ring: &IndexRing<'_>, mut seen: Vec<u32>, mut want: Vec<u32>) {
+        drain_into(ring, &mut seen);
+        seen.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(seen, want);
+        assert!(ring.try_push(9).unwrap() && !ring.try_push(10).unwrap());
+        assert_eq!(ring.try_pop().unwrap(), Some(9));
+    }
+
+    /// Pops everything left into `seen`.
+    fn drain_into(ring: &IndexRing<'_>, seen: &mut Vec<u32>) {
+        while let Some(value) = ring.try_pop().unwrap() {
+            seen.push(value);
+        }
+    }
+
     #[test]
     fn two_pushers_one_popper_lose_and_duplicate_nothing() {
         loom::model(|| {
@@ -803,9 +839,7 @@ mod loom_models {
             }
             let mut seen: Vec<u32> = popper.join().unwrap().into_iter().collect();
             let ring = ring(&words);
-            while let Some(v) = ring.try_pop().unwrap() {
-                seen.push(v);
-            }
+            drain_into(&ring, &mut seen);
             seen.sort_unstable();
             assert_eq!(seen, [1, 2]);
         });
@@ -942,9 +976,7 @@ mod loom_models {
             pusher.join().unwrap();
             let mut seen: Vec<u32> = popper.join().unwrap().into_iter().collect();
             let ring = ring(&words);
-            while let Some(v) = ring.try_pop().unwrap() {
-                seen.push(v);
-            }
+            drain_into(&ring, &mut seen);
             seen.sort_unstable();
             assert_eq!(seen, [1, 2], "both values came out, none twice");
             assert!(
@@ -981,9 +1013,7 @@ mod loom_models {
             b.join().unwrap();
             let mut seen: Vec<u32> = c.join().unwrap().into_iter().collect();
             let r = ring(&words);
-            while let Some(v) = r.try_pop().unwrap() {
-                seen.push(v);
-            }
+            drain_into(&r, &mut seen);
             let p2 = seen.iter().position(|&v| v == 2);
             let p3 = seen.iter().position(|&v| v == 3);
             // C's value comes first in `seen`; 2 and 3 both drained after, or C took 2.
@@ -1030,9 +1060,7 @@ mod loom_models {
             }
             let mut seen: Vec<u32> = a.into_iter().chain(b1).chain([b2]).collect();
             let r = ring(&words);
-            while let Some(v) = r.try_pop().unwrap() {
-                seen.push(v);
-            }
+            drain_into(&r, &mut seen);
             seen.sort_unstable();
             assert_eq!(seen, [1, 2, 3]);
             assert_eq!(
@@ -1057,33 +1085,14 @@ mod loom_models {
             };
             let b = {
                 let words = words.clone();
-                thread::spawn(move || {
-                    let r = ring(&words);
-                    let mut got = Vec::new();
-                    let mut pushed = Vec::new();
-                    for v in [2u32, 3, 4] {
-                        if r.try_push(v).unwrap() {
-                            pushed.push(v);
-                        }
-                        got.extend(r.try_pop().unwrap());
-                    }
-                    (pushed, got)
-                })
+                thread::spawn(move || push_and_pop_each(&ring(&words), &[2, 3, 4]))
             };
             let a = a.join().unwrap();
             let (pushed, got) = b.join().unwrap();
             assert!(got.windows(2).all(|w| w[0] < w[1]), "FIFO {got:?}");
-            let mut seen: Vec<u32> = a.into_iter().chain(got).collect();
-            let r = ring(&words);
-            while let Some(v) = r.try_pop().unwrap() {
-                seen.push(v);
-            }
-            seen.sort_unstable();
-            let mut want = vec![1];
-            want.extend(pushed);
-            assert_eq!(seen, want);
-            assert!(r.try_push(9).unwrap() && !r.try_push(10).unwrap());
-            assert_eq!(r.try_pop().unwrap(), Some(9));
+            let seen = a.into_iter().chain(got).collect();
+            let want = [1].into_iter().chain(pushed).collect();
+            exactly_these_then_one_place(&ring(&words), seen, want);
         });
     }
 
@@ -1101,32 +1110,15 @@ mod loom_models {
                 let words = words.clone();
                 thread::spawn(move || {
                     let r = ring(&words);
-                    let mut got = Vec::new();
-                    let mut pushed = Vec::new();
-                    got.extend(r.try_pop().unwrap());
-                    for v in [2u32, 3] {
-                        if r.try_push(v).unwrap() {
-                            pushed.push(v);
-                        }
-                        got.extend(r.try_pop().unwrap());
-                    }
-                    (pushed, got)
+                    let first = r.try_pop().unwrap();
+                    let (pushed, got) = push_and_pop_each(&r, &[2, 3]);
+                    (pushed, first.into_iter().chain(got).collect::<Vec<_>>())
                 })
             };
             let a_pushed = a.join().unwrap();
-            let (pushed, got) = b.join().unwrap();
-            let mut seen = got;
-            let r = ring(&words);
-            while let Some(v) = r.try_pop().unwrap() {
-                seen.push(v);
-            }
-            seen.sort_unstable();
-            let mut want: Vec<u32> = if a_pushed { vec![1] } else { vec![] };
-            want.extend(pushed);
-            want.sort_unstable();
-            assert_eq!(seen, want);
-            assert!(r.try_push(9).unwrap() && !r.try_push(10).unwrap());
-            assert_eq!(r.try_pop().unwrap(), Some(9));
+            let (pushed, seen) = b.join().unwrap();
+            let want = a_pushed.then_some(1).into_iter().chain(pushed).collect();
+            exactly_these_then_one_place(&ring(&words), seen, want);
         });
     }
 }
