@@ -398,12 +398,17 @@ fn consumers_killed_at_random_lose_and_duplicate_nothing() {
 }
 
 /// Once every other process is dead and the liveness check has seen it (every 100 ms, in
-/// whoever runs the timers), no receiver is counted asleep: consumers killed in their
-/// sleep were uncounted, or every publish would pay a wake-up system call for ever.
-/// (By design one stays counted if a kill lands in the few nanoseconds between a
-/// sleeper's two counting steps, or between a reaper's taking a count and removing it:
-/// rare enough over 200 kills that a failure here is worth a look.)
+/// whoever runs the timers), receivers killed in their sleep are no longer counted asleep,
+/// or every publish would pay a wake-up system call for ever. Before they were uncounted,
+/// 36 stayed counted after 200 kills.
+///
+/// By design one stays counted if a kill lands between a sleeper's two counting steps (a
+/// few instructions, or a preemption there), or between a reaper's taking a count and
+/// removing it; one CI run in a dozen saw that once. A count here errs high on purpose:
+/// too low, a live sleeper could miss its wake-up. So up to `LEFT_COUNTED_BY_DESIGN`
+/// may stay; more means the uncounting is broken.
 fn assert_no_sleeper_left_counted(queue: &Queue) {
+    const LEFT_COUNTED_BY_DESIGN: u64 = 2;
     let give_up = Instant::now() + Duration::from_secs(5);
     loop {
         let _ = queue.try_receive(); // runs the timers, and with them the liveness check
@@ -411,10 +416,14 @@ fn assert_no_sleeper_left_counted(queue: &Queue) {
         if sleeping == 0 {
             return;
         }
-        assert!(
-            Instant::now() < give_up,
-            "{sleeping} receivers of dead processes still counted asleep"
-        );
+        if Instant::now() >= give_up {
+            println!("{sleeping} receivers of dead processes still counted asleep");
+            assert!(
+                sleeping <= LEFT_COUNTED_BY_DESIGN,
+                "{sleeping} receivers of dead processes still counted asleep"
+            );
+            return;
+        }
         std::thread::sleep(Duration::from_millis(5));
     }
 }
