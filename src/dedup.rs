@@ -22,7 +22,7 @@
 //! been used, no empty entry ends a probe, and every record scans the whole stripe (eight
 //! cache lines). Reusing expired entries from the front keeps `len` near the most ids the
 //! stripe held live at once, and the lock, the length and the first entries share the
-//! stripe's first cache line, which a publish prefetches ([`DedupWindow::prefetch`])
+//! stripe's first cache lines, which a publish prefetches ([`DedupWindow::prefetch`])
 //! before it does its other work.
 //!
 //! A table for a million ids is tens of megabytes: a record is a miss to memory (about
@@ -323,12 +323,17 @@ impl<'r> DedupTable<'r> {
         stripes.get(mix64(id.0) as usize & stripes.len().wrapping_sub(1))
     }
 
-    /// Starts loading `id`'s stripe, about to be recorded (so fetched for writing).
+    /// Starts loading `id`'s stripe, about to be recorded (so fetched for writing): its
+    /// first three lines, which hold the lock, the length and entries 0-10. A stripe's
+    /// length stays near the most ids it held live at once (a full table holds eight per
+    /// stripe on average, some stripes more), so a record often scans into the third line
+    /// (one thread, numbered ids: a publish 149 -> 139-144 ns with the third line too).
     #[inline]
     pub(crate) fn prefetch(&self, id: MessageId) {
         if let Some(stripe) = self.stripe(id) {
             prefetch_write(&stripe.lock); // the lock line, about to be written
-            prefetch_read(&stripe.entries[4]); // the second line
+            prefetch_read(&stripe.entries[4]);
+            prefetch_read(&stripe.entries[8]);
         }
     }
 
@@ -339,6 +344,7 @@ impl<'r> DedupTable<'r> {
         if let Some(stripe) = self.stripe(id) {
             prefetch_read(&stripe.lock);
             prefetch_read(&stripe.entries[4]);
+            prefetch_read(&stripe.entries[8]);
         }
     }
 
