@@ -93,49 +93,56 @@ fn transfer<Q: Queue>(
 ) -> Duration {
     let per_producer = total / producers as u64;
     let threads = producers + consumers;
-    let start = Barrier::new(threads + 1);
+    let start = Barrier::new(threads);
     let producers_done = Barrier::new(producers);
-    let began = std::thread::scope(|s| {
-        for p in 0..producers {
-            let (start, producers_done) = (&start, &producers_done);
-            s.spawn(move || {
-                pin(p, threads);
-                start.wait();
-                let backoff = Backoff::new();
-                let mut pending = Vec::with_capacity(BATCH);
-                let mut next = 0;
-                while next < per_producer || !pending.is_empty() {
-                    if !batched {
-                        while !queue.push(next) {
-                            backoff.snooze();
+    // Timed by the working threads, from the first to start to the last to finish (the
+    // spawning thread has no core of its own: its clock read could come late).
+    let (began, ended) = std::thread::scope(|s| {
+        let producer_threads: Vec<_> = (0..producers)
+            .map(|p| {
+                let (start, producers_done) = (&start, &producers_done);
+                s.spawn(move || {
+                    pin(p, threads);
+                    start.wait();
+                    let began = Instant::now();
+                    let backoff = Backoff::new();
+                    let mut pending = Vec::with_capacity(BATCH);
+                    let mut next = 0;
+                    while next < per_producer || !pending.is_empty() {
+                        if !batched {
+                            while !queue.push(next) {
+                                backoff.snooze();
+                            }
+                            next += 1;
+                            continue;
                         }
-                        next += 1;
-                        continue;
-                    }
-                    while pending.len() < BATCH && next < per_producer {
-                        pending.push(next);
-                        next += 1;
-                    }
-                    if queue.push_many(&mut pending) == 0 {
-                        backoff.snooze();
-                    }
-                }
-                producers_done.wait();
-                if p == 0 {
-                    for _ in 0..consumers {
-                        while !queue.push(END) {
+                        while pending.len() < BATCH && next < per_producer {
+                            pending.push(next);
+                            next += 1;
+                        }
+                        if queue.push_many(&mut pending) == 0 {
                             backoff.snooze();
                         }
                     }
-                }
-            });
-        }
+                    producers_done.wait();
+                    if p == 0 {
+                        for _ in 0..consumers {
+                            while !queue.push(END) {
+                                backoff.snooze();
+                            }
+                        }
+                    }
+                    (began, Instant::now())
+                })
+            })
+            .collect();
         let consumer_threads: Vec<_> = (0..consumers)
             .map(|c| {
                 let start = &start;
                 s.spawn(move || {
                     pin(producers + c, threads);
                     start.wait();
+                    let began = Instant::now();
                     let backoff = Backoff::new();
                     let mut out = Vec::with_capacity(BATCH);
                     let mut received = 0u64;
@@ -161,7 +168,7 @@ fn transfer<Q: Queue>(
                                         backoff.snooze();
                                     }
                                 }
-                                return black_box(received);
+                                return (black_box(received), began, Instant::now());
                             }
                             received += 1;
                         }
@@ -169,20 +176,26 @@ fn transfer<Q: Queue>(
                 })
             })
             .collect();
-        start.wait();
-        let began = Instant::now();
-        let received: u64 = consumer_threads
+        let mut spans: Vec<(Instant, Instant)> = producer_threads
             .into_iter()
-            .map(|c| c.join().unwrap())
-            .sum();
+            .map(|p| p.join().unwrap())
+            .collect();
+        let mut received = 0;
+        for consumer in consumer_threads {
+            let (count, began, ended) = consumer.join().unwrap();
+            received += count;
+            spans.push((began, ended));
+        }
         assert_eq!(
             received,
             per_producer * producers as u64,
             "benchmark lost messages"
         );
-        began
+        let began = spans.iter().map(|span| span.0).min().expect("threads ran");
+        let ended = spans.iter().map(|span| span.1).max().expect("threads ran");
+        (began, ended)
     });
-    began.elapsed()
+    ended - began
 }
 
 #[derive(Clone, Copy, Debug)]
