@@ -578,7 +578,8 @@ mod tests {
     fn cursors_set_back_any_distance_are_jumped_forward() {
         // `move_past` can set a cursor back: by one position when two threads race, by
         // turns of the ring when the storing thread stalled between its load and its store.
-        for capacity in [1, 3, 4, 7] {
+        let capacities: &[usize] = if cfg!(miri) { &[1, 4] } else { &[1, 3, 4, 7] };
+        for &capacity in capacities {
             let words = OwnedWords::new(capacity);
             let ring = words.ring();
             let mut model = VecDeque::new();
