@@ -20,7 +20,7 @@
 //! | 2    | `epoch`      | the registering process: bumped at each registration |
 //!
 //! | 3    | `scheduling` | the participant: timers it is between marking due and linking into the wheel (see `queue::recovery`) |
-//! | 4    | `sleeping`   | the registering process sets the top 16 bits to its epoch's low 16 bits; the participant counts its threads asleep on the ready signal in the low 48 (see `wait`); whoever reaps its death takes that count back off the signal, only while the epoch bits are still its |
+//! | 4    | `sleeping`   | the registering process sets the top 16 bits to its epoch's low 16 bits; the participant counts its threads asleep on the ready signal in bits 0..24 and those asleep on the room signal in bits 24..48 (see `wait`); whoever reaps its death takes those counts back off the signals, only while the epoch bits are still its |
 //! | 8..  | `pin_marks`  | the participant: [`PIN_MARKS`] counters; `pin_marks[slot % PIN_MARKS]` counts the payload pins it holds or is about to take on such slots (see `queue::recovery`) |
 //!
 //! A participant is alive when its pid names a running process with the recorded start
@@ -87,6 +87,77 @@ const ID_BITS: u32 = 16;
 /// Bits of a `sleeping` word that count sleepers; the epoch's low 16 bits sit above them.
 const SLEEPER_BITS: u32 = 48;
 
+/// Bits of each of the two counts in those (ready below, room above): 16 million threads
+/// of one process asleep on one signal at once.
+const COUNT_BITS: u32 = 24;
+
+/// What a sleeping thread waits for; each has its own signal and its own count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SleepsOn {
+    /// A message to receive (the ready signal).
+    Ready,
+    /// A free slot to publish into (the room signal).
+    Room,
+}
+
+impl SleepsOn {
+    /// One sleeper in a `sleeping` word's count.
+    fn unit(self) -> u64 {
+        match self {
+            Self::Ready => 1,
+            Self::Room => 1 << COUNT_BITS,
+        }
+    }
+}
+
+/// Threads counted asleep, by what they wait for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Sleepers {
+    /// Asleep on the ready signal (receivers).
+    pub(crate) ready: u64,
+    /// Asleep on the room signal (publishers waiting for a free slot).
+    pub(crate) room: u64,
+}
+
+impl Sleepers {
+    /// The two counts of a `sleeping` word's low [`SLEEPER_BITS`].
+    fn of(counts: u64) -> Self {
+        let count = |shift: u32| (counts >> shift) & ((1 << COUNT_BITS) - 1);
+        Self {
+            ready: count(0),
+            room: count(COUNT_BITS),
+        }
+    }
+
+    /// Both counts added (saturating: the words they came from are segment data).
+    pub(crate) fn plus(self, other: Self) -> Self {
+        Self {
+            ready: self.ready.saturating_add(other.ready),
+            room: self.room.saturating_add(other.room),
+        }
+    }
+}
+
+/// A sleeping thread's count of itself in its registration's `sleeping` word (see `wait`).
+#[derive(Clone, Copy)]
+pub(crate) struct OwnSleeper<'r> {
+    word: &'r AtomicU64,
+    unit: u64,
+}
+
+impl OwnSleeper<'_> {
+    /// Counts the thread in, after its increment of the signal's count: release, so that
+    /// whoever takes this count off the signal has seen that increment.
+    pub(crate) fn count_in(&self) {
+        self.word.fetch_add(self.unit, Ordering::Release);
+    }
+
+    /// Undoes [`count_in`](Self::count_in), before the signal's decrement.
+    pub(crate) fn count_out(&self) {
+        self.word.fetch_sub(self.unit, Ordering::Release);
+    }
+}
+
 /// A `sleeping` word of the registration of `epoch`, with no sleeper counted.
 fn no_sleepers(epoch: u64) -> u64 {
     (epoch & 0xffff) << SLEEPER_BITS
@@ -96,14 +167,14 @@ fn no_sleepers(epoch: u64) -> u64 {
 /// `sleeping` word. The pid CAS that reaped it has freed the entry already, so a new
 /// registration may have taken them (then the word carries the new epoch and nothing is
 /// taken here) or may count sleepers of its own (never taken: they carry its epoch).
-fn take_sleepers(word: &AtomicU64, epoch: u64) -> u64 {
+fn take_sleepers(word: &AtomicU64, epoch: u64) -> Sleepers {
     // A dead registration's word no longer changes; only a process writing garbage would
     // keep it moving, so a few tries are enough.
     for _ in 0..8 {
         let seen = word.load(Ordering::Acquire);
         let sleepers = sleepers_of(seen, epoch);
-        if sleepers == 0 {
-            return 0;
+        if sleepers == Sleepers::default() {
+            return sleepers;
         }
         if word
             .compare_exchange(
@@ -117,16 +188,16 @@ fn take_sleepers(word: &AtomicU64, epoch: u64) -> u64 {
             return sleepers;
         }
     }
-    0
+    Sleepers::default()
 }
 
 /// The sleepers a `sleeping` word counts for the registration of `epoch` (none if the word
 /// belongs to another registration).
-fn sleepers_of(word: u64, epoch: u64) -> u64 {
+fn sleepers_of(word: u64, epoch: u64) -> Sleepers {
     if word >> SLEEPER_BITS == epoch & 0xffff {
-        word & ((1 << SLEEPER_BITS) - 1)
+        Sleepers::of(word & ((1 << SLEEPER_BITS) - 1))
     } else {
-        0
+        Sleepers::default()
     }
 }
 
@@ -179,9 +250,9 @@ pub(crate) struct Registration {
     pub(crate) token: u64,
     /// It took over the entry of a dead registration (so something may need recovering).
     pub(crate) replaced_dead: bool,
-    /// Threads of that dead registration still counted asleep on the ready signal (killed
-    /// in their sleep): for the new registrant to take off the signal's count.
-    pub(crate) dead_sleepers: u64,
+    /// Threads of that dead registration still counted asleep (killed in their sleep):
+    /// for the new registrant to take off the signals' counts.
+    pub(crate) dead_sleepers: Sleepers,
 }
 
 /// What [`Participants::reap_dead`] freed.
@@ -189,9 +260,8 @@ pub(crate) struct Registration {
 pub(crate) struct Reaped {
     /// Dead registrations freed.
     pub(crate) registrations: usize,
-    /// Their threads still counted asleep on the ready signal: for the reaper to take off
-    /// the signal's count.
-    pub(crate) sleepers: u64,
+    /// Their threads still counted asleep: for the reaper to take off the signals' counts.
+    pub(crate) sleepers: Sleepers,
 }
 
 /// The participant table of a region.
@@ -266,9 +336,8 @@ impl<'r> Participants<'r> {
                     .is_ok()
             {
                 reaped.registrations += 1;
-                // Saturating: the word is segment data, maybe garbage.
                 let sleepers = take_sleepers(&entry.sleeping, epoch);
-                reaped.sleepers = reaped.sleepers.saturating_add(sleepers);
+                reaped.sleepers = reaped.sleepers.plus(sleepers);
             }
         }
         reaped
@@ -356,10 +425,13 @@ impl<'r> Participants<'r> {
             .is_none_or(|entry| entry.scheduling.load(Ordering::Acquire) == 0)
     }
 
-    /// The count of the registration `token`'s threads asleep on the ready signal, if
+    /// The count of the registration `token`'s threads asleep on the signal `on`, if
     /// `token` is its entry's current registration.
-    pub(crate) fn sleeping(&self, token: u64) -> Option<&'r AtomicU64> {
-        self.entry(token).map(|entry| &entry.sleeping)
+    pub(crate) fn sleeping(&self, token: u64, on: SleepsOn) -> Option<OwnSleeper<'r>> {
+        self.entry(token).map(|entry| OwnSleeper {
+            word: &entry.sleeping,
+            unit: on.unit(),
+        })
     }
 
     /// Whether the registration `token` may hold a pin on `slot`.
@@ -505,8 +577,16 @@ mod tests {
             let participants = Participants::new(&entries);
             let dead = participants.register().unwrap().token;
             let dead_epoch = dead >> ID_BITS;
-            let mine = participants.sleeping(dead).unwrap();
-            mine.fetch_add(2, Ordering::Relaxed); // two of its threads asleep, then SIGKILL
+            // Two of its threads asleep on the ready signal, one on the room signal, then
+            // SIGKILL.
+            let receivers = participants.sleeping(dead, SleepsOn::Ready).unwrap();
+            receivers.count_in();
+            receivers.count_in();
+            participants
+                .sleeping(dead, SleepsOn::Room)
+                .unwrap()
+                .count_in();
+            let left = Sleepers { ready: 2, room: 1 };
             let (pid, started) = exited_process();
             entries[0].pid.store(pid, Ordering::Relaxed);
             entries[0].start_time.store(started, Ordering::Relaxed);
@@ -517,24 +597,29 @@ mod tests {
             let taken_first = if reaper_first {
                 take_sleepers(&entries[0].sleeping, dead_epoch)
             } else {
-                0
+                Sleepers::default()
             };
             let newcomer = participants.register().unwrap();
             participants
-                .sleeping(newcomer.token)
+                .sleeping(newcomer.token, SleepsOn::Room)
                 .unwrap()
-                .fetch_add(1, Ordering::Relaxed);
+                .count_in();
             let taken_late = take_sleepers(&entries[0].sleeping, dead_epoch);
             assert_eq!(
-                taken_first + taken_late + newcomer.dead_sleepers,
-                2,
-                "the dead's two sleepers, once"
+                taken_first.plus(taken_late).plus(newcomer.dead_sleepers),
+                left,
+                "the dead's sleepers, once"
             );
-            assert_eq!(newcomer.dead_sleepers, if reaper_first { 0 } else { 2 });
+            let expected_by_newcomer = if reaper_first {
+                Sleepers::default()
+            } else {
+                left
+            };
+            assert_eq!(newcomer.dead_sleepers, expected_by_newcomer);
             let word = entries[0].sleeping.load(Ordering::Relaxed);
             assert_eq!(
                 sleepers_of(word, newcomer.token >> ID_BITS),
-                1,
+                Sleepers { ready: 0, room: 1 },
                 "its own sleeper"
             );
         }

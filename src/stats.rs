@@ -26,6 +26,9 @@ pub struct Stats {
     /// Receivers asleep now, waiting for a message (those still looking, in their first
     /// 20 µs, are not counted).
     pub sleeping_receivers: u64,
+    /// Publishers asleep now, waiting for a free slot in a full queue
+    /// (`FullPolicy::Block`; those still looking, in their first 20 µs, are not counted).
+    pub sleeping_publishers: u64,
     /// Publishes accepted.
     pub published: u64,
     /// Publishes refused as duplicates.

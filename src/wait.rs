@@ -1,8 +1,14 @@
-//! Sleeping until a message may be ready, without a busy CPU: a futex word in the region,
-//! shared between processes (not `FUTEX_PRIVATE`), which publishers bump and wake only when
-//! someone sleeps.
+//! Sleeping until something may have changed, without a busy CPU: a futex word in the
+//! region, shared between processes (not `FUTEX_PRIVATE`), which wakers bump and wake only
+//! when someone sleeps. A queue has two such signals: receivers sleep on the *ready* signal
+//! until a message may be ready (publishers wake them), and publishers of a full queue
+//! (`FullPolicy::Block`) sleep on the *room* signal until a slot may be free (whoever frees
+//! one wakes them).
 //!
 //! # Protocol (no lost wake-ups)
+//!
+//! Told for the ready signal; for the room signal, the waker's step a is pushing a freed
+//! slot's token to the free ring, and the sleeper's look is a claim of a free slot.
 //!
 //! | sleeper                                  | waker (after making a message ready, or scheduling a timer) |
 //! |------------------------------------------|----------------------------------------|
@@ -23,15 +29,17 @@
 //! # Sleepers killed in their sleep
 //!
 //! A process killed (SIGKILL) while one of its threads sleeps never takes that thread off
-//! `waiters`, and every publish after would then pay a wake system call for no one. So a
-//! sleeper also counts itself in its registration's own word (`Participants::sleeping`),
+//! `waiters`, and every publish (or ack) after would then pay a wake system call for no one.
+//! So a sleeper also counts itself in its registration's own word (`Participants::sleeping`,
+//! one count per signal),
 //! after its increment of `waiters` and before its decrement, with release order: whoever
 //! reaps the dead registration takes that word's count off `waiters`
 //! ([`forget_dead_sleepers`](Signal::forget_dead_sleepers)). A kill between the two steps
 //! leaves `waiters` one too high, a spurious wake per publish, never one too low, which
 //! would leave a live sleeper unwoken.
 
-use crate::sync::{fence, AtomicU32, AtomicU64, Ordering};
+use crate::participants::OwnSleeper;
+use crate::sync::{fence, fence_after_rmw, AtomicU32, Ordering};
 
 /// A futex word and its sleeper count, on their own cache lines.
 #[repr(C, align(128))]
@@ -70,25 +78,39 @@ impl Signal {
 
     /// Counts the calling thread asleep: in `waiters`, then in `mine` (its registration's
     /// own count, if any; see the module docs).
-    fn count_in(&self, mine: Option<&AtomicU64>) {
+    fn count_in(&self, mine: Option<OwnSleeper<'_>>) {
         self.waiters.fetch_add(1, Ordering::SeqCst);
         if let Some(mine) = mine {
-            mine.fetch_add(1, Ordering::Release);
+            mine.count_in();
         }
     }
 
     /// Undoes [`count_in`](Self::count_in), in the opposite order.
-    fn count_out(&self, mine: Option<&AtomicU64>) {
+    fn count_out(&self, mine: Option<OwnSleeper<'_>>) {
         if let Some(mine) = mine {
-            mine.fetch_sub(1, Ordering::Release);
+            mine.count_out();
         }
         self.waiters.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Wakes every sleeper, if there is one (after a message became ready).
+    /// Wakes every sleeper, if there is one (after a message became ready, or a slot free).
     #[inline]
     pub(crate) fn notify(&self) {
         fence(Ordering::SeqCst); // orders the caller's push before the load below
+        self.wake_if_waited_on();
+    }
+
+    /// [`notify`](Self::notify) right after the caller's push, when the last access to
+    /// shared memory before it was that push's atomic read-modify-write (its CAS): that
+    /// RMW serves as the fence where the CPU makes it one (see [`fence_after_rmw`]).
+    #[inline]
+    pub(crate) fn notify_after_rmw(&self) {
+        fence_after_rmw();
+        self.wake_if_waited_on();
+    }
+
+    #[inline]
+    fn wake_if_waited_on(&self) {
         if self.waiters.load(Ordering::SeqCst) != 0 {
             self.seq.fetch_add(1, Ordering::SeqCst);
             wake_all(&self.seq);
@@ -104,7 +126,7 @@ impl Signal {
         &self,
         mut look: impl FnMut() -> Option<T>,
         mut sleep_for: impl FnMut() -> Option<std::time::Duration>,
-        mine: Option<&AtomicU64>,
+        mine: Option<OwnSleeper<'_>>,
     ) -> Option<T> {
         loop {
             if let Some(found) = look() {
@@ -144,7 +166,7 @@ impl Signal {
     /// Counts a sleeper that never sleeps (as one killed in its sleep), so that every
     /// `notify` shows (for tests).
     #[cfg(all(test, not(loom)))]
-    pub(crate) fn count_a_sleeper(&self, mine: Option<&AtomicU64>) {
+    pub(crate) fn count_a_sleeper(&self, mine: Option<OwnSleeper<'_>>) {
         self.count_in(mine);
     }
 
@@ -174,9 +196,14 @@ fn wake_all(word: &AtomicU32) {
     let _ = rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), u32::MAX);
 }
 
-/// Without futexes (loom, Miri, other systems): nap briefly by yielding.
+/// Without futexes (loom, Miri, other systems): nap briefly by yielding. (`loom_models`
+/// sleeps as the kernel would instead.)
 #[cfg(not(all(target_os = "linux", not(loom), not(miri))))]
 fn sleep(word: &AtomicU32, seen: u32, _nap: std::time::Duration) {
+    #[cfg(all(test, loom))]
+    if loom_models::futex_sleep(word, seen) {
+        return;
+    }
     if word.load(Ordering::SeqCst) == seen {
         crate::sync::Backoff::new().snooze();
     }
@@ -184,6 +211,82 @@ fn sleep(word: &AtomicU32, seen: u32, _nap: std::time::Duration) {
 
 #[cfg(not(all(target_os = "linux", not(loom), not(miri))))]
 fn wake_all(_word: &AtomicU32) {}
+
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use crate::ring::index::{IndexRing, OwnedWords};
+    use crate::sync::AtomicU64;
+    use loom::sync::Arc;
+    use std::cell::{Cell, RefCell};
+
+    std::thread_local! {
+        /// Set by the model: 1 once the waker is done, so no wake-up can come any more.
+        static WAKER_DONE: RefCell<Option<Arc<AtomicU64>>> = const { RefCell::new(None) };
+        /// Whether a sleep would have lasted its whole nap, the waker done and no wake-up.
+        static SLEPT_THROUGH: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Sleeps as a futex wait would: until `word` moves from `seen` (a wake-up). Once the
+    /// waker is done and `word` has not moved, the sleep would last its whole nap: noted,
+    /// and ended. `false` (no sleep) outside the model below.
+    pub(super) fn futex_sleep(word: &AtomicU32, seen: u32) -> bool {
+        let Some(done) = WAKER_DONE.with(|done| done.borrow().clone()) else {
+            return false;
+        };
+        loop {
+            // `done` first: a wake-up before it is then seen in `word`.
+            let waker_done = done.load(Ordering::SeqCst) == 1;
+            if word.load(Ordering::SeqCst) != seen {
+                return true;
+            }
+            if waker_done {
+                SLEPT_THROUGH.with(|slept| slept.set(true));
+                return true;
+            }
+            loom::thread::yield_now();
+        }
+    }
+
+    /// The protocol's promise, for a waker that pushes a token to a ring (a ready token, or
+    /// a freed slot's) and calls `notify_after_rmw`: a sleeper that did not find the token
+    /// is woken, never left asleep for its whole nap.
+    #[test]
+    fn a_sleeper_never_sleeps_through_a_push() {
+        loom::model(|| {
+            let done = Arc::new(AtomicU64::new(0));
+            WAKER_DONE.with(|slot| *slot.borrow_mut() = Some(done.clone()));
+            SLEPT_THROUGH.with(|slept| slept.set(false));
+            let shared = Arc::new((Signal::default(), OwnedWords::new(2)));
+            shared.1.ring();
+            fn ring(words: &OwnedWords) -> IndexRing<'_> {
+                IndexRing::attach(&words.head, &words.tail, &words.slots)
+            }
+            let waker = {
+                let shared = shared.clone();
+                loom::thread::spawn(move || {
+                    let (signal, words) = &*shared;
+                    assert!(ring(words).try_push(7).unwrap());
+                    signal.notify_after_rmw();
+                    done.store(1, Ordering::SeqCst);
+                })
+            };
+            let (signal, words) = &*shared;
+            let found = signal.wait_for(
+                || ring(words).try_pop().unwrap(),
+                || Some(std::time::Duration::from_secs(1)),
+                None,
+            );
+            waker.join().unwrap();
+            WAKER_DONE.with(|slot| *slot.borrow_mut() = None);
+            assert_eq!(found, Some(7));
+            assert!(
+                !SLEPT_THROUGH.with(Cell::get),
+                "slept through the push: no wake-up came"
+            );
+        });
+    }
+}
 
 #[cfg(all(test, not(loom)))]
 mod tests {

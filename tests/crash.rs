@@ -16,6 +16,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use ackring::clock::{Clock, MonotonicClock};
+use ackring::queue::FullPolicy;
 use ackring::{MessageId, PublishError, PublishOptions, Queue, QueueConfig};
 
 const ROLE: &str = "ACKRING_CRASH_CHILD";
@@ -398,9 +399,9 @@ fn consumers_killed_at_random_lose_and_duplicate_nothing() {
 }
 
 /// Once every other process is dead and the liveness check has seen it (every 100 ms, in
-/// whoever runs the timers), receivers killed in their sleep are no longer counted asleep,
-/// or every publish would pay a wake-up system call for ever. Before they were uncounted,
-/// 36 stayed counted after 200 kills.
+/// whoever runs the timers), receivers and publishers killed in their sleep are no longer
+/// counted asleep, or every publish (or ack) would pay a wake-up system call for ever.
+/// Before receivers were uncounted, 36 stayed counted after 200 kills.
 ///
 /// By design one stays counted if a kill lands between a sleeper's two counting steps (a
 /// few instructions, or a preemption there), or between a reaper's taking a count and
@@ -411,16 +412,21 @@ fn assert_no_sleeper_left_counted(queue: &Queue) {
     const LEFT_COUNTED_BY_DESIGN: u64 = 2;
     let give_up = Instant::now() + Duration::from_secs(5);
     loop {
-        let _ = queue.try_receive(); // runs the timers, and with them the liveness check
-        let sleeping = queue.stats().sleeping_receivers;
-        if sleeping == 0 {
+        queue.tick(); // runs the timers, and with them the liveness check
+        let stats = queue.stats();
+        let (receivers, publishers) = (stats.sleeping_receivers, stats.sleeping_publishers);
+        if receivers + publishers == 0 {
             return;
         }
         if Instant::now() >= give_up {
-            println!("{sleeping} receivers of dead processes still counted asleep");
+            let left = format!(
+                "{receivers} receivers and {publishers} publishers of dead processes still \
+                 counted asleep"
+            );
+            println!("{left}");
             assert!(
-                sleeping <= LEFT_COUNTED_BY_DESIGN,
-                "{sleeping} receivers of dead processes still counted asleep"
+                receivers <= LEFT_COUNTED_BY_DESIGN && publishers <= LEFT_COUNTED_BY_DESIGN,
+                "{left}"
             );
             return;
         }
@@ -430,7 +436,9 @@ fn assert_no_sleeper_left_counted(queue: &Queue) {
 
 /// Producers are killed at random moments, mid-publish, while the parent consumes: every
 /// publish that returned Ok is delivered (once), the segment stays usable, and the slots
-/// of publishes cut short come back.
+/// of publishes cut short come back. The queue makes a publish into a full queue wait
+/// (`FullPolicy::Block`), so kills also find producers asleep waiting for room: they stop
+/// being counted asleep.
 #[test]
 fn producers_killed_mid_publish_leave_the_segment_consistent() {
     const KILLS: usize = 60;
@@ -441,8 +449,13 @@ fn producers_killed_mid_publish_leave_the_segment_consistent() {
     let scratch = Scratch::new("producers");
     // A lease long enough that the parent, draining, never loses one; a dedup window short
     // enough for the producers' rate.
-    let config = config(Duration::from_secs(30), Duration::from_millis(250));
+    let config = QueueConfig {
+        // Short enough for the last check, that a full queue refuses one more publish.
+        on_full: FullPolicy::Block(Duration::from_millis(300)),
+        ..config(Duration::from_secs(30), Duration::from_millis(250))
+    };
     let queue = Queue::create_shm(&scratch.name, config).unwrap();
+    let mut most_publishers_asleep = 0;
     let mut logs = Vec::new();
     let start = |logs: &mut Vec<PathBuf>, rng: &mut Rng| -> Child {
         let log = scratch.dir.join(format!("producer-{}.log", logs.len()));
@@ -473,6 +486,7 @@ fn producers_killed_mid_publish_leave_the_segment_consistent() {
     };
     for _ in 0..KILLS {
         drain(&queue, Duration::from_micros(rng.below(10_000)));
+        most_publishers_asleep = most_publishers_asleep.max(queue.stats().sleeping_publishers);
         let victim = rng.below(PRODUCERS as u64) as usize;
         let mut child = producers.swap_remove(victim);
         kill(&mut child);
@@ -505,10 +519,12 @@ fn producers_killed_mid_publish_leave_the_segment_consistent() {
     );
     println!(
         "{KILLS} kills, {} confirmed publishes, {} delivered (a publish killed after its \
-         message was queued is delivered though never confirmed), {} recoveries",
+         message was queued is delivered though never confirmed), {} recoveries, up to \
+         {most_publishers_asleep} producers seen asleep waiting for room before a kill",
         confirmed.len(),
         delivered.len(),
         stats.recoveries
     );
     assert_every_slot_comes_back(&queue);
+    assert_no_sleeper_left_counted(&queue);
 }

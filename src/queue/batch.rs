@@ -10,6 +10,7 @@
 use super::{split, Lease, Outgoing, PublishError, PublishOptions, Queue, SettleError};
 use crate::clock::Clock;
 use crate::id::MessageId;
+use crate::participants::SleepsOn;
 use crate::queue::Delivery;
 use crate::ring::index::IndexRing;
 use crate::stats::Counter;
@@ -157,7 +158,7 @@ impl<C: Clock> Queue<C> {
             if readied > 0 {
                 // (Delayed ones woke the sleepers as their timers went in.)
                 self.push_tokens(self.ready(), &ready[..readied]);
-                self.ready_signal().notify();
+                self.ready_signal().notify_after_rmw(); // right after the pushes' CASes
             }
             // Counted chunk by chunk: the caller's `AsRef` may panic before the end.
             self.counters()
@@ -286,6 +287,14 @@ impl<C: Clock> Queue<C> {
         }
     }
 
+    /// Returns freed slots' tokens to the free ring, and wakes publishers waiting for room.
+    fn push_free_tokens(&self, tokens: &[u32]) {
+        if !tokens.is_empty() {
+            self.push_tokens(self.free(), tokens);
+            self.room_signal().notify_after_rmw(); // right after the pushes' CASes
+        }
+    }
+
     /// Receives up to `max` messages into `out` as [`try_receive_batch`](Self::try_receive_batch),
     /// first waiting up to `timeout` of real time for one to become ready (as
     /// [`receive_timeout`](Self::receive_timeout) waits). Returns how many; 0 if none came.
@@ -298,7 +307,7 @@ impl<C: Clock> Queue<C> {
         if max == 0 {
             return self.try_receive_batch(out, 0); // runs the timers, as with a larger max
         }
-        self.wait_until_ready(timeout, || {
+        self.wait_until(SleepsOn::Ready, timeout, || {
             let received = self.try_receive_batch(out, max);
             (received > 0).then_some(received)
         })
@@ -323,7 +332,7 @@ impl<C: Clock> FreedSlots<'_, C> {
             self.tokens[self.pending] = free;
             self.pending += 1;
             if self.pending == CHUNK {
-                self.queue.push_tokens(self.queue.free(), &self.tokens);
+                self.queue.push_free_tokens(&self.tokens);
                 self.pending = 0;
             }
         }
@@ -333,7 +342,7 @@ impl<C: Clock> FreedSlots<'_, C> {
 impl<C: Clock> Drop for FreedSlots<'_, C> {
     fn drop(&mut self) {
         let queue = self.queue;
-        queue.push_tokens(queue.free(), &self.tokens[..self.pending]);
+        queue.push_free_tokens(&self.tokens[..self.pending]);
         queue.counters().add(Counter::Acked, self.acked);
     }
 }

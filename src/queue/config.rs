@@ -74,7 +74,11 @@ pub enum FullPolicy {
     /// Fail at once with `PublishError::Full` (the default).
     #[default]
     Fail,
-    /// Wait up to this long (real time) for a free slot, then fail with `Full`.
+    /// Wait up to this long (real time) for a free slot, then fail with `Full`. The
+    /// publisher waits as a blocking receive does: it looks every half microsecond for
+    /// 20 µs, then sleeps on a futex in the queue's memory until a slot is freed (an ack,
+    /// a dropped or discarded message), by any thread of any process
+    /// (`Stats::sleeping_publishers` counts the sleepers).
     Block(Duration),
 }
 

@@ -42,13 +42,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::clock::{nanos, Clock, MonotonicClock};
 use crate::dedup::{DedupError, DedupTable};
 use crate::id::{IdSource, MessageId};
-use crate::participants::{OwnerTag, Participants};
+use crate::participants::{OwnerTag, Participants, Sleepers, SleepsOn};
 use crate::region::Region;
 use crate::ring::index::IndexRing;
 use crate::slots::{MessageStore, Meta, State, TransitionError, Word};
 pub use crate::stats::Stats;
 use crate::stats::{Counter, Counters};
-use crate::sync::{spin_hint, Backoff, Ordering};
+use crate::sync::{spin_hint, Ordering};
 use crate::wait::Signal;
 use crate::wheel::{node, split_node, Refire, Timer, Wheel};
 
@@ -271,23 +271,6 @@ fn look_while_spinning<T>(
     }
 }
 
-/// Calls `attempt` until it yields something or `timeout` of real time has passed
-/// (`None`: no limit), spinning and then yielding between calls.
-fn wait_for<T>(timeout: Option<Duration>, mut attempt: impl FnMut() -> Option<T>) -> Option<T> {
-    // A timeout past the end of time (`Duration::MAX`) is no limit.
-    let give_up = timeout.and_then(|timeout| std::time::Instant::now().checked_add(timeout));
-    let backoff = Backoff::new();
-    loop {
-        if let Some(found) = attempt() {
-            return Some(found);
-        }
-        if give_up.is_some_and(|give_up| std::time::Instant::now() >= give_up) {
-            return None;
-        }
-        backoff.snooze();
-    }
-}
-
 /// How a handle comes to a region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Attach {
@@ -423,9 +406,7 @@ impl<C: Clock> Queue<C> {
             Attach::Existing => {
                 // Sleepers of the registration this entry held, if it died in their sleep:
                 // also when a reaper freed the entry but did not get to take them.
-                queue
-                    .ready_signal()
-                    .forget_dead_sleepers(registration.dead_sleepers);
+                queue.forget_dead_sleepers(registration.dead_sleepers);
                 if registration.replaced_dead {
                     queue.note_deaths(1);
                 }
@@ -701,10 +682,18 @@ impl<C: Clock> Queue<C> {
 
     /// A free slot now, or (with `FullPolicy::Block`) once one frees up within the timeout.
     fn claim_free_slot_per_policy(&self) -> Option<(u32, u32)> {
-        let FullPolicy::Block(timeout) = self.config.on_full else {
-            return self.claim_free_slot();
-        };
-        wait_for(Some(timeout), || {
+        let claimed = self.claim_free_slot();
+        match self.config.on_full {
+            FullPolicy::Block(timeout) if claimed.is_none() => self.wait_for_room(timeout),
+            _ => claimed,
+        }
+    }
+
+    /// A free slot once one frees up within `timeout`: the queue was full.
+    #[cold]
+    #[inline(never)]
+    fn wait_for_room(&self, timeout: Duration) -> Option<(u32, u32)> {
+        self.wait_until(SleepsOn::Room, timeout, || {
             self.claim_free_slot().or_else(|| {
                 self.tick(); // deadlines may be what frees slots (expired leases, then acks)
                 None
@@ -768,11 +757,22 @@ impl<C: Clock> Queue<C> {
         // The ready ring has a place for every slot, and a slot has at most one ready token.
         let pushed = push(self.ready(), ready);
         self.invariant(pushed, "ready ring holds every slot");
-        self.ready_signal().notify();
+        self.ready_signal().notify_after_rmw(); // right after the push's CAS
     }
 
     fn ready_signal(&self) -> &Signal {
         &self.region.sections().shared.ready_signal
+    }
+
+    /// Publishers waiting for a free slot sleep on it (see [`FullPolicy::Block`]).
+    pub(crate) fn room_signal(&self) -> &Signal {
+        &self.region.sections().shared.room_signal
+    }
+
+    /// Takes threads of dead registrations, killed in their sleep, off the signals' counts.
+    pub(crate) fn forget_dead_sleepers(&self, sleepers: Sleepers) {
+        self.ready_signal().forget_dead_sleepers(sleepers.ready);
+        self.room_signal().forget_dead_sleepers(sleepers.room);
     }
 
     /// Checks what must hold unless another process corrupted the region (see `trusted`).
@@ -949,14 +949,15 @@ impl<C: Clock> Queue<C> {
     /// Receives, waiting up to `timeout` of real time for a message to become ready (see
     /// [`receive`](Self::receive) for how it waits).
     pub fn receive_timeout(&self, timeout: Duration) -> Option<Delivery<'_, C>> {
-        self.wait_until_ready(timeout, || self.try_receive())
+        self.wait_until(SleepsOn::Ready, timeout, || self.try_receive())
     }
 
-    /// Calls `look` (a receive) until it finds something or `timeout` of real time has
-    /// passed: every half microsecond for the first 20 µs (see `look_while_spinning`),
-    /// then between sleeps on the ready signal.
-    fn wait_until_ready<T>(
+    /// Calls `look` (a receive, or a claim of a free slot) until it finds something or
+    /// `timeout` of real time has passed: every half microsecond for the first 20 µs (see
+    /// `look_while_spinning`), then between sleeps on the signal `on`.
+    pub(crate) fn wait_until<T>(
         &self,
+        on: SleepsOn,
         timeout: Duration,
         mut look: impl FnMut() -> Option<T>,
     ) -> Option<T> {
@@ -970,9 +971,13 @@ impl<C: Clock> Queue<C> {
         let mine = if self.trusted {
             None
         } else {
-            self.participants().sleeping(self.participant)
+            self.participants().sleeping(self.participant, on)
         };
-        self.ready_signal().wait_for(
+        let signal = match on {
+            SleepsOn::Ready => self.ready_signal(),
+            SleepsOn::Room => self.room_signal(),
+        };
+        signal.wait_for(
             look,
             || {
                 let left = match give_up {
@@ -1093,13 +1098,13 @@ impl<C: Clock> Queue<C> {
     fn push_free(&self, free: u32) {
         let pushed = push(self.free(), free);
         self.invariant(pushed, "free ring holds every slot");
+        self.room_signal().notify_after_rmw(); // right after the push's CAS
     }
 
     /// Drops a pin of ours, freeing the slot if it was the last pin of a freed slot.
     pub(crate) fn unpin(&self, slot: u32) {
         if let Ok(Some(generation)) = self.store().unpin(slot) {
-            let pushed = push(self.free(), token(slot, generation));
-            self.invariant(pushed, "free ring holds every slot");
+            self.push_free(token(slot, generation));
         }
         self.unmark_pin(slot);
     }
@@ -1410,6 +1415,7 @@ impl<C: Clock> Queue<C> {
             in_flight: stats.in_flight,
             dead: stats.dead,
             sleeping_receivers: u64::from(self.ready_signal().sleepers()),
+            sleeping_publishers: u64::from(self.room_signal().sleepers()),
             ..self.counters().snapshot()
         }
     }

@@ -73,6 +73,7 @@ impl<C: Clock> Queue<C> {
             sections.wheel_next,
         );
         shared.ready_signal.forget_sleepers();
+        shared.room_signal.forget_sleepers();
         shared.recovery.next_check.0.store(0, Ordering::Relaxed);
         if let Some(dedup) = self.dedup() {
             dedup.free_locks();

@@ -123,7 +123,7 @@ impl<C: Clock> Queue<C> {
                 .is_ok()
         {
             let reaped = self.participants().reap_dead();
-            self.ready_signal().forget_dead_sleepers(reaped.sleepers);
+            self.forget_dead_sleepers(reaped.sleepers);
             self.note_deaths(reaped.registrations);
             self.note_clock(now);
         }
@@ -306,7 +306,13 @@ impl<C: Clock> Queue<C> {
                     self.push_ready(slot, word.generation);
                     true
                 }
-                State::Free if word.pins == 0 && !free.contains(&filed) => push(self.free(), filed),
+                State::Free if word.pins == 0 && !free.contains(&filed) => {
+                    let pushed = push(self.free(), filed);
+                    if pushed {
+                        self.room_signal().notify(); // a publisher may wait for this one
+                    }
+                    pushed
+                }
                 State::Dead if !dead.contains(&filed) => {
                     self.file_dead(filed);
                     true
@@ -343,6 +349,7 @@ mod tests {
 
     use super::*;
     use crate::id::MessageId;
+    use crate::participants::SleepsOn;
     use crate::queue::{pop, PublishOptions, QueueConfig};
 
     /// A file-backed segment that is removed when dropped.
@@ -370,28 +377,31 @@ mod tests {
         }
     }
 
-    /// Threads of killed processes that were asleep on the ready signal stay counted, and
-    /// every publish would wake them with a system call for ever; reaping a death (by the
-    /// liveness check, or by a registration that takes over the dead entry) uncounts them.
+    /// Threads of killed processes that were asleep on a signal stay counted, and every
+    /// publish (ready signal) or ack (room signal) would wake them with a system call for
+    /// ever; reaping a death (by the liveness check, or by a registration that takes over
+    /// the dead entry) uncounts them.
     #[test]
     fn sleepers_killed_in_their_sleep_are_uncounted_when_their_deaths_are_reaped() {
         let segment = TempSegment::new("dead-sleepers");
         let survivor = Queue::create_file(&segment.0, QueueConfig::new(8, 32)).unwrap();
-        let signal = survivor.ready_signal();
+        let (ready, room) = (survivor.ready_signal(), survivor.room_signal());
         let victims = [(); 2].map(|()| Queue::open_file(&segment.0).unwrap());
         for victim in victims {
-            // One of its threads went to sleep in a receive, and SIGKILL took the process.
-            let mine = victim.participants().sleeping(victim.participant);
-            signal.count_a_sleeper(mine);
+            // One of its threads went to sleep in a receive, one in a publish waiting for
+            // room, and SIGKILL took the process.
+            let participants = victim.participants();
+            ready.count_a_sleeper(participants.sleeping(victim.participant, SleepsOn::Ready));
+            room.count_a_sleeper(participants.sleeping(victim.participant, SleepsOn::Room));
             let token = victim.participant;
             std::mem::forget(victim);
             survivor.participants().forge_dead(token);
         }
-        assert_eq!(signal.sleepers(), 2);
+        assert_eq!((ready.sleepers(), room.sleepers()), (2, 2));
 
-        // A new handle takes over one dead entry, and the sleeper counted there.
+        // A new handle takes over one dead entry, and the sleepers counted there.
         let newcomer = Queue::open_file(&segment.0).unwrap();
-        assert_eq!(signal.sleepers(), 1);
+        assert_eq!((ready.sleepers(), room.sleepers()), (1, 1));
         // The liveness check reaps the other.
         survivor
             .recovery_words()
@@ -399,11 +409,17 @@ mod tests {
             .0
             .store(0, Ordering::Relaxed);
         survivor.recover_if_needed(survivor.now());
-        assert_eq!(signal.sleepers(), 0);
+        assert_eq!((ready.sleepers(), room.sleepers()), (0, 0));
 
-        let woken = signal.wake_ups();
+        let (woken_ready, woken_room) = (ready.wake_ups(), room.wake_ups());
         newcomer.publish(b"no one to wake").unwrap();
-        assert_eq!(signal.wake_ups(), woken, "a publish makes no wake-up call");
+        newcomer.try_receive().unwrap().ack().unwrap();
+        assert_eq!(
+            ready.wake_ups(),
+            woken_ready,
+            "a publish makes no wake-up call"
+        );
+        assert_eq!(room.wake_ups(), woken_room, "an ack makes no wake-up call");
     }
 
     /// A reaper killed between freeing a dead entry (its pid CAS) and taking the sleepers
@@ -414,7 +430,11 @@ mod tests {
         let survivor = Queue::create_file(&segment.0, QueueConfig::new(8, 32)).unwrap();
         let signal = survivor.ready_signal();
         let victim = Queue::open_file(&segment.0).unwrap();
-        signal.count_a_sleeper(victim.participants().sleeping(victim.participant));
+        signal.count_a_sleeper(
+            victim
+                .participants()
+                .sleeping(victim.participant, SleepsOn::Ready),
+        );
         let token = victim.participant;
         std::mem::forget(victim); // SIGKILL in its sleep
         survivor.participants().leave(token); // a reaper's pid CAS, then the reaper died

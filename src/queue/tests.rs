@@ -478,6 +478,47 @@ fn a_blocking_publish_waits_for_a_free_slot() {
 }
 
 #[test]
+#[cfg(not(loom))]
+#[cfg_attr(miri, ignore = "real time and futexes")]
+fn a_publisher_asleep_on_a_full_queue_is_woken_by_the_ack_that_frees_a_slot() {
+    // On the real clock: the publisher sleeps with no timer due, so without a wake-up it
+    // would sleep until its minute is up. Both ways of acking free slots must wake it.
+    for ack_as_batch in [false, true] {
+        let config = QueueConfig {
+            on_full: FullPolicy::Block(Duration::from_secs(60)),
+            ..QueueConfig::new(1, 8)
+        };
+        let queue = Queue::new(config).unwrap();
+        queue.publish(b"first").unwrap();
+        std::thread::scope(|s| {
+            let publisher = s.spawn(|| {
+                let outcome = queue.publish(b"second");
+                (outcome, std::time::Instant::now())
+            });
+            while queue.stats().sleeping_publishers == 0 {
+                std::thread::yield_now(); // until the publisher sleeps
+            }
+            let delivery = queue.try_receive().unwrap();
+            let acked = std::time::Instant::now();
+            if ack_as_batch {
+                queue.ack_batch([delivery]).unwrap();
+            } else {
+                delivery.ack().unwrap();
+            }
+            let (outcome, published) = publisher.join().unwrap();
+            assert!(outcome.is_ok(), "{outcome:?}");
+            let waited = published - acked;
+            assert!(
+                waited < Duration::from_secs(30),
+                "the sleeping publisher was not woken: published {waited:?} after the ack"
+            );
+        });
+        assert_eq!(queue.stats().sleeping_publishers, 0);
+        assert_eq!(queue.try_receive().unwrap().payload(), b"second");
+    }
+}
+
+#[test]
 fn a_blocking_publish_gives_up_after_its_timeout() {
     let config = QueueConfig {
         on_full: FullPolicy::Block(Duration::from_millis(1)),
