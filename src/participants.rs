@@ -16,9 +16,8 @@
 //! | word | field        | written by                                         |
 //! |------|--------------|----------------------------------------------------|
 //! | 0    | `pid`        | the registering process (CAS from 0 or from a dead pid), cleared when it leaves |
-//! | 1    | `start_time` | the registering process: its start time (`/proc/PID/stat` field 22, clock ticks after boot), which tells a live process from a later one that reused the pid |
+//! | 1    | `start_time` | the registering process: 0 before its pid CAS ("registration in progress"), then its start time (`/proc/PID/stat` field 22, clock ticks after boot), which tells a live process from a later one that reused the pid; always read after `pid`, so a pid is never judged by an earlier occupant's start time |
 //! | 2    | `epoch`      | the registering process: bumped at each registration |
-//!
 //! | 3    | `scheduling` | the participant: timers it is between marking due and linking into the wheel (see `queue::recovery`) |
 //! | 4    | `sleeping`   | the registering process sets the top 16 bits to its epoch's low 16 bits; the participant counts its threads asleep on the ready signal in bits 0..24 and those asleep on the room signal in bits 24..48 (see `wait`); whoever reaps its death takes those counts back off the signals, only while the epoch bits are still its |
 //! | 8..  | `pin_marks`  | the participant: [`PIN_MARKS`] counters; `pin_marks[slot % PIN_MARKS]` counts the payload pins it holds or is about to take on such slots (see `queue::recovery`) |
@@ -201,6 +200,33 @@ fn sleepers_of(word: u64, epoch: u64) -> Sleepers {
     }
 }
 
+/// An entry's pid and start time, read in that order: with a pid, the start time its
+/// registration stored, or 0 while it is in progress, or a later registration's (see
+/// `register`), never an earlier one's.
+fn occupant(entry: &Participant) -> (u64, u64) {
+    let pid = entry.pid.load(Ordering::Acquire);
+    (pid, entry.start_time.load(Ordering::Acquire))
+}
+
+/// Whether the process that registered as `pid` at start time `recorded` runs (not a later
+/// one with its pid). A start time of 0 is a registration in progress: alive while a
+/// process with its pid is.
+fn runs(pid: u64, recorded: u64) -> bool {
+    let Ok(pid) = u32::try_from(pid) else {
+        return false;
+    };
+    if pid == 0 {
+        return false;
+    }
+    if pid == std::process::id() {
+        return true;
+    }
+    match start_time(pid) {
+        Some(started) => recorded == 0 || started == recorded,
+        None => false,
+    }
+}
+
 fn token(id: u64, epoch: u64) -> u64 {
     (epoch & 0xffff) << ID_BITS | id
 }
@@ -279,61 +305,89 @@ impl<'r> Participants<'r> {
     /// entry is held by a live process.
     pub(crate) fn register(&self) -> Option<Registration> {
         let me = this_process();
-        for (index, entry) in self.entries.iter().enumerate() {
-            let id = index as u64 + 1;
-            let pid = entry.pid.load(Ordering::Acquire);
-            let current = token(id, entry.epoch.load(Ordering::Acquire));
-            let free = pid == 0 || !self.is_alive(current);
-            if free
-                && entry
-                    .pid
-                    .compare_exchange(pid, u64::from(me.pid), Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-            {
-                entry.start_time.store(me.start_time, Ordering::Release);
-                // Only the winner of the pid CAS above moves the epoch.
-                let replaced = entry.epoch.load(Ordering::Acquire);
-                let epoch = replaced.wrapping_add(1);
-                // The replaced registration's sleepers, unless a reaper took them already
-                // (it leaves the word with no count): one of us takes them, once. Acquire:
-                // the dead's increments of the signal's count precede its own count's (see
-                // `wait`), so they are in what the caller takes off.
-                let left = entry.sleeping.swap(no_sleepers(epoch), Ordering::AcqRel);
-                let dead_sleepers = sleepers_of(left, replaced);
-                // A dead registration's counts are garbage: start from zero (nothing of
-                // ours is scheduled or pinned yet).
-                entry.scheduling.store(0, Ordering::Relaxed);
-                for mark in &entry.pin_marks {
-                    mark.store(0, Ordering::Relaxed);
-                }
-                // Release: the counts cleared above come before the new token appears.
-                entry.epoch.store(epoch, Ordering::Release);
-                return Some(Registration {
-                    token: token(id, epoch),
-                    replaced_dead: pid != 0,
-                    dead_sleepers,
-                });
-            }
+        self.entries.iter().enumerate().find_map(|(index, entry)| {
+            let replaced = self.take(entry, &me)?;
+            Some(self.complete(index, entry, &me, replaced))
+        })
+    }
+
+    /// Takes `entry` for `me` if it is free or its registration is dead: its pid is then
+    /// `me`'s and its start time 0, "registration in progress". Returns the pid replaced
+    /// (0 for a free entry).
+    fn take(&self, entry: &Participant, me: &Process) -> Option<u64> {
+        let (pid, recorded) = occupant(entry);
+        // Judged by pid and start time, not by a token: the epoch moves on only after the
+        // pid CAS below, so a token read beside a new pid would name the previous
+        // registration, and read as dead.
+        let free = pid == 0 || !runs(pid, recorded);
+        // The start time goes to 0 before the pid CAS: whoever reads our pid then reads 0
+        // or our start time with it, never the previous occupant's, by which it would judge
+        // us dead and free the entry under us. From the value judged: if another
+        // registration moved it since, the entry is not ours to take.
+        let taken = free
+            && entry
+                .start_time
+                .compare_exchange(recorded, 0, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            && entry
+                .pid
+                .compare_exchange(pid, u64::from(me.pid), Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+        taken.then_some(pid)
+    }
+
+    /// Finishes the registration of `me` in the entry at `index`, which [`take`](Self::take)
+    /// took from the registration of pid `replaced`.
+    fn complete(
+        &self,
+        index: usize,
+        entry: &Participant,
+        me: &Process,
+        replaced: u64,
+    ) -> Registration {
+        entry.start_time.store(me.start_time, Ordering::Release);
+        // Only the winner of the pid CAS moves the epoch.
+        let replaced_epoch = entry.epoch.load(Ordering::Acquire);
+        let epoch = replaced_epoch.wrapping_add(1);
+        // The replaced registration's sleepers, unless a reaper took them already (it
+        // leaves the word with no count): one of us takes them, once. Acquire: the dead's
+        // increments of the signal's count precede its own count's (see `wait`), so they
+        // are in what the caller takes off.
+        let left = entry.sleeping.swap(no_sleepers(epoch), Ordering::AcqRel);
+        let dead_sleepers = sleepers_of(left, replaced_epoch);
+        // A dead registration's counts are garbage: start from zero (nothing of ours is
+        // scheduled or pinned yet).
+        entry.scheduling.store(0, Ordering::Relaxed);
+        for mark in &entry.pin_marks {
+            mark.store(0, Ordering::Relaxed);
         }
-        None
+        // Release: the counts cleared above come before the new token appears.
+        entry.epoch.store(epoch, Ordering::Release);
+        Registration {
+            token: token(index as u64 + 1, epoch),
+            replaced_dead: replaced != 0,
+            dead_sleepers,
+        }
     }
 
     /// Frees the entries of dead registrations; returns what it freed. (Each dead registration
     /// is reaped once: by this CAS or by a [`register`](Self::register) that reclaims it.)
     pub(crate) fn reap_dead(&self) -> Reaped {
         let mut reaped = Reaped::default();
-        for (index, entry) in self.entries.iter().enumerate() {
-            let pid = entry.pid.load(Ordering::Acquire);
-            if pid == 0 {
+        for entry in self.entries {
+            // Judged by pid and start time, as in `take` (a token read beside them
+            // could name a registration that has just moved on, and read as dead).
+            let (pid, recorded) = occupant(entry);
+            if pid == 0 || runs(pid, recorded) {
                 continue;
             }
+            // The dead registration's epoch: only a pid CAS winner moves it, and the CAS
+            // below wins only if no one took the entry since.
             let epoch = entry.epoch.load(Ordering::Acquire);
-            let current = token(index as u64 + 1, epoch);
-            if !self.is_alive(current)
-                && entry
-                    .pid
-                    .compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
+            if entry
+                .pid
+                .compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
             {
                 reaped.registrations += 1;
                 let sleepers = take_sleepers(&entry.sleeping, epoch);
@@ -461,25 +515,10 @@ impl<'r> Participants<'r> {
     /// Whether the registration `token` belongs to a running process (the one that
     /// registered, not a later one with its pid).
     pub(crate) fn is_alive(&self, token: u64) -> bool {
-        let Some(entry) = self.entry(token) else {
-            return false;
-        };
-        let Ok(pid) = u32::try_from(entry.pid.load(Ordering::Acquire)) else {
-            return false;
-        };
-        if pid == 0 {
-            return false;
-        }
-        let recorded = entry.start_time.load(Ordering::Acquire);
-        if pid == std::process::id() {
-            return true;
-        }
-        match start_time(pid) {
-            // A registration in progress has not stored its start time yet: alive while
-            // its process is.
-            Some(started) => recorded == 0 || started == recorded,
-            None => false,
-        }
+        self.entry(token).is_some_and(|entry| {
+            let (pid, recorded) = occupant(entry);
+            runs(pid, recorded)
+        })
     }
 
     /// Makes the registration `token` look like a process killed with SIGKILL: its entry
@@ -540,6 +579,79 @@ mod tests {
 
     fn table(n: usize) -> Vec<Participant> {
         (0..n).map(|_| Participant::default()).collect()
+    }
+
+    /// Registrations of live processes are never reaped, whenever the reaper looks: not
+    /// while a registration is half done (pid taken, epoch not yet moved on), nor while
+    /// the entry changes hands under the reaper.
+    #[test]
+    #[cfg_attr(miri, ignore = "threads racing for many rounds")]
+    fn a_reaper_racing_registrations_never_reaps_a_live_one() {
+        let entries = table(2);
+        let participants = Participants::new(&entries);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let reaped = std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Some(registration) = participants.register() {
+                            participants.leave(registration.token);
+                        }
+                    }
+                });
+            }
+            let reaper = s.spawn(|| {
+                let mut reaped = 0;
+                for _ in 0..1_000_000 {
+                    reaped += participants.reap_dead().registrations;
+                }
+                reaped
+            });
+            let reaped = reaper.join().unwrap();
+            stop.store(true, Ordering::Relaxed);
+            reaped
+        });
+        assert_eq!(reaped, 0, "registrations of this live process were reaped");
+    }
+
+    /// A reaper that looks while another process is between taking an entry from a dead
+    /// registration and completing its own sees that process alive: its pid with start
+    /// time 0, not with the dead one's start time, which would make it look dead and free
+    /// the entry under it (then a third process could take the entry, and recovery would
+    /// treat the live one's leases, pins and locks as a dead process's).
+    #[test]
+    #[cfg(not(miri))]
+    fn a_registration_half_done_over_a_dead_one_is_not_reaped() {
+        let entries = table(1);
+        let participants = Participants::new(&entries);
+        let dead = participants.register().unwrap().token;
+        participants.forge_dead(dead);
+        let mut other = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let other_process = Process {
+            pid: other.id(),
+            start_time: start_time(other.id()).unwrap(),
+        };
+        let replaced = participants.take(&entries[0], &other_process).unwrap();
+        assert_ne!(replaced, 0, "taken from the dead registration");
+        assert_eq!(
+            participants.reap_dead().registrations,
+            0,
+            "a registration in progress was reaped"
+        );
+        let registration = participants.complete(0, &entries[0], &other_process, replaced);
+        assert!(participants.is_alive(registration.token));
+        assert_eq!(participants.reap_dead().registrations, 0);
+        other.kill().unwrap();
+        other.wait().unwrap();
+        assert!(!participants.is_alive(registration.token));
+        assert_eq!(
+            participants.reap_dead().registrations,
+            1,
+            "reaped once dead"
+        );
     }
 
     #[test]

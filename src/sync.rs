@@ -56,23 +56,6 @@ mod imp {
 
 pub(crate) use imp::*;
 
-/// A SeqCst fence for right after an atomic read-modify-write of the caller's, that the
-/// RMW itself provides on x86: every RMW there is a locked instruction, which no load or
-/// store is reordered across, so only the compiler must be kept from moving later loads
-/// above it (Linux's `smp_mb__after_atomic` is the same idiom). Elsewhere, and under loom
-/// and Miri, which check the language's rules rather than the CPU's, a real fence.
-///
-/// Why: a real fence (`lock or` on the stack) after the ack's push drains the consumer's
-/// pipeline once more per message; measured, one producer and one consumer moved 20%
-/// fewer messages with it.
-#[inline(always)]
-pub(crate) fn fence_after_rmw() {
-    #[cfg(all(any(target_arch = "x86", target_arch = "x86_64"), not(loom), not(miri)))]
-    std::sync::atomic::compiler_fence(Ordering::SeqCst);
-    #[cfg(not(all(any(target_arch = "x86", target_arch = "x86_64"), not(loom), not(miri))))]
-    fence(Ordering::SeqCst);
-}
-
 /// Starts loading the cache line of `place` for reading: a hint that lets a miss overlap
 /// other work. Does nothing where there is no prefetch instruction (and under loom/Miri).
 #[inline(always)]

@@ -102,7 +102,7 @@ impl<C: Clock> Queue<C> {
         let mut refused = None;
         let mut slots = [(0u32, 0u32); CHUNK];
         loop {
-            let now = self.now();
+            let mut now = self.now();
             self.run_timers(now);
             while pending < CHUNK && refused.is_none() {
                 let Some((payload, options)) = messages.next() else {
@@ -124,7 +124,7 @@ impl<C: Clock> Queue<C> {
             if claimed == 0 {
                 // None free: wait as the full policy says, holding no slot meanwhile (a
                 // batch that held slots while it waited could wait on itself).
-                let Some(slot) = self.claim_free_slot_per_policy() else {
+                let Some(slot) = self.claim_free_slot_per_policy(&mut now) else {
                     let error = PublishError::Full {
                         capacity: self.config.capacity,
                     };
@@ -158,7 +158,7 @@ impl<C: Clock> Queue<C> {
             if readied > 0 {
                 // (Delayed ones woke the sleepers as their timers went in.)
                 self.push_tokens(self.ready(), &ready[..readied]);
-                self.ready_signal().notify_after_rmw(); // right after the pushes' CASes
+                self.ready_signal().notify_after_push();
             }
             // Counted chunk by chunk: the caller's `AsRef` may panic before the end.
             self.counters()
@@ -291,7 +291,7 @@ impl<C: Clock> Queue<C> {
     fn push_free_tokens(&self, tokens: &[u32]) {
         if !tokens.is_empty() {
             self.push_tokens(self.free(), tokens);
-            self.room_signal().notify_after_rmw(); // right after the pushes' CASes
+            self.room_signal().notify_after_push();
         }
     }
 

@@ -543,10 +543,10 @@ impl<C: Clock> Queue<C> {
         // read the clock and claim a slot.
         self.prefetch_dedup_stripe(&options, true);
         let ttl = self.admit(payload, &options)?;
-        let now = self.now();
+        let mut now = self.now();
         self.run_timers(now);
         let message = self.outgoing(payload, options, ttl);
-        let Some(claimed) = self.claim_free_slot_per_policy() else {
+        let Some(claimed) = self.claim_free_slot_per_policy(&mut now) else {
             return Err(PublishError::Full {
                 capacity: self.config.capacity,
             });
@@ -681,10 +681,16 @@ impl<C: Clock> Queue<C> {
     }
 
     /// A free slot now, or (with `FullPolicy::Block`) once one frees up within the timeout.
-    fn claim_free_slot_per_policy(&self) -> Option<(u32, u32)> {
+    /// After a wait, `now` moves on to the clock's time then: a message is published when
+    /// it goes in, and its TTL, delay and dedup window count from then.
+    fn claim_free_slot_per_policy(&self, now: &mut u64) -> Option<(u32, u32)> {
         let claimed = self.claim_free_slot();
         match self.config.on_full {
-            FullPolicy::Block(timeout) if claimed.is_none() => self.wait_for_room(timeout),
+            FullPolicy::Block(timeout) if claimed.is_none() => {
+                let claimed = self.wait_for_room(timeout);
+                *now = self.now();
+                claimed
+            }
             _ => claimed,
         }
     }
@@ -757,7 +763,7 @@ impl<C: Clock> Queue<C> {
         // The ready ring has a place for every slot, and a slot has at most one ready token.
         let pushed = push(self.ready(), ready);
         self.invariant(pushed, "ready ring holds every slot");
-        self.ready_signal().notify_after_rmw(); // right after the push's CAS
+        self.ready_signal().notify_after_push();
     }
 
     fn ready_signal(&self) -> &Signal {
@@ -1098,7 +1104,7 @@ impl<C: Clock> Queue<C> {
     fn push_free(&self, free: u32) {
         let pushed = push(self.free(), free);
         self.invariant(pushed, "free ring holds every slot");
-        self.room_signal().notify_after_rmw(); // right after the push's CAS
+        self.room_signal().notify_after_push();
     }
 
     /// Drops a pin of ours, freeing the slot if it was the last pin of a freed slot.

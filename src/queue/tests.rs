@@ -519,6 +519,45 @@ fn a_publisher_asleep_on_a_full_queue_is_woken_by_the_ack_that_frees_a_slot() {
 }
 
 #[test]
+#[cfg(not(loom))]
+#[cfg_attr(miri, ignore = "real time and futexes")]
+fn a_publish_that_waited_for_room_counts_its_ttl_from_when_it_went_in() {
+    for as_batch in [false, true] {
+        let config = QueueConfig {
+            on_full: FullPolicy::Block(Duration::from_secs(60)),
+            ..QueueConfig::new(1, 8)
+        };
+        let (queue, clock) = queue_with(config);
+        queue.publish(b"first").unwrap();
+        std::thread::scope(|s| {
+            let publisher = s.spawn(|| {
+                let options = PublishOptions {
+                    ttl: Some(Duration::from_millis(10)),
+                    ..PublishOptions::default()
+                };
+                if as_batch {
+                    queue
+                        .publish_batch_with(&[(*b"second", options)])
+                        .map_err(|error| error.error)
+                } else {
+                    queue.publish_with(b"second", options).map(drop)
+                }
+            });
+            while queue.stats().sleeping_publishers == 0 {
+                std::thread::yield_now(); // until the publisher sleeps
+            }
+            clock.advance(Duration::from_secs(1)); // it waits a second, by the queue's clock
+            queue.try_receive().unwrap().ack().unwrap();
+            publisher.join().unwrap().unwrap();
+        });
+        let second = queue
+            .try_receive()
+            .expect("not expired: its TTL counts from when it went in");
+        assert_eq!(second.payload(), b"second");
+    }
+}
+
+#[test]
 fn a_blocking_publish_gives_up_after_its_timeout() {
     let config = QueueConfig {
         on_full: FullPolicy::Block(Duration::from_millis(1)),

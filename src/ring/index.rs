@@ -184,10 +184,11 @@ impl<'r> IndexRing<'r> {
         for &value in rest {
             debug_assert_ne!(value, EMPTY);
             let waiting = word(next, EMPTY);
+            // SeqCst, as in `push`.
             let taken = self.slot(next).compare_exchange(
                 waiting,
                 word(next, value),
-                Ordering::AcqRel,
+                Ordering::SeqCst,
                 Ordering::Acquire,
             );
             if taken.is_err() {
@@ -306,12 +307,15 @@ impl<'r> IndexRing<'r> {
             let behind = distance(tail as u32, seq_of(current));
             let filled = value_of(current) != EMPTY;
             if behind == 0 && !filled {
-                // On failure another pusher took `tail`: look again.
+                // On failure another pusher took `tail`: look again. SeqCst (no dearer than
+                // AcqRel on x86 or ARMv8): a waker that pushed a token and then looks for
+                // sleepers needs its push in the single total order of SeqCst operations
+                // (see `Signal::notify_after_push`).
                 if slot
                     .compare_exchange(
                         current,
                         word(tail, value),
-                        Ordering::AcqRel,
+                        Ordering::SeqCst,
                         Ordering::Acquire,
                     )
                     .is_ok()
