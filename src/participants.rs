@@ -15,8 +15,8 @@
 //!
 //! | word | field        | written by                                         |
 //! |------|--------------|----------------------------------------------------|
-//! | 0    | `pid`        | the registering process (CAS from 0 or from a dead pid), cleared when it leaves |
-//! | 1    | `start_time` | the registering process: 0 before its pid CAS ("registration in progress"), then its start time (`/proc/PID/stat` field 22, clock ticks after boot), which tells a live process from a later one that reused the pid; always read after `pid`, so a pid is never judged by an earlier occupant's start time |
+//! | 0    | `pid`        | the registering process: CAS from 0 or from a dead registration's word to its pid with bit 32 (`REGISTERING`) set, cleared once its start time is stored; CAS back to 0 when it leaves; a reaper CASes a dead registration's word to 0 |
+//! | 1    | `start_time` | the winner of the pid CAS: its start time (`/proc/PID/stat` field 22, clock ticks after boot), which tells a live process from a later one that reused the pid; always read after `pid`, so a pid without the flag is never judged by an earlier occupant's start time |
 //! | 2    | `epoch`      | the registering process: bumped at each registration |
 //! | 3    | `scheduling` | the participant: timers it is between marking due and linking into the wheel (see `queue::recovery`) |
 //! | 4    | `sleeping`   | the registering process sets the top 16 bits to its epoch's low 16 bits; the participant counts its threads asleep on the ready signal in bits 0..24 and those asleep on the room signal in bits 24..48 (see `wait`); whoever reaps its death takes those counts back off the signals, only while the epoch bits are still its |
@@ -200,19 +200,25 @@ fn sleepers_of(word: u64, epoch: u64) -> Sleepers {
     }
 }
 
-/// An entry's pid and start time, read in that order: with a pid, the start time its
-/// registration stored, or 0 while it is in progress, or a later registration's (see
-/// `register`), never an earlier one's.
+/// Set in a `pid` word while its registration is in progress (see `take`): the start time
+/// beside it is not yet the registrant's.
+const REGISTERING: u64 = 1 << 32;
+
+/// An entry's pid word and start time, read in that order: beside a pid without
+/// [`REGISTERING`], the start time its registration stored (or a later registration's),
+/// never an earlier one's, since a registration stores its start time before it clears
+/// the flag.
 fn occupant(entry: &Participant) -> (u64, u64) {
     let pid = entry.pid.load(Ordering::Acquire);
     (pid, entry.start_time.load(Ordering::Acquire))
 }
 
-/// Whether the process that registered as `pid` at start time `recorded` runs (not a later
-/// one with its pid). A start time of 0 is a registration in progress: alive while a
-/// process with its pid is.
+/// Whether the process that registered as the `pid` word with start time `recorded` runs
+/// (not a later one with its pid). A registration in progress is alive while a process
+/// with its pid is; a recorded start time of 0 (not readable when it registered) too.
 fn runs(pid: u64, recorded: u64) -> bool {
-    let Ok(pid) = u32::try_from(pid) else {
+    let registering = pid & REGISTERING != 0;
+    let Ok(pid) = u32::try_from(pid & !REGISTERING) else {
         return false;
     };
     if pid == 0 {
@@ -222,7 +228,7 @@ fn runs(pid: u64, recorded: u64) -> bool {
         return true;
     }
     match start_time(pid) {
-        Some(started) => recorded == 0 || started == recorded,
+        Some(started) => registering || recorded == 0 || started == recorded,
         None => false,
     }
 }
@@ -311,27 +317,24 @@ impl<'r> Participants<'r> {
         })
     }
 
-    /// Takes `entry` for `me` if it is free or its registration is dead: its pid is then
-    /// `me`'s and its start time 0, "registration in progress". Returns the pid replaced
-    /// (0 for a free entry).
+    /// Takes `entry` for `me` if it is free or its registration is dead: its pid word is
+    /// then `me`'s with [`REGISTERING`] set. Returns the pid word replaced (0 for a free
+    /// entry).
     fn take(&self, entry: &Participant, me: &Process) -> Option<u64> {
         let (pid, recorded) = occupant(entry);
         // Judged by pid and start time, not by a token: the epoch moves on only after the
         // pid CAS below, so a token read beside a new pid would name the previous
         // registration, and read as dead.
         let free = pid == 0 || !runs(pid, recorded);
-        // The start time goes to 0 before the pid CAS: whoever reads our pid then reads 0
-        // or our start time with it, never the previous occupant's, by which it would judge
-        // us dead and free the entry under us. From the value judged: if another
-        // registration moved it since, the entry is not ours to take.
+        // With the flag, whoever reads our pid before we store our start time judges us by
+        // the pid alone, never by the previous occupant's start time, by which it would
+        // judge us dead and free the entry under us. Only the winner of this CAS writes
+        // the start time.
+        let registering = u64::from(me.pid) | REGISTERING;
         let taken = free
             && entry
-                .start_time
-                .compare_exchange(recorded, 0, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            && entry
                 .pid
-                .compare_exchange(pid, u64::from(me.pid), Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(pid, registering, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok();
         taken.then_some(pid)
     }
@@ -346,6 +349,8 @@ impl<'r> Participants<'r> {
         replaced: u64,
     ) -> Registration {
         entry.start_time.store(me.start_time, Ordering::Release);
+        // Release: whoever reads the pid without the flag reads the start time above.
+        entry.pid.store(u64::from(me.pid), Ordering::Release);
         // Only the winner of the pid CAS moves the epoch.
         let replaced_epoch = entry.epoch.load(Ordering::Acquire);
         let epoch = replaced_epoch.wrapping_add(1);
@@ -495,11 +500,17 @@ impl<'r> Participants<'r> {
         })
     }
 
-    /// Gives up the registration `token` (this process's).
+    /// Gives up the registration `token` (this process's). A CAS from this process's pid,
+    /// so that a registration that a reaper wrongly freed meanwhile (a pid reused within
+    /// the reaper's few instructions) cannot free the entry's next registration.
     pub(crate) fn leave(&self, token: u64) {
         if let Some(entry) = self.entry(token) {
-            entry.start_time.store(0, Ordering::Relaxed);
-            entry.pid.store(0, Ordering::Release);
+            let _ = entry.pid.compare_exchange(
+                u64::from(std::process::id()),
+                0,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
         }
     }
 
@@ -543,7 +554,10 @@ impl<'r> Participants<'r> {
             .enumerate()
             .map(|(index, entry)| token(index as u64 + 1, entry.epoch.load(Ordering::Acquire)))
             .filter(|&token| self.is_alive(token))
-            .filter_map(|token| u32::try_from(self.entry(token)?.pid.load(Ordering::Relaxed)).ok())
+            .filter_map(|token| {
+                let pid = self.entry(token)?.pid.load(Ordering::Relaxed) & !REGISTERING;
+                u32::try_from(pid).ok()
+            })
             .collect()
     }
 }

@@ -110,6 +110,13 @@ impl Signal {
     /// is needed. A fence here (`lock or` on x86) after every ack's push cost one
     /// producer and one consumer 20% of their rate.
     ///
+    /// One case the language's rule leaves to the hardware: a sleeper's look that stops at
+    /// an earlier position, pushed by a pusher killed between its CAS and its notify, and
+    /// seen by this waker only through a chain of acquire loads (happens-before, not
+    /// strongly happens-before). Every multi-copy-atomic CPU (x86, ARMv8, RISC-V) still
+    /// orders it; and a killed pusher's own wake-up is lost anyway, which the sleepers of a
+    /// shared segment bound by napping at most `LIVENESS_INTERVAL`.
+    ///
     /// Loom models SeqCst accesses as if they were AcqRel, so under loom a fence stands in
     /// for that rule, and `loom_models` checks the protocol with it.
     #[inline]
