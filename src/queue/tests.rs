@@ -477,6 +477,27 @@ fn a_blocking_publish_waits_for_a_free_slot() {
     assert_eq!(queue.try_receive().unwrap().payload(), b"second");
 }
 
+/// A queue of one slot, full, whose publishes wait up to a minute for room.
+#[cfg(not(loom))]
+fn full_with_blocking_publishes<C: Clock>(
+    with_clock: impl FnOnce(QueueConfig) -> Queue<C>,
+) -> Queue<C> {
+    let config = QueueConfig {
+        on_full: FullPolicy::Block(Duration::from_secs(60)),
+        ..QueueConfig::new(1, 8)
+    };
+    let queue = with_clock(config);
+    queue.publish(b"first").unwrap();
+    queue
+}
+
+#[cfg(not(loom))]
+fn until_a_publisher_sleeps<C: Clock>(queue: &Queue<C>) {
+    while queue.stats().sleeping_publishers == 0 {
+        std::thread::yield_now();
+    }
+}
+
 #[test]
 #[cfg(not(loom))]
 #[cfg_attr(miri, ignore = "real time and futexes")]
@@ -484,20 +505,13 @@ fn a_publisher_asleep_on_a_full_queue_is_woken_by_the_ack_that_frees_a_slot() {
     // On the real clock: the publisher sleeps with no timer due, so without a wake-up it
     // would sleep until its minute is up. Both ways of acking free slots must wake it.
     for ack_as_batch in [false, true] {
-        let config = QueueConfig {
-            on_full: FullPolicy::Block(Duration::from_secs(60)),
-            ..QueueConfig::new(1, 8)
-        };
-        let queue = Queue::new(config).unwrap();
-        queue.publish(b"first").unwrap();
+        let queue = full_with_blocking_publishes(|config| Queue::new(config).unwrap());
         std::thread::scope(|s| {
             let publisher = s.spawn(|| {
                 let outcome = queue.publish(b"second");
                 (outcome, std::time::Instant::now())
             });
-            while queue.stats().sleeping_publishers == 0 {
-                std::thread::yield_now(); // until the publisher sleeps
-            }
+            until_a_publisher_sleeps(&queue);
             let delivery = queue.try_receive().unwrap();
             let acked = std::time::Instant::now();
             if ack_as_batch {
@@ -523,12 +537,10 @@ fn a_publisher_asleep_on_a_full_queue_is_woken_by_the_ack_that_frees_a_slot() {
 #[cfg_attr(miri, ignore = "real time and futexes")]
 fn a_publish_that_waited_for_room_counts_its_ttl_from_when_it_went_in() {
     for as_batch in [false, true] {
-        let config = QueueConfig {
-            on_full: FullPolicy::Block(Duration::from_secs(60)),
-            ..QueueConfig::new(1, 8)
-        };
-        let (queue, clock) = queue_with(config);
-        queue.publish(b"first").unwrap();
+        let clock = ManualClock::new();
+        let queue = full_with_blocking_publishes(|config| {
+            Queue::with_clock(config, clock.clone()).unwrap()
+        });
         std::thread::scope(|s| {
             let publisher = s.spawn(|| {
                 let options = PublishOptions {
@@ -543,9 +555,7 @@ fn a_publish_that_waited_for_room_counts_its_ttl_from_when_it_went_in() {
                     queue.publish_with(b"second", options).map(drop)
                 }
             });
-            while queue.stats().sleeping_publishers == 0 {
-                std::thread::yield_now(); // until the publisher sleeps
-            }
+            until_a_publisher_sleeps(&queue);
             clock.advance(Duration::from_secs(1)); // it waits a second, by the queue's clock
             queue.try_receive().unwrap().ack().unwrap();
             publisher.join().unwrap().unwrap();
