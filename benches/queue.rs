@@ -2,7 +2,8 @@
 //! publish -> receive -> ack of 64-byte messages with ids given (numbered per publisher,
 //! or looking random) and dedup on, received with `try_receive` (the harness backing off
 //! between empty tries, as it does for the ring) or with the queue's own waiting
-//! (`receive_timeout`), against
+//! (`receive_timeout`; and, in one peer, publishes into a full queue waiting in the queue
+//! too, `FullPolicy::Block`), against
 //! pushing and popping 64-byte arrays through `ackring::Ring`; one message per call, and in
 //! batches of [`BATCH`] (`publish_batch` / `try_receive_batch` / `ack_batch` against
 //! `push_batch` / `pop_batch`).
@@ -24,6 +25,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
+use ackring::queue::FullPolicy;
 use ackring::{MessageId, PublishOptions, Queue, QueueConfig, Ring};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use crossbeam_utils::Backoff;
@@ -172,6 +174,15 @@ fn queue_config() -> QueueConfig {
         dedup_window: Some(Duration::from_millis(100)),
         dedup_capacity: 1 << 20,
         ..QueueConfig::new(CAPACITY, PAYLOAD.len())
+    }
+}
+
+/// [`queue_config`] with publishes into a full queue waiting in the queue
+/// (`FullPolicy::Block`) rather than failing back to the harness's backoff.
+fn waiting_queue_config() -> QueueConfig {
+    QueueConfig {
+        on_full: FullPolicy::Block(Duration::from_secs(1)),
+        ..queue_config()
     }
 }
 
@@ -432,6 +443,13 @@ fn bench_pair(c: &mut Criterion, producers: usize, consumers: usize) {
         "64B publish-receive-ack, blocking receive",
         &|iters| runs(iters, producers, consumers, &blocking),
     );
+    let waiting_queue = Queue::new(waiting_queue_config()).unwrap();
+    let waiting = queue_single(&waiting_queue, fresh_id, Receive::Blocking);
+    bench(
+        "ackring::Queue",
+        "64B publish-receive-ack, the queue's own waiting on both sides",
+        &|iters| runs(iters, producers, consumers, &waiting),
+    );
     let random = queue_single(&queue, fresh_random_id, Receive::Try);
     bench(
         "ackring::Queue",
@@ -482,6 +500,12 @@ fn bench_pair(c: &mut Criterion, producers: usize, consumers: usize) {
         threads,
         &ring_single,
         &blocking,
+    );
+    compare(
+        "one per call, the queue's own waiting on both sides",
+        threads,
+        &ring_single,
+        &waiting,
     );
     compare_named(
         "one per call, the design's skeleton",

@@ -439,8 +439,7 @@ impl<'r> IndexRing<'r> {
     }
 
     /// Values in the ring now (a snapshot; exact when no one is pushing or popping and no
-    /// cursor was set back, see `move_past`).
-    #[cfg(all(test, not(loom)))]
+    /// cursor was set back, see `move_past`; otherwise a guess, at most the ring's length).
     pub(crate) fn len(&self) -> usize {
         let tail = self.tail.load(Ordering::Acquire);
         let head = self.head.load(Ordering::Acquire);
