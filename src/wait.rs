@@ -270,20 +270,33 @@ mod loom_models {
     /// is woken, never left asleep for its whole nap.
     #[test]
     fn a_sleeper_never_sleeps_through_a_push() {
-        loom::model(|| {
+        sleeper_against(|ring| assert!(ring.try_push(7).unwrap()));
+    }
+
+    /// The same for a batch push (`publish_batch`, `ack_batch`), whose first value the
+    /// sleeper takes.
+    #[test]
+    fn a_sleeper_never_sleeps_through_a_batch_push() {
+        sleeper_against(|ring| assert_eq!(ring.try_push_many(&[7, 8]).unwrap(), 2));
+    }
+
+    /// One sleeper waiting for a value in a ring of two, against a waker that runs `push`
+    /// (which pushes 7 first) and then `notify_after_push`.
+    fn sleeper_against(push: fn(&IndexRing<'_>)) {
+        fn ring(words: &OwnedWords) -> IndexRing<'_> {
+            IndexRing::attach(&words.head, &words.tail, &words.slots)
+        }
+        loom::model(move || {
             let done = Arc::new(AtomicU64::new(0));
             WAKER_DONE.with(|slot| *slot.borrow_mut() = Some(done.clone()));
             SLEPT_THROUGH.with(|slept| slept.set(false));
             let shared = Arc::new((Signal::default(), OwnedWords::new(2)));
             shared.1.ring();
-            fn ring(words: &OwnedWords) -> IndexRing<'_> {
-                IndexRing::attach(&words.head, &words.tail, &words.slots)
-            }
             let waker = {
                 let shared = shared.clone();
                 loom::thread::spawn(move || {
                     let (signal, words) = &*shared;
-                    assert!(ring(words).try_push(7).unwrap());
+                    push(&ring(words));
                     signal.notify_after_push();
                     done.store(1, Ordering::SeqCst);
                 })
