@@ -43,7 +43,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{push, token, Queue};
+use super::{token, Queue};
 use crate::clock::Clock;
 use crate::participants::OwnerTag;
 use crate::slots::{State, Word};
@@ -307,11 +307,8 @@ impl<C: Clock> Queue<C> {
                     true
                 }
                 State::Free if word.pins == 0 && !free.contains(&filed) => {
-                    let pushed = push(self.free(), filed);
-                    if pushed {
-                        self.room_signal().notify(); // a publisher may wait for this one
-                    }
-                    pushed
+                    self.push_free(filed); // and wakes a publisher waiting for room
+                    true
                 }
                 State::Dead if !dead.contains(&filed) => {
                     self.file_dead(filed);
