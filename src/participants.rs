@@ -15,15 +15,15 @@
 //!
 //! | word | field        | written by                                         |
 //! |------|--------------|----------------------------------------------------|
-//! | 0    | `pid`        | the registering process: CAS from 0 or from a dead registration's word to its pid with bit 32 (`REGISTERING`) set, cleared once its start time is stored; CAS back to 0 when it leaves; a reaper CASes a dead registration's word to 0 |
-//! | 1    | `start_time` | the winner of the pid CAS: its start time (`/proc/PID/stat` field 22, clock ticks after boot), which tells a live process from a later one that reused the pid; always read after `pid`, so a pid without the flag is never judged by an earlier occupant's start time |
-//! | 2    | `epoch`      | the registering process: bumped at each registration |
-//! | 3    | `scheduling` | the participant: timers it is between marking due and linking into the wheel (see `queue::recovery`) |
-//! | 4    | `sleeping`   | the registering process sets the top 16 bits to its epoch's low 16 bits; the participant counts its threads asleep on the ready signal in bits 0..24 and those asleep on the room signal in bits 24..48 (see `wait`); whoever reaps its death takes those counts back off the signals, only while the epoch bits are still its |
+//! | 0    | `occupant`   | the registering process: its identity, pid in the low 32 bits and start time (`/proc/PID/stat` field 22, clock ticks after boot) modulo 2^32 above, which tells a live process from a later one that reused the pid ([`Occupant`]); CAS from 0 or from a dead registration's identity, CAS back to 0 when it leaves; a reaper CASes a dead registration's identity to 0 |
+//! | 1    | `epoch`      | the winner of the `occupant` CAS: bumped at each registration |
+//! | 2    | `scheduling` | the participant: timers it is between marking due and linking into the wheel (see `queue::recovery`) |
+//! | 3    | `sleeping`   | the registering process sets the top 16 bits to its epoch's low 16 bits; the participant counts its threads asleep on the ready signal in bits 0..24 and those asleep on the room signal in bits 24..48 (see `wait`); whoever reaps its death takes those counts back off the signals, only while the epoch bits are still its |
 //! | 8..  | `pin_marks`  | the participant: [`PIN_MARKS`] counters; `pin_marks[slot % PIN_MARKS]` counts the payload pins it holds or is about to take on such slots (see `queue::recovery`) |
 //!
 //! A participant is alive when its pid names a running process with the recorded start
-//! time. Values are checked like any other segment data: an id out of range or a zero pid
+//! time (one word, so a reaper's CAS frees an entry only from the very process it judged
+//! dead). Values are checked like any other segment data: an id out of range or a zero pid
 //! is simply not alive.
 //!
 //! # Owner tags
@@ -43,20 +43,18 @@ pub(crate) const PIN_MARKS: usize = 256;
 /// One table entry.
 #[repr(C, align(64))]
 pub(crate) struct Participant {
-    pid: AtomicU64,
-    start_time: AtomicU64,
+    occupant: AtomicU64,
     epoch: AtomicU64,
     scheduling: AtomicU64,
     sleeping: AtomicU64,
-    _reserved: [AtomicU64; 3],
+    _reserved: [AtomicU64; 4],
     pin_marks: [AtomicU64; PIN_MARKS],
 }
 
 impl Default for Participant {
     fn default() -> Self {
         Self {
-            pid: AtomicU64::default(),
-            start_time: AtomicU64::default(),
+            occupant: AtomicU64::default(),
             epoch: AtomicU64::default(),
             scheduling: AtomicU64::default(),
             sleeping: AtomicU64::default(),
@@ -163,7 +161,7 @@ fn no_sleepers(epoch: u64) -> u64 {
 }
 
 /// Takes the sleepers counted for the dead registration of `epoch` out of its entry's
-/// `sleeping` word. The pid CAS that reaped it has freed the entry already, so a new
+/// `sleeping` word. The occupant CAS that reaped it has freed the entry already, so a new
 /// registration may have taken them (then the word carries the new epoch and nothing is
 /// taken here) or may count sleepers of its own (never taken: they carry its epoch).
 fn take_sleepers(word: &AtomicU64, epoch: u64) -> Sleepers {
@@ -200,57 +198,72 @@ fn sleepers_of(word: u64, epoch: u64) -> Sleepers {
     }
 }
 
-/// Set in a `pid` word while its registration is in progress (see `take`): the start time
-/// beside it is not yet the registrant's.
-const REGISTERING: u64 = 1 << 32;
+/// A process's identity in one word, as an entry's `occupant` word holds it: the pid in
+/// the low 32 bits, the start time (clock ticks after boot, `/proc/PID/stat` field 22)
+/// modulo 2^32 above, with 0 there when it could not be read. A word of 0 is a free entry
+/// (no process has pid 0).
+///
+/// One word, so that taking, leaving and reaping an entry are each one CAS of the whole
+/// identity: a reaper that judged an occupant dead frees the entry only while that very
+/// process holds it, never a later registration by a process that reused its pid. (With
+/// the pid and the start time in two words, a reaper could read a dead process's pid, and
+/// free the entry after a process with the same pid had taken it.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Occupant(u64);
 
-/// An entry's pid word and start time, read in that order: beside a pid without
-/// [`REGISTERING`], the start time its registration stored (or a later registration's),
-/// never an earlier one's, since a registration stores its start time before it clears
-/// the flag.
-fn occupant(entry: &Participant) -> (u64, u64) {
-    let pid = entry.pid.load(Ordering::Acquire);
-    (pid, entry.start_time.load(Ordering::Acquire))
+impl Occupant {
+    const FREE: Self = Self(0);
+
+    /// The identity of the process `pid` started at `start_time` (`None`: not known).
+    fn new(pid: u32, start_time: Option<u64>) -> Self {
+        // A start time whose low 32 bits are 0 reads as 1: 0 means "not known".
+        let started = start_time.map_or(0, |ticks| ((ticks & 0xffff_ffff) as u32).max(1));
+        Self(u64::from(started) << 32 | u64::from(pid))
+    }
+
+    fn read(entry: &Participant) -> Self {
+        Self(entry.occupant.load(Ordering::Acquire))
+    }
+
+    fn pid(self) -> u32 {
+        (self.0 & 0xffff_ffff) as u32
+    }
+
+    /// The start time modulo 2^32, or 0 when it was not known.
+    fn started(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+
+    /// Whether this process runs: its pid names a running process that started at its
+    /// start time (at any time, when that was not known). A free entry, a garbage pid or a
+    /// later process with the pid does not.
+    fn runs(self) -> bool {
+        let pid = self.pid();
+        if pid == 0 {
+            return false;
+        }
+        // This process is judged without `/proc`, which a sandbox may hide.
+        if pid == std::process::id() {
+            return self.started() == 0 || self == this_process();
+        }
+        start_time(pid).is_some_and(|now| self.started() == 0 || self == Self::new(pid, Some(now)))
+    }
 }
 
-/// Whether the process that registered as the `pid` word with start time `recorded` runs
-/// (not a later one with its pid). A registration in progress is alive while a process
-/// with its pid is; a recorded start time of 0 (not readable when it registered) too.
-fn runs(pid: u64, recorded: u64) -> bool {
-    let registering = pid & REGISTERING != 0;
-    let Ok(pid) = u32::try_from(pid & !REGISTERING) else {
-        return false;
-    };
-    if pid == 0 {
-        return false;
-    }
-    if pid == std::process::id() {
-        return true;
-    }
-    match start_time(pid) {
-        Some(started) => registering || recorded == 0 || started == recorded,
-        None => false,
+/// This process's identity (read once per pid, so a forked child reads its own).
+fn this_process() -> Occupant {
+    static FIRST_READ: std::sync::OnceLock<Occupant> = std::sync::OnceLock::new();
+    let pid = std::process::id();
+    let first = *FIRST_READ.get_or_init(|| Occupant::new(pid, start_time(pid)));
+    if first.pid() == pid {
+        first
+    } else {
+        Occupant::new(pid, start_time(pid))
     }
 }
 
 fn token(id: u64, epoch: u64) -> u64 {
     (epoch & 0xffff) << ID_BITS | id
-}
-
-/// A process's identity: pid and start time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Process {
-    pid: u32,
-    start_time: u64,
-}
-
-/// This process.
-fn this_process() -> Process {
-    let pid = std::process::id();
-    Process {
-        pid,
-        start_time: start_time(pid).unwrap_or(0),
-    }
 }
 
 /// A process's start time, if it exists and still runs (a zombie, killed and not yet
@@ -296,6 +309,37 @@ pub(crate) struct Reaped {
     pub(crate) sleepers: Sleepers,
 }
 
+/// An entry's registration, judged dead by a reaper: the process that held the entry and
+/// the registration's epoch.
+#[derive(Clone, Copy, Debug)]
+struct Dead {
+    occupant: Occupant,
+    epoch: u64,
+}
+
+/// The registration in `entry`, if it is dead.
+fn judge(entry: &Participant) -> Option<Dead> {
+    let occupant = Occupant::read(entry);
+    if occupant == Occupant::FREE || occupant.runs() {
+        return None;
+    }
+    // Read after the occupant: its epoch, unless the entry changed hands since, and then
+    // the CAS in `free_dead` fails.
+    let epoch = entry.epoch.load(Ordering::Acquire);
+    Some(Dead { occupant, epoch })
+}
+
+/// Frees `entry` of the registration judged `dead`, if that process still holds it, and
+/// takes its threads still counted asleep. `None` when someone took the entry first (a
+/// registration, or another reaper: each dead registration is reaped once).
+fn free_dead(entry: &Participant, dead: Dead) -> Option<Sleepers> {
+    entry
+        .occupant
+        .compare_exchange(dead.occupant.0, 0, Ordering::AcqRel, Ordering::Relaxed)
+        .ok()?;
+    Some(take_sleepers(&entry.sleeping, dead.epoch))
+}
+
 /// The participant table of a region.
 #[derive(Clone, Copy)]
 pub(crate) struct Participants<'r> {
@@ -312,46 +356,29 @@ impl<'r> Participants<'r> {
     pub(crate) fn register(&self) -> Option<Registration> {
         let me = this_process();
         self.entries.iter().enumerate().find_map(|(index, entry)| {
-            let replaced = self.take(entry, &me)?;
-            Some(self.complete(index, entry, &me, replaced))
+            let replaced = Self::take(entry, me)?;
+            Some(Self::complete(index, entry, replaced))
         })
     }
 
-    /// Takes `entry` for `me` if it is free or its registration is dead: its pid word is
-    /// then `me`'s with [`REGISTERING`] set. Returns the pid word replaced (0 for a free
-    /// entry).
-    fn take(&self, entry: &Participant, me: &Process) -> Option<u64> {
-        let (pid, recorded) = occupant(entry);
-        // Judged by pid and start time, not by a token: the epoch moves on only after the
-        // pid CAS below, so a token read beside a new pid would name the previous
-        // registration, and read as dead.
-        let free = pid == 0 || !runs(pid, recorded);
-        // With the flag, whoever reads our pid before we store our start time judges us by
-        // the pid alone, never by the previous occupant's start time, by which it would
-        // judge us dead and free the entry under us. Only the winner of this CAS writes
-        // the start time.
-        let registering = u64::from(me.pid) | REGISTERING;
+    /// Takes `entry` for `me` if it is free or its registration is dead. Returns the
+    /// occupant replaced ([`Occupant::FREE`] for a free entry).
+    fn take(entry: &Participant, me: Occupant) -> Option<Occupant> {
+        let seen = Occupant::read(entry);
+        let free = seen == Occupant::FREE || !seen.runs();
         let taken = free
             && entry
-                .pid
-                .compare_exchange(pid, registering, Ordering::AcqRel, Ordering::Acquire)
+                .occupant
+                .compare_exchange(seen.0, me.0, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok();
-        taken.then_some(pid)
+        taken.then_some(seen)
     }
 
-    /// Finishes the registration of `me` in the entry at `index`, which [`take`](Self::take)
-    /// took from the registration of pid `replaced`.
-    fn complete(
-        &self,
-        index: usize,
-        entry: &Participant,
-        me: &Process,
-        replaced: u64,
-    ) -> Registration {
-        entry.start_time.store(me.start_time, Ordering::Release);
-        // Release: whoever reads the pid without the flag reads the start time above.
-        entry.pid.store(u64::from(me.pid), Ordering::Release);
-        // Only the winner of the pid CAS moves the epoch.
+    /// Finishes the registration in the entry at `index`, which [`take`](Self::take) took
+    /// from `replaced`.
+    fn complete(index: usize, entry: &Participant, replaced: Occupant) -> Registration {
+        // Only the winner of the occupant CAS moves the epoch. A reaper that reads the
+        // epoch before it moves cannot free the entry: its CAS expects the dead occupant.
         let replaced_epoch = entry.epoch.load(Ordering::Acquire);
         let epoch = replaced_epoch.wrapping_add(1);
         // The replaced registration's sleepers, unless a reaper took them already (it
@@ -370,7 +397,7 @@ impl<'r> Participants<'r> {
         entry.epoch.store(epoch, Ordering::Release);
         Registration {
             token: token(index as u64 + 1, epoch),
-            replaced_dead: replaced != 0,
+            replaced_dead: replaced != Occupant::FREE,
             dead_sleepers,
         }
     }
@@ -380,22 +407,8 @@ impl<'r> Participants<'r> {
     pub(crate) fn reap_dead(&self) -> Reaped {
         let mut reaped = Reaped::default();
         for entry in self.entries {
-            // Judged by pid and start time, as in `take` (a token read beside them
-            // could name a registration that has just moved on, and read as dead).
-            let (pid, recorded) = occupant(entry);
-            if pid == 0 || runs(pid, recorded) {
-                continue;
-            }
-            // The dead registration's epoch: only a pid CAS winner moves it, and the CAS
-            // below wins only if no one took the entry since.
-            let epoch = entry.epoch.load(Ordering::Acquire);
-            if entry
-                .pid
-                .compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
+            if let Some(sleepers) = judge(entry).and_then(|dead| free_dead(entry, dead)) {
                 reaped.registrations += 1;
-                let sleepers = take_sleepers(&entry.sleeping, epoch);
                 reaped.sleepers = reaped.sleepers.plus(sleepers);
             }
         }
@@ -408,13 +421,12 @@ impl<'r> Participants<'r> {
     /// (and owner tag) that no slot or lock of the old boot carries.
     pub(crate) fn forget_previous_boot(&self) {
         for entry in self.entries {
-            entry.start_time.store(0, Ordering::Relaxed);
             entry.scheduling.store(0, Ordering::Relaxed);
             entry.sleeping.store(0, Ordering::Relaxed);
             for mark in &entry.pin_marks {
                 mark.store(0, Ordering::Relaxed);
             }
-            entry.pid.store(0, Ordering::Release);
+            entry.occupant.store(0, Ordering::Release);
         }
     }
 
@@ -500,13 +512,12 @@ impl<'r> Participants<'r> {
         })
     }
 
-    /// Gives up the registration `token` (this process's). A CAS from this process's pid,
-    /// so that a registration that a reaper wrongly freed meanwhile (a pid reused within
-    /// the reaper's few instructions) cannot free the entry's next registration.
+    /// Gives up the registration `token` (this process's): a CAS from this process's
+    /// identity, which fails, harmlessly, if the entry is someone else's.
     pub(crate) fn leave(&self, token: u64) {
         if let Some(entry) = self.entry(token) {
-            let _ = entry.pid.compare_exchange(
-                u64::from(std::process::id()),
+            let _ = entry.occupant.compare_exchange(
+                this_process().0,
                 0,
                 Ordering::AcqRel,
                 Ordering::Relaxed,
@@ -526,25 +537,16 @@ impl<'r> Participants<'r> {
     /// Whether the registration `token` belongs to a running process (the one that
     /// registered, not a later one with its pid).
     pub(crate) fn is_alive(&self, token: u64) -> bool {
-        self.entry(token).is_some_and(|entry| {
-            let (pid, recorded) = occupant(entry);
-            runs(pid, recorded)
-        })
+        self.entry(token)
+            .is_some_and(|entry| Occupant::read(entry).runs())
     }
 
     /// Makes the registration `token` look like a process killed with SIGKILL: its entry
     /// names a process that has exited.
     #[cfg(all(test, not(loom), not(miri)))]
     pub(crate) fn forge_dead(&self, token: u64) {
-        let mut child = std::process::Command::new("true")
-            .spawn()
-            .expect("spawn true");
-        let pid = child.id();
-        let started = start_time(pid).unwrap_or(1);
-        child.wait().expect("wait for true");
         let entry = self.entry(token).expect("a live registration");
-        entry.start_time.store(started, Ordering::Release);
-        entry.pid.store(u64::from(pid), Ordering::Release);
+        entry.occupant.store(exited_process().0, Ordering::Release);
     }
 
     /// The pids of the live participants.
@@ -554,12 +556,21 @@ impl<'r> Participants<'r> {
             .enumerate()
             .map(|(index, entry)| token(index as u64 + 1, entry.epoch.load(Ordering::Acquire)))
             .filter(|&token| self.is_alive(token))
-            .filter_map(|token| {
-                let pid = self.entry(token)?.pid.load(Ordering::Relaxed) & !REGISTERING;
-                u32::try_from(pid).ok()
-            })
+            .filter_map(|token| Some(Occupant::read(self.entry(token)?).pid()))
             .collect()
     }
+}
+
+/// The identity of a process that has exited: one spawned and waited for.
+#[cfg(all(test, not(loom), not(miri)))]
+fn exited_process() -> Occupant {
+    let mut child = std::process::Command::new("true")
+        .spawn()
+        .expect("spawn true");
+    let pid = child.id();
+    let started = start_time(pid);
+    child.wait().expect("wait for true");
+    Occupant::new(pid, Some(started.unwrap_or(1)))
 }
 
 #[cfg(all(test, not(loom)))]
@@ -628,44 +639,31 @@ mod tests {
         assert_eq!(reaped, 0, "registrations of this live process were reaped");
     }
 
-    /// A reaper that looks while another process is between taking an entry from a dead
-    /// registration and completing its own sees that process alive: its pid with start
-    /// time 0, not with the dead one's start time, which would make it look dead and free
-    /// the entry under it (then a third process could take the entry, and recovery would
-    /// treat the live one's leases, pins and locks as a dead process's).
+    /// A reaper frees an entry only while the very process it judged dead holds it, not
+    /// once a later process with the same pid has registered there: with the pid alone in
+    /// the word the reaper compares, that live registration would be freed under it (and
+    /// recovery would then treat its leases, pins and locks as a dead process's).
     #[test]
     #[cfg(not(miri))]
-    fn a_registration_half_done_over_a_dead_one_is_not_reaped() {
+    fn a_reaper_never_frees_a_later_registration_of_a_reused_pid() {
         let entries = table(1);
         let participants = Participants::new(&entries);
-        let dead = participants.register().unwrap().token;
-        participants.forge_dead(dead);
-        let mut other = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        let other_process = Process {
-            pid: other.id(),
-            start_time: start_time(other.id()).unwrap(),
-        };
-        let replaced = participants.take(&entries[0], &other_process).unwrap();
-        assert_ne!(replaced, 0, "taken from the dead registration");
+        // An earlier process with this process's pid, now gone: another start time.
+        let me = this_process();
+        let earlier = Occupant::new(me.pid(), Some(u64::from(me.started()) + 1));
+        entries[0].occupant.store(earlier.0, Ordering::Relaxed);
+        let dead = judge(&entries[0]).expect("the earlier process is dead");
+        // Between the reaper's judgement and its CAS, this process takes the entry.
+        let registration = participants.register().unwrap();
+        assert!(registration.replaced_dead);
+        assert!(participants.is_alive(registration.token));
         assert_eq!(
-            participants.reap_dead().registrations,
-            0,
-            "a registration in progress was reaped"
+            free_dead(&entries[0], dead),
+            None,
+            "a live registration was freed"
         );
-        let registration = participants.complete(0, &entries[0], &other_process, replaced);
         assert!(participants.is_alive(registration.token));
         assert_eq!(participants.reap_dead().registrations, 0);
-        other.kill().unwrap();
-        other.wait().unwrap();
-        assert!(!participants.is_alive(registration.token));
-        assert_eq!(
-            participants.reap_dead().registrations,
-            1,
-            "reaped once dead"
-        );
     }
 
     #[test]
@@ -691,13 +689,6 @@ mod tests {
     /// comes late never takes the new registration's own sleepers.
     #[test]
     fn a_dead_registrations_sleepers_are_taken_once_and_never_a_live_ones() {
-        fn exited_process() -> (u64, u64) {
-            let mut child = std::process::Command::new("true").spawn().unwrap();
-            let pid = child.id();
-            let started = start_time(pid).unwrap_or(1);
-            child.wait().unwrap();
-            (u64::from(pid), started)
-        }
         for reaper_first in [true, false] {
             let entries = table(1);
             let participants = Participants::new(&entries);
@@ -713,13 +704,13 @@ mod tests {
                 .unwrap()
                 .count_in();
             let left = Sleepers { ready: 2, room: 1 };
-            let (pid, started) = exited_process();
-            entries[0].pid.store(pid, Ordering::Relaxed);
-            entries[0].start_time.store(started, Ordering::Relaxed);
+            entries[0]
+                .occupant
+                .store(exited_process().0, Ordering::Relaxed);
 
-            // A reaper's pid CAS frees the entry; it takes the sleepers right after, or
+            // A reaper's CAS frees the entry; it takes the sleepers right after, or
             // only once a new registration has taken the entry and counted a sleeper.
-            entries[0].pid.store(0, Ordering::Release);
+            entries[0].occupant.store(0, Ordering::Release);
             let taken_first = if reaper_first {
                 take_sleepers(&entries[0].sleeping, dead_epoch)
             } else {
@@ -755,19 +746,15 @@ mod tests {
     fn dead_or_garbage_entries_are_not_alive_and_are_reclaimed() {
         let entries = table(3);
         let participants = Participants::new(&entries);
-        // A process that exited: spawn one, wait for it, and forge its entry.
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let pid = child.id();
-        let started = start_time(pid).unwrap_or(1);
-        child.wait().unwrap();
-        entries[0].pid.store(u64::from(pid), Ordering::Relaxed);
-        entries[0].start_time.store(started, Ordering::Relaxed);
+        entries[0]
+            .occupant
+            .store(exited_process().0, Ordering::Relaxed);
         assert!(!participants.is_alive(1), "exited process");
         // pid 1 exists, but not with this start time: a reused pid.
-        entries[1].pid.store(1, Ordering::Relaxed);
-        entries[1].start_time.store(u64::MAX, Ordering::Relaxed);
+        let reused = Occupant::new(1, Some(u64::from(u32::MAX)));
+        entries[1].occupant.store(reused.0, Ordering::Relaxed);
         assert!(!participants.is_alive(2), "reused pid");
-        entries[2].pid.store(u64::MAX, Ordering::Relaxed);
+        entries[2].occupant.store(u64::MAX, Ordering::Relaxed);
         assert!(!participants.is_alive(3), "garbage pid");
         for token in [0, 4, 1 << 16 | 1, u64::MAX] {
             assert!(

@@ -419,7 +419,7 @@ mod tests {
         assert_eq!(room.wake_ups(), woken_room, "an ack makes no wake-up call");
     }
 
-    /// A reaper killed between freeing a dead entry (its pid CAS) and taking the sleepers
+    /// A reaper killed between freeing a dead entry (its occupant CAS) and taking the sleepers
     /// counted there leaves them in the entry: the next registration there uncounts them.
     #[test]
     fn sleepers_left_in_a_freed_entry_are_uncounted_by_its_next_registration() {
@@ -434,7 +434,7 @@ mod tests {
         );
         let token = victim.participant;
         std::mem::forget(victim); // SIGKILL in its sleep
-        survivor.participants().leave(token); // a reaper's pid CAS, then the reaper died
+        survivor.participants().leave(token); // a reaper's occupant CAS, then the reaper died
         assert_eq!(signal.sleepers(), 1);
 
         let _newcomer = Queue::open_file(&segment.0).unwrap(); // takes the freed entry
