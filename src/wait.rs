@@ -1,6 +1,6 @@
 //! Sleeping until something may have changed, without a busy CPU: a futex word in the
 //! region, shared between processes (not `FUTEX_PRIVATE`), which wakers bump and wake only
-//! when someone sleeps. A queue has two such signals: receivers sleep on the *ready* signal
+//! when someone sleeps (a mask of participant entries with sleepers is not zero). A queue has two such signals: receivers sleep on the *ready* signal
 //! until a message may be ready (publishers wake them), and publishers of a full queue
 //! (`FullPolicy::Block`) sleep on the *room* signal until a slot may be free (whoever frees
 //! one wakes them).
@@ -13,86 +13,98 @@
 //! | sleeper                                  | waker (after making a message ready, or scheduling a timer) |
 //! |------------------------------------------|----------------------------------------|
 //! | 1. `seen = seq`                          | a. push the token to the ready ring (or link the timer) |
-//! | 2. `waiters += 1`                        | b. if `waiters > 0`: `seq += 1`, wake   |
-//! | 3. look again; if found: `waiters -= 1`  |                                         |
+//! | 2. count in: `mine += 1`, `mask \|= bit` | b. if `mask != 0`: `seq += 1`, wake     |
+//! | 3. look again; if found: count out       |                                         |
 //! | 4. decide the timeout (next timer due)   |                                         |
 //! | 5. `futex_wait(seq, seen, timeout)`      |                                         |
-//! | 6. `waiters -= 1`                        |                                         |
+//! | 6. count out: `mine -= 1`, put the bit right |                                     |
 //!
 //! A SeqCst fence sits between each side's two steps (after 2, before b's load), so the
 //! fences are ordered one way or the other: if the waker's comes second, its load of
-//! `waiters` sees the increment (then it bumps `seq`, and the kernel's check of `seq`
+//! the mask sees the bit (then it bumps `seq`, and the kernel's check of `seq`
 //! against `seen` in 5 fails or the wake-up arrives); if the sleeper's comes second, its
 //! look in 3 sees the push in a, and its timeout in 4 the timer. Where step a is a push to
 //! an index ring, whose slot CAS is SeqCst, that CAS takes the waker's fence's place
 //! ([`Signal::notify_after_push`]): a publish or an ack with no sleeper then costs one
 //! load of a line that is written only when someone goes to sleep.
 //!
-//! # Sleepers killed in their sleep
+//! # Who is asleep: a bit per participant entry
 //!
-//! A process killed (SIGKILL) while one of its threads sleeps never takes that thread off
-//! `waiters`, and every publish (or ack) after would then pay a wake system call for no one.
-//! So a sleeper also counts itself in its registration's own word (`Participants::sleeping`,
-//! one count per signal),
-//! after its increment of `waiters` and before its decrement, with release order: whoever
-//! reaps the dead registration takes that word's count off `waiters`
-//! ([`forget_dead_sleepers`](Signal::forget_dead_sleepers)). A kill between the two steps
-//! leaves `waiters` one too high, a spurious wake per publish, never one too low, which
-//! would leave a live sleeper unwoken.
+//! A sleeper counts itself in its participant entry's own count for the signal
+//! (`Participants::sleeping`, a word of the entry), and the signal keeps a *mask* with the
+//! entry's bit set while that count is not zero. Wakers read only the mask.
+//!
+//! Why not one count of sleepers in the signal: a process killed (SIGKILL) between its
+//! steps on two words (the signal's count and its entry's) left the shared count one too
+//! high, and every publish (or ack) after paid a wake system call for no one, for as long
+//! as the segment lived. A bit is put right from the entry's count alone, by anyone:
+//! whoever reaps a dead registration clears its counts and then puts its bits right, and
+//! no thread's death can leave them wrong.
+//!
+//! *Putting a bit right* ([`Signal::put_right`]): read the count, set the bit if it is not
+//! zero (else clear it), read the count again, and start over if it moved. Every change of
+//! a count is followed by its changer putting the bit right, and (all of it SeqCst, in one
+//! total order) the last one to change the bit read the count after the count's last
+//! change, so the bit ends right. Meanwhile a bit may be clear while a thread of the entry
+//! sleeps (a sibling cleared it as it counted itself out, just as the sleeper counted
+//! itself in); whoever sets a clear bit again therefore also wakes the signal's sleepers,
+//! in case a waker passed them by in that moment.
 
-use crate::participants::OwnSleeper;
-use crate::sync::{fence, AtomicU32, Ordering};
+use crate::participants::SleeperCount;
+use crate::sync::{fence, AtomicU32, AtomicU64, Ordering};
 
-/// A futex word and its sleeper count, on their own cache lines.
+/// A futex word and its mask of entries with sleepers, on their own cache lines.
 #[repr(C, align(128))]
 #[derive(Default)]
 pub(crate) struct Signal {
     seq: AtomicU32,
-    waiters: AtomicU32,
+    /// Bit `i`: participant entry `i` counts threads asleep here (see the module docs).
+    sleeping_entries: AtomicU64,
 }
 
 impl Signal {
     /// After a reboot: the sleepers counted belonged to the ended boot.
     pub(crate) fn forget_sleepers(&self) {
-        self.waiters.store(0, Ordering::SeqCst);
+        self.sleeping_entries.store(0, Ordering::SeqCst);
     }
 
-    /// Takes `sleepers` that were killed in their sleep off the count (see the module docs).
-    pub(crate) fn forget_dead_sleepers(&self, sleepers: u64) {
-        if sleepers == 0 {
-            return;
-        }
-        let sleepers = u32::try_from(sleepers).unwrap_or(u32::MAX);
-        // A few tries: live sleepers come and go meanwhile, and only a process writing
-        // garbage could make every try fail (then the count stays high: spurious wakes).
-        let mut seen = self.waiters.load(Ordering::SeqCst);
-        for _ in 0..8 {
-            let rest = seen.saturating_sub(sleepers);
-            match self
-                .waiters
-                .compare_exchange_weak(seen, rest, Ordering::SeqCst, Ordering::SeqCst)
-            {
-                Ok(_) => return,
-                Err(now) => seen = now,
+    /// Counts the calling thread asleep: in its entry's count, then in the mask.
+    fn count_in(&self, mine: SleeperCount<'_>) {
+        mine.count_in();
+        self.sleeping_entries.fetch_or(mine.bit(), Ordering::SeqCst);
+    }
+
+    /// Undoes [`count_in`](Self::count_in).
+    fn count_out(&self, mine: SleeperCount<'_>) {
+        mine.count_out();
+        self.put_right(mine);
+    }
+
+    /// Sets the bit of `count`'s entry in the mask if its count is not zero, and clears it
+    /// otherwise (see the module docs). Called after every change of the count, by the
+    /// changer; anyone may call it at any time.
+    pub(crate) fn put_right(&self, count: SleeperCount<'_>) {
+        let bit = count.bit();
+        let mut seen = count.count();
+        loop {
+            let mask = self.sleeping_entries.load(Ordering::SeqCst);
+            if (seen != 0) != (mask & bit != 0) {
+                if seen != 0 {
+                    let before = self.sleeping_entries.fetch_or(bit, Ordering::SeqCst);
+                    if before & bit == 0 {
+                        // A waker may have found the bit clear while a sleeper was counted.
+                        self.wake_everyone();
+                    }
+                } else {
+                    self.sleeping_entries.fetch_and(!bit, Ordering::SeqCst);
+                }
             }
+            let now = count.count();
+            if now == seen {
+                return;
+            }
+            seen = now;
         }
-    }
-
-    /// Counts the calling thread asleep: in `waiters`, then in `mine` (its registration's
-    /// own count, if any; see the module docs).
-    fn count_in(&self, mine: Option<OwnSleeper<'_>>) {
-        self.waiters.fetch_add(1, Ordering::SeqCst);
-        if let Some(mine) = mine {
-            mine.count_in();
-        }
-    }
-
-    /// Undoes [`count_in`](Self::count_in), in the opposite order.
-    fn count_out(&self, mine: Option<OwnSleeper<'_>>) {
-        if let Some(mine) = mine {
-            mine.count_out();
-        }
-        self.waiters.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Wakes every sleeper, if there is one (after a message became ready, or a slot free).
@@ -128,22 +140,26 @@ impl Signal {
 
     #[inline]
     fn wake_if_waited_on(&self) {
-        if self.waiters.load(Ordering::SeqCst) != 0 {
-            self.seq.fetch_add(1, Ordering::SeqCst);
-            wake_all(&self.seq);
+        if self.sleeping_entries.load(Ordering::SeqCst) != 0 {
+            self.wake_everyone();
         }
+    }
+
+    fn wake_everyone(&self) {
+        self.seq.fetch_add(1, Ordering::SeqCst);
+        wake_all(&self.seq);
     }
 
     /// Returns what `look` finds, sleeping between looks until a [`notify`](Self::notify),
     /// or until `sleep_for` says how long is left (`None`: no more waiting). `sleep_for` is
     /// asked while this sleeper is counted, so what a waker did before its `notify` is
-    /// seen by it (or the waker wakes it). `mine` is the caller's registration's count of
-    /// sleepers, if it has one (see the module docs).
+    /// seen by it (or the waker wakes it). `mine` is the caller's entry's count of sleepers
+    /// on this signal (see the module docs).
     pub(crate) fn wait_for<T>(
         &self,
         mut look: impl FnMut() -> Option<T>,
         mut sleep_for: impl FnMut() -> Option<std::time::Duration>,
-        mine: Option<OwnSleeper<'_>>,
+        mine: SleeperCount<'_>,
     ) -> Option<T> {
         loop {
             if let Some(found) = look() {
@@ -151,7 +167,7 @@ impl Signal {
             }
             let seen = self.seq.load(Ordering::SeqCst);
             self.count_in(mine);
-            // Orders the increment before the look below. How long to sleep is decided
+            // Orders the count (the mask's bit) before the look below. How long to sleep is decided
             // after the fence too: it depends on the timers (the next one due), and a waker
             // that scheduled one before our fence is seen here, while one after it sees us
             // waiting and wakes us.
@@ -175,15 +191,16 @@ impl Signal {
         }
     }
 
-    /// Sleepers now.
-    pub(crate) fn sleepers(&self) -> u32 {
-        self.waiters.load(Ordering::SeqCst)
+    /// The mask of entries with sleepers (see the module docs; for tests).
+    #[cfg(test)]
+    pub(crate) fn sleeping_entries(&self) -> u64 {
+        self.sleeping_entries.load(Ordering::SeqCst)
     }
 
     /// Counts a sleeper that never sleeps (as one killed in its sleep), so that every
     /// `notify` shows (for tests).
     #[cfg(all(test, not(loom)))]
-    pub(crate) fn count_a_sleeper(&self, mine: Option<OwnSleeper<'_>>) {
+    pub(crate) fn count_a_sleeper(&self, mine: SleeperCount<'_>) {
         self.count_in(mine);
     }
 
@@ -238,26 +255,27 @@ mod loom_models {
     use std::cell::{Cell, RefCell};
 
     std::thread_local! {
-        /// Set by the model: 1 once the waker is done, so no wake-up can come any more.
-        static WAKER_DONE: RefCell<Option<Arc<AtomicU64>>> = const { RefCell::new(None) };
+        /// Set by the model: how many of the threads that may wake the sleeper are done,
+        /// and how many there are; once all are, no wake-up can come any more.
+        static WAKERS_DONE: RefCell<Option<(Arc<AtomicU64>, u64)>> = const { RefCell::new(None) };
         /// Whether a sleep would have lasted its whole nap, the waker done and no wake-up.
         static SLEPT_THROUGH: Cell<bool> = const { Cell::new(false) };
     }
 
     /// Sleeps as a futex wait would: until `word` moves from `seen` (a wake-up). Once the
-    /// waker is done and `word` has not moved, the sleep would last its whole nap: noted,
+    /// wakers are done and `word` has not moved, the sleep would last its whole nap: noted,
     /// and ended. `false` (no sleep) outside the model below.
     pub(super) fn futex_sleep(word: &AtomicU32, seen: u32) -> bool {
-        let Some(done) = WAKER_DONE.with(|done| done.borrow().clone()) else {
+        let Some((done, wakers)) = WAKERS_DONE.with(|done| done.borrow().clone()) else {
             return false;
         };
         loop {
             // `done` first: a wake-up before it is then seen in `word`.
-            let waker_done = done.load(Ordering::SeqCst) == 1;
+            let wakers_done = done.load(Ordering::SeqCst) == wakers;
             if word.load(Ordering::SeqCst) != seen {
                 return true;
             }
-            if waker_done {
+            if wakers_done {
                 SLEPT_THROUGH.with(|slept| slept.set(true));
                 return true;
             }
@@ -270,50 +288,78 @@ mod loom_models {
     /// is woken, never left asleep for its whole nap.
     #[test]
     fn a_sleeper_never_sleeps_through_a_push() {
-        sleeper_against(|ring| assert!(ring.try_push(7).unwrap()));
+        sleeper_against(|ring| assert!(ring.try_push(7).unwrap()), false);
+    }
+
+    /// The same while a sibling thread (of the same participant entry) counts itself in
+    /// and out: as it counts out it may clear the entry's bit just as the sleeper counts
+    /// itself in, and a waker may then find no bit; the sibling then sets the bit again and
+    /// wakes the sleeper (fails without that wake-up).
+    #[test]
+    fn a_sleeper_never_sleeps_through_a_push_while_a_sibling_counts_out() {
+        sleeper_against(|ring| assert!(ring.try_push(7).unwrap()), true);
     }
 
     /// The same for a batch push (`publish_batch`, `ack_batch`), whose first value the
     /// sleeper takes.
     #[test]
     fn a_sleeper_never_sleeps_through_a_batch_push() {
-        sleeper_against(|ring| assert_eq!(ring.try_push_many(&[7, 8]).unwrap(), 2));
+        sleeper_against(
+            |ring| assert_eq!(ring.try_push_many(&[7, 8]).unwrap(), 2),
+            false,
+        );
     }
 
     /// One sleeper waiting for a value in a ring of two, against a waker that runs `push`
-    /// (which pushes 7 first) and then `notify_after_push`.
-    fn sleeper_against(push: fn(&IndexRing<'_>)) {
+    /// (which pushes 7 first) and then `notify_after_push`; with `sibling`, a third thread
+    /// counts itself in and out of the sleeper's entry meanwhile.
+    fn sleeper_against(push: fn(&IndexRing<'_>), sibling: bool) {
         fn ring(words: &OwnedWords) -> IndexRing<'_> {
             IndexRing::attach(&words.head, &words.tail, &words.slots)
         }
         loom::model(move || {
             let done = Arc::new(AtomicU64::new(0));
-            WAKER_DONE.with(|slot| *slot.borrow_mut() = Some(done.clone()));
+            let wakers = if sibling { 2 } else { 1 };
+            WAKERS_DONE.with(|slot| *slot.borrow_mut() = Some((done.clone(), wakers)));
             SLEPT_THROUGH.with(|slept| slept.set(false));
-            let shared = Arc::new((Signal::default(), OwnedWords::new(2)));
+            let shared = Arc::new((Signal::default(), OwnedWords::new(2), AtomicU64::new(0)));
             shared.1.ring();
             let waker = {
-                let shared = shared.clone();
+                let (shared, done) = (shared.clone(), done.clone());
                 loom::thread::spawn(move || {
-                    let (signal, words) = &*shared;
+                    let (signal, words, _) = &*shared;
                     push(&ring(words));
                     signal.notify_after_push();
-                    done.store(1, Ordering::SeqCst);
+                    done.fetch_add(1, Ordering::SeqCst);
                 })
             };
-            let (signal, words) = &*shared;
+            let sibling = sibling.then(|| {
+                let shared = shared.clone();
+                loom::thread::spawn(move || {
+                    let (signal, _, count) = &*shared;
+                    let mine = SleeperCount::standalone(count);
+                    signal.count_in(mine);
+                    signal.count_out(mine);
+                    done.fetch_add(1, Ordering::SeqCst);
+                })
+            });
+            let (signal, words, count) = &*shared;
             let found = signal.wait_for(
                 || ring(words).try_pop().unwrap(),
                 || Some(std::time::Duration::from_secs(1)),
-                None,
+                SleeperCount::standalone(count),
             );
             waker.join().unwrap();
-            WAKER_DONE.with(|slot| *slot.borrow_mut() = None);
+            if let Some(sibling) = sibling {
+                sibling.join().unwrap();
+            }
+            WAKERS_DONE.with(|slot| *slot.borrow_mut() = None);
             assert_eq!(found, Some(7));
             assert!(
                 !SLEPT_THROUGH.with(Cell::get),
                 "slept through the push: no wake-up came"
             );
+            assert_eq!(signal.sleeping_entries(), 0, "counted out");
         });
     }
 }
@@ -327,6 +373,8 @@ mod tests {
     #[test]
     fn a_sleeper_is_woken_by_a_notify_and_finds_what_was_made_ready() {
         let signal = Signal::default();
+        let count = crate::sync::AtomicU64::new(0);
+        let mine = SleeperCount::standalone(&count);
         let ready = AtomicBool::new(false);
         std::thread::scope(|s| {
             let sleeper = s.spawn(|| {
@@ -337,12 +385,12 @@ mod tests {
                             .then_some(())
                     },
                     || Some(Duration::from_secs(3600)),
-                    None,
+                    mine,
                 )
             });
-            // Publish only once the sleeper has registered (it may still be about to sleep:
-            // the protocol covers both).
-            while signal.sleepers() == 0 {
+            // Publish only once the sleeper has counted itself (it may still be about to
+            // sleep: the protocol covers both).
+            while signal.sleeping_entries() == 0 {
                 std::thread::yield_now();
             }
             ready.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -353,17 +401,18 @@ mod tests {
                 "woken, not timed out (an hour)"
             );
         });
-        assert_eq!(signal.sleepers(), 0);
+        assert_eq!((signal.sleeping_entries(), mine.count()), (0, 0));
     }
 
     #[test]
     fn waiting_ends_when_time_is_up() {
         let signal = Signal::default();
+        let count = crate::sync::AtomicU64::new(0);
         let give_up = Instant::now() + Duration::from_millis(20);
         let found: Option<()> = signal.wait_for(
             || None,
             || give_up.checked_duration_since(Instant::now()),
-            None,
+            SleeperCount::standalone(&count),
         );
         assert_eq!(found, None);
         assert!(Instant::now() >= give_up);

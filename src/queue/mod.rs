@@ -42,7 +42,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::clock::{nanos, Clock, MonotonicClock};
 use crate::dedup::{DedupError, DedupTable};
 use crate::id::{IdSource, MessageId};
-use crate::participants::{OwnerTag, Participants, Sleepers, SleepsOn};
+use crate::participants::{OwnerTag, Participants, SleepsOn};
 use crate::region::Region;
 use crate::ring::index::IndexRing;
 use crate::slots::{MessageStore, Meta, State, TransitionError, Word};
@@ -409,8 +409,8 @@ impl<C: Clock> Queue<C> {
             Attach::AfterReboot => queue.rebase_after_reboot(),
             Attach::Existing => {
                 // Sleepers of the registration this entry held, if it died in their sleep:
-                // also when a reaper freed the entry but did not get to take them.
-                queue.forget_dead_sleepers(registration.dead_sleepers);
+                // also when a reaper freed the entry but died before it put the bits right.
+                queue.put_sleepers_right();
                 if registration.replaced_dead {
                     queue.note_deaths(1);
                 }
@@ -792,10 +792,21 @@ impl<C: Clock> Queue<C> {
         &self.region.sections().shared.room_signal
     }
 
-    /// Takes threads of dead registrations, killed in their sleep, off the signals' counts.
-    pub(crate) fn forget_dead_sleepers(&self, sleepers: Sleepers) {
-        self.ready_signal().forget_dead_sleepers(sleepers.ready);
-        self.room_signal().forget_dead_sleepers(sleepers.room);
+    /// Puts every entry's bits in the signals' masks of sleepers right (see `wait`): after
+    /// the sleeper counts of dead registrations (killed in their sleep) were cleared.
+    pub(crate) fn put_sleepers_right(&self) {
+        let participants = self.participants();
+        for (on, signal) in [
+            (SleepsOn::Ready, self.ready_signal()),
+            (SleepsOn::Room, self.room_signal()),
+        ] {
+            for index in 0.. {
+                let Some(count) = participants.sleepers_in(index, on) else {
+                    break;
+                };
+                signal.put_right(count);
+            }
+        }
     }
 
     /// Checks what must hold unless another process corrupted the region (see `trusted`).
@@ -990,12 +1001,7 @@ impl<C: Clock> Queue<C> {
         if let Some(found) = look_while_spinning(started, timeout, &mut look) {
             return Some(found);
         }
-        // Only a shared region's sleepers can be killed in their sleep (see `wait`).
-        let mine = if self.trusted {
-            None
-        } else {
-            self.participants().sleeping(self.participant, on)
-        };
+        let mine = self.participants().sleeping(self.participant, on);
         let signal = match on {
             SleepsOn::Ready => self.ready_signal(),
             SleepsOn::Room => self.room_signal(),
@@ -1437,8 +1443,8 @@ impl<C: Clock> Queue<C> {
             delayed: stats.delayed,
             in_flight: stats.in_flight,
             dead: stats.dead,
-            sleeping_receivers: u64::from(self.ready_signal().sleepers()),
-            sleeping_publishers: u64::from(self.room_signal().sleepers()),
+            sleeping_receivers: self.participants().sleepers(SleepsOn::Ready),
+            sleeping_publishers: self.participants().sleepers(SleepsOn::Room),
             ..self.counters().snapshot()
         }
     }

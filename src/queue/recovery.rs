@@ -122,9 +122,13 @@ impl<C: Clock> Queue<C> {
                 )
                 .is_ok()
         {
-            let reaped = self.participants().reap_dead();
-            self.forget_dead_sleepers(reaped.sleepers);
-            self.note_deaths(reaped.registrations);
+            let participants = self.participants();
+            let reaped = participants.reap_dead();
+            // Also after a reaper that died before it put things right (cheap: a few
+            // loads per entry, every LIVENESS_INTERVAL).
+            participants.clear_sleepers_of_free_entries();
+            self.put_sleepers_right();
+            self.note_deaths(reaped);
             self.note_clock(now);
         }
         let deaths = words.deaths.0.load(Ordering::Acquire);
@@ -374,6 +378,22 @@ mod tests {
         }
     }
 
+    /// The sleepers counted now, and the entries with sleepers in the signals' masks, as
+    /// (ready, room) pairs.
+    fn asleep(queue: &Queue) -> [(u64, u32); 2] {
+        let stats = queue.stats();
+        [
+            (
+                stats.sleeping_receivers,
+                queue.ready_signal().sleeping_entries().count_ones(),
+            ),
+            (
+                stats.sleeping_publishers,
+                queue.room_signal().sleeping_entries().count_ones(),
+            ),
+        ]
+    }
+
     /// Threads of killed processes that were asleep on a signal stay counted, and every
     /// publish (ready signal) or ack (room signal) would wake them with a system call for
     /// ever; reaping a death (by the liveness check, or by a registration that takes over
@@ -394,11 +414,11 @@ mod tests {
             std::mem::forget(victim);
             survivor.participants().forge_dead(token);
         }
-        assert_eq!((ready.sleepers(), room.sleepers()), (2, 2));
+        assert_eq!(asleep(&survivor), [(2, 2), (2, 2)]);
 
         // A new handle takes over one dead entry, and the sleepers counted there.
         let newcomer = Queue::open_file(&segment.0).unwrap();
-        assert_eq!((ready.sleepers(), room.sleepers()), (1, 1));
+        assert_eq!(asleep(&survivor), [(1, 1), (1, 1)]);
         // The liveness check reaps the other.
         survivor
             .recovery_words()
@@ -406,7 +426,7 @@ mod tests {
             .0
             .store(0, Ordering::Relaxed);
         survivor.recover_if_needed(survivor.now());
-        assert_eq!((ready.sleepers(), room.sleepers()), (0, 0));
+        assert_eq!(asleep(&survivor), [(0, 0), (0, 0)]);
 
         let (woken_ready, woken_room) = (ready.wake_ups(), room.wake_ups());
         newcomer.publish(b"no one to wake").unwrap();
@@ -419,26 +439,33 @@ mod tests {
         assert_eq!(room.wake_ups(), woken_room, "an ack makes no wake-up call");
     }
 
-    /// A reaper killed between freeing a dead entry (its occupant CAS) and taking the sleepers
-    /// counted there leaves them in the entry: the next registration there uncounts them.
+    /// A reaper killed between freeing a dead entry (its occupant CAS) and clearing the
+    /// sleepers counted there leaves them in the entry: the next registration there clears
+    /// them, and so does the liveness check while the entry stays free.
     #[test]
-    fn sleepers_left_in_a_freed_entry_are_uncounted_by_its_next_registration() {
+    fn sleepers_left_in_a_freed_entry_are_uncounted() {
         let segment = TempSegment::new("freed-sleepers");
         let survivor = Queue::create_file(&segment.0, QueueConfig::new(8, 32)).unwrap();
         let signal = survivor.ready_signal();
-        let victim = Queue::open_file(&segment.0).unwrap();
-        signal.count_a_sleeper(
-            victim
-                .participants()
-                .sleeping(victim.participant, SleepsOn::Ready),
-        );
-        let token = victim.participant;
-        std::mem::forget(victim); // SIGKILL in its sleep
-        survivor.participants().leave(token); // a reaper's occupant CAS, then the reaper died
-        assert_eq!(signal.sleepers(), 1);
+        let victims = [(); 2].map(|()| Queue::open_file(&segment.0).unwrap());
+        for victim in victims {
+            let participants = victim.participants();
+            signal.count_a_sleeper(participants.sleeping(victim.participant, SleepsOn::Ready));
+            let token = victim.participant;
+            std::mem::forget(victim); // SIGKILL in its sleep
+            survivor.participants().leave(token); // a reaper's occupant CAS, then it died
+        }
+        assert_eq!(asleep(&survivor)[0], (2, 2));
 
-        let _newcomer = Queue::open_file(&segment.0).unwrap(); // takes the freed entry
-        assert_eq!(signal.sleepers(), 0);
+        let _newcomer = Queue::open_file(&segment.0).unwrap(); // takes one freed entry
+        assert_eq!(asleep(&survivor)[0], (1, 1));
+        survivor
+            .recovery_words()
+            .next_check
+            .0
+            .store(0, Ordering::Relaxed);
+        survivor.recover_if_needed(survivor.now()); // the liveness check: the other
+        assert_eq!(asleep(&survivor)[0], (0, 0));
     }
 
     /// A process that registers while a sweep runs, after the sweep looked at who is
@@ -536,7 +563,7 @@ mod tests {
         std::mem::forget(victim);
         survivor.participants().forge_dead(token);
 
-        assert_eq!(survivor.participants().reap_dead().registrations, 1);
+        assert_eq!(survivor.participants().reap_dead(), 1);
         let now = survivor.now();
         let sweep = survivor
             .wheel()

@@ -707,7 +707,7 @@ fn a_delayed_publish_wakes_a_receiver_asleep_on_an_empty_queue() {
                 std::time::Instant::now(),
             )
         });
-        while queue.ready_signal().sleepers() == 0 {
+        while queue.stats().sleeping_receivers == 0 {
             std::thread::yield_now(); // until the receiver sleeps
         }
         let delay = Duration::from_millis(20);
@@ -743,7 +743,11 @@ fn linking_a_timer_wakes_the_sleepers() {
         ..QueueConfig::new(1, 8)
     });
     let signal = queue.ready_signal();
-    signal.count_a_sleeper(None);
+    signal.count_a_sleeper(
+        queue
+            .participants()
+            .sleeping(queue.participant, SleepsOn::Ready),
+    );
     queue.publish(b"first").unwrap();
     let woken = signal.wake_ups();
     let first = queue.try_receive().unwrap();
