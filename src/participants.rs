@@ -18,7 +18,7 @@
 //! | 0    | `occupant`   | the registering process: its identity, pid in the low 32 bits and start time (`/proc/PID/stat` field 22, clock ticks after boot) modulo 2^32 above, which tells a live process from a later one that reused the pid ([`Occupant`]); CAS from 0 or from a dead registration's identity, CAS back to 0 when it leaves; a reaper CASes a dead registration's identity to 0 |
 //! | 1    | `epoch`      | the winner of the `occupant` CAS: bumped at each registration |
 //! | 2    | `scheduling` | the participant: timers it is between marking due and linking into the wheel (see `queue::recovery`) |
-//! | 3    | `sleeping`   | the registering process sets the top 16 bits to its epoch's low 16 bits; the participant counts its threads asleep on the ready signal in bits 0..24 and those asleep on the room signal in bits 24..48 (see `wait`); whoever reaps its death, or later finds its entry free with counts left, clears them (only while the epoch bits are still its) and puts the signals' masks of entries with sleepers right; a registration starts them at zero |
+//! | 3    | `sleeping`   | the registering process sets the top 16 bits to its epoch's low 16 bits; the participant counts its threads asleep on the ready signal in bits 0..24 and those asleep on the room signal in bits 24..48 (see `wait`); whoever reaps its death clears them (a CAS, only while the epoch bits are still its), as does the liveness check for counts left in a free entry (a CAS from the word it read between two looks that found the entry free); a registration starts them at zero; the signals' masks of entries with sleepers are then put right from them (see `wait`) |
 //! | 8..  | `pin_marks`  | the participant: [`PIN_MARKS`] counters; `pin_marks[slot % PIN_MARKS]` counts the payload pins it holds or is about to take on such slots (see `queue::recovery`) |
 //!
 //! A participant is alive when its pid names a running process with the recorded start
@@ -88,6 +88,9 @@ const SLEEPER_BITS: u32 = 48;
 /// of one process asleep on one signal at once.
 const COUNT_BITS: u32 = 24;
 
+/// One count, shifted down.
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+
 /// What a sleeping thread waits for; each has its own signal and its own count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SleepsOn {
@@ -131,20 +134,28 @@ impl<'r> SleeperCount<'r> {
         Self::of(word, SleepsOn::Ready, 0)
     }
 
-    /// Counts a thread in. SeqCst, as every access to the count and the signal's mask: the
-    /// reasoning in `wait` takes them in one total order.
-    pub(crate) fn count_in(&self) {
-        self.word.fetch_add(1 << self.shift, Ordering::SeqCst);
+    /// Counts a thread in; returns how many were counted before. SeqCst, as every access
+    /// to the count and the signal's mask: the reasoning in `wait` takes them in one total
+    /// order.
+    pub(crate) fn count_in(&self) -> u64 {
+        let before = self.word.fetch_add(1 << self.shift, Ordering::SeqCst);
+        (before >> self.shift) & COUNT_MASK
     }
 
-    /// Undoes [`count_in`](Self::count_in).
+    /// Undoes [`count_in`](Self::count_in). A count already at zero (cleared under a live
+    /// thread, which only a wrong verdict of death could do) stays at zero rather than
+    /// borrow from the bits above it.
     pub(crate) fn count_out(&self) {
-        self.word.fetch_sub(1 << self.shift, Ordering::SeqCst);
+        let _ = self
+            .word
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |word| {
+                ((word >> self.shift) & COUNT_MASK != 0).then(|| word - (1 << self.shift))
+            });
     }
 
     /// Threads counted now (whichever registration's: a dead one's until it is cleared).
     pub(crate) fn count(&self) -> u64 {
-        (self.word.load(Ordering::SeqCst) >> self.shift) & ((1 << COUNT_BITS) - 1)
+        (self.word.load(Ordering::SeqCst) >> self.shift) & COUNT_MASK
     }
 
     /// The entry's bit in a signal's mask.
@@ -218,17 +229,20 @@ impl Occupant {
 
     /// Whether this process runs: its pid names a running process that started at its
     /// start time (at any time, when that was not known). A free entry, a garbage pid or a
-    /// later process with the pid does not.
+    /// later process with the pid does not. When `/proc` cannot tell, it is taken to run:
+    /// a live process judged dead would lose its entry, leases and locks, while a dead one
+    /// judged alive is only reaped at a later look.
     fn runs(self) -> bool {
         let pid = self.pid();
         if pid == 0 {
             return false;
         }
-        match start_time(pid) {
-            Some(now) => self.started() == 0 || self == Self::new(pid, Some(now)),
-            // This process runs, even when it cannot read its own start time (a `/proc`
-            // hidden or out of file descriptors): it must never reap itself.
-            None => pid == std::process::id(),
+        match look_up(pid) {
+            Seen::Running { start_time } => {
+                self.started() == 0 || self == Self::new(pid, Some(start_time))
+            }
+            Seen::Gone => false,
+            Seen::Unknown => true,
         }
     }
 }
@@ -237,32 +251,63 @@ impl Occupant {
 /// start time, and a failed read must not stick).
 fn this_process() -> Occupant {
     let pid = std::process::id();
-    Occupant::new(pid, start_time(pid))
+    Occupant::new(pid, look_up(pid).start_time())
 }
 
 fn token(id: u64, epoch: u64) -> u64 {
     (epoch & 0xffff) << ID_BITS | id
 }
 
-/// A process's start time, if it exists and still runs (a zombie, killed and not yet
-/// reaped by its parent, runs no more code: it counts as gone) and its `/proc` entry can be
-/// read.
-fn start_time(pid: u32) -> Option<u64> {
+/// What `/proc` says of a pid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Seen {
+    /// A process runs with this pid, started `start_time` clock ticks after boot.
+    Running { start_time: u64 },
+    /// No process has this pid, or a zombie (killed and not yet reaped by its parent: it
+    /// runs no more code).
+    Gone,
+    /// `/proc` could not tell (out of file descriptors, say, or an unexpected format).
+    Unknown,
+}
+
+impl Seen {
+    fn start_time(self) -> Option<u64> {
+        match self {
+            Self::Running { start_time } => Some(start_time),
+            Self::Gone | Self::Unknown => None,
+        }
+    }
+}
+
+/// Looks `pid` up in `/proc` (field 22 of its `stat`, and its state).
+fn look_up(pid: u32) -> Seen {
     #[cfg(all(target_os = "linux", not(miri), not(loom)))]
     {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => stat,
+            // ESRCH: the process exited while its file was being read.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Seen::Gone,
+            Err(error) if error.raw_os_error() == Some(3) => return Seen::Gone,
+            Err(_) => return Seen::Unknown,
+        };
         // The command name (field 2) is in parentheses and may hold anything: fields
         // resume after the last ')'. Field 22 is then the 20th after it.
-        let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+        let Some(close) = stat.rfind(')') else {
+            return Seen::Unknown;
+        };
+        let mut fields = stat[close + 1..].split_whitespace();
         if matches!(fields.next(), Some("Z" | "X" | "x")) {
-            return None; // state (field 3): zombie or dead
+            return Seen::Gone; // state (field 3): zombie or dead
         }
-        fields.nth(18)?.parse().ok()
+        match fields.nth(18).map(str::parse) {
+            Some(Ok(start_time)) => Seen::Running { start_time },
+            _ => Seen::Unknown,
+        }
     }
     #[cfg(not(all(target_os = "linux", not(miri), not(loom))))]
     {
         let _ = pid;
-        Some(0)
+        Seen::Running { start_time: 0 }
     }
 }
 
@@ -570,7 +615,7 @@ fn exited_process() -> Occupant {
         .spawn()
         .expect("spawn true");
     let pid = child.id();
-    let started = start_time(pid);
+    let started = look_up(pid).start_time();
     child.wait().expect("wait for true");
     Occupant::new(pid, Some(started.unwrap_or(1)))
 }
@@ -586,13 +631,13 @@ mod tests {
             .unwrap();
         let pid = child.id();
         assert!(
-            super::start_time(pid).is_some(),
+            matches!(super::look_up(pid), super::Seen::Running { .. }),
             "a running process has a start time"
         );
         child.kill().unwrap();
         // Not reaped yet: a zombie, which the kernel marks so once the signal is handled.
         let give_up = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while super::start_time(pid).is_some() {
+        while super::look_up(pid) != super::Seen::Gone {
             assert!(
                 std::time::Instant::now() < give_up,
                 "a zombie counted as alive"
@@ -730,6 +775,23 @@ mod tests {
             participants.clear_sleepers_of_free_entries();
             assert_eq!(counts(&participants), [0, 1], "{reaper}: its own sleeper");
         }
+    }
+
+    /// A count cleared under a live thread (only a wrong verdict of death could do that)
+    /// stays at zero when the thread counts itself out: it does not borrow from the other
+    /// count or the epoch bits above.
+    #[test]
+    fn counting_out_of_a_cleared_count_leaves_the_word_alone() {
+        let entries = table(1);
+        let participants = Participants::new(&entries);
+        let token = participants.register().unwrap().token;
+        let receivers = participants.sleeping(token, SleepsOn::Ready);
+        assert_eq!(receivers.count_in(), 0);
+        assert_eq!(receivers.count_in(), 1, "one counted before");
+        let cleared = no_sleepers(token >> ID_BITS);
+        entries[0].sleeping.store(cleared, Ordering::SeqCst);
+        receivers.count_out();
+        assert_eq!(entries[0].sleeping.load(Ordering::SeqCst), cleared);
     }
 
     #[test]

@@ -38,17 +38,28 @@
 //! steps on two words (the signal's count and its entry's) left the shared count one too
 //! high, and every publish (or ack) after paid a wake system call for no one, for as long
 //! as the segment lived. A bit is put right from the entry's count alone, by anyone:
-//! whoever reaps a dead registration clears its counts and then puts its bits right, and
-//! no thread's death can leave them wrong.
+//! whoever reaps a dead registration clears its counts, and the liveness check (every
+//! `LIVENESS_INTERVAL`, 100 ms) puts every entry's bits right. A process killed while it
+//! puts a bit right can leave it wrong only until then: a bit set with no sleeper costs
+//! wake calls for no one, a bit clear under a sleeper delays its wake-up by at most its
+//! nap (which in a shared segment is at most that interval), and the check that sets it
+//! again wakes the sleepers.
 //!
 //! *Putting a bit right* ([`Signal::put_right`]): read the count, set the bit if it is not
-//! zero (else clear it), read the count again, and start over if it moved. Every change of
-//! a count is followed by its changer putting the bit right, and (all of it SeqCst, in one
-//! total order) the last one to change the bit read the count after the count's last
-//! change, so the bit ends right. Meanwhile a bit may be clear while a thread of the entry
-//! sleeps (a sibling cleared it as it counted itself out, just as the sleeper counted
-//! itself in); whoever sets a clear bit again therefore also wakes the signal's sleepers,
-//! in case a waker passed them by in that moment.
+//! zero (else clear it), read the count again, and start over if it moved. Every decrement
+//! is followed by its thread putting the bit right, every increment by its thread setting
+//! the bit, and (all of it SeqCst, in one total order) the last one to change the bit read
+//! the count after the count's last change, so the bit ends right.
+//!
+//! Meanwhile a bit may be clear while a thread of the entry sleeps: a sibling read the
+//! count as zero as it counted itself out, the sleeper counted itself in and set the bit
+//! (already set), then the sibling cleared it; a waker may pass the sleeper by in that
+//! moment, and the next sibling to count itself in sets the bit again. So whoever clears a
+//! bit and then reads a count that is not zero wakes the signal's sleepers: the sleeper's
+//! increment came before its setting of the bit, which came before the clear, which came
+//! before that read, so the read sees it (unless the sleeper has counted itself out, and
+//! needs no wake-up). Setting a bit that was clear while the count was already not zero
+//! wakes them too (the clearer may have been killed before its read).
 
 use crate::participants::SleeperCount;
 use crate::sync::{fence, AtomicU32, AtomicU64, Ordering};
@@ -70,8 +81,12 @@ impl Signal {
 
     /// Counts the calling thread asleep: in its entry's count, then in the mask.
     fn count_in(&self, mine: SleeperCount<'_>) {
-        mine.count_in();
-        self.sleeping_entries.fetch_or(mine.bit(), Ordering::SeqCst);
+        let others = mine.count_in();
+        let before = self.sleeping_entries.fetch_or(mine.bit(), Ordering::SeqCst);
+        if others != 0 && before & mine.bit() == 0 {
+            // Siblings counted under a clear bit (see the module docs).
+            self.wake_everyone();
+        }
     }
 
     /// Undoes [`count_in`](Self::count_in).
@@ -86,18 +101,21 @@ impl Signal {
     pub(crate) fn put_right(&self, count: SleeperCount<'_>) {
         let bit = count.bit();
         let mut seen = count.count();
+        let mut cleared = false;
         loop {
             let mask = self.sleeping_entries.load(Ordering::SeqCst);
-            if (seen != 0) != (mask & bit != 0) {
-                if seen != 0 {
-                    let before = self.sleeping_entries.fetch_or(bit, Ordering::SeqCst);
-                    if before & bit == 0 {
-                        // A waker may have found the bit clear while a sleeper was counted.
-                        self.wake_everyone();
-                    }
-                } else {
-                    self.sleeping_entries.fetch_and(!bit, Ordering::SeqCst);
+            if seen != 0 {
+                let set_again = mask & bit == 0
+                    && self.sleeping_entries.fetch_or(bit, Ordering::SeqCst) & bit == 0;
+                // A waker may have found the bit clear while a sleeper was counted: under
+                // our clear, or one whose maker died before it looked again.
+                if cleared || set_again {
+                    cleared = false;
+                    self.wake_everyone();
                 }
+            } else if mask & bit != 0 {
+                self.sleeping_entries.fetch_and(!bit, Ordering::SeqCst);
+                cleared = true;
             }
             let now = count.count();
             if now == seen {
@@ -115,11 +133,11 @@ impl Signal {
     }
 
     /// [`notify`](Self::notify) after the caller pushed a token to an index ring, whose
-    /// slot CAS is SeqCst: with the load of `waiters` below (SeqCst too), it is in the one
+    /// slot CAS is SeqCst: with the load of the mask below (SeqCst too), it is in the one
     /// total order of SeqCst operations and fences, which then has the sleeper's fence
     /// before the push whenever the sleeper's look missed the token (C++20
-    /// [atomics.order] p4.3), so this load sees the sleeper's increment: no fence of ours
-    /// is needed. A fence here (`lock or` on x86) after every ack's push cost one
+    /// [atomics.order] p4.3), so this load sees the sleeper's bit (or a later clear, whose
+    /// maker wakes the sleeper: see the module docs): no fence of ours is needed. A fence here (`lock or` on x86) after every ack's push cost one
     /// producer and one consumer 20% of their rate.
     ///
     /// One case the language's rule leaves to the hardware: a sleeper's look that stops at
@@ -191,8 +209,7 @@ impl Signal {
         }
     }
 
-    /// The mask of entries with sleepers (see the module docs; for tests).
-    #[cfg(test)]
+    /// The mask of entries with sleepers (see the module docs).
     pub(crate) fn sleeping_entries(&self) -> u64 {
         self.sleeping_entries.load(Ordering::SeqCst)
     }
@@ -288,7 +305,7 @@ mod loom_models {
     /// is woken, never left asleep for its whole nap.
     #[test]
     fn a_sleeper_never_sleeps_through_a_push() {
-        sleeper_against(|ring| assert!(ring.try_push(7).unwrap()), false);
+        sleeper_against(|ring| assert!(ring.try_push(7).unwrap()), 0);
     }
 
     /// The same while a sibling thread (of the same participant entry) counts itself in
@@ -297,7 +314,16 @@ mod loom_models {
     /// wakes the sleeper (fails without that wake-up).
     #[test]
     fn a_sleeper_never_sleeps_through_a_push_while_a_sibling_counts_out() {
-        sleeper_against(|ring| assert!(ring.try_push(7).unwrap()), true);
+        sleeper_against(|ring| assert!(ring.try_push(7).unwrap()), 1);
+    }
+
+    /// The same with two siblings: one clears the bit as the sleeper counts itself in, the
+    /// other sets it again (counting itself in) before the first looks at the count again;
+    /// the first must wake the sleeper all the same (fails if only setting a clear bit
+    /// wakes).
+    #[test]
+    fn a_sleeper_never_sleeps_through_a_push_while_siblings_count_in_and_out() {
+        sleeper_against(|ring| assert!(ring.try_push(7).unwrap()), 2);
     }
 
     /// The same for a batch push (`publish_batch`, `ack_batch`), whose first value the
@@ -306,20 +332,20 @@ mod loom_models {
     fn a_sleeper_never_sleeps_through_a_batch_push() {
         sleeper_against(
             |ring| assert_eq!(ring.try_push_many(&[7, 8]).unwrap(), 2),
-            false,
+            0,
         );
     }
 
     /// One sleeper waiting for a value in a ring of two, against a waker that runs `push`
-    /// (which pushes 7 first) and then `notify_after_push`; with `sibling`, a third thread
-    /// counts itself in and out of the sleeper's entry meanwhile.
-    fn sleeper_against(push: fn(&IndexRing<'_>), sibling: bool) {
+    /// (which pushes 7 first) and then `notify_after_push`, while `siblings` threads count
+    /// themselves in and out of the sleeper's entry.
+    fn sleeper_against(push: fn(&IndexRing<'_>), siblings: u64) {
         fn ring(words: &OwnedWords) -> IndexRing<'_> {
             IndexRing::attach(&words.head, &words.tail, &words.slots)
         }
         loom::model(move || {
             let done = Arc::new(AtomicU64::new(0));
-            let wakers = if sibling { 2 } else { 1 };
+            let wakers = 1 + siblings;
             WAKERS_DONE.with(|slot| *slot.borrow_mut() = Some((done.clone(), wakers)));
             SLEPT_THROUGH.with(|slept| slept.set(false));
             let shared = Arc::new((Signal::default(), OwnedWords::new(2), AtomicU64::new(0)));
@@ -333,16 +359,18 @@ mod loom_models {
                     done.fetch_add(1, Ordering::SeqCst);
                 })
             };
-            let sibling = sibling.then(|| {
-                let shared = shared.clone();
-                loom::thread::spawn(move || {
-                    let (signal, _, count) = &*shared;
-                    let mine = SleeperCount::standalone(count);
-                    signal.count_in(mine);
-                    signal.count_out(mine);
-                    done.fetch_add(1, Ordering::SeqCst);
+            let siblings: Vec<_> = (0..siblings)
+                .map(|_| {
+                    let (shared, done) = (shared.clone(), done.clone());
+                    loom::thread::spawn(move || {
+                        let (signal, _, count) = &*shared;
+                        let mine = SleeperCount::standalone(count);
+                        signal.count_in(mine);
+                        signal.count_out(mine);
+                        done.fetch_add(1, Ordering::SeqCst);
+                    })
                 })
-            });
+                .collect();
             let (signal, words, count) = &*shared;
             let found = signal.wait_for(
                 || ring(words).try_pop().unwrap(),
@@ -350,7 +378,7 @@ mod loom_models {
                 SleeperCount::standalone(count),
             );
             waker.join().unwrap();
-            if let Some(sibling) = sibling {
+            for sibling in siblings {
                 sibling.join().unwrap();
             }
             WAKERS_DONE.with(|slot| *slot.borrow_mut() = None);

@@ -14,7 +14,7 @@
 //!   against them. A wall clock that went backwards counts as no time passed (a deadline
 //!   never grows); a suspend the monotonic clock did not count is not seen;
 //! - leases run out at once: their consumers are gone;
-//! - the participant table, the wheel, the lock words and the sleeper count are reset
+//! - the participant table, the wheel, the lock words and the signals' masks of sleepers are reset
 //!   (all of them describe processes of the ended boot);
 //! - a recovery sweep finds every owner dead: half-done publishes are freed (their ids
 //!   forgotten), half-done settles undone, pins dropped, lost tokens pushed again, and
