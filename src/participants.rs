@@ -135,8 +135,8 @@ impl<'r> SleeperCount<'r> {
     }
 
     /// Counts a thread in; returns how many were counted before. SeqCst, as every access
-    /// to the count and the signal's mask: the reasoning in `wait` takes them in one total
-    /// order.
+    /// to the count and the signal's mask while processes use them (a reboot's reset
+    /// aside): the reasoning in `wait` takes them in one total order.
     pub(crate) fn count_in(&self) -> u64 {
         let before = self.word.fetch_add(1 << self.shift, Ordering::SeqCst);
         (before >> self.shift) & COUNT_MASK

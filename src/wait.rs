@@ -21,8 +21,9 @@
 //!
 //! A SeqCst fence sits between each side's two steps (after 2, before b's load), so the
 //! fences are ordered one way or the other: if the waker's comes second, its load of
-//! the mask sees the bit (then it bumps `seq`, and the kernel's check of `seq`
-//! against `seen` in 5 fails or the wake-up arrives); if the sleeper's comes second, its
+//! the mask sees the bit, or a later clear of it whose maker then wakes the sleeper (see
+//! below); either way `seq` is bumped after 1, and the kernel's check of `seq` against
+//! `seen` in 5 fails or the wake-up arrives; if the sleeper's comes second, its
 //! look in 3 sees the push in a, and its timeout in 4 the timer. Where step a is a push to
 //! an index ring, whose slot CAS is SeqCst, that CAS takes the waker's fence's place
 //! ([`Signal::notify_after_push`]): a publish or an ack with no sleeper then costs one
@@ -38,9 +39,10 @@
 //! steps on two words (the signal's count and its entry's) left the shared count one too
 //! high, and every publish (or ack) after paid a wake system call for no one, for as long
 //! as the segment lived. A bit is put right from the entry's count alone, by anyone:
-//! whoever reaps a dead registration clears its counts, and the liveness check (every
-//! `LIVENESS_INTERVAL`, 100 ms) puts every entry's bits right. A process killed while it
-//! puts a bit right can leave it wrong only until then: a bit set with no sleeper costs
+//! whoever reaps a dead registration clears its counts, and the liveness check (at most
+//! every `LIVENESS_INTERVAL`, 100 ms, run by whichever handle runs the timers) puts every
+//! entry's bits right. A process killed while it puts a bit right can leave it wrong only
+//! until then: a bit set with no sleeper costs
 //! wake calls for no one, a bit clear under a sleeper delays its wake-up by at most its
 //! nap (which in a shared segment is at most that interval), and the check that sets it
 //! again wakes the sleepers.
@@ -54,11 +56,13 @@
 //! Meanwhile a bit may be clear while a thread of the entry sleeps: a sibling read the
 //! count as zero as it counted itself out, the sleeper counted itself in and set the bit
 //! (already set), then the sibling cleared it; a waker may pass the sleeper by in that
-//! moment, and the next sibling to count itself in sets the bit again. So whoever clears a
-//! bit and then reads a count that is not zero wakes the signal's sleepers: the sleeper's
-//! increment came before its setting of the bit, which came before the clear, which came
+//! moment. So whoever clears a bit and then reads a count that is not zero sets it again
+//! and wakes the signal's sleepers: the sleeper's increment came before its setting of the
+//! bit (an RMW, even when it found the bit set), which came before the clear, which came
 //! before that read, so the read sees it (unless the sleeper has counted itself out, and
-//! needs no wake-up). Setting a bit that was clear while the count was already not zero
+//! needs no wake-up; or the clearer was killed before its read, or the count was cleared
+//! by a wrong verdict of death: then the wake-up waits for the sleeper's nap or the next
+//! liveness check). Setting a bit that was clear while the count was already not zero
 //! wakes them too (the clearer may have been killed before its read).
 
 use crate::participants::SleeperCount;
@@ -96,8 +100,9 @@ impl Signal {
     }
 
     /// Sets the bit of `count`'s entry in the mask if its count is not zero, and clears it
-    /// otherwise (see the module docs). Called after every change of the count, by the
-    /// changer; anyone may call it at any time.
+    /// otherwise (see the module docs). Called after every decrement or clearing of the
+    /// count, by whoever made it (an increment sets the bit in `count_in`); anyone may call
+    /// it at any time.
     pub(crate) fn put_right(&self, count: SleeperCount<'_>) {
         let bit = count.bit();
         let mut seen = count.count();
