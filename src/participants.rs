@@ -542,9 +542,13 @@ impl<'r> Participants<'r> {
         Some(SleeperCount::of(&entry.sleeping, on, index))
     }
 
-    /// Threads counted asleep on the signal `on`, over all entries.
-    pub(crate) fn sleepers(&self, on: SleepsOn) -> u64 {
+    /// Threads counted asleep on the signal `on`, over the entries whose bits are set in
+    /// the signal's mask `with_sleepers` (see `wait`; those are all the entries with
+    /// sleepers, but for a thread between its two counting steps). Usually no entry's:
+    /// `Queue::stats` then reads no entry at all.
+    pub(crate) fn sleepers(&self, on: SleepsOn, with_sleepers: u64) -> u64 {
         (0..self.entries.len())
+            .filter(|index| with_sleepers >> (index % PARTICIPANTS) & 1 == 1)
             .filter_map(|index| self.sleepers_in(index, on))
             .map(|count| count.count())
             .sum()

@@ -1466,8 +1466,12 @@ impl<C: Clock> Queue<C> {
             delayed: stats.delayed,
             in_flight: stats.in_flight,
             dead: stats.dead,
-            sleeping_receivers: self.participants().sleepers(SleepsOn::Ready),
-            sleeping_publishers: self.participants().sleepers(SleepsOn::Room),
+            sleeping_receivers: self
+                .participants()
+                .sleepers(SleepsOn::Ready, self.ready_signal().sleeping_entries()),
+            sleeping_publishers: self
+                .participants()
+                .sleepers(SleepsOn::Room, self.room_signal().sleeping_entries()),
             ..self.counters().snapshot()
         }
     }
