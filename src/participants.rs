@@ -15,7 +15,7 @@
 //!
 //! | word | field        | written by                                         |
 //! |------|--------------|----------------------------------------------------|
-//! | 0    | `occupant`   | the registering process: its identity, pid in the low 32 bits and start time (`/proc/PID/stat` field 22, clock ticks after boot) modulo 2^32 above, which tells a live process from a later one that reused the pid ([`Occupant`]); CAS from 0 or from a dead registration's identity, CAS back to 0 when it leaves; a reaper CASes a dead registration's identity to 0 |
+//! | 0    | `occupant`   | the registering process: its identity ([`Occupant`]): pid in bits 0..22, the registration's incarnation (low 10 bits of its epoch) in bits 22..32, start time (`/proc/PID/stat` field 22, clock ticks after boot) modulo 2^32 above, which tells a live process from a later one that reused the pid; CAS from 0 or from a dead registration's identity, CAS back to 0 when it leaves; a reaper CASes a dead registration's identity to 0 |
 //! | 1    | `epoch`      | the winner of the `occupant` CAS: bumped at each registration |
 //! | 2    | `scheduling` | the participant: timers it is between marking due and linking into the wheel (see `queue::recovery`) |
 //! | 3    | `sleeping`   | the registering process sets the top 16 bits to its epoch's low 16 bits; the participant counts its threads asleep on the ready signal in bits 0..24 and those asleep on the room signal in bits 24..48 (see `wait`); whoever reaps its death clears them (a CAS, only while the epoch bits are still its), as does the liveness check for counts left in a free entry (a CAS from the word it read between two looks that found the entry free); a registration starts them at zero; the signals' masks of entries with sleepers are then put right from them (see `wait`) |
@@ -191,27 +191,40 @@ fn clear_sleepers(word: &AtomicU64, epoch: u64) {
     }
 }
 
-/// A process's identity in one word, as an entry's `occupant` word holds it: the pid in
-/// the low 32 bits, the start time (clock ticks after boot, `/proc/PID/stat` field 22)
-/// modulo 2^32 above, with 0 there when it could not be read. A word of 0 is a free entry
-/// (no process has pid 0).
+/// A registration's process in one word, as an entry's `occupant` word holds it: the pid
+/// in bits 0..22 (Linux pids stay below 2^22, `PID_MAX_LIMIT`), the registration's
+/// *incarnation* in bits 22..32 (the low 10 bits of the epoch it takes the entry at), and
+/// the start time (clock ticks after boot, `/proc/PID/stat` field 22) modulo 2^32 above,
+/// with 0 there when it could not be read. A word of 0 is a free entry (no process has
+/// pid 0).
 ///
 /// One word, so that taking, leaving and reaping an entry are each one CAS of the whole
 /// identity: a reaper that judged an occupant dead frees the entry only while that very
-/// process holds it, never a later registration by a process that reused its pid. (With
-/// the pid and the start time in two words, a reaper could read a dead process's pid, and
-/// free the entry after a process with the same pid had taken it.)
+/// registration holds it, never a later one by a process that reused its pid. (With the
+/// pid and the start time in two words, a reaper could read a dead process's pid, and
+/// free the entry after a process with the same pid had taken it.) The incarnation keeps
+/// two registrations of one pid apart even when neither start time was known.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Occupant(u64);
+
+/// Bits of an occupant word that hold the pid.
+const PID_BITS: u32 = 22;
 
 impl Occupant {
     const FREE: Self = Self(0);
 
-    /// The identity of the process `pid` started at `start_time` (`None`: not known).
+    /// The identity of the process `pid` started at `start_time` (`None`: not known), in
+    /// no registration yet (incarnation 0).
     fn new(pid: u32, start_time: Option<u64>) -> Self {
         // A start time whose low 32 bits are 0 reads as 1: 0 means "not known".
         let started = start_time.map_or(0, |ticks| ((ticks & 0xffff_ffff) as u32).max(1));
-        Self(u64::from(started) << 32 | u64::from(pid))
+        Self(u64::from(started) << 32 | u64::from(pid) & ((1 << PID_BITS) - 1))
+    }
+
+    /// The same process in the registration that takes its entry at `epoch`.
+    fn in_registration(self, epoch: u64) -> Self {
+        let incarnation = (epoch & 0x3ff) << PID_BITS;
+        Self(self.0 & !(0x3ff << PID_BITS) | incarnation)
     }
 
     fn read(entry: &Participant) -> Self {
@@ -219,7 +232,7 @@ impl Occupant {
     }
 
     fn pid(self) -> u32 {
-        (self.0 & 0xffff_ffff) as u32
+        (self.0 & ((1 << PID_BITS) - 1)) as u32
     }
 
     /// The start time modulo 2^32, or 0 when it was not known.
@@ -239,7 +252,7 @@ impl Occupant {
         }
         match look_up(pid) {
             Seen::Running { start_time } => {
-                self.started() == 0 || self == Self::new(pid, Some(start_time))
+                self.started() == 0 || self.started() == Self::new(pid, Some(start_time)).started()
             }
             Seen::Gone => false,
             Seen::Unknown => true,
@@ -381,10 +394,20 @@ impl<'r> Participants<'r> {
     fn take(entry: &Participant, me: Occupant) -> Option<Occupant> {
         let seen = Occupant::read(entry);
         let free = seen == Occupant::FREE || !seen.runs();
+        // The epoch this registration will most likely get (a registration between this
+        // read and our CAS moves it on, and then tags itself with a later one): a later
+        // registration of our pid in this entry reads at least our epoch, so its tag
+        // differs from ours (for the next 1023 registrations of the entry).
+        let incarnation = entry.epoch.load(Ordering::Acquire).wrapping_add(1);
         let taken = free
             && entry
                 .occupant
-                .compare_exchange(seen.0, me.0, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(
+                    seen.0,
+                    me.in_registration(incarnation).0,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
                 .is_ok();
         taken.then_some(seen)
     }
@@ -714,6 +737,29 @@ mod tests {
         );
         assert!(participants.is_alive(registration.token));
         assert_eq!(participants.reap_dead(), 0);
+    }
+
+    /// The same when neither process's start time was known (a `/proc` it could not
+    /// read): the registrations' incarnations tell them apart (the test fails when the
+    /// reaper's CAS compares pid and start time alone).
+    #[test]
+    #[cfg(not(miri))]
+    fn a_reaper_never_frees_a_later_registration_of_a_reused_pid_with_unknown_start_times() {
+        let entries = table(1);
+        let unknown = Occupant::new(exited_process().pid(), None);
+        let (earlier, epoch) = (unknown.in_registration(1), 1);
+        entries[0].occupant.store(earlier.0, Ordering::Relaxed);
+        entries[0].epoch.store(epoch, Ordering::Relaxed);
+        let dead = judge(&entries[0]).expect("the earlier process is gone");
+        // Before the reaper's CAS, a new process with that pid registers there.
+        let replaced = Participants::take(&entries[0], unknown).expect("a dead entry");
+        assert_eq!(replaced, earlier);
+        Participants::complete(0, &entries[0], replaced);
+        assert_ne!(Occupant::read(&entries[0]), earlier, "told apart");
+        assert!(
+            !free_dead(&entries[0], dead),
+            "a later registration of the pid was freed"
+        );
     }
 
     #[test]
