@@ -570,11 +570,19 @@ impl<'r> Participants<'r> {
     /// sleepers, but for a thread between its two counting steps). Usually no entry's:
     /// `Queue::stats` then reads no entry at all.
     pub(crate) fn sleepers(&self, on: SleepsOn, with_sleepers: u64) -> u64 {
-        (0..self.entries.len())
-            .filter(|index| with_sleepers >> (index % PARTICIPANTS) & 1 == 1)
-            .filter_map(|index| self.sleepers_in(index, on))
+        self.sleeper_counts(on)
+            .filter(|count| with_sleepers & count.bit() != 0)
             .map(|count| count.count())
             .sum()
+    }
+
+    /// Every entry's count of threads asleep on the signal `on`.
+    pub(crate) fn sleeper_counts(&self, on: SleepsOn) -> impl Iterator<Item = SleeperCount<'r>> {
+        let entries: &'r [Participant] = self.entries;
+        entries
+            .iter()
+            .enumerate()
+            .map(move |(index, entry)| SleeperCount::of(&entry.sleeping, on, index))
     }
 
     /// Whether the registration `token` may hold a pin on `slot`.

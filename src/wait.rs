@@ -1,9 +1,9 @@
 //! Sleeping until something may have changed, without a busy CPU: a futex word in the
 //! region, shared between processes (not `FUTEX_PRIVATE`), which wakers bump and wake only
-//! when someone sleeps (a mask of participant entries with sleepers is not zero). A queue has two such signals: receivers sleep on the *ready* signal
-//! until a message may be ready (publishers wake them), and publishers of a full queue
-//! (`FullPolicy::Block`) sleep on the *room* signal until a slot may be free (whoever frees
-//! one wakes them).
+//! when someone sleeps (a mask of participant entries with sleepers is not zero). A queue
+//! has two such signals: receivers sleep on the *ready* signal until a message may be
+//! ready (publishers wake them), and publishers of a full queue (`FullPolicy::Block`) sleep
+//! on the *room* signal until a slot may be free (whoever frees one wakes them).
 //!
 //! # Protocol (no lost wake-ups)
 //!
@@ -42,10 +42,9 @@
 //! whoever reaps a dead registration clears its counts, and the liveness check (at most
 //! every `LIVENESS_INTERVAL`, 100 ms, run by whichever handle runs the timers) puts every
 //! entry's bits right. A process killed while it puts a bit right can leave it wrong only
-//! until then: a bit set with no sleeper costs
-//! wake calls for no one, a bit clear under a sleeper delays its wake-up by at most its
-//! nap (which in a shared segment is at most that interval), and the check that sets it
-//! again wakes the sleepers.
+//! until then: a bit set with no sleeper costs wake calls for no one, a bit clear under a
+//! sleeper delays its wake-up by at most its nap (which in a shared segment is at most
+//! that interval), and the check that sets it again wakes the sleepers.
 //!
 //! *Putting a bit right* ([`Signal::put_right`]): read the count, set the bit if it is not
 //! zero (else clear it), read the count again, and start over if it moved. Every decrement

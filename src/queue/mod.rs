@@ -823,10 +823,7 @@ impl<C: Clock> Queue<C> {
             (SleepsOn::Ready, self.ready_signal()),
             (SleepsOn::Room, self.room_signal()),
         ] {
-            for index in 0.. {
-                let Some(count) = participants.sleepers_in(index, on) else {
-                    break;
-                };
+            for count in participants.sleeper_counts(on) {
                 signal.put_right(count);
             }
         }
