@@ -32,6 +32,7 @@
 //! [`OwnerTag`] of the owner's registration in its state word, so recovery can tell an owner
 //! that died there from one still at work.
 
+use crate::region::Table;
 use crate::sync::{AtomicU64, Ordering};
 
 /// Entries in a region's table: the most handles attached at once.
@@ -371,11 +372,11 @@ fn free_dead(entry: &Participant, dead: Dead) -> bool {
 /// The participant table of a region.
 #[derive(Clone, Copy)]
 pub(crate) struct Participants<'r> {
-    entries: &'r [Participant],
+    entries: Table<'r, Participant>,
 }
 
 impl<'r> Participants<'r> {
-    pub(crate) fn new(entries: &'r [Participant]) -> Self {
+    pub(crate) fn new(entries: Table<'r, Participant>) -> Self {
         Self { entries }
     }
 
@@ -452,7 +453,7 @@ impl<'r> Participants<'r> {
     /// between two looks that found the entry free: a registration in between moved its
     /// epoch bits, and a live registration leaves only once its sleepers are gone.
     pub(crate) fn clear_sleepers_of_free_entries(&self) {
-        for entry in self.entries {
+        for entry in self.entries.iter() {
             if Occupant::read(entry) != Occupant::FREE {
                 continue;
             }
@@ -474,7 +475,7 @@ impl<'r> Participants<'r> {
     /// is freed outright. Epochs stay, so the next registration of an entry gets a token
     /// (and owner tag) that no slot or lock of the old boot carries.
     pub(crate) fn forget_previous_boot(&self) {
-        for entry in self.entries {
+        for entry in self.entries.iter() {
             entry.scheduling.store(0, Ordering::Relaxed);
             entry.sleeping.store(0, Ordering::Relaxed);
             for mark in &entry.pin_marks {
@@ -530,7 +531,7 @@ impl<'r> Participants<'r> {
     /// Every entry's current registration token, in entry order, whoever holds it (a live
     /// process, a dead one, or none).
     pub(crate) fn tokens(&self) -> impl Iterator<Item = u64> + 'r {
-        let entries: &'r [Participant] = self.entries;
+        let entries = self.entries;
         entries
             .iter()
             .enumerate()
@@ -560,7 +561,7 @@ impl<'r> Participants<'r> {
 
     /// The count of threads asleep on the signal `on` in the entry at `index`.
     pub(crate) fn sleepers_in(&self, index: usize, on: SleepsOn) -> Option<SleeperCount<'r>> {
-        let entries: &'r [Participant] = self.entries;
+        let entries = self.entries;
         let entry = entries.get(index)?;
         Some(SleeperCount::of(&entry.sleeping, on, index))
     }
@@ -570,15 +571,16 @@ impl<'r> Participants<'r> {
     /// sleepers, but for a thread between its two counting steps). Usually no entry's:
     /// `Queue::stats` then reads no entry at all.
     pub(crate) fn sleepers(&self, on: SleepsOn, with_sleepers: u64) -> u64 {
-        self.sleeper_counts(on)
-            .filter(|count| with_sleepers & count.bit() != 0)
+        (0..u64::BITS as usize)
+            .filter(|&index| with_sleepers & (1 << index) != 0)
+            .filter_map(|index| self.sleepers_in(index, on))
             .map(|count| count.count())
             .sum()
     }
 
     /// Every entry's count of threads asleep on the signal `on`.
     pub(crate) fn sleeper_counts(&self, on: SleepsOn) -> impl Iterator<Item = SleeperCount<'r>> {
-        let entries: &'r [Participant] = self.entries;
+        let entries = self.entries;
         entries
             .iter()
             .enumerate()
@@ -609,7 +611,7 @@ impl<'r> Participants<'r> {
 
     /// The entry a token names, if the token is of the entry's current registration.
     fn entry(&self, token: u64) -> Option<&'r Participant> {
-        let entries: &'r [Participant] = self.entries;
+        let entries = self.entries;
         let index = usize::try_from((token & 0xffff).checked_sub(1)?).ok()?;
         let entry = entries.get(index)?;
         let current = entry.epoch.load(Ordering::Acquire) & 0xffff;
@@ -695,7 +697,7 @@ mod tests {
     #[cfg_attr(miri, ignore = "threads racing for many rounds")]
     fn a_reaper_racing_registrations_never_reaps_a_live_one() {
         let entries = table(2);
-        let participants = Participants::new(&entries);
+        let participants = Participants::new(Table::new(&entries));
         let stop = std::sync::atomic::AtomicBool::new(false);
         let reaped = std::thread::scope(|s| {
             for _ in 0..2 {
@@ -729,7 +731,7 @@ mod tests {
     #[cfg(not(miri))]
     fn a_reaper_never_frees_a_later_registration_of_a_reused_pid() {
         let entries = table(1);
-        let participants = Participants::new(&entries);
+        let participants = Participants::new(Table::new(&entries));
         // An earlier process with this process's pid, now gone: another start time.
         let me = this_process();
         let earlier = Occupant::new(me.pid(), Some(u64::from(me.started()) + 1));
@@ -773,7 +775,7 @@ mod tests {
     #[test]
     fn this_process_registers_is_alive_and_leaves() {
         let entries = table(2);
-        let participants = Participants::new(&entries);
+        let participants = Participants::new(Table::new(&entries));
         let a = participants.register().unwrap().token;
         let b = participants.register().unwrap().token;
         assert_ne!(a, b);
@@ -805,7 +807,7 @@ mod tests {
             "dies before clearing",
         ] {
             let entries = table(1);
-            let participants = Participants::new(&entries);
+            let participants = Participants::new(Table::new(&entries));
             let dead = participants.register().unwrap().token;
             let dead_epoch = dead >> ID_BITS;
             // Two of its threads asleep on the ready signal, one on the room signal, then
@@ -841,7 +843,7 @@ mod tests {
     #[test]
     fn counting_out_of_a_cleared_count_leaves_the_word_alone() {
         let entries = table(1);
-        let participants = Participants::new(&entries);
+        let participants = Participants::new(Table::new(&entries));
         let token = participants.register().unwrap().token;
         let receivers = participants.sleeping(token, SleepsOn::Ready);
         assert_eq!(receivers.count_in(), 0);
@@ -856,7 +858,7 @@ mod tests {
     #[cfg(not(miri))]
     fn dead_or_garbage_entries_are_not_alive_and_are_reclaimed() {
         let entries = table(3);
-        let participants = Participants::new(&entries);
+        let participants = Participants::new(Table::new(&entries));
         entries[0]
             .occupant
             .store(exited_process().0, Ordering::Relaxed);

@@ -11,12 +11,17 @@ use ackring::{Queue, QueueConfig};
 use libfuzzer_sys::fuzz_target;
 
 /// A valid segment's bytes, and a scratch path to write patched copies to.
+///
+/// Nothing is left in the temporary directory: the fuzzer ends with `exit`, which runs no
+/// destructors, so each file is removed as soon as it is read or mapped (a mapping
+/// outlives its name).
 fn image() -> &'static (PathBuf, Vec<u8>) {
     static IMAGE: OnceLock<(PathBuf, Vec<u8>)> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("ackring-fuzz-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let original = dir.join("original");
+        let scratch = |name: &str| {
+            std::env::temp_dir().join(format!("ackring-fuzz-{}-{name}", std::process::id()))
+        };
+        let original = scratch("original");
         let _ = std::fs::remove_file(&original);
         let config = QueueConfig {
             dedup_capacity: 64,
@@ -31,8 +36,9 @@ fn image() -> &'static (PathBuf, Vec<u8>) {
         queue.try_receive().unwrap().nack("later").unwrap();
         queue.try_receive().unwrap().reject("bad").unwrap();
         let bytes = std::fs::read(&original).unwrap();
+        std::fs::remove_file(&original).unwrap();
         drop(queue);
-        (dir.join("patched"), bytes)
+        (scratch("patched"), bytes)
     })
 }
 
@@ -51,7 +57,9 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     std::fs::write(path, &bytes).unwrap();
-    let queue = match Queue::open_file(path) {
+    let opened = Queue::open_file(path);
+    std::fs::remove_file(path).unwrap();
+    let queue = match opened {
         Ok(queue) => queue,
         Err(error) => {
             assert!(!error.to_string().is_empty());

@@ -403,10 +403,6 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(
-        miri,
-        ignore = "tens of messages: a minute under Miri; the smaller batch tests run there"
-    )]
     fn batches_longer_than_a_chunk_go_round_in_fifo_order() {
         let (queue, _) = queue(64);
         let sent = payloads(0..(3 * CHUNK as u32 + 5));
@@ -422,10 +418,6 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(
-        miri,
-        ignore = "tens of messages: a minute under Miri; the smaller batch tests run there"
-    )]
     fn a_full_queue_stops_the_batch_after_the_messages_that_fit() {
         let (queue, _) = queue(20);
         let sent = payloads(0..30);
@@ -468,10 +460,6 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(
-        miri,
-        ignore = "tens of messages: a minute under Miri; the smaller batch tests run there"
-    )]
     fn a_bad_payload_past_the_first_chunk_stops_the_batch_there() {
         let (queue, _) = queue(64);
         let mut sent = payloads(0..40);
@@ -566,7 +554,6 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(miri, ignore = "unwinding through the test is slow under Miri")]
     fn a_batch_ack_cut_short_by_a_panicking_iterator_still_frees_what_it_acked() {
         let (queue, _) = queue(4);
         queue.publish_batch(&payloads(0..4)).unwrap();

@@ -1449,8 +1449,9 @@ impl<C: Clock> Queue<C> {
     /// Gauges (by a scan of the slots) and counters.
     pub fn stats(&self) -> Stats {
         let mut stats = Stats::default();
-        for slot in 0..self.store().capacity() {
-            match self.store().load(slot).map(|w| w.state) {
+        let store = self.store();
+        for slot in 0..store.capacity() {
+            match store.load(slot).map(|w| w.state) {
                 Ok(State::Ready) => stats.ready += 1,
                 Ok(State::Delayed) => stats.delayed += 1,
                 Ok(State::Leased | State::Settling) => stats.in_flight += 1,
