@@ -48,7 +48,7 @@ use crate::ring::index::IndexRing;
 use crate::slots::{MessageStore, Meta, State, TransitionError, Word};
 pub use crate::stats::Stats;
 use crate::stats::{Counter, Counters};
-use crate::sync::{spin_hint, Ordering};
+use crate::sync::{spin_hint, yield_now, Ordering};
 use crate::wait::Signal;
 use crate::wheel::{node, split_node, Refire, Timer, Wheel};
 
@@ -253,6 +253,13 @@ fn pop(ring: IndexRing<'_>) -> Option<u32> {
 /// lets the publisher of a busy stream run ahead; the price is up to one interval (plus
 /// a look) of delay for a message that comes while the receiver waits. See the README
 /// for the figures.
+///
+/// Each interval starts with a `sched_yield` (about 0.3 µs on the machine we measure on,
+/// when it returns at once). Where threads outnumber cores, a waiter that only spun held
+/// its core for the whole budget while the thread it waited for could not run: with two
+/// publishers and two blocking receivers on two cores, yielding moved 2.97-3.39 M msg/s
+/// against 2.22-2.72 without, and 3.53-3.99 against 2.77-3.15 with the publishers waiting
+/// for room too; one and one moved the same (4 alternating runs each).
 fn look_while_spinning<T>(
     started: std::time::Instant,
     timeout: Duration,
@@ -267,6 +274,9 @@ fn look_while_spinning<T>(
         if looked.duration_since(started) >= spin_for {
             return None;
         }
+        // The core to a thread that waits for one: where threads outnumber cores, that
+        // may be the publisher we wait for. With none waiting it returns at once.
+        yield_now();
         while looked.elapsed() < LOOK_INTERVAL {
             for _ in 0..4 {
                 spin_hint();
