@@ -23,8 +23,12 @@
 //!
 //! A participant is alive when its pid names a running process with the recorded start
 //! time (one word, so a reaper's CAS frees an entry only from the very process it judged
-//! dead); a start time not known when it registered (0) matches any. Values are checked like any other segment data: an id out of range or a zero pid
-//! is simply not alive.
+//! dead); a start time not known when it registered (0) matches any. A zombie is dead
+//! unless only its main thread has ended (`pthread_exit`) and other threads still run. A
+//! pid that `/proc` does not list is dead only if `kill(pid, 0)` finds no process either
+//! (a `/proc` mounted with `hidepid` hides other users' processes). Whatever cannot be
+//! told counts as alive. Values are checked like any other segment data: an id out of
+//! range or a zero pid is simply not alive.
 //!
 //! # Owner tags
 //!
@@ -274,13 +278,18 @@ fn token(id: u64, epoch: u64) -> u64 {
 
 /// What `/proc` says of a pid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    not(all(target_os = "linux", not(miri), not(loom))),
+    allow(dead_code, reason = "without /proc every process is seen running")
+)]
 enum Seen {
     /// A process runs with this pid, started `start_time` clock ticks after boot.
     Running { start_time: u64 },
-    /// No process has this pid, or a zombie (killed and not yet reaped by its parent: it
-    /// runs no more code).
+    /// No process has this pid, or a zombie (exited or killed, and not yet reaped by its
+    /// parent: none of its threads runs any more code).
     Gone,
-    /// `/proc` could not tell (out of file descriptors, say, or an unexpected format).
+    /// `/proc` could not tell (out of file descriptors, say, or an unexpected format), or
+    /// a process has the pid that `/proc` hides from us.
     Unknown,
 }
 
@@ -300,8 +309,12 @@ fn look_up(pid: u32) -> Seen {
         let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             Ok(stat) => stat,
             // ESRCH: the process exited while its file was being read.
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Seen::Gone,
-            Err(error) if error.raw_os_error() == Some(3) => return Seen::Gone,
+            Err(error)
+                if error.kind() == std::io::ErrorKind::NotFound
+                    || error.raw_os_error() == Some(3) =>
+            {
+                return unlisted(pid);
+            }
             Err(_) => return Seen::Unknown,
         };
         // The command name (field 2) is in parentheses and may hold anything: fields
@@ -310,12 +323,21 @@ fn look_up(pid: u32) -> Seen {
             return Seen::Unknown;
         };
         let mut fields = stat[close + 1..].split_whitespace();
-        if matches!(fields.next(), Some("Z" | "X" | "x")) {
-            return Seen::Gone; // state (field 3): zombie or dead
-        }
-        match fields.nth(18).map(str::parse) {
-            Some(Ok(start_time)) => Seen::Running { start_time },
-            _ => Seen::Unknown,
+        let state = fields.next();
+        let start_time = match fields.nth(18).map(str::parse) {
+            Some(Ok(start_time)) => start_time,
+            _ => return Seen::Unknown,
+        };
+        match state {
+            // State (field 3): dead, or a zombie: exited and not yet reaped by its parent,
+            // unless only its main thread ended (`pthread_exit`) and others still run.
+            Some("X" | "x") => Seen::Gone,
+            Some("Z") => match other_threads_run(pid) {
+                Some(true) => Seen::Running { start_time },
+                Some(false) => Seen::Gone,
+                None => Seen::Unknown,
+            },
+            _ => Seen::Running { start_time },
         }
     }
     #[cfg(not(all(target_os = "linux", not(miri), not(loom))))]
@@ -323,6 +345,40 @@ fn look_up(pid: u32) -> Seen {
         let _ = pid;
         Seen::Running { start_time: 0 }
     }
+}
+
+/// `pid` has no entry in `/proc` that we can see: gone, unless a signal can still reach it
+/// (`kill(pid, 0)`). A `/proc` mounted with `hidepid` hides other users' processes, and a
+/// process we may not signal (`EPERM`) exists all the same: `Unknown`, which counts as
+/// alive.
+#[cfg(all(target_os = "linux", not(miri), not(loom)))]
+fn unlisted(pid: u32) -> Seen {
+    use rustix::io::Errno;
+    use rustix::process::{test_kill_process, Pid};
+    let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+        return Seen::Gone;
+    };
+    match test_kill_process(pid) {
+        Err(Errno::SRCH) => Seen::Gone,
+        Ok(()) | Err(_) => Seen::Unknown,
+    }
+}
+
+/// Whether a thread of the zombie `pid` other than its main one is still listed (the main
+/// thread's `pthread_exit` leaves a process that shows as a zombie while the rest of it
+/// runs); `None` when `/proc` cannot tell.
+#[cfg(all(target_os = "linux", not(miri), not(loom)))]
+fn other_threads_run(pid: u32) -> Option<bool> {
+    let threads = match std::fs::read_dir(format!("/proc/{pid}/task")) {
+        Ok(threads) => threads,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Some(false),
+        Err(_) => return None,
+    };
+    let main = pid.to_string();
+    let mut others = threads
+        .filter_map(Result::ok)
+        .filter(|thread| thread.file_name() != main.as_str());
+    Some(others.next().is_some())
 }
 
 /// A new registration.
@@ -682,6 +738,17 @@ mod tests {
             std::thread::yield_now();
         }
         child.wait().unwrap();
+    }
+
+    /// What `/proc` does not list (as under `hidepid`, for another user's process) is gone
+    /// only if no signal can reach it either.
+    #[cfg(not(miri))]
+    #[test]
+    fn a_process_missing_from_proc_is_gone_only_if_no_signal_reaches_it() {
+        assert_eq!(super::unlisted(std::process::id()), super::Seen::Unknown);
+        assert_eq!(super::unlisted(1), super::Seen::Unknown, "init always runs");
+        let exited = super::exited_process();
+        assert_eq!(super::unlisted(exited.pid()), super::Seen::Gone);
     }
 
     use super::*;

@@ -250,7 +250,7 @@ unsafe impl<T: Sync> Sync for Table<'_, T> {}
 
 impl<'r, T> Table<'r, T> {
     /// The elements of a slice (for tests).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn new(elements: &'r [T]) -> Self {
         Self {
             elements: NonNull::from(elements),
@@ -259,8 +259,9 @@ impl<'r, T> Table<'r, T> {
     }
 
     /// # Safety
-    /// `elements` points to initialized values that stay valid, unmoved and only ever
-    /// shared (no `&mut`) for `'r`.
+    /// `elements` is aligned for `T`, its `len` elements lie in one live allocation, and
+    /// they are initialized values that stay valid, unmoved and only ever shared (no
+    /// `&mut`; other threads and processes write them through atomics) for `'r`.
     unsafe fn from_raw(elements: NonNull<[T]>) -> Self {
         Self {
             elements,
