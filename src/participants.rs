@@ -24,10 +24,11 @@
 //! A participant is alive when its pid names a running process with the recorded start
 //! time (one word, so a reaper's CAS frees an entry only from the very process it judged
 //! dead); a start time not known when it registered (0) matches any. A zombie is dead
-//! unless only its main thread has ended (`pthread_exit`) and other threads still run. A
-//! pid that `/proc` does not list is dead only if `kill(pid, 0)` finds no process either
-//! (a `/proc` mounted with `hidepid` hides other users' processes). Whatever cannot be
-//! told counts as alive. Values are checked like any other segment data: an id out of
+//! unless only its main thread has ended (`pthread_exit`) and another of its threads still
+//! runs. A pid that `/proc` does not list is dead only if `kill(pid, 0)` finds no process
+//! either (a `/proc` mounted with `hidepid` hides other users' processes; a hidden process
+//! that reuses a dead registration's pid then keeps its entry until it exits too).
+//! Whatever cannot be told counts as alive. Values are checked like any other segment data: an id out of
 //! range or a zero pid is simply not alive.
 //!
 //! # Owner tags
@@ -318,7 +319,7 @@ fn look_up(pid: u32) -> Seen {
             Err(_) => return Seen::Unknown,
         };
         // The command name (field 2) is in parentheses and may hold anything: fields
-        // resume after the last ')'. Field 22 is then the 20th after it.
+        // resume after the last ')' (see `state_in`). Field 22 is then the 20th after it.
         let Some(close) = stat.rfind(')') else {
             return Seen::Unknown;
         };
@@ -348,9 +349,10 @@ fn look_up(pid: u32) -> Seen {
 }
 
 /// `pid` has no entry in `/proc` that we can see: gone, unless a signal can still reach it
-/// (`kill(pid, 0)`). A `/proc` mounted with `hidepid` hides other users' processes, and a
-/// process we may not signal (`EPERM`) exists all the same: `Unknown`, which counts as
-/// alive.
+/// (`kill(pid, 0)`). A `/proc` mounted with `hidepid` hides the processes we may not trace
+/// (other users'), and a process we may not signal (`EPERM`) exists all the same:
+/// `Unknown`, which counts as alive. Its start time cannot be checked, so a hidden process
+/// that reused a dead registration's pid keeps that entry until it exits too.
 #[cfg(all(target_os = "linux", not(miri), not(loom)))]
 fn unlisted(pid: u32) -> Seen {
     use rustix::io::Errno;
@@ -364,21 +366,42 @@ fn unlisted(pid: u32) -> Seen {
     }
 }
 
-/// Whether a thread of the zombie `pid` other than its main one is still listed (the main
+/// Whether a thread of the zombie `pid` other than its main one still runs (the main
 /// thread's `pthread_exit` leaves a process that shows as a zombie while the rest of it
-/// runs); `None` when `/proc` cannot tell.
+/// runs); `None` when `/proc` cannot tell. A thread that is itself a zombie does not count:
+/// one a tracer (`strace -f`, a debugger) has yet to collect stays listed after the
+/// process died.
 #[cfg(all(target_os = "linux", not(miri), not(loom)))]
 fn other_threads_run(pid: u32) -> Option<bool> {
+    let gone = |error: &std::io::Error| {
+        error.kind() == std::io::ErrorKind::NotFound || error.raw_os_error() == Some(3)
+    };
     let threads = match std::fs::read_dir(format!("/proc/{pid}/task")) {
         Ok(threads) => threads,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Some(false),
+        Err(error) if gone(&error) => return Some(false),
         Err(_) => return None,
     };
     let main = pid.to_string();
-    let mut others = threads
-        .filter_map(Result::ok)
-        .filter(|thread| thread.file_name() != main.as_str());
-    Some(others.next().is_some())
+    for thread in threads {
+        let thread = thread.ok()?;
+        if thread.file_name() == main.as_str() {
+            continue;
+        }
+        match std::fs::read_to_string(thread.path().join("stat")) {
+            Ok(stat) if !matches!(state_in(&stat)?, "Z" | "X" | "x") => return Some(true),
+            Ok(_) => {}
+            Err(error) if gone(&error) => {} // it ended while we looked
+            Err(_) => return None,
+        }
+    }
+    Some(false)
+}
+
+/// The state field (3) of a `/proc` `stat` line. The command name (field 2) before it is
+/// in parentheses and may hold anything: fields resume after the last ')'.
+#[cfg(all(target_os = "linux", not(miri), not(loom)))]
+fn state_in(stat: &str) -> Option<&str> {
+    stat[stat.rfind(')')? + 1..].split_whitespace().next()
 }
 
 /// A new registration.

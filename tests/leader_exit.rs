@@ -16,6 +16,11 @@ use ackring::{Queue, QueueConfig};
 const SEGMENT: &str = "ACKRING_LEADER_EXIT_SEGMENT";
 
 fn main() {
+    // Without libtest's harness, answer a listing (`cargo test -- --list`) with this one test.
+    if std::env::args().any(|arg| arg == "--list") {
+        println!("leader_exit: test");
+        return;
+    }
     match std::env::var(SEGMENT) {
         Ok(segment) => child(&segment),
         Err(_) => parent(),
@@ -35,6 +40,7 @@ fn child(segment: &str) {
     std::mem::forget(queue);
     // SAFETY: `SYS_exit` ends only the calling thread, at once, without unwinding or
     // running destructors; the other thread holds no reference into this one's stack.
+    // (Not `pthread_exit`: glibc's forced unwinding through Rust frames is undefined.)
     unsafe {
         libc::syscall(libc::SYS_exit, 0);
     }
@@ -66,10 +72,17 @@ fn judge_the_child(queue: &Queue, name: &str) {
         .spawn()
         .expect("spawn the child");
     let pid = child.id();
-    let mut said = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut said)
-        .unwrap();
+    // Read on another thread, so that a child stuck before it speaks fails the test.
+    let stdout = child.stdout.take().unwrap();
+    let (said, heard) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = said.send(line);
+    });
+    let said = heard
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the child registers within 30 s");
     assert_eq!(said.trim(), "registered");
     wait_for(|| main_thread_ended(pid), "the child's main thread to end");
     assert!(
