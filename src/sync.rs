@@ -10,7 +10,6 @@ mod imp {
     pub(crate) use crossbeam_utils::Backoff;
     pub(crate) use std::hint::spin_loop as spin_hint;
     pub(crate) use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
-    pub(crate) use std::thread::yield_now;
 
     /// `std::cell::UnsafeCell` behind loom's closure API, so call sites read the same under both.
     #[derive(Debug)]
@@ -37,7 +36,6 @@ mod imp {
     /// Under loom a spin hint is a yield, so the model checker can schedule the thread we
     /// wait for.
     pub(crate) use loom::thread::yield_now as spin_hint;
-    pub(crate) use loom::thread::yield_now;
 
     /// Under loom a spin is a yield, so the model checker can schedule the thread we wait for.
     #[derive(Debug, Default)]
