@@ -28,8 +28,8 @@
 //! runs. A pid that `/proc` does not list is dead only if `kill(pid, 0)` finds no process
 //! either (a `/proc` mounted with `hidepid` hides other users' processes; a hidden process
 //! that reuses a dead registration's pid then keeps its entry until it exits too).
-//! Whatever cannot be told counts as alive. Values are checked like any other segment data: an id out of
-//! range or a zero pid is simply not alive.
+//! Whatever cannot be told counts as alive. Values are checked like any other segment
+//! data: an id out of range or a zero pid is simply not alive.
 //!
 //! # Owner tags
 //!

@@ -225,7 +225,7 @@ pub(crate) struct Sections<'r> {
 /// except that no reference to the whole section is ever made.
 ///
 /// Why: Miri retags a reference over every byte it covers, each time one is made. The
-/// participants section is 135 KiB (64 entries of 264 words, mostly pin marks), and the
+/// participants section is 132 KiB (64 entries of 264 words, mostly pin marks), and the
 /// reference to it that every queue operation made cost each operation about 60 ms under
 /// Miri, where CI then spent 15 minutes on the queue's unit tests. Compiled, this is the
 /// same code as a slice.

@@ -4,7 +4,7 @@
 //! invariants are checked:
 //! 1. every accepted message is in exactly one of ready, delayed, leased, dead or acked;
 //! 2. an ack succeeds at most once per message, and never with a stale receipt;
-//! 3. no message is delivered at or after its TTL;
+//! 3. no message is delivered at or after its TTL, nor more often than `max_attempts`;
 //! 4. a duplicate id within the window is rejected, after the window accepted;
 //! 5. a full queue never overwrites: `Full` exactly when every slot is taken (by a message,
 //!    or by a delivery still borrowing a settled message's payload);
@@ -341,7 +341,12 @@ fn check_receive<'q>(
     now: u64,
     held: &mut Vec<Held<'q>>,
 ) {
-    let expired = |model: &Model, serial: &u64| now >= model.messages[serial].expires_at;
+    let ttl_ran_out = |model: &Model, serial: &u64| now >= model.messages[serial].expires_at;
+    // A ready message dies on receive when its TTL ran out, or when it was delivered as
+    // often as it may be (every lease ran out).
+    let expired = |model: &Model, serial: &u64| {
+        ttl_ran_out(model, serial) || model.messages[serial].attempts >= MAX_ATTEMPTS
+    };
     // Expired ready messages met on the way were dead-lettered.
     let died: HashSet<u64> = queue
         .dead_letters()
@@ -352,7 +357,7 @@ fn check_receive<'q>(
     for serial in &died {
         assert!(
             expired(model, serial),
-            "only expired ready messages die on receive"
+            "only ready messages past their TTL or out of attempts die on receive"
         );
     }
     let live = model
@@ -397,6 +402,10 @@ fn check_receive<'q>(
         let message = model.messages.get_mut(&serial).unwrap();
         message.attempts += 1;
         assert_eq!(delivery.attempt(), message.attempts);
+        assert!(
+            message.attempts <= MAX_ATTEMPTS,
+            "invariant 3: delivered more often than max_attempts"
+        );
         if message.attempts > 1 {
             model.redelivered += 1;
         }
@@ -419,11 +428,17 @@ fn check_receive<'q>(
         (false, Some(group)) => (group, group + 1),
         (false, None) => (0, 0), // max == 0
     };
+    let due_to_die: HashSet<u64> = model
+        .messages
+        .keys()
+        .filter(|serial| expired(model, serial))
+        .copied()
+        .collect();
     let mut dead_groups = Vec::new();
     for (index, group) in model.ready.iter_mut().enumerate() {
         for serial in group.iter() {
             let dies = died.contains(serial);
-            if index < must_die_before && now >= model.messages[serial].expires_at {
+            if index < must_die_before && due_to_die.contains(serial) {
                 assert!(
                     dies,
                     "expired message {serial} passed over, not dead-lettered"
@@ -441,7 +456,8 @@ fn check_receive<'q>(
         dead_groups.push(gone);
     }
     model.ready.retain(|group| !group.is_empty());
-    model.expired += died.len() as u64;
+    // The TTL is looked at first: a message past it is counted expired whatever its attempts.
+    model.expired += died.iter().filter(|s| ttl_ran_out(model, s)).count() as u64;
     for group in dead_groups {
         model.kill(group);
     }

@@ -107,7 +107,9 @@ pub struct QueueConfig {
     pub max_payload: usize,
     /// How long a delivery is leased to its consumer before it is delivered again.
     pub visibility_timeout: Duration,
-    /// Deliveries a message gets; a nack of the last one dead-letters it.
+    /// Deliveries a message gets: a nack of the last one dead-letters it, and so does the
+    /// running out of the last one's lease (reason `AttemptsExhausted`, error
+    /// [`LEASE_RAN_OUT`](crate::queue::LEASE_RAN_OUT)) when the message is next received.
     pub max_attempts: u32,
     /// The wait before a nacked message is delivered again.
     pub backoff: RetryBackoff,

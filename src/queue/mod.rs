@@ -73,9 +73,14 @@ pub enum DeadReason {
     Expired,
     /// A consumer rejected it.
     Rejected,
-    /// Its last allowed delivery was nacked.
+    /// Its last allowed delivery was nacked (the error is the consumer's), or its lease
+    /// ran out (the error is [`LEASE_RAN_OUT`]).
     AttemptsExhausted,
 }
+
+/// The error text of a message dead-lettered because the lease of its last allowed
+/// delivery ran out.
+pub const LEASE_RAN_OUT: &str = "lease ran out";
 
 impl DeadReason {
     fn code(self) -> u64 {
@@ -251,15 +256,15 @@ fn pop(ring: IndexRing<'_>) -> Option<u32> {
 /// publisher, the slower side, pays a transfer between cores each time. Looking every
 /// half microsecond (longer than a publish takes between two busy cores, 200-350 ns)
 /// lets the publisher of a busy stream run ahead; the price is up to one interval (plus
-/// a look) of delay for a message that comes while the receiver waits. See the README
-/// for the figures.
+/// a look) of delay for a message that comes while the receiver waits. See
+/// `benches/README.md` for the figures.
 ///
 /// Why not `sched_yield` between looks, so that where threads outnumber cores the thread
 /// we wait for may run: it did raise two publishers and two blocking receivers on two
 /// cores from 2.2-2.7 to 3.0-3.4 M msg/s, but a yielding receiver lets every other
 /// runnable thread take its core for a time slice, and is not running when its message
 /// comes. The tour (six processes on two cores) saw its p50 from publish to delivery go
-/// from 19-25 µs to 1.28-1.33 ms. A receiver that spins, or sleeps on the futex and is
+/// from 19-32 µs to 1.28-1.33 ms. A receiver that spins, or sleeps on the futex and is
 /// woken, is there when the message comes.
 fn look_while_spinning<T>(
     started: std::time::Instant,
@@ -909,14 +914,23 @@ impl<C: Clock> Queue<C> {
             self.expire(slot, generation);
             return Lease::Skipped;
         }
+        let delivered = meta.attempts.load(Ordering::Relaxed);
+        if delivered >= u64::from(self.config.max_attempts) {
+            // Every allowed delivery's lease ran out (its consumers too slow, or killed,
+            // perhaps by this very message): dead, not delivered once too often.
+            self.kill(
+                slot,
+                State::Ready,
+                generation,
+                DeadReason::AttemptsExhausted,
+                LEASE_RAN_OUT,
+            );
+            return Lease::Skipped;
+        }
         // We hold the slot's only ready token: its fields are ours to write until the
         // CAS below hands them to the lease.
         // Saturating: a corrupt count must not overflow (and attempts are reported as u32).
-        let attempt = meta
-            .attempts
-            .load(Ordering::Relaxed)
-            .saturating_add(1)
-            .min(u64::from(u32::MAX));
+        let attempt = delivered.saturating_add(1).min(u64::from(u32::MAX));
         let due = now.saturating_add(nanos(self.config.visibility_timeout));
         meta.attempts.store(attempt, Ordering::Relaxed);
         meta.due_at.store(due, Ordering::Relaxed);
@@ -999,7 +1013,7 @@ impl<C: Clock> Queue<C> {
     /// in a loop; but under load, wait about half a microsecond between empty tries: each
     /// try reads the cache line the next publish writes, and a consumer that tries much more
     /// often (as crossbeam's `Backoff` does) slows the publisher by a transfer between cores
-    /// per message (see the README's figures).
+    /// per message (see the figures in `benches/README.md`).
     pub fn receive(&self) -> Delivery<'_, C> {
         loop {
             if let Some(delivery) = self.receive_timeout(Duration::from_secs(3600)) {
