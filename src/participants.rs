@@ -309,22 +309,14 @@ fn look_up(pid: u32) -> Seen {
     {
         let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             Ok(stat) => stat,
-            // ESRCH: the process exited while its file was being read.
-            Err(error)
-                if error.kind() == std::io::ErrorKind::NotFound
-                    || error.raw_os_error() == Some(3) =>
-            {
-                return unlisted(pid);
-            }
+            Err(error) if vanished(&error) => return unlisted(pid),
             Err(_) => return Seen::Unknown,
         };
-        // The command name (field 2) is in parentheses and may hold anything: fields
-        // resume after the last ')' (see `state_in`). Field 22 is then the 20th after it.
-        let Some(close) = stat.rfind(')') else {
+        let Some(mut fields) = fields_from_state(&stat) else {
             return Seen::Unknown;
         };
-        let mut fields = stat[close + 1..].split_whitespace();
         let state = fields.next();
+        // Field 22, the 20th after the state.
         let start_time = match fields.nth(18).map(str::parse) {
             Some(Ok(start_time)) => start_time,
             _ => return Seen::Unknown,
@@ -373,12 +365,9 @@ fn unlisted(pid: u32) -> Seen {
 /// process died.
 #[cfg(all(target_os = "linux", not(miri), not(loom)))]
 fn other_threads_run(pid: u32) -> Option<bool> {
-    let gone = |error: &std::io::Error| {
-        error.kind() == std::io::ErrorKind::NotFound || error.raw_os_error() == Some(3)
-    };
     let threads = match std::fs::read_dir(format!("/proc/{pid}/task")) {
         Ok(threads) => threads,
-        Err(error) if gone(&error) => return Some(false),
+        Err(error) if vanished(&error) => return Some(false),
         Err(_) => return None,
     };
     let main = pid.to_string();
@@ -388,20 +377,30 @@ fn other_threads_run(pid: u32) -> Option<bool> {
             continue;
         }
         match std::fs::read_to_string(thread.path().join("stat")) {
-            Ok(stat) if !matches!(state_in(&stat)?, "Z" | "X" | "x") => return Some(true),
+            Ok(stat) if !matches!(fields_from_state(&stat)?.next()?, "Z" | "X" | "x") => {
+                return Some(true);
+            }
             Ok(_) => {}
-            Err(error) if gone(&error) => {} // it ended while we looked
+            Err(error) if vanished(&error) => {} // it ended while we looked
             Err(_) => return None,
         }
     }
     Some(false)
 }
 
-/// The state field (3) of a `/proc` `stat` line. The command name (field 2) before it is
-/// in parentheses and may hold anything: fields resume after the last ')'.
+/// The fields of a `/proc` `stat` line from the state (field 3) on. The command name
+/// (field 2) before it is in parentheses and may hold anything: fields resume after the
+/// last ')'.
 #[cfg(all(target_os = "linux", not(miri), not(loom)))]
-fn state_in(stat: &str) -> Option<&str> {
-    stat[stat.rfind(')')? + 1..].split_whitespace().next()
+fn fields_from_state(stat: &str) -> Option<std::str::SplitWhitespace<'_>> {
+    Some(stat[stat.rfind(')')? + 1..].split_whitespace())
+}
+
+/// Whether a `/proc` read failed because the process (or thread) is gone: `ENOENT`, or
+/// `ESRCH` when it exited while its file was being read.
+#[cfg(all(target_os = "linux", not(miri), not(loom)))]
+fn vanished(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::NotFound || error.raw_os_error() == Some(3)
 }
 
 /// A new registration.
