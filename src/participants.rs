@@ -18,7 +18,7 @@
 //! | 0    | `occupant`   | the registering process: its identity ([`Occupant`]): pid in bits 0..22, the registration's incarnation (low 10 bits of its epoch) in bits 22..32, start time (`/proc/PID/stat` field 22, clock ticks after boot) modulo 2^32 above, which tells a live process from a later one that reused the pid; CAS from 0 or from a dead registration's identity, CAS back to 0 when it leaves; a reaper CASes a dead registration's identity to 0 |
 //! | 1    | `epoch`      | the winner of the `occupant` CAS: bumped at each registration |
 //! | 2    | `scheduling` | the participant: timers it is between marking due and linking into the wheel (see `queue::recovery`) |
-//! | 3    | `sleeping`   | the registering process sets the top 16 bits to its epoch's low 16 bits; the participant counts its threads asleep on the ready signal in bits 0..24 and those asleep on the room signal in bits 24..48 (see `wait`); whoever reaps its death clears them (a CAS, only while the epoch bits are still its), as does the liveness check for counts left in a free entry (a CAS from the word it read between two looks that found the entry free); a registration starts them at zero; the signals' masks of entries with sleepers are then put right from them (see `wait`) |
+//! | 3    | `sleeping`   | the registering process sets the top 16 bits to its epoch's low 16 bits; the participant counts its threads asleep on the ready signal in bits 0..24 and those asleep on the room signal in bits 24..48 (see `wait`); whoever reaps its death clears them (a CAS, only while the epoch bits are still its), as does the liveness check for counts left in a free entry (a CAS from the word it read between two looks that found the entry free); a registration starts them at zero; only `Queue::stats` reads them (waking does not: see `wait`) |
 //! | 8..  | `pin_marks`  | the participant: [`PIN_MARKS`] counters; `pin_marks[slot % PIN_MARKS]` counts the payload pins it holds or is about to take on such slots (see `queue::recovery`) |
 //!
 //! A participant is alive when its pid names a running process with the recorded start
@@ -116,36 +116,33 @@ impl SleepsOn {
     }
 }
 
-/// An entry's count of its threads asleep on one signal (in its `sleeping` word), and the
-/// entry's bit in that signal's mask of entries with sleepers (see `wait`).
+/// An entry's count of its threads asleep on one signal (in its `sleeping` word; see
+/// `wait`).
 #[derive(Clone, Copy)]
 pub(crate) struct SleeperCount<'r> {
     word: &'r AtomicU64,
     shift: u32,
-    bit: u64,
 }
 
 impl<'r> SleeperCount<'r> {
-    fn of(word: &'r AtomicU64, on: SleepsOn, index: usize) -> Self {
+    fn of(word: &'r AtomicU64, on: SleepsOn) -> Self {
         Self {
             word,
             shift: on.shift(),
-            bit: 1 << (index % PARTICIPANTS),
         }
     }
 
-    /// A count in a word of the caller's, as entry 0's (for tests of `wait` alone).
+    /// A count in a word of the caller's (for tests of `wait` alone).
     #[cfg(test)]
     pub(crate) fn standalone(word: &'r AtomicU64) -> Self {
-        Self::of(word, SleepsOn::Ready, 0)
+        Self::of(word, SleepsOn::Ready)
     }
 
-    /// Counts a thread in; returns how many were counted before. SeqCst, as every access
-    /// to the count and the signal's mask while processes use them (a reboot's reset
-    /// aside): the reasoning in `wait` takes them in one total order.
-    pub(crate) fn count_in(&self) -> u64 {
-        let before = self.word.fetch_add(1 << self.shift, Ordering::SeqCst);
-        (before >> self.shift) & COUNT_MASK
+    /// Counts a thread in. SeqCst, as every access to the count while processes use it
+    /// (a reboot's reset aside), so a reaper's clearing CAS and the sleepers' counting are
+    /// in one order.
+    pub(crate) fn count_in(&self) {
+        self.word.fetch_add(1 << self.shift, Ordering::SeqCst);
     }
 
     /// Undoes [`count_in`](Self::count_in). A count already at zero (cleared under a live
@@ -162,11 +159,6 @@ impl<'r> SleeperCount<'r> {
     /// Threads counted now (whichever registration's: a dead one's until it is cleared).
     pub(crate) fn count(&self) -> u64 {
         (self.word.load(Ordering::SeqCst) >> self.shift) & COUNT_MASK
-    }
-
-    /// The entry's bit in a signal's mask.
-    pub(crate) fn bit(&self) -> u64 {
-        self.bit
     }
 }
 
@@ -641,28 +633,15 @@ impl<'r> Participants<'r> {
     pub(crate) fn sleepers_in(&self, index: usize, on: SleepsOn) -> Option<SleeperCount<'r>> {
         let entries = self.entries;
         let entry = entries.get(index)?;
-        Some(SleeperCount::of(&entry.sleeping, on, index))
+        Some(SleeperCount::of(&entry.sleeping, on))
     }
 
-    /// Threads counted asleep on the signal `on`, over the entries whose bits are set in
-    /// the signal's mask `with_sleepers` (see `wait`; those are all the entries with
-    /// sleepers, but for a thread between its two counting steps). Usually no entry's:
-    /// `Queue::stats` then reads no entry at all.
-    pub(crate) fn sleepers(&self, on: SleepsOn, with_sleepers: u64) -> u64 {
-        (0..u64::BITS as usize)
-            .filter(|&index| with_sleepers & (1 << index) != 0)
-            .filter_map(|index| self.sleepers_in(index, on))
-            .map(|count| count.count())
-            .sum()
-    }
-
-    /// Every entry's count of threads asleep on the signal `on`.
-    pub(crate) fn sleeper_counts(&self, on: SleepsOn) -> impl Iterator<Item = SleeperCount<'r>> {
-        let entries = self.entries;
-        entries
+    /// Threads counted asleep on the signal `on`, over every entry.
+    pub(crate) fn sleepers(&self, on: SleepsOn) -> u64 {
+        self.entries
             .iter()
-            .enumerate()
-            .map(move |(index, entry)| SleeperCount::of(&entry.sleeping, on, index))
+            .map(|entry| SleeperCount::of(&entry.sleeping, on).count())
+            .sum()
     }
 
     /// Whether the registration `token` may hold a pin on `slot`.
@@ -935,8 +914,9 @@ mod tests {
         let participants = Participants::new(Table::new(&entries));
         let token = participants.register().unwrap().token;
         let receivers = participants.sleeping(token, SleepsOn::Ready);
-        assert_eq!(receivers.count_in(), 0);
-        assert_eq!(receivers.count_in(), 1, "one counted before");
+        receivers.count_in();
+        receivers.count_in();
+        assert_eq!(receivers.count(), 2);
         let cleared = no_sleepers(token >> ID_BITS);
         entries[0].sleeping.store(cleared, Ordering::SeqCst);
         receivers.count_out();

@@ -1,148 +1,92 @@
 //! Sleeping until something may have changed, without a busy CPU: a futex word in the
-//! region, shared between processes (not `FUTEX_PRIVATE`), which wakers bump and wake only
-//! when someone sleeps (a mask of participant entries with sleepers is not zero). A queue
-//! has two such signals: receivers sleep on the *ready* signal until a message may be
-//! ready (publishers wake them), and publishers of a full queue (`FullPolicy::Block`) sleep
-//! on the *room* signal until a slot may be free (whoever frees one wakes them).
+//! region, shared between processes (not `FUTEX_PRIVATE`), which a sleeper *arms* before
+//! it sleeps and a waker wakes only when it finds it armed. A queue has two such signals:
+//! receivers sleep on the *ready* signal until a message may be ready (publishers wake
+//! them), and publishers of a full queue (`FullPolicy::Block`) sleep on the *room* signal
+//! until a slot may be free (whoever frees one wakes them).
 //!
 //! # Protocol (no lost wake-ups)
 //!
-//! Told for the ready signal; for the room signal, the waker's step a is pushing a freed
-//! slot's token to the free ring, and the sleeper's look is a claim of a free slot.
+//! The futex word `seq` holds an epoch above one bit, `ARMED`: some thread may be asleep
+//! on the word's current value. Told for the ready signal; for the room signal, the
+//! waker's step a is pushing a freed slot's token to the free ring, and the sleeper's look
+//! is a claim of a free slot.
 //!
-//! | sleeper                                  | waker (after making a message ready, or scheduling a timer) |
-//! |------------------------------------------|----------------------------------------|
-//! | 1. `seen = seq`                          | a. push the token to the ready ring (or link the timer) |
-//! | 2. count in: `mine += 1`, `mask \|= bit` | b. if `mask != 0`: `seq += 1`, wake     |
-//! | 3. look again; if found: count out       |                                         |
-//! | 4. decide the timeout (next timer due)   |                                         |
-//! | 5. `futex_wait(seq, seen, timeout)`      |                                         |
-//! | 6. count out: `mine -= 1`, put the bit right |                                     |
+//! | sleeper                                        | waker (after making a message ready, or scheduling a timer) |
+//! |------------------------------------------------|----------------------------------------|
+//! | 1. arm: `seen = seq.fetch_or(ARMED) \| ARMED`  | a. push the token to the ready ring (or link the timer) |
+//! | 2. count in (for [`Stats`](crate::Stats))      | b. if `seq` is armed: CAS it to the next epoch, not armed; the CAS's winner wakes every sleeper |
+//! | 3. look again; if found: count out             |                                        |
+//! | 4. decide the timeout (next timer due)         |                                        |
+//! | 5. `futex_wait(seq, seen, timeout)`            |                                        |
+//! | 6. count out                                   |                                        |
 //!
 //! A SeqCst fence sits between each side's two steps (after 2, before b's load), so the
-//! fences are ordered one way or the other: if the waker's comes second, its load of
-//! the mask sees the bit, or a later clear of it whose maker then wakes the sleeper (see
-//! below); either way `seq` is bumped after 1, and the kernel's check of `seq` against
-//! `seen` in 5 fails or the wake-up arrives; if the sleeper's comes second, its
-//! look in 3 sees the push in a, and its timeout in 4 the timer. Where step a is a push to
-//! an index ring, whose slot CAS is SeqCst, that CAS takes the waker's fence's place
+//! fences are ordered one way or the other. If the waker's comes second, its load of `seq`
+//! sees the arming, or a later change of `seq`: another arming (still armed), or another
+//! waker's CAS, made after the arming, whose maker then wakes every sleeper. Either way
+//! `seq` moves from `seen` after 1, and the kernel's check of `seq` against `seen` in 5
+//! fails or the wake-up arrives. If the sleeper's comes second, its look in 3 sees the
+//! push in a, and its timeout in 4 the timer. Where step a is a push to an index ring,
+//! whose slot CAS is SeqCst, that CAS takes the waker's fence's place
 //! ([`Signal::notify_after_push`]): a publish or an ack with no sleeper then costs one
-//! load of a line that is written only when someone goes to sleep.
+//! load of a line that is written only when someone goes to sleep or is woken.
 //!
-//! # Who is asleep: a bit per participant entry
+//! # Why arm, rather than wake whenever someone is asleep
+//!
+//! A woken thread may wait a while for a core (on a busy machine, a scheduler tick), and
+//! until it has counted itself out, every publish that only asked "is anyone asleep?"
+//! made a wake-up system call for it again: with 2 publishers and 2 blocking receivers on
+//! 2 cores, about 60 calls per sleep, 0.26 per message, which cost the pair a quarter of
+//! its rate (see `benches/README.md`). Now the first waker after an arming takes the bit
+//! with its CAS and makes the one call; the others find the bit clear and pass, until a
+//! sleeper arms again.
+//!
+//! A sleeper that armed but finds what it looked for in step 3 leaves the bit set: the
+//! next waker makes one needless call. Clearing it would be wrong: a sibling may have
+//! armed the same epoch (its `fetch_or` changing nothing) and be asleep on it, and no
+//! waker would wake it. A thread killed in its sleep (SIGKILL) also leaves the bit set,
+//! which costs the same one call: nothing a dead process leaves can make every publish
+//! pay a system call.
+//!
+//! # Who is asleep
 //!
 //! A sleeper counts itself in its participant entry's own count for the signal
-//! (`Participants::sleeping`, a word of the entry), and the signal keeps a *mask* with the
-//! entry's bit set while that count is not zero. Wakers read only the mask.
-//!
-//! Why not one count of sleepers in the signal: a process killed (SIGKILL) between its
-//! steps on two words (the signal's count and its entry's) left the shared count one too
-//! high, and every publish (or ack) after paid a wake system call for no one, for as long
-//! as the segment lived. A bit is put right from the entry's count alone, by anyone:
-//! whoever reaps a dead registration clears its counts, and the liveness check (at most
-//! every `LIVENESS_INTERVAL`, 100 ms, run by whichever handle runs the timers) puts every
-//! entry's bits right. A process killed while it puts a bit right can leave it wrong only
-//! until then: a bit set with no sleeper costs wake calls for no one, a bit clear under a
-//! sleeper delays its wake-up by at most its nap (which in a shared segment is at most
-//! that interval), and the check that sets it again wakes the sleepers.
-//!
-//! *Putting a bit right* ([`Signal::put_right`]): read the count, set the bit if it is not
-//! zero (else clear it), read the count again, and start over if it moved. Every decrement
-//! is followed by its thread putting the bit right, every increment by its thread setting
-//! the bit, and (all of it SeqCst, in one total order) the last one to change the bit read
-//! the count after the count's last change, so the bit ends right.
-//!
-//! Meanwhile a bit may be clear while a thread of the entry sleeps: a sibling read the
-//! count as zero as it counted itself out, the sleeper counted itself in and set the bit
-//! (already set), then the sibling cleared it; a waker may pass the sleeper by in that
-//! moment. So whoever clears a bit and then reads a count that is not zero sets it again
-//! and wakes the signal's sleepers: the sleeper's increment came before its setting of the
-//! bit (an RMW, even when it found the bit set), which came before the clear, which came
-//! before that read, so the read sees it (unless the sleeper has counted itself out, and
-//! needs no wake-up; or the clearer was killed before its read, or the count was cleared
-//! by a wrong verdict of death: then the wake-up waits for the sleeper's nap or the next
-//! liveness check). Setting a bit that was clear while the count was already not zero
-//! wakes them too (the clearer may have been killed before its read).
+//! (`Participants::sleeping`, a word of the entry) while it sleeps, for
+//! [`Queue::stats`](crate::Queue::stats) only: waking does not read the counts. Whoever
+//! reaps a dead registration clears its counts, so threads killed in their sleep are not
+//! counted for ever.
 
 use crate::participants::SleeperCount;
-use crate::sync::{fence, AtomicU32, AtomicU64, Ordering};
+use crate::sync::{fence, AtomicU32, Ordering};
 
-/// A futex word and its mask of entries with sleepers, on their own cache lines.
+/// The bit of `seq` that says a thread may be asleep on `seq`'s current value.
+const ARMED: u32 = 1;
+
+/// A futex word, on its own cache lines.
 #[repr(C, align(128))]
 #[derive(Default)]
 pub(crate) struct Signal {
+    /// An epoch (bits 1..) and `ARMED` (bit 0).
     seq: AtomicU32,
-    /// Bit `i`: participant entry `i` counts threads asleep here (see the module docs).
-    sleeping_entries: AtomicU64,
 }
 
 impl Signal {
-    /// After a reboot: the sleepers counted belonged to the ended boot.
-    pub(crate) fn forget_sleepers(&self) {
-        self.sleeping_entries.store(0, Ordering::SeqCst);
-    }
-
-    /// Counts the calling thread asleep: in its entry's count, then in the mask.
-    fn count_in(&self, mine: SleeperCount<'_>) {
-        let others = mine.count_in();
-        let before = self.sleeping_entries.fetch_or(mine.bit(), Ordering::SeqCst);
-        if others != 0 && before & mine.bit() == 0 {
-            // Siblings counted under a clear bit (see the module docs).
-            self.wake_everyone();
-        }
-    }
-
-    /// Undoes [`count_in`](Self::count_in).
-    fn count_out(&self, mine: SleeperCount<'_>) {
-        mine.count_out();
-        self.put_right(mine);
-    }
-
-    /// Sets the bit of `count`'s entry in the mask if its count is not zero, and clears it
-    /// otherwise (see the module docs). Called after every decrement or clearing of the
-    /// count, by whoever made it (an increment sets the bit in `count_in`); anyone may call
-    /// it at any time.
-    pub(crate) fn put_right(&self, count: SleeperCount<'_>) {
-        let bit = count.bit();
-        let mut seen = count.count();
-        let mut cleared = false;
-        loop {
-            let mask = self.sleeping_entries.load(Ordering::SeqCst);
-            if seen != 0 {
-                let set_again = mask & bit == 0
-                    && self.sleeping_entries.fetch_or(bit, Ordering::SeqCst) & bit == 0;
-                // A waker may have found the bit clear while a sleeper was counted: under
-                // our clear, or one whose maker died before it looked again.
-                if cleared || set_again {
-                    cleared = false;
-                    self.wake_everyone();
-                }
-            } else if mask & bit != 0 {
-                self.sleeping_entries.fetch_and(!bit, Ordering::SeqCst);
-                cleared = true;
-            }
-            let now = count.count();
-            if now == seen {
-                return;
-            }
-            seen = now;
-        }
-    }
-
-    /// Wakes every sleeper, if there is one (after a message became ready, or a slot free).
+    /// Wakes every sleeper, if one may be asleep (after a message became ready, or a slot
+    /// free, or a timer was linked).
     #[inline]
     pub(crate) fn notify(&self) {
         fence(Ordering::SeqCst); // orders the caller's push before the load below
-        self.wake_if_waited_on();
+        self.wake_if_armed();
     }
 
     /// [`notify`](Self::notify) after the caller pushed a token to an index ring, whose
-    /// slot CAS is SeqCst: with the load of the mask below (SeqCst too), it is in the one
+    /// slot CAS is SeqCst: with the load of `seq` below (SeqCst too), it is in the one
     /// total order of SeqCst operations and fences, which then has the sleeper's fence
     /// before the push whenever the sleeper's look missed the token (C++20
-    /// [atomics.order] p4.3), so this load sees the sleeper's bit (or a later clear, whose
-    /// maker wakes the sleeper: see the module docs): no fence of ours is needed. A fence here (`lock or` on x86) after every ack's push cost one
-    /// producer and one consumer 20% of their rate.
+    /// [atomics.order] p4.3), so this load sees the sleeper's arming (or a later wake-up
+    /// of it: see the module docs): no fence of ours is needed. A fence here (`lock or` on
+    /// x86) after every ack's push cost one producer and one consumer 20% of their rate.
     ///
     /// One case the language's rule leaves to the hardware: a sleeper's look that stops at
     /// an earlier position, pushed by a pusher killed between its CAS and its notify, and
@@ -157,26 +101,36 @@ impl Signal {
     pub(crate) fn notify_after_push(&self) {
         #[cfg(loom)]
         fence(Ordering::SeqCst);
-        self.wake_if_waited_on();
+        self.wake_if_armed();
     }
 
+    /// If `seq` is armed, moves it to the next epoch, not armed, and wakes every sleeper;
+    /// a waker whose CAS loses to another's (which wakes them) stops there.
     #[inline]
-    fn wake_if_waited_on(&self) {
-        if self.sleeping_entries.load(Ordering::SeqCst) != 0 {
-            self.wake_everyone();
+    fn wake_if_armed(&self) {
+        let mut seq = self.seq.load(Ordering::SeqCst);
+        while seq & ARMED != 0 {
+            // `seq` odd: + 1 clears the bit and carries into the epoch.
+            match self.seq.compare_exchange_weak(
+                seq,
+                seq.wrapping_add(1),
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => {
+                    wake_all(&self.seq);
+                    return;
+                }
+                Err(now) => seq = now,
+            }
         }
-    }
-
-    fn wake_everyone(&self) {
-        self.seq.fetch_add(1, Ordering::SeqCst);
-        wake_all(&self.seq);
     }
 
     /// Returns what `look` finds, sleeping between looks until a [`notify`](Self::notify),
     /// or until `sleep_for` says how long is left (`None`: no more waiting). `sleep_for` is
-    /// asked while this sleeper is counted, so what a waker did before its `notify` is
-    /// seen by it (or the waker wakes it). `mine` is the caller's entry's count of sleepers
-    /// on this signal (see the module docs).
+    /// asked after this sleeper armed the signal, so what a waker did before its `notify`
+    /// is seen by it (or the waker wakes it). `mine` is the caller's entry's count of
+    /// sleepers on this signal (see the module docs).
     pub(crate) fn wait_for<T>(
         &self,
         mut look: impl FnMut() -> Option<T>,
@@ -187,12 +141,12 @@ impl Signal {
             if let Some(found) = look() {
                 return Some(found);
             }
-            let seen = self.seq.load(Ordering::SeqCst);
-            self.count_in(mine);
-            // Orders the count (the mask's bit) before the look below. How long to sleep is decided
-            // after the fence too: it depends on the timers (the next one due), and a waker
-            // that scheduled one before our fence is seen here, while one after it sees us
-            // waiting and wakes us.
+            let seen = self.seq.fetch_or(ARMED, Ordering::SeqCst) | ARMED;
+            mine.count_in();
+            // Orders the arming before the look below. How long to sleep is decided after
+            // the fence too: it depends on the timers (the next one due), and a waker that
+            // scheduled one before our fence is seen here, while one after it finds the
+            // signal armed and wakes us.
             fence(Ordering::SeqCst);
             let nap = match look() {
                 Some(found) => Err(found),
@@ -201,34 +155,36 @@ impl Signal {
             match nap {
                 Ok(Some(nap)) => sleep(&self.seq, seen, nap),
                 Ok(None) => {
-                    self.count_out(mine);
+                    mine.count_out();
                     return None;
                 }
                 Err(found) => {
-                    self.count_out(mine);
+                    mine.count_out();
                     return Some(found);
                 }
             }
-            self.count_out(mine);
+            mine.count_out();
         }
     }
 
-    /// The mask of entries with sleepers (see the module docs).
-    pub(crate) fn sleeping_entries(&self) -> u64 {
-        self.sleeping_entries.load(Ordering::SeqCst)
-    }
-
-    /// Counts a sleeper that never sleeps (as one killed in its sleep), so that every
-    /// `notify` shows (for tests).
+    /// Arms the signal and counts a sleeper that never sleeps, as one killed in its sleep
+    /// (for tests).
     #[cfg(all(test, not(loom)))]
     pub(crate) fn count_a_sleeper(&self, mine: SleeperCount<'_>) {
-        self.count_in(mine);
+        self.arm();
+        mine.count_in();
     }
 
-    /// Wake-ups so far while someone was counted asleep (for tests).
+    /// Arms the signal as a sleeper about to sleep would (for tests).
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn arm(&self) {
+        self.seq.fetch_or(ARMED, Ordering::SeqCst);
+    }
+
+    /// Wake-ups so far, each one system call (for tests).
     #[cfg(all(test, not(loom)))]
     pub(crate) fn wake_ups(&self) -> u32 {
-        self.seq.load(Ordering::SeqCst)
+        self.seq.load(Ordering::SeqCst) >> 1
     }
 }
 
@@ -275,17 +231,18 @@ mod loom_models {
     use loom::sync::Arc;
     use std::cell::{Cell, RefCell};
 
-    std::thread_local! {
+    // Loom's own thread locals: one per model thread, dropped with it.
+    loom::thread_local! {
         /// Set by the model: how many of the threads that may wake the sleeper are done,
         /// and how many there are; once all are, no wake-up can come any more.
-        static WAKERS_DONE: RefCell<Option<(Arc<AtomicU64>, u64)>> = const { RefCell::new(None) };
-        /// Whether a sleep would have lasted its whole nap, the waker done and no wake-up.
-        static SLEPT_THROUGH: Cell<bool> = const { Cell::new(false) };
+        static WAKERS_DONE: RefCell<Option<(Arc<AtomicU64>, u64)>> = RefCell::new(None);
+        /// Whether a sleep would have lasted its whole nap, the wakers done and no wake-up.
+        static SLEPT_THROUGH: Cell<bool> = Cell::new(false);
     }
 
     /// Sleeps as a futex wait would: until `word` moves from `seen` (a wake-up). Once the
     /// wakers are done and `word` has not moved, the sleep would last its whole nap: noted,
-    /// and ended. `false` (no sleep) outside the model below.
+    /// and ended. `false` (no sleep) outside the models below.
     pub(super) fn futex_sleep(word: &AtomicU32, seen: u32) -> bool {
         let Some((done, wakers)) = WAKERS_DONE.with(|done| done.borrow().clone()) else {
             return false;
@@ -309,89 +266,77 @@ mod loom_models {
     /// is woken, never left asleep for its whole nap.
     #[test]
     fn a_sleeper_never_sleeps_through_a_push() {
-        sleeper_against(|ring| assert!(ring.try_push(7).unwrap()), 0);
+        sleeper_against(&[push_one], 1);
     }
 
-    /// The same while a sibling thread (of the same participant entry) counts itself in
-    /// and out: as it counts out it may clear the entry's bit just as the sleeper counts
-    /// itself in, and a waker may then find no bit; the sibling then sets the bit again and
-    /// wakes the sleeper (fails without that wake-up).
-    #[test]
-    fn a_sleeper_never_sleeps_through_a_push_while_a_sibling_counts_out() {
-        sleeper_against(|ring| assert!(ring.try_push(7).unwrap()), 1);
-    }
-
-    /// The same with two siblings: one clears the bit as the sleeper counts itself in, the
-    /// other sets it again (counting itself in) before the first looks at the count again;
-    /// the first must wake the sleeper all the same (fails if only setting a clear bit
-    /// wakes).
-    #[test]
-    fn a_sleeper_never_sleeps_through_a_push_while_siblings_count_in_and_out() {
-        sleeper_against(|ring| assert!(ring.try_push(7).unwrap()), 2);
-    }
-
-    /// The same for a batch push (`publish_batch`, `ack_batch`), whose first value the
+    /// The same for a batch push (`publish_batch`, `ack_batch`), both of whose values the
     /// sleeper takes.
     #[test]
     fn a_sleeper_never_sleeps_through_a_batch_push() {
-        sleeper_against(
-            |ring| assert_eq!(ring.try_push_many(&[7, 8]).unwrap(), 2),
-            0,
-        );
+        sleeper_against(&[push_two], 2);
     }
 
-    /// One sleeper waiting for a value in a ring of two, against a waker that runs `push`
-    /// (which pushes 7 first) and then `notify_after_push`, while `siblings` threads count
-    /// themselves in and out of the sleeper's entry.
-    fn sleeper_against(push: fn(&IndexRing<'_>), siblings: u64) {
+    /// Two wakers, one push each, one sleeper that takes both: a waker whose CAS loses, or
+    /// that finds the signal no longer armed, makes no wake-up call; the sleeper must still
+    /// be woken for each value (fails if a waker that finds the bit clear after a sleeper
+    /// armed again could pass it by).
+    #[test]
+    fn a_sleeper_never_sleeps_through_either_of_two_pushes() {
+        sleeper_against(&[push_one, push_one], 2);
+    }
+
+    fn push_one(ring: &IndexRing<'_>) {
+        assert!(ring.try_push(7).unwrap());
+    }
+
+    fn push_two(ring: &IndexRing<'_>) {
+        assert_eq!(ring.try_push_many(&[7, 8]).unwrap(), 2);
+    }
+
+    /// Each of `pushes` runs in its own waker thread, then `notify_after_push`; the model's
+    /// thread sleeps until it has taken the `values` pushed (at most two, the ring's
+    /// capacity), one `wait_for` each. It may never sleep for its whole nap.
+    fn sleeper_against(pushes: &'static [fn(&IndexRing<'_>)], values: usize) {
         fn ring(words: &OwnedWords) -> IndexRing<'_> {
             IndexRing::attach(&words.head, &words.tail, &words.slots)
         }
         loom::model(move || {
             let done = Arc::new(AtomicU64::new(0));
-            let wakers = 1 + siblings;
-            WAKERS_DONE.with(|slot| *slot.borrow_mut() = Some((done.clone(), wakers)));
+            WAKERS_DONE.with(|slot| *slot.borrow_mut() = Some((done.clone(), pushes.len() as u64)));
             SLEPT_THROUGH.with(|slept| slept.set(false));
             let shared = Arc::new((Signal::default(), OwnedWords::new(2), AtomicU64::new(0)));
             shared.1.ring();
-            let waker = {
-                let (shared, done) = (shared.clone(), done.clone());
-                loom::thread::spawn(move || {
-                    let (signal, words, _) = &*shared;
-                    push(&ring(words));
-                    signal.notify_after_push();
-                    done.fetch_add(1, Ordering::SeqCst);
-                })
-            };
-            let siblings: Vec<_> = (0..siblings)
-                .map(|_| {
+            let wakers: Vec<_> = pushes
+                .iter()
+                .map(|&push| {
                     let (shared, done) = (shared.clone(), done.clone());
                     loom::thread::spawn(move || {
-                        let (signal, _, count) = &*shared;
-                        let mine = SleeperCount::standalone(count);
-                        signal.count_in(mine);
-                        signal.count_out(mine);
+                        let (signal, words, _) = &*shared;
+                        push(&ring(words));
+                        signal.notify_after_push();
                         done.fetch_add(1, Ordering::SeqCst);
                     })
                 })
                 .collect();
             let (signal, words, count) = &*shared;
-            let found = signal.wait_for(
-                || ring(words).try_pop().unwrap(),
-                || Some(std::time::Duration::from_secs(1)),
-                SleeperCount::standalone(count),
-            );
-            waker.join().unwrap();
-            for sibling in siblings {
-                sibling.join().unwrap();
+            let mine = SleeperCount::standalone(count);
+            for _ in 0..values {
+                let found = signal.wait_for(
+                    || ring(words).try_pop().unwrap(),
+                    || Some(std::time::Duration::from_secs(1)),
+                    mine,
+                );
+                assert!(found.is_some(), "found each value");
+            }
+            for waker in wakers {
+                waker.join().unwrap();
             }
             WAKERS_DONE.with(|slot| *slot.borrow_mut() = None);
-            assert_eq!(found, Some(7));
             assert!(
                 !SLEPT_THROUGH.with(Cell::get),
-                "slept through the push: no wake-up came"
+                "slept through a push: no wake-up came"
             );
-            assert_eq!(signal.sleeping_entries(), 0, "counted out");
+            assert_eq!(mine.count(), 0, "counted out");
         });
     }
 }
@@ -422,7 +367,7 @@ mod tests {
             });
             // Publish only once the sleeper has counted itself (it may still be about to
             // sleep: the protocol covers both).
-            while signal.sleeping_entries() == 0 {
+            while mine.count() == 0 {
                 std::thread::yield_now();
             }
             ready.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -433,7 +378,26 @@ mod tests {
                 "woken, not timed out (an hour)"
             );
         });
-        assert_eq!((signal.sleeping_entries(), mine.count()), (0, 0));
+        assert_eq!(mine.count(), 0);
+    }
+
+    /// However many wakers come after one arming, one of them makes a wake-up call; a
+    /// signal not armed since makes none.
+    #[test]
+    fn one_arming_is_woken_once() {
+        let signal = Signal::default();
+        signal.notify();
+        assert_eq!(signal.wake_ups(), 0, "no one armed it");
+        signal.arm();
+        signal.arm(); // a sibling arming the same epoch
+        for _ in 0..3 {
+            signal.notify_after_push();
+        }
+        assert_eq!(signal.wake_ups(), 1);
+        signal.arm();
+        signal.notify();
+        signal.notify();
+        assert_eq!(signal.wake_ups(), 2);
     }
 
     #[test]

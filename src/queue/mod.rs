@@ -421,11 +421,6 @@ impl<C: Clock> Queue<C> {
             Attach::Fresh => queue.lay_out(),
             Attach::AfterReboot => queue.rebase_after_reboot(),
             Attach::Existing => {
-                // Sleepers of the registration this entry held, if it died in their sleep:
-                // also when a reaper freed the entry but died before it put the bits right.
-                // Only our entry: putting others right is the liveness check's (a process
-                // killed while it puts a bit right can leave it wrong until the next one).
-                queue.put_own_sleepers_right();
                 if registration.replaced_dead {
                     queue.note_deaths(1);
                 }
@@ -442,18 +437,6 @@ impl<C: Clock> Queue<C> {
     /// a queue in shared memory).
     pub fn attached_pids(&self) -> Vec<u32> {
         self.participants().live_pids()
-    }
-
-    /// Diagnostics: the participant entries that publishes and acks wake, as the masks
-    /// (receivers, publishers) they read; bit `i` set means entry `i` counts a thread
-    /// asleep (see `src/wait.rs`). With no thread asleep both are 0, or every publish
-    /// (or ack) pays a wake system call.
-    #[doc(hidden)]
-    pub fn sleeper_masks(&self) -> (u64, u64) {
-        (
-            self.ready_signal().sleeping_entries(),
-            self.room_signal().sleeping_entries(),
-        )
     }
 
     /// Marks a segment-backed queue's segment as initialized (its creation's last step).
@@ -817,29 +800,6 @@ impl<C: Clock> Queue<C> {
     /// Publishers waiting for a free slot sleep on it (see [`FullPolicy::Block`]).
     pub(crate) fn room_signal(&self) -> &Signal {
         &self.region.sections().shared.room_signal
-    }
-
-    /// Puts this handle's entry's bits in the signals' masks of sleepers right (see `wait`).
-    fn put_own_sleepers_right(&self) {
-        let participants = self.participants();
-        self.ready_signal()
-            .put_right(participants.sleeping(self.participant, SleepsOn::Ready));
-        self.room_signal()
-            .put_right(participants.sleeping(self.participant, SleepsOn::Room));
-    }
-
-    /// Puts every entry's bits in the signals' masks of sleepers right (see `wait`): after
-    /// the sleeper counts of dead registrations (killed in their sleep) were cleared.
-    pub(crate) fn put_sleepers_right(&self) {
-        let participants = self.participants();
-        for (on, signal) in [
-            (SleepsOn::Ready, self.ready_signal()),
-            (SleepsOn::Room, self.room_signal()),
-        ] {
-            for count in participants.sleeper_counts(on) {
-                signal.put_right(count);
-            }
-        }
     }
 
     /// Checks what must hold unless another process corrupted the region (see `trusted`).
@@ -1486,12 +1446,8 @@ impl<C: Clock> Queue<C> {
             delayed: stats.delayed,
             in_flight: stats.in_flight,
             dead: stats.dead,
-            sleeping_receivers: self
-                .participants()
-                .sleepers(SleepsOn::Ready, self.ready_signal().sleeping_entries()),
-            sleeping_publishers: self
-                .participants()
-                .sleepers(SleepsOn::Room, self.room_signal().sleeping_entries()),
+            sleeping_receivers: self.participants().sleepers(SleepsOn::Ready),
+            sleeping_publishers: self.participants().sleepers(SleepsOn::Room),
             ..self.counters().snapshot()
         }
     }

@@ -14,8 +14,8 @@
 //!   against them. A wall clock that went backwards counts as no time passed (a deadline
 //!   never grows); a suspend the monotonic clock did not count is not seen;
 //! - leases run out at once: their consumers are gone;
-//! - the participant table, the wheel, the lock words and the signals' masks of sleepers are reset
-//!   (all of them describe processes of the ended boot);
+//! - the participant table (with its counts of sleepers), the wheel and the lock words are
+//!   reset (all of them describe processes of the ended boot);
 //! - a recovery sweep finds every owner dead: half-done publishes are freed (their ids
 //!   forgotten), half-done settles undone, pins dropped, lost tokens pushed again, and
 //!   every timer a slot word marks is linked again into the fresh wheel, due at once (each
@@ -72,8 +72,6 @@ impl<C: Clock> Queue<C> {
             sections.wheel_heads,
             sections.wheel_next,
         );
-        shared.ready_signal.forget_sleepers();
-        shared.room_signal.forget_sleepers();
         shared.recovery.next_check.0.store(0, Ordering::Relaxed);
         if let Some(dedup) = self.dedup() {
             dedup.free_locks();

@@ -783,12 +783,8 @@ fn linking_a_timer_wakes_the_sleepers() {
         ..QueueConfig::new(1, 8)
     });
     let signal = queue.ready_signal();
-    signal.count_a_sleeper(
-        queue
-            .participants()
-            .sleeping(queue.participant, SleepsOn::Ready),
-    );
     queue.publish(b"first").unwrap();
+    signal.arm(); // a sleeper went to sleep
     let woken = signal.wake_ups();
     let first = queue.try_receive().unwrap();
     assert!(
@@ -801,6 +797,7 @@ fn linking_a_timer_wakes_the_sleepers() {
     queue.publish(b"second").unwrap(); // the same slot: its lease timer is still linked
     let second = queue.try_receive().unwrap();
     clock.advance(Duration::from_millis(7)); // past the first lease's end, not the second's
+    signal.arm(); // a sleeper went to sleep again
     let woken = signal.wake_ups();
     assert!(queue.try_receive().is_none());
     assert!(
