@@ -168,7 +168,7 @@ fn no_sleepers(epoch: u64) -> u64 {
 }
 
 /// Clears the sleepers counted for the dead registration of `epoch` in its entry's
-/// `sleeping` word (the caller then has the signals' masks put right). The occupant CAS
+/// `sleeping` word. The occupant CAS
 /// that reaped it has freed the entry already, so a new registration may have cleared them
 /// (then the word carries the new epoch) and may count sleepers of its own: never cleared
 /// here, they carry its epoch.
@@ -425,8 +425,7 @@ fn judge(entry: &Participant) -> Option<Dead> {
 }
 
 /// Frees `entry` of the registration judged `dead`, if that process still holds it, and
-/// clears its threads still counted asleep (the caller then has the signals' masks put
-/// right). `false` when someone took the entry first (a registration, or another reaper:
+/// clears its threads still counted asleep. `false` when someone took the entry first (a registration, or another reaper:
 /// each dead registration is reaped once).
 fn free_dead(entry: &Participant, dead: Dead) -> bool {
     let freed = entry
@@ -491,8 +490,7 @@ impl<'r> Participants<'r> {
         let replaced_epoch = entry.epoch.load(Ordering::Acquire);
         let epoch = replaced_epoch.wrapping_add(1);
         // A dead registration's counts are garbage: start from zero (nothing of ours is
-        // asleep, scheduled or pinned yet). The caller then has the signals' masks put
-        // right for the sleepers cleared here.
+        // asleep, scheduled or pinned yet).
         entry.sleeping.store(no_sleepers(epoch), Ordering::SeqCst);
         entry.scheduling.store(0, Ordering::Relaxed);
         for mark in &entry.pin_marks {
@@ -506,8 +504,8 @@ impl<'r> Participants<'r> {
         }
     }
 
-    /// Frees the entries of dead registrations and clears their sleeper counts (the caller
-    /// then has the signals' masks put right); returns how many it freed. (Each dead
+    /// Frees the entries of dead registrations and clears their sleeper counts; returns how
+    /// many it freed. (Each dead
     /// registration is reaped once: by this CAS or by a [`register`](Self::register) that
     /// reclaims it.)
     pub(crate) fn reap_dead(&self) -> usize {
@@ -518,8 +516,7 @@ impl<'r> Participants<'r> {
     }
 
     /// Clears the sleeper counts left in free entries: a reaper killed between freeing an
-    /// entry and clearing its counts leaves them there (the caller then has the signals'
-    /// masks put right). The word is cleared only if it has not changed since it was read
+    /// entry and clearing its counts leaves them there. The word is cleared only if it has not changed since it was read
     /// between two looks that found the entry free: a registration in between moved its
     /// epoch bits, and a live registration leaves only once its sleepers are gone.
     pub(crate) fn clear_sleepers_of_free_entries(&self) {

@@ -183,7 +183,7 @@ impl Layout {
 ///
 /// # Safety
 /// Implementors are `repr(C)` or `repr(transparent)` compositions of `AtomicU64`,
-/// `AtomicU32` (the ready signal's futex word and count) and `UnsafeCell<[u8; N]>` with no
+/// `AtomicU32` (the signals' futex words) and `UnsafeCell<[u8; N]>` with no
 /// padding that is read, alignment at most
 /// [`SECTION_ALIGN`], and no drop glue.
 pub(crate) unsafe trait Plain: Sync + Default {}

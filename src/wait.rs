@@ -42,6 +42,13 @@
 //! with its CAS and makes the one call; the others find the bit clear and pass, until a
 //! sleeper arms again.
 //!
+//! The price: a waker whose CAS won but which has not yet made its call (preempted, or
+//! killed, between the two) holds up every sleeper of that epoch, since the wakers after
+//! it find the bit clear. Preempted, it calls when it runs again; killed, its sleepers
+//! wake at the end of their naps (in a shared segment at most `LIVENESS_INTERVAL`, 100 ms;
+//! a killed waker of an in-process queue takes its sleepers with it). Waking whenever
+//! anyone slept paid a call per publish to avoid that.
+//!
 //! A sleeper that armed but finds what it looked for in step 3 leaves the bit set: the
 //! next waker makes one needless call. Clearing it would be wrong: a sibling may have
 //! armed the same epoch (its `fetch_or` changing nothing) and be asleep on it, and no
@@ -69,6 +76,10 @@ const ARMED: u32 = 1;
 pub(crate) struct Signal {
     /// An epoch (bits 1..) and `ARMED` (bit 0).
     seq: AtomicU32,
+    /// Under loom: the wake-up calls made, which the model's futex waits for (see
+    /// `loom_models::futex_sleep`).
+    #[cfg(loom)]
+    wake_calls: crate::sync::AtomicU64,
 }
 
 impl Signal {
@@ -118,7 +129,7 @@ impl Signal {
                 Ordering::SeqCst,
             ) {
                 Ok(_) => {
-                    wake_all(&self.seq);
+                    self.wake_all();
                     return;
                 }
                 Err(now) => seq = now,
@@ -153,7 +164,7 @@ impl Signal {
                 None => Ok(sleep_for()),
             };
             match nap {
-                Ok(Some(nap)) => sleep(&self.seq, seen, nap),
+                Ok(Some(nap)) => self.sleep(seen, nap),
                 Ok(None) => {
                     mine.count_out();
                     return None;
@@ -188,40 +199,48 @@ impl Signal {
     }
 }
 
-/// Sleeps while `word == seen`, at most `nap`.
-#[cfg(all(target_os = "linux", not(loom), not(miri)))]
-fn sleep(word: &AtomicU32, seen: u32, nap: std::time::Duration) {
-    use rustix::thread::futex;
-    let timeout = futex::Timespec {
-        tv_sec: nap.as_secs().min(i64::MAX as u64) as i64,
-        tv_nsec: i64::from(nap.subsec_nanos()),
-    };
-    // Shared (no PRIVATE flag): sleepers and wakers may be different processes. Errors
-    // (EAGAIN: the word changed; EINTR; ETIMEDOUT) all mean "look again".
-    let _ = futex::wait(word, futex::Flags::empty(), seen, Some(&timeout));
-}
-
-/// Wakes every sleeper on `word`.
-#[cfg(all(target_os = "linux", not(loom), not(miri)))]
-fn wake_all(word: &AtomicU32) {
-    let _ = rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), u32::MAX);
-}
-
-/// Without futexes (loom, Miri, other systems): nap briefly by yielding. (`loom_models`
-/// sleeps as the kernel would instead.)
-#[cfg(not(all(target_os = "linux", not(loom), not(miri))))]
-fn sleep(word: &AtomicU32, seen: u32, _nap: std::time::Duration) {
-    #[cfg(all(test, loom))]
-    if loom_models::futex_sleep(word, seen) {
-        return;
+impl Signal {
+    /// Sleeps while `seq == seen`, at most `nap`.
+    #[cfg(all(target_os = "linux", not(loom), not(miri)))]
+    fn sleep(&self, seen: u32, nap: std::time::Duration) {
+        use rustix::thread::futex;
+        let timeout = futex::Timespec {
+            tv_sec: nap.as_secs().min(i64::MAX as u64) as i64,
+            tv_nsec: i64::from(nap.subsec_nanos()),
+        };
+        // Shared (no PRIVATE flag): sleepers and wakers may be different processes. Errors
+        // (EAGAIN: the word changed; EINTR; ETIMEDOUT) all mean "look again".
+        let _ = futex::wait(&self.seq, futex::Flags::empty(), seen, Some(&timeout));
     }
-    if word.load(Ordering::SeqCst) == seen {
-        crate::sync::Backoff::new().snooze();
+
+    /// Wakes every thread asleep on `seq`.
+    #[cfg(all(target_os = "linux", not(loom), not(miri)))]
+    fn wake_all(&self) {
+        // The kernel reads the count as an `int`: `u32::MAX` would be -1, which wakes one.
+        let every = i32::MAX as u32;
+        let _ =
+            rustix::thread::futex::wake(&self.seq, rustix::thread::futex::Flags::empty(), every);
+    }
+
+    /// Without futexes (loom, Miri, other systems): nap briefly by yielding. (Under loom,
+    /// `loom_models` sleeps as the kernel would instead.)
+    #[cfg(not(all(target_os = "linux", not(loom), not(miri))))]
+    fn sleep(&self, seen: u32, _nap: std::time::Duration) {
+        #[cfg(all(test, loom))]
+        if loom_models::futex_sleep(&self.seq, &self.wake_calls, seen) {
+            return;
+        }
+        if self.seq.load(Ordering::SeqCst) == seen {
+            crate::sync::Backoff::new().snooze();
+        }
+    }
+
+    #[cfg(not(all(target_os = "linux", not(loom), not(miri))))]
+    fn wake_all(&self) {
+        #[cfg(loom)]
+        self.wake_calls.fetch_add(1, Ordering::SeqCst);
     }
 }
-
-#[cfg(not(all(target_os = "linux", not(loom), not(miri))))]
-fn wake_all(_word: &AtomicU32) {}
 
 #[cfg(all(test, loom))]
 mod loom_models {
@@ -240,17 +259,24 @@ mod loom_models {
         static SLEPT_THROUGH: Cell<bool> = Cell::new(false);
     }
 
-    /// Sleeps as a futex wait would: until `word` moves from `seen` (a wake-up). Once the
-    /// wakers are done and `word` has not moved, the sleep would last its whole nap: noted,
-    /// and ended. `false` (no sleep) outside the models below.
-    pub(super) fn futex_sleep(word: &AtomicU32, seen: u32) -> bool {
+    /// Sleeps as a futex wait would: not at all if `word` is no longer `seen`, else until
+    /// a wake-up call (`wake_calls` moves) made after that check. Once the wakers are done
+    /// and no call came, the sleep would last its whole nap: noted, and ended. `false` (no
+    /// sleep) outside the models below.
+    pub(super) fn futex_sleep(word: &AtomicU32, wake_calls: &AtomicU64, seen: u32) -> bool {
         let Some((done, wakers)) = WAKERS_DONE.with(|done| done.borrow().clone()) else {
             return false;
         };
+        // The calls before the check: a waker that changes `word` after it calls after it,
+        // as the kernel's check and queueing are one step against its wake-up.
+        let calls = wake_calls.load(Ordering::SeqCst);
+        if word.load(Ordering::SeqCst) != seen {
+            return true;
+        }
         loop {
-            // `done` first: a wake-up before it is then seen in `word`.
+            // `done` first: a wake-up call before it is then seen.
             let wakers_done = done.load(Ordering::SeqCst) == wakers;
-            if word.load(Ordering::SeqCst) != seen {
+            if wake_calls.load(Ordering::SeqCst) != calls {
                 return true;
             }
             if wakers_done {
@@ -276,10 +302,9 @@ mod loom_models {
         sleeper_against(&[push_two], 2);
     }
 
-    /// Two wakers, one push each, one sleeper that takes both: a waker whose CAS loses, or
-    /// that finds the signal no longer armed, makes no wake-up call; the sleeper must still
-    /// be woken for each value (fails if a waker that finds the bit clear after a sleeper
-    /// armed again could pass it by).
+    /// Two wakers, one push each, one sleeper that takes both: a waker that finds the
+    /// signal no longer armed (the other took the bit), or loses the CAS, makes no call;
+    /// the sleeper must still be woken, or find the value, for each push.
     #[test]
     fn a_sleeper_never_sleeps_through_either_of_two_pushes() {
         sleeper_against(&[push_one, push_one], 2);
@@ -379,6 +404,67 @@ mod tests {
             );
         });
         assert_eq!(mine.count(), 0);
+    }
+
+    /// One wake-up call wakes every thread asleep on the signal, not only the first: the
+    /// kernel reads FUTEX_WAKE's count as an `int`, so a count of `u32::MAX` (-1) woke one
+    /// (fails with that count: two sleepers sleep their whole nap of a minute).
+    #[test]
+    #[cfg(all(target_os = "linux", not(miri)))]
+    fn one_wake_up_call_wakes_every_sleeper() {
+        const SLEEPERS: usize = 3;
+        let signal = Signal::default();
+        let count = crate::sync::AtomicU64::new(0);
+        let ready = AtomicBool::new(false);
+        let tids = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            let sleepers: Vec<_> = (0..SLEEPERS)
+                .map(|_| {
+                    s.spawn(|| {
+                        let tid = rustix::thread::gettid().as_raw_nonzero().get();
+                        tids.lock().unwrap().push(tid);
+                        signal.wait_for(
+                            || {
+                                ready
+                                    .load(std::sync::atomic::Ordering::SeqCst)
+                                    .then(Instant::now)
+                            },
+                            || Some(Duration::from_secs(60)),
+                            SleeperCount::standalone(&count),
+                        )
+                    })
+                })
+                .collect();
+            // Until every sleeper is counted and blocked in the kernel (state S).
+            let asleep = |tid: &i32| {
+                std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))
+                    .ok()
+                    .and_then(|stat| {
+                        let (_, fields) = stat.rsplit_once(')')?;
+                        fields.split_whitespace().next().map(|state| state == "S")
+                    })
+                    .unwrap_or(false)
+            };
+            let give_up = Instant::now() + Duration::from_secs(5);
+            while !(count.load(std::sync::atomic::Ordering::SeqCst) == SLEEPERS as u64
+                && tids.lock().unwrap().iter().all(asleep))
+            {
+                assert!(Instant::now() < give_up, "the sleepers never fell asleep");
+                std::thread::yield_now();
+            }
+            let notified = Instant::now();
+            ready.store(true, std::sync::atomic::Ordering::SeqCst);
+            signal.notify();
+            assert_eq!(signal.wake_ups(), 1, "one call");
+            for sleeper in sleepers {
+                let found = sleeper.join().unwrap().expect("naps never end the wait");
+                // Not a speed claim: woken, against sleeping out a nap of a minute.
+                assert!(
+                    found.duration_since(notified) < Duration::from_secs(30),
+                    "slept its nap out: the call did not wake it"
+                );
+            }
+        });
     }
 
     /// However many wakers come after one arming, one of them makes a wake-up call; a
