@@ -267,12 +267,22 @@ mod loom_models {
         let Some((done, wakers)) = WAKERS_DONE.with(|done| done.borrow().clone()) else {
             return false;
         };
-        // The calls before the check: a waker that changes `word` after it calls after it,
-        // as the kernel's check and queueing are one step against its wake-up.
-        let calls = wake_calls.load(Ordering::SeqCst);
-        if word.load(Ordering::SeqCst) != seen {
-            return true;
-        }
+        // The kernel checks the word and queues the sleeper in one step against wake-ups:
+        // a call made between the two loads below is not counted (the kernel would have
+        // made it before the sleeper was queued), so the check is made again.
+        let calls = loop {
+            let calls = wake_calls.load(Ordering::SeqCst);
+            if word.load(Ordering::SeqCst) != seen {
+                return true;
+            }
+            // Confirms no call came since `calls` was read (the RMW reads the latest).
+            if wake_calls
+                .compare_exchange(calls, calls, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                break calls;
+            }
+        };
         loop {
             // `done` first: a wake-up call before it is then seen.
             let wakers_done = done.load(Ordering::SeqCst) == wakers;
