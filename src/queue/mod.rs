@@ -294,6 +294,7 @@ pub(crate) enum Attach {
     /// A zeroed region: lay the queue out.
     Fresh,
     /// A queue others made, on this boot.
+    #[cfg_attr(loom, allow(dead_code))] // made by `shm`, which loom builds leave out
     Existing,
     /// A queue made before the host's last reboot, which no one else is attaching now:
     /// rebase it first (see `reboot`).
@@ -431,6 +432,17 @@ impl<C: Clock> Queue<C> {
 
     fn participants(&self) -> Participants<'_> {
         Participants::new(self.region.sections().participants)
+    }
+
+    /// Diagnostics: the wake-up system calls made so far on the (ready, room) signals, by
+    /// every process, modulo 2^31 (see `src/wait.rs`). With no thread asleep, publishes
+    /// and acks make none, but for one per signal after sleepers that were killed.
+    #[doc(hidden)]
+    pub fn wake_up_calls(&self) -> (u32, u32) {
+        (
+            self.ready_signal().wake_ups(),
+            self.room_signal().wake_ups(),
+        )
     }
 
     /// The process ids of the handles attached to this queue now (more than one only for
