@@ -52,7 +52,7 @@
 //! A sleeper that armed but finds what it looked for in step 3 leaves the bit set: the
 //! next waker makes one needless call. Clearing it would be wrong: a sibling may have
 //! armed the same epoch (its `fetch_or` changing nothing) and be asleep on it, and no
-//! waker would wake it. A thread killed in its sleep (SIGKILL) also leaves the bit set,
+//! waker would wake it (`loom_models` finds that deadlock if the bit is cleared). A thread killed in its sleep (SIGKILL) also leaves the bit set,
 //! which costs the same one call: nothing a dead process leaves can make every publish
 //! pay a system call.
 //!
@@ -76,10 +76,6 @@ const ARMED: u32 = 1;
 pub(crate) struct Signal {
     /// An epoch (bits 1..) and `ARMED` (bit 0).
     seq: AtomicU32,
-    /// Under loom: the wake-up calls made, which the model's futex waits for (see
-    /// `loom_models::futex_sleep`).
-    #[cfg(loom)]
-    wake_calls: crate::sync::AtomicU64,
 }
 
 impl Signal {
@@ -221,12 +217,12 @@ impl Signal {
             rustix::thread::futex::wake(&self.seq, rustix::thread::futex::Flags::empty(), every);
     }
 
-    /// Without futexes (loom, Miri, other systems): nap briefly by yielding. (Under loom,
-    /// `loom_models` sleeps as the kernel would instead.)
+    /// Without futexes (loom, Miri, other systems): nap briefly by yielding. (In the
+    /// models of `loom_models`, a futex stand-in sleeps as the kernel would instead.)
     #[cfg(not(all(target_os = "linux", not(loom), not(miri))))]
     fn sleep(&self, seen: u32, _nap: std::time::Duration) {
         #[cfg(all(test, loom))]
-        if loom_models::futex_sleep(&self.seq, &self.wake_calls, seen) {
+        if loom_models::futex_sleep(&self.seq, seen) {
             return;
         }
         if self.seq.load(Ordering::SeqCst) == seen {
@@ -236,8 +232,8 @@ impl Signal {
 
     #[cfg(not(all(target_os = "linux", not(loom), not(miri))))]
     fn wake_all(&self) {
-        #[cfg(loom)]
-        self.wake_calls.fetch_add(1, Ordering::SeqCst);
+        #[cfg(all(test, loom))]
+        loom_models::futex_wake_all();
     }
 }
 
@@ -246,69 +242,65 @@ mod loom_models {
     use super::*;
     use crate::ring::index::{IndexRing, OwnedWords};
     use crate::sync::AtomicU64;
-    use loom::sync::Arc;
-    use std::cell::{Cell, RefCell};
+    use loom::sync::{Arc, Condvar, Mutex};
+    use std::cell::Cell;
 
-    // Loom's own thread locals: one per model thread, dropped with it.
+    loom::lazy_static! {
+        /// The kernel's futex, for the models below: the wake-up calls made so far, under a
+        /// lock that a sleeper's check of its word and each call take (the kernel checks
+        /// and queues a sleeper in one step against wake-ups), and the sleepers' queue.
+        static ref FUTEX: (Mutex<u64>, Condvar) = (Mutex::new(0), Condvar::new());
+    }
+
+    // Loom's own thread local: one per model thread.
     loom::thread_local! {
-        /// Set by the model: how many of the threads that may wake the sleeper are done,
-        /// and how many there are; once all are, no wake-up can come any more.
-        static WAKERS_DONE: RefCell<Option<(Arc<AtomicU64>, u64)>> = RefCell::new(None);
-        /// Whether a sleep would have lasted its whole nap, the wakers done and no wake-up.
-        static SLEPT_THROUGH: Cell<bool> = Cell::new(false);
+        /// Set in every thread of the models below, which use the futex stand-in.
+        static MODELLED: Cell<bool> = Cell::new(false);
     }
 
     /// Sleeps as a futex wait would: not at all if `word` is no longer `seen`, else until
-    /// a wake-up call (`wake_calls` moves) made after that check. Once the wakers are done
-    /// and no call came, the sleep would last its whole nap: noted, and ended. `false` (no
+    /// a wake-up call made after that check. A sleep no call ends never ends: loom reports
+    /// it as a deadlock, the models' failure (a nap would have hidden it). `false` (no
     /// sleep) outside the models below.
-    pub(super) fn futex_sleep(word: &AtomicU32, wake_calls: &AtomicU64, seen: u32) -> bool {
-        let Some((done, wakers)) = WAKERS_DONE.with(|done| done.borrow().clone()) else {
+    pub(super) fn futex_sleep(word: &AtomicU32, seen: u32) -> bool {
+        if !MODELLED.with(Cell::get) {
             return false;
-        };
-        // The kernel checks the word and queues the sleeper in one step against wake-ups:
-        // a call made between the two loads below is not counted (the kernel would have
-        // made it before the sleeper was queued), so the check is made again.
-        let calls = loop {
-            let calls = wake_calls.load(Ordering::SeqCst);
-            if word.load(Ordering::SeqCst) != seen {
-                return true;
-            }
-            // Confirms no call came since `calls` was read (the RMW reads the latest).
-            if wake_calls
-                .compare_exchange(calls, calls, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-            {
-                break calls;
-            }
-        };
-        loop {
-            // `done` first: a wake-up call before it is then seen.
-            let wakers_done = done.load(Ordering::SeqCst) == wakers;
-            if wake_calls.load(Ordering::SeqCst) != calls {
-                return true;
-            }
-            if wakers_done {
-                SLEPT_THROUGH.with(|slept| slept.set(true));
-                return true;
-            }
-            loom::thread::yield_now();
         }
+        let (calls, queue) = &*FUTEX;
+        let mut calls = calls.lock().unwrap();
+        if word.load(Ordering::SeqCst) != seen {
+            return true;
+        }
+        let before = *calls;
+        while *calls == before {
+            calls = queue.wait(calls).unwrap();
+        }
+        true
+    }
+
+    /// A wake-up call: wakes every thread asleep in [`futex_sleep`].
+    pub(super) fn futex_wake_all() {
+        if !MODELLED.with(Cell::get) {
+            return;
+        }
+        let (calls, queue) = &*FUTEX;
+        *calls.lock().unwrap() += 1;
+        queue.notify_all();
     }
 
     /// The protocol's promise, for a waker that pushes a token to a ring (a ready token, or
     /// a freed slot's) and calls `notify_after_push`: a sleeper that did not find the token
-    /// is woken, never left asleep for its whole nap.
+    /// is woken, never left asleep.
     #[test]
     fn a_sleeper_never_sleeps_through_a_push() {
-        sleeper_against(&[push_one], 1);
+        sleepers_against(&[push_one], 1, 1, None);
     }
 
     /// The same for a batch push (`publish_batch`, `ack_batch`), both of whose values the
     /// sleeper takes.
     #[test]
     fn a_sleeper_never_sleeps_through_a_batch_push() {
-        sleeper_against(&[push_two], 2);
+        sleepers_against(&[push_two], 2, 1, None);
     }
 
     /// Two wakers, one push each, one sleeper that takes both: a waker that finds the
@@ -316,7 +308,22 @@ mod loom_models {
     /// the sleeper must still be woken, or find the value, for each push.
     #[test]
     fn a_sleeper_never_sleeps_through_either_of_two_pushes() {
-        sleeper_against(&[push_one, push_one], 2);
+        sleepers_against(&[push_one, push_one], 2, 1, None);
+    }
+
+    /// Two sleepers, one value each from one batch push: both may arm the same epoch (the
+    /// second's `fetch_or` changing nothing), and the one call must wake both; a sleeper
+    /// that finds its value leaves the bit armed for the other (fails if it cleared it).
+    #[test]
+    fn two_sleepers_never_sleep_through_a_batch_push() {
+        sleepers_against(&[push_two], 2, 2, None);
+    }
+
+    /// Two sleepers and two wakers, one value each. (Four threads: at most two preemptions,
+    /// 45 s; three took 11 minutes.)
+    #[test]
+    fn two_sleepers_never_sleep_through_two_pushes() {
+        sleepers_against(&[push_one, push_one], 2, 2, Some(2));
     }
 
     fn push_one(ring: &IndexRing<'_>) {
@@ -327,50 +334,65 @@ mod loom_models {
         assert_eq!(ring.try_push_many(&[7, 8]).unwrap(), 2);
     }
 
-    /// Each of `pushes` runs in its own waker thread, then `notify_after_push`; the model's
-    /// thread sleeps until it has taken the `values` pushed (at most two, the ring's
-    /// capacity), one `wait_for` each. It may never sleep for its whole nap.
-    fn sleeper_against(pushes: &'static [fn(&IndexRing<'_>)], values: usize) {
+    /// Each of `pushes` runs in its own waker thread, then `notify_after_push`; `sleepers`
+    /// threads (the model's own among them) share the `values` pushed (at most two, the
+    /// ring's capacity) equally, one `wait_for` per value. None may be left asleep.
+    /// `preemptions` bounds loom's search below the environment's `LOOM_MAX_PREEMPTIONS`.
+    fn sleepers_against(
+        pushes: &'static [fn(&IndexRing<'_>)],
+        values: usize,
+        sleepers: usize,
+        preemptions: Option<usize>,
+    ) {
         fn ring(words: &OwnedWords) -> IndexRing<'_> {
             IndexRing::attach(&words.head, &words.tail, &words.slots)
         }
-        loom::model(move || {
-            let done = Arc::new(AtomicU64::new(0));
-            WAKERS_DONE.with(|slot| *slot.borrow_mut() = Some((done.clone(), pushes.len() as u64)));
-            SLEPT_THROUGH.with(|slept| slept.set(false));
+        let mut builder = loom::model::Builder::new();
+        if preemptions.is_some() {
+            builder.preemption_bound = preemptions;
+        }
+        builder.check(move || {
             let shared = Arc::new((Signal::default(), OwnedWords::new(2), AtomicU64::new(0)));
             shared.1.ring();
             let wakers: Vec<_> = pushes
                 .iter()
                 .map(|&push| {
-                    let (shared, done) = (shared.clone(), done.clone());
+                    let shared = shared.clone();
                     loom::thread::spawn(move || {
+                        MODELLED.with(|modelled| modelled.set(true));
                         let (signal, words, _) = &*shared;
                         push(&ring(words));
                         signal.notify_after_push();
-                        done.fetch_add(1, Ordering::SeqCst);
                     })
                 })
                 .collect();
-            let (signal, words, count) = &*shared;
-            let mine = SleeperCount::standalone(count);
-            for _ in 0..values {
-                let found = signal.wait_for(
-                    || ring(words).try_pop().unwrap(),
-                    || Some(std::time::Duration::from_secs(1)),
-                    mine,
-                );
-                assert!(found.is_some(), "found each value");
+            let sleep = {
+                let shared = shared.clone();
+                move || {
+                    MODELLED.with(|modelled| modelled.set(true));
+                    let (signal, words, count) = &*shared;
+                    for _ in 0..values / sleepers {
+                        let found = signal.wait_for(
+                            || ring(words).try_pop().unwrap(),
+                            || Some(std::time::Duration::from_secs(1)),
+                            SleeperCount::standalone(count),
+                        );
+                        assert!(found.is_some(), "found its value");
+                    }
+                }
+            };
+            let others: Vec<_> = (1..sleepers)
+                .map(|_| loom::thread::spawn(sleep.clone()))
+                .collect();
+            sleep();
+            for thread in others.into_iter().chain(wakers) {
+                thread.join().unwrap();
             }
-            for waker in wakers {
-                waker.join().unwrap();
-            }
-            WAKERS_DONE.with(|slot| *slot.borrow_mut() = None);
-            assert!(
-                !SLEPT_THROUGH.with(Cell::get),
-                "slept through a push: no wake-up came"
+            assert_eq!(
+                SleeperCount::standalone(&shared.2).count(),
+                0,
+                "counted out"
             );
-            assert_eq!(mine.count(), 0, "counted out");
         });
     }
 }
