@@ -168,10 +168,9 @@ fn no_sleepers(epoch: u64) -> u64 {
 }
 
 /// Clears the sleepers counted for the dead registration of `epoch` in its entry's
-/// `sleeping` word. The occupant CAS
-/// that reaped it has freed the entry already, so a new registration may have cleared them
-/// (then the word carries the new epoch) and may count sleepers of its own: never cleared
-/// here, they carry its epoch.
+/// `sleeping` word. The occupant CAS that reaped it has freed the entry already, so a new
+/// registration may have cleared them (then the word carries the new epoch) and may count
+/// sleepers of its own: never cleared here, they carry its epoch.
 fn clear_sleepers(word: &AtomicU64, epoch: u64) {
     // A dead registration's word no longer changes; only a process writing garbage would
     // keep it moving, so a few tries are enough.
@@ -425,8 +424,8 @@ fn judge(entry: &Participant) -> Option<Dead> {
 }
 
 /// Frees `entry` of the registration judged `dead`, if that process still holds it, and
-/// clears its threads still counted asleep. `false` when someone took the entry first (a registration, or another reaper:
-/// each dead registration is reaped once).
+/// clears its threads still counted asleep. `false` when someone took the entry first (a
+/// registration, or another reaper: each dead registration is reaped once).
 fn free_dead(entry: &Participant, dead: Dead) -> bool {
     let freed = entry
         .occupant
@@ -505,9 +504,8 @@ impl<'r> Participants<'r> {
     }
 
     /// Frees the entries of dead registrations and clears their sleeper counts; returns how
-    /// many it freed. (Each dead
-    /// registration is reaped once: by this CAS or by a [`register`](Self::register) that
-    /// reclaims it.)
+    /// many it freed. (Each dead registration is reaped once: by this CAS or by a
+    /// [`register`](Self::register) that reclaims it.)
     pub(crate) fn reap_dead(&self) -> usize {
         self.entries
             .iter()
@@ -516,9 +514,10 @@ impl<'r> Participants<'r> {
     }
 
     /// Clears the sleeper counts left in free entries: a reaper killed between freeing an
-    /// entry and clearing its counts leaves them there. The word is cleared only if it has not changed since it was read
-    /// between two looks that found the entry free: a registration in between moved its
-    /// epoch bits, and a live registration leaves only once its sleepers are gone.
+    /// entry and clearing its counts leaves them there. The word is cleared only if it has
+    /// not changed since it was read between two looks that found the entry free: a
+    /// registration in between moved its epoch bits, and a live registration leaves only
+    /// once its sleepers are gone.
     pub(crate) fn clear_sleepers_of_free_entries(&self) {
         for entry in self.entries.iter() {
             if Occupant::read(entry) != Occupant::FREE {

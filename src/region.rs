@@ -183,9 +183,8 @@ impl Layout {
 ///
 /// # Safety
 /// Implementors are `repr(C)` or `repr(transparent)` compositions of `AtomicU64`,
-/// `AtomicU32` (the signals' futex words) and `UnsafeCell<[u8; N]>` with no
-/// padding that is read, alignment at most
-/// [`SECTION_ALIGN`], and no drop glue.
+/// `AtomicU32` (the signals' futex words) and `UnsafeCell<[u8; N]>` with no padding that
+/// is read, alignment at most [`SECTION_ALIGN`], and no drop glue.
 pub(crate) unsafe trait Plain: Sync + Default {}
 
 /// Raw views of a region's sections. They point into memory the owning [`Region`] keeps

@@ -155,22 +155,15 @@ impl Signal {
             // scheduled one before our fence is seen here, while one after it finds the
             // signal armed and wakes us.
             fence(Ordering::SeqCst);
-            let nap = match look() {
-                Some(found) => Err(found),
-                None => Ok(sleep_for()),
-            };
-            match nap {
-                Ok(Some(nap)) => self.sleep(seen, nap),
-                Ok(None) => {
-                    mine.count_out();
-                    return None;
-                }
-                Err(found) => {
-                    mine.count_out();
-                    return Some(found);
-                }
+            let found = look();
+            let nap = if found.is_none() { sleep_for() } else { None };
+            if let Some(nap) = nap {
+                self.sleep(seen, nap);
             }
             mine.count_out();
+            if nap.is_none() {
+                return found; // found, or no more waiting
+            }
         }
     }
 

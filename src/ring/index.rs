@@ -309,8 +309,8 @@ impl<'r> IndexRing<'r> {
             if behind == 0 && !filled {
                 // On failure another pusher took `tail`: look again. SeqCst (no dearer than
                 // AcqRel on x86 or ARMv8): a waker that pushed a token and then loads the
-                // signal's armed bit needs its push in the single total order of SeqCst operations
-                // (see `Signal::notify_after_push`).
+                // signal's armed bit needs its push in the single total order of SeqCst
+                // operations (see `Signal::notify_after_push`).
                 if slot
                     .compare_exchange(
                         current,
