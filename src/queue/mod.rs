@@ -266,17 +266,16 @@ fn pop(ring: IndexRing<'_>) -> Option<u32> {
 /// comes. The tour (six processes on two cores) saw its p50 from publish to delivery go
 /// from 19-32 µs to 1.28-1.33 ms. A receiver that spins, or sleeps on the futex and is
 /// woken, is there when the message comes.
+///
+/// The caller has looked once already, at `started`.
 fn look_while_spinning<T>(
     started: std::time::Instant,
     timeout: Duration,
     look: &mut impl FnMut() -> Option<T>,
 ) -> Option<T> {
     let spin_for = SPIN_BUDGET.min(timeout);
+    let mut looked = started;
     loop {
-        if let Some(found) = look() {
-            return Some(found);
-        }
-        let looked = std::time::Instant::now();
         if looked.duration_since(started) >= spin_for {
             return None;
         }
@@ -285,6 +284,10 @@ fn look_while_spinning<T>(
                 spin_hint();
             }
         }
+        if let Some(found) = look() {
+            return Some(found);
+        }
+        looked = std::time::Instant::now();
     }
 }
 
@@ -1009,6 +1012,12 @@ impl<C: Clock> Queue<C> {
         timeout: Duration,
         mut look: impl FnMut() -> Option<T>,
     ) -> Option<T> {
+        // Most calls find something at once: the first look reads no clock (a clock read
+        // costs a receive a third more: 21 ns against 55-60 for the rest of it). The
+        // timeout counts from just after it.
+        if let Some(found) = look() {
+            return Some(found);
+        }
         let started = std::time::Instant::now();
         // None: no limit.
         let give_up = started.checked_add(timeout);
