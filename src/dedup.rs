@@ -16,7 +16,8 @@
 //! ids therefore gets stripes for [`IDS_PER_STRIPE`] (8) of them each: a stripe then
 //! overflows with probability 3e-11 (P[Poisson(8) >= 33]), so a million-stripe table
 //! holding its full capacity of random ids overflows somewhere with probability 3e-5.
-//! The price is 64 bytes per id.
+//! The price is 72 bytes per id (a stripe is 576 bytes: 16 of lock and length, 512 of
+//! entries, rounded up to whole cache lines).
 //!
 //! Why a length and not open addressing: once every entry of an open-addressed stripe has
 //! been used, no empty entry ends a probe, and every record scans the whole stripe (eight
