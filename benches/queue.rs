@@ -150,8 +150,8 @@ fn fresh_id() -> MessageId {
 }
 
 /// A fresh id that looks random: [`fresh_id`] times an odd constant (a bijection, so still
-/// unique). The queue guesses that a publisher's next id is this one plus one and
-/// prefetches its dedup stripe; with these ids the guess is always wrong.
+/// unique). The queue guesses that a publisher numbers its ids, and prefetches the dedup
+/// stripe of this id plus two; with these ids the guess is always wrong.
 fn fresh_random_id() -> MessageId {
     MessageId(fresh_id().0.wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
