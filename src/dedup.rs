@@ -61,6 +61,10 @@ pub const ENTRIES_PER_STRIPE: usize = 32;
 /// Ids a stripe is sized for on average: a quarter of its entries (see the module docs).
 pub const IDS_PER_STRIPE: usize = ENTRIES_PER_STRIPE / 4;
 
+/// The most ids a window may be sized for, 2^32 (on 64-bit targets): its stripes then
+/// count in 32 bits, as a queue's region records them, and already take 288 GiB.
+pub const MAX_CAPACITY: usize = (u32::MAX as usize).saturating_add(1);
+
 /// The lock value of a standalone window's holder (a queue's holders are participant ids).
 const HELD_IN_PROCESS: u64 = 1;
 
@@ -97,9 +101,12 @@ pub enum DedupError {
     },
 }
 
-/// A dedup window that cannot remember anything.
+/// A dedup window that cannot remember anything, or cannot be had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("a dedup window needs a non-zero duration and capacity, got {window:?} and {capacity}")]
+#[error(
+    "a dedup window needs a non-zero duration and a capacity from 1 to 2^32 ids that \
+     fits in memory, got {window:?} and {capacity}"
+)]
 pub struct DedupConfigError {
     /// The window asked for.
     pub window: Duration,
@@ -227,16 +234,20 @@ impl DedupWindow {
     /// stripe of 32 entries is sized for 8 ids).
     ///
     /// # Errors
-    /// [`DedupConfigError`] if `window` or `capacity` is zero.
+    /// [`DedupConfigError`] if `window` or `capacity` is zero, `capacity` is above
+    /// [`MAX_CAPACITY`], or the memory for it cannot be had.
     pub fn new(window: Duration, capacity: usize) -> Result<Self, DedupConfigError> {
         let window_nanos = crate::clock::nanos(window);
-        if window_nanos == 0 || capacity == 0 {
-            return Err(DedupConfigError { window, capacity });
+        let refused = DedupConfigError { window, capacity };
+        if window_nanos == 0 || capacity == 0 || capacity > MAX_CAPACITY {
+            return Err(refused);
         }
+        let count = stripes_for(capacity);
+        let mut stripes = Vec::new();
+        stripes.try_reserve_exact(count).map_err(|_| refused)?;
+        stripes.resize_with(count, Stripe::default);
         Ok(Self {
-            stripes: (0..stripes_for(capacity))
-                .map(|_| Stripe::default())
-                .collect(),
+            stripes: stripes.into_boxed_slice(),
             window_nanos,
         })
     }
@@ -457,6 +468,11 @@ mod tests {
     fn rejects_bad_config() {
         assert!(DedupWindow::new(Duration::ZERO, 8).is_err());
         assert!(DedupWindow::new(WINDOW, 0).is_err());
+        assert!(DedupWindow::new(WINDOW, MAX_CAPACITY + 1).is_err());
+        assert!(
+            DedupWindow::new(WINDOW, usize::MAX).is_err(),
+            "no panic either"
+        );
         assert_eq!(DedupWindow::new(WINDOW, 33).unwrap().capacity(), 64);
         assert_eq!(DedupWindow::new(WINDOW, 64).unwrap().stripes.len(), 8);
     }

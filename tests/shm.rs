@@ -60,6 +60,32 @@ fn two_handles_on_one_segment_share_the_queue() {
 }
 
 #[test]
+fn a_window_and_ttl_of_584_years_or_more_survive_the_header() {
+    // Such durations saturate to u64::MAX nanoseconds, once the header's word for "none":
+    // the segment was made, and then no one could open it.
+    let name = name("forever");
+    let _cleanup = Cleanup(name.clone());
+    let config = QueueConfig {
+        dedup_window: Some(Duration::MAX),
+        default_ttl: Some(Duration::MAX),
+        ..small_config()
+    };
+    let creator = Queue::create_shm(&name, config).unwrap();
+    let opener = Queue::open_shm(&name).expect("opens");
+    assert!(opener.config().dedup_window.is_some());
+    assert!(opener.config().default_ttl.is_some());
+    let options = ackring::PublishOptions {
+        id: Some(ackring::MessageId(9)),
+        ..Default::default()
+    };
+    creator.publish_with(b"once", options).unwrap();
+    assert!(matches!(
+        opener.publish_with(b"twice", options),
+        Err(ackring::PublishError::Duplicate { .. })
+    ));
+}
+
+#[test]
 fn names_that_exist_do_not_exist_or_are_invalid_are_typed_errors() {
     let name = name("errors");
     let _cleanup = Cleanup(name.clone());

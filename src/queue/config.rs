@@ -87,6 +87,15 @@ pub enum FullPolicy {
 /// The most messages a queue holds: ring tokens keep 24 bits of slot index.
 const MAX_QUEUE_CAPACITY: u32 = (1 << 24) - 1;
 
+/// The most ids a dedup window may be sized for: its stripes must count in 32 bits (and a
+/// window this large already needs 288 GiB).
+const MAX_DEDUP_CAPACITY: usize = crate::dedup::MAX_CAPACITY;
+
+/// The longest timer tick: timers (leases, delays, backoff) and, in a shared segment, the
+/// liveness checks that start crash recovery run at most once a tick, so a tick longer
+/// than the time left to the host's uptime would stop them all.
+const MAX_TIMER_TICK: Duration = Duration::from_secs(1);
+
 /// A queue configuration; start from [`QueueConfig::new`] and adjust fields.
 ///
 /// ```
@@ -119,7 +128,8 @@ pub struct QueueConfig {
     /// `None` = no dedup. (Generated ids are unique and not remembered.)
     pub dedup_window: Option<Duration>,
     /// Ids the dedup window remembers at once (rounded up): at least the publisher-given
-    /// ids published in any one `dedup_window`, or publishes fail with `DedupFull`.
+    /// ids published in any one `dedup_window`, or publishes fail with `DedupFull`; at most
+    /// 2^32 (a window costs 72 bytes per id).
     pub dedup_capacity: usize,
     /// What an expired message becomes.
     pub on_expiry: ExpiryPolicy,
@@ -130,7 +140,8 @@ pub struct QueueConfig {
     /// queue, publishes fail with `Full` until dead letters are popped or redriven.
     pub dead_letter_capacity: u32,
     /// How finely the timing wheel keeps time: a lease, delay or backoff ends within one
-    /// tick after its deadline, and the wheel does work at most once per tick. [1 ms]
+    /// tick after its deadline, and the wheel does work at most once per tick; at most
+    /// 1 s. [1 ms]
     pub timer_tick: Duration,
 }
 
@@ -163,6 +174,7 @@ impl QueueConfig {
             lines_per_slot: self.max_payload.div_ceil(64) as u32,
             dead_capacity: self.dead_letter_capacity,
             dedup_stripes: match self.dedup_window {
+                // Fits: `validate` bounds the capacity (2^32 ids are 2^29 stripes).
                 Some(_) => crate::dedup::stripes_for(self.dedup_capacity) as u32,
                 None => 0,
             },
@@ -182,10 +194,10 @@ impl QueueConfig {
             || (self.dedup_window.is_some() && self.dedup_capacity == 0)
         {
             "dedup_window and dedup_capacity must be non-zero (or dedup off)"
-        } else if self.dedup_window.is_some() && self.dedup_capacity > 1 << 36 {
-            "dedup_capacity must be at most 2^36 ids"
-        } else if self.timer_tick.is_zero() {
-            "timer_tick must be longer than zero"
+        } else if self.dedup_window.is_some() && self.dedup_capacity > MAX_DEDUP_CAPACITY {
+            "dedup_capacity must be at most 2^32 ids"
+        } else if self.timer_tick.is_zero() || self.timer_tick > MAX_TIMER_TICK {
+            "timer_tick must be longer than zero and at most 1 s"
         } else if self.max_payload > u32::MAX as usize {
             "max_payload must fit in 32 bits"
         } else if matches!(self.backoff, RetryBackoff::Exponential { multiplier, .. } if multiplier.is_nan() || multiplier < 1.0)

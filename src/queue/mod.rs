@@ -1122,10 +1122,12 @@ impl<C: Clock> Queue<C> {
     /// ring is full.
     pub(crate) fn file_dead(&self, filed: u32) {
         // Bounded: each round discards a letter or finds one gone, so a sane ring has room
-        // within its capacity's worth of rounds (a corrupt one leaves the letter unfiled).
-        for _ in 0..=self.config.dead_letter_capacity {
+        // within a few rounds, unless other threads file into the room we make as fast as
+        // we make it (a corrupt ring never has room).
+        let rounds = 4 * (self.config.dead_letter_capacity as usize + 1);
+        for _ in 0..rounds {
             if push(self.dead(), filed) {
-                break;
+                return;
             }
             let Some(oldest) = pop(self.dead()) else {
                 continue; // a racing pop made room
@@ -1133,10 +1135,21 @@ impl<C: Clock> Queue<C> {
             let Some((old_slot, old_generation)) = self.resolve(oldest, State::Dead) else {
                 continue;
             };
-            if let Ok(word) = self.free_dead(old_slot, old_generation) {
-                self.counters().bump(Counter::DeadDiscarded);
-                self.release_if_unpinned(old_slot, word);
-            }
+            self.discard_dead(old_slot, old_generation);
+        }
+        // Out of rounds: this letter is discarded too, as the oldest would have been. Left
+        // dead with no token, it could be neither listed nor redriven, and its slot would
+        // never be free again.
+        if let Some((slot, generation)) = self.resolve(filed, State::Dead) {
+            self.discard_dead(slot, generation);
+        }
+    }
+
+    /// Frees a dead letter we took out of (or could not put into) the dead ring, counted.
+    fn discard_dead(&self, slot: u32, generation: u32) {
+        if let Ok(word) = self.free_dead(slot, generation) {
+            self.counters().bump(Counter::DeadDiscarded);
+            self.release_if_unpinned(slot, word);
         }
     }
 
@@ -1351,9 +1364,13 @@ impl<C: Clock> Queue<C> {
     /// Returns how many. A message keeps its TTL: one that has expired is dead-lettered (or
     /// dropped) again as expired at the next receive, never delivered; publish its payload
     /// anew to send it again.
+    /// Letters that die again while it runs (expired, or rejected at once by a consumer)
+    /// wait for the next redrive: a call takes at most as many letters as the dead-letter
+    /// queue holds, so it ends however fast letters come back.
     pub fn redrive(&self) -> usize {
         let mut redriven = 0;
-        while let Some(dead) = pop(self.dead()) {
+        let most = self.dead().capacity();
+        for dead in std::iter::from_fn(|| pop(self.dead())).take(most) {
             let Some((slot, generation)) = self.resolve(dead, State::Dead) else {
                 continue;
             };
@@ -1395,22 +1412,32 @@ impl<C: Clock> Queue<C> {
     }
 
     /// Copies of up to `limit` ready messages, oldest publish first, left in the queue
-    /// (for inspection: `ackring peek`).
+    /// (for inspection: `ackring peek`). Only those `limit` payloads are copied: the slots
+    /// are ordered by their publish times first.
     pub fn peek(&self, limit: usize) -> Vec<ReadyMessage> {
-        let mut ready: Vec<(u64, ReadyMessage)> = (0..self.store().capacity())
-            .filter_map(|slot| self.snapshot(slot, State::Ready, None))
-            .map(|copy| {
-                let message = ReadyMessage {
-                    id: copy.id,
-                    payload: copy.payload,
-                    attempts: copy.attempts,
-                    published_at: system_time(self.unix_time(copy.published_at)),
-                };
-                (copy.published_at, message)
+        let mut ready: Vec<(u64, u32, u32)> = (0..self.store().capacity())
+            .filter_map(|slot| {
+                let word = self.store().load(slot).ok()?;
+                let meta = self.store().meta(slot).ok()?;
+                (word.state == State::Ready).then(|| {
+                    let published_at = meta.published_at.load(Ordering::Relaxed);
+                    (published_at, slot, word.generation)
+                })
             })
             .collect();
-        ready.sort_by_key(|(published, _)| *published);
-        ready.into_iter().take(limit).map(|(_, m)| m).collect()
+        ready.sort_unstable();
+        ready
+            .into_iter()
+            // A message received meanwhile is skipped: the next one in line takes its place.
+            .filter_map(|(_, slot, generation)| self.snapshot(slot, State::Ready, Some(generation)))
+            .take(limit)
+            .map(|copy| ReadyMessage {
+                id: copy.id,
+                payload: copy.payload,
+                attempts: copy.attempts,
+                published_at: system_time(self.unix_time(copy.published_at)),
+            })
+            .collect()
     }
 
     /// Copies a slot in `state` (at `generation`, if given) under a pin, so it cannot be

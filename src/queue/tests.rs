@@ -447,6 +447,57 @@ fn invalid_configs_are_refused() {
     };
     let error = Queue::new(config).unwrap_err();
     assert!(error.to_string().contains("visibility_timeout"));
+    // A dedup window too large for its stripes to count in 32 bits was once accepted,
+    // and built with no stripes at all: dedup silently off.
+    let config = QueueConfig {
+        dedup_capacity: 1 << 35,
+        ..QueueConfig::new(4, 8)
+    };
+    let error = Queue::new(config).unwrap_err();
+    assert!(error.to_string().contains("dedup_capacity"));
+    // A tick longer than the host's uptime would never come round.
+    let config = QueueConfig {
+        timer_tick: Duration::from_secs(3600 * 24 * 365),
+        ..QueueConfig::new(4, 8)
+    };
+    let error = Queue::new(config).unwrap_err();
+    assert!(error.to_string().contains("timer_tick"));
+}
+
+#[test]
+fn dead_lettering_from_many_threads_into_a_full_dead_letter_queue_loses_no_slot() {
+    const THREADS: usize = 4;
+    const ROUNDS: usize = 2_000;
+    let config = QueueConfig {
+        dead_letter_capacity: 1,
+        ..QueueConfig::new(THREADS as u32 * 2, 8)
+    };
+    let (queue, _) = queue_with(config);
+    std::thread::scope(|s| {
+        for _ in 0..THREADS {
+            s.spawn(|| {
+                for _ in 0..ROUNDS {
+                    queue.publish(b"doomed").unwrap();
+                    queue.try_receive().unwrap().reject("no").unwrap();
+                }
+            });
+        }
+    });
+    let stats = queue.stats();
+    // Every letter is filed or discarded (counted); the one filed is the only dead slot.
+    let letters = (THREADS * ROUNDS) as u64;
+    assert_eq!(stats.dead_lettered, letters);
+    assert_eq!(stats.dead + stats.dead_discarded, letters);
+    assert_eq!(queue.dead_letters().len() as u64, stats.dead);
+    // And every other slot is free: none was left dead with no token in the dead ring.
+    let free = THREADS * 2 - stats.dead as usize;
+    for n in 0..free {
+        queue.publish_with(b"room", id(n as u64)).unwrap();
+    }
+    assert!(matches!(
+        queue.publish(b"no room"),
+        Err(PublishError::Full { .. })
+    ));
 }
 
 #[test]
@@ -716,7 +767,8 @@ fn peek_copies_ready_messages_oldest_first_and_leaves_them() {
         [b"first".to_vec(), b"second".to_vec()],
         "oldest publish first"
     );
-    assert_eq!(queue.peek(1).len(), 1, "limited");
+    let first: Vec<Vec<u8>> = queue.peek(1).into_iter().map(|m| m.payload).collect();
+    assert_eq!(first, [b"first".to_vec()], "limited, oldest first");
     assert_eq!(queue.stats().ready, 2, "peeking took nothing");
     // Delivery order is the ready ring's: the retried message went to the tail.
     assert_eq!(queue.try_receive().unwrap().payload(), b"second");

@@ -438,6 +438,11 @@ impl<'r> IndexRing<'r> {
             .filter(|&value| value != EMPTY)
     }
 
+    /// How many values the ring can hold.
+    pub(crate) fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
     /// Values in the ring now (a snapshot; exact when no one is pushing or popping and no
     /// cursor was set back, see `move_past`; otherwise a guess, at most the ring's length).
     pub(crate) fn len(&self) -> usize {

@@ -109,6 +109,13 @@ fn spans(layout: &Layout) -> [Span; 11] {
 
 const NONE: u64 = u64::MAX;
 
+/// An optional duration as stored: `NONE` for none, and a duration of 584 years or more
+/// (which `nanos` saturates to `u64::MAX`) one nanosecond short of it, so that it does not
+/// read back as none.
+fn optional_nanos(duration: Option<Duration>) -> u64 {
+    duration.map_or(NONE, |duration| nanos(duration).min(NONE - 1))
+}
+
 fn duration(word: u64) -> Duration {
     Duration::from_nanos(word)
 }
@@ -304,8 +311,8 @@ fn encode_config(config: &QueueConfig) -> [u64; 15] {
         multiplier,
         max,
         jitter,
-        config.default_ttl.map_or(NONE, nanos),
-        config.dedup_window.map_or(NONE, nanos),
+        optional_nanos(config.default_ttl),
+        optional_nanos(config.dedup_window),
         config.dedup_capacity as u64,
         match config.on_expiry {
             ExpiryPolicy::DeadLetter => 0,
