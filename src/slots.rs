@@ -15,7 +15,7 @@
 //!
 //! ```text
 //!  Free(g) ─publish─► Writing(g) ─► Ready(g) | Delayed(g)
-//!  Ready(g) ─receive─► Leased(g+1, pins+1)          the receipt is g+1
+//!  Ready(g) ─receive─► Settling(g+1, pins+1) ─► Leased(g+1)   the receipt is g+1
 //!  Leased(g) ─ack─► Free(g+1)   ─nack─► Delayed(g) | Ready(g)   ─reject / last attempt─► Dead(g)
 //!  Leased(g) ─lease runs out─► Ready(g)             a late ack with receipt g finds Ready(g+…) and fails
 //!  Leased(g) ─nack / reject / extend─► Settling(g) ─► Delayed | Ready | Dead | Leased(version+1)
@@ -58,8 +58,9 @@ pub(crate) enum State {
     Leased = 4,
     /// Dead-lettered: kept for inspection and redrive.
     Dead = 5,
-    /// Its leaseholder is changing it (nack, reject, extend): while here, the holder alone
-    /// writes the slot's fields, and the lease cannot run out under it.
+    /// Its leaseholder is changing it (nack, reject, extend), or a receiver is taking its
+    /// lease: while here, the holder alone writes the slot's fields, and the lease cannot
+    /// run out under it.
     Settling = 6,
 }
 

@@ -702,6 +702,9 @@ impl<C: Clock> Queue<C> {
             self.end_scheduling();
             Ok(None)
         } else {
+            // No deadline: one the slot's last message left must not become this one's,
+            // should its first receiver die before writing its own (see `recovery`).
+            meta.due_at.store(0, Ordering::Relaxed);
             self.move_slot(slot, generation, State::Ready);
             Ok(Some(token(slot, generation)))
         }
@@ -910,13 +913,16 @@ impl<C: Clock> Queue<C> {
             );
             return Lease::Skipped;
         }
-        // We hold the slot's only ready token: its fields are ours to write until the
-        // CAS below hands them to the lease.
         // Saturating: a corrupt count must not overflow (and attempts are reported as u32).
         let attempt = delivered.saturating_add(1).min(u64::from(u32::MAX));
         let due = now.saturating_add(nanos(self.config.visibility_timeout));
-        meta.attempts.store(attempt, Ordering::Relaxed);
-        meta.due_at.store(due, Ordering::Relaxed);
+        // The slot's fields are written only once the CAS below made it ours, in Settling:
+        // a ready token can have a twin (crash recovery re-queues what a header says is
+        // ready without proving its token missing), and the twin's holder, losing the CAS,
+        // could otherwise write this message's attempt count or deadline into whatever
+        // the slot holds by then. Settling also keeps the ticker off the lease (it looks
+        // again next tick) until its deadline is written, and recovery makes a lease
+        // whose taker died mid-way run out (see `recovery`).
         // The pin is counted before the CAS that takes it, and a lease timer this
         // lease must link is bracketed from before that CAS (see `recovery`).
         self.mark_pin(slot);
@@ -936,11 +942,11 @@ impl<C: Clock> Queue<C> {
                         }
                         schedule_lease_timer.set(!w.lease_timer);
                         Some(Word {
-                            state: State::Leased,
+                            state: State::Settling,
                             pins: w.pins.checked_add(1)?,
                             generation: w.generation.wrapping_add(1),
                             lease_timer: true,
-                            ..w
+                            version: self.owner_tag.0, // who to undo it for if we die
                         })
                     });
             if needs_bracket.replace(false) {
@@ -959,14 +965,29 @@ impl<C: Clock> Queue<C> {
                 }
                 if error == TransitionError::TooManyPins {
                     // 255 live deliveries still borrow this message's payload: leave it
-                    // queued (token back, attempt undone) until some of them are dropped.
-                    meta.attempts.store(attempt - 1, Ordering::Relaxed);
+                    // queued (token back) until some of them are dropped.
                     self.push_ready(slot, generation);
                     return Lease::Pinned;
                 }
                 return Lease::Skipped; // a stale token: whoever moved the slot on owns it
             }
         };
+        meta.attempts.store(attempt, Ordering::Relaxed);
+        meta.due_at.store(due, Ordering::Relaxed);
+        let taken = self.store().transition_from_seen(
+            slot,
+            leased,
+            State::Settling,
+            leased.generation,
+            |w| {
+                Some(Word {
+                    state: State::Leased,
+                    version: seen.version,
+                    ..w
+                })
+            },
+        );
+        self.invariant(taken.is_ok(), "only the taker moves a slot it is leasing");
         if schedule_lease_timer.get() {
             // Rare: a slot's lease timer stays linked from one lease to the next.
             self.schedule_timer(slot, Timer::Lease, due);
@@ -1597,6 +1618,49 @@ mod loom_models {
                 [b"d".to_vec(), b"m".to_vec()],
                 "both messages delivered again"
             );
+        });
+    }
+
+    /// Crash recovery may leave a message two ready tokens (it re-queues what a slot's
+    /// header says is ready without proving the token missing). Two receivers race with
+    /// them; the winner acks and publishes the next message into the same slot. The loser
+    /// must write nothing to the slot: by then it may hold that next message, whose
+    /// attempt count it would overwrite (first delivered as attempt 2).
+    #[test]
+    fn a_receiver_that_loses_the_race_for_a_twin_token_writes_nothing() {
+        loom::model(|| {
+            let clock = ManualClock::new();
+            let config = QueueConfig {
+                dedup_window: None,
+                ..QueueConfig::new(1, 1)
+            };
+            let queue = loom::sync::Arc::new(Queue::with_clock(config, clock).unwrap());
+            queue.publish(b"a").unwrap();
+            let ready = queue.store().load(0).unwrap();
+            queue.push_ready(0, ready.generation); // the twin
+            let receiver = |queue: loom::sync::Arc<Queue<ManualClock>>| {
+                thread::spawn(move || {
+                    if let Some(delivery) = queue.try_receive() {
+                        let first = delivery.payload() == b"a";
+                        assert_eq!(delivery.attempt(), 1, "nothing failed or ran out");
+                        delivery.ack().unwrap();
+                        if first {
+                            queue.publish(b"b").unwrap();
+                        }
+                    }
+                })
+            };
+            let one = receiver(queue.clone());
+            let two = receiver(queue.clone());
+            one.join().unwrap();
+            two.join().unwrap();
+            if let Some(delivery) = queue.try_receive() {
+                assert_eq!(
+                    (delivery.payload(), delivery.attempt()),
+                    (&b"b"[..], 1),
+                    "the next message's first delivery"
+                );
+            };
         });
     }
 

@@ -8,6 +8,7 @@
 //! |-----------------------------------------------------|-------------------------------------------|
 //! | a slot in `Writing` (publish never returned `Ok`)   | freed; its id forgotten by dedup if it was recorded |
 //! | a slot in `Settling` (a nack, reject or extend)     | back to `Leased`: its lease runs out as if never settled |
+//! | a slot in `Settling` (a lease being taken)          | back to `Leased`: its lease runs out at the deadline written, or, if none was, at the deadline this message's last lease, delay or backoff left (at once if that has passed) |
 //! | a token popped and never acted on, or a slot moved and its token never pushed (`Ready`, `Free`, `Dead`) | the token pushed again |
 //! | a timer marked in a slot word and never linked, or linked in a list a dying ticker had detached | the node linked again |
 //! | payload pins of its `Delivery`s                      | dropped                                   |
@@ -549,6 +550,26 @@ mod tests {
             })
             .unwrap();
 
+        // 6. Killed taking a lease: the slot moved to Settling with the lease's pin and
+        //    timer bit, its deadline and attempt count not yet written, its timer unlinked.
+        survivor.publish_with(b"taking", with_id(5)).unwrap();
+        let (slot, _) = super::super::split(pop(victim.ready()).unwrap());
+        let ready = victim.store().load(slot).unwrap();
+        victim.mark_pin(slot);
+        victim.begin_scheduling();
+        victim
+            .store()
+            .transition(slot, ready, |w| {
+                Some(Word {
+                    state: State::Settling,
+                    pins: w.pins + 1,
+                    generation: w.generation.wrapping_add(1),
+                    lease_timer: true,
+                    version: victim.owner_tag.0,
+                })
+            })
+            .unwrap();
+
         // SIGKILL: no destructor runs.
         let token = victim.participant;
         std::mem::forget(victim);
@@ -565,16 +586,16 @@ mod tests {
             sweep,
             Sweep {
                 writing_freed: 1,
-                settling_undone: 1,
+                settling_undone: 2,
                 tokens_restored: 1,
-                timers_relinked: 1,
-                pins_dropped: 2,
+                timers_relinked: 2,
+                pins_dropped: 3,
             }
         );
 
-        // Every message comes back (2, 3 and 4 once their leases run out), once each.
+        // Every message comes back (2 to 5 once their leases run out), once each.
         let mut received = Vec::new();
-        while received.len() < 4 {
+        while received.len() < 5 {
             let delivery = survivor
                 .receive_timeout(Duration::from_secs(5))
                 .expect("every message comes back within its lease");
@@ -582,7 +603,7 @@ mod tests {
             delivery.ack().unwrap();
         }
         received.sort_unstable();
-        assert_eq!(received, [1, 2, 3, 4]);
+        assert_eq!(received, [1, 2, 3, 4, 5]);
         assert!(survivor.try_receive().is_none());
 
         // The killed publish never returned Ok: its id may be published again.
