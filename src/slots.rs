@@ -180,11 +180,18 @@ const _: () = assert!(std::mem::offset_of!(SlotHeader, meta.written_at_generatio
 pub(crate) const REASON_BYTES: usize = 120;
 const REASON_WORDS: usize = REASON_BYTES / 8;
 
-/// A message's fields. Written by whoever holds the slot (the publisher in `Writing`, the
-/// holder of its ready token, or its leaseholder) *before* the word CAS that hands the slot
+/// A message's fields. Written by whoever holds the slot (the publisher in `Writing`, a
+/// receiver or the leaseholder in `Settling`) *before* the word CAS that hands the slot
 /// on, and read after acquiring the word. They are relaxed atomics, so a reader racing a
 /// writer sees an old or new value, never undefined behaviour; readers that must be
 /// consistent re-check the word afterwards.
+///
+/// Two writers do not hold the slot yet, and can race the holder of a twin token (crash
+/// recovery re-queues tokens without proving them missing): `Queue::kill` from `Ready`
+/// writes the dead-letter fields (reason, error text, time) before its CAS, and
+/// `Queue::redrive` resets the attempt count after its CAS to `Ready`. A holder that
+/// stalls there can leave those fields wrong on the slot's next message. Known, rare
+/// (twin tokens exist only after a crash), and never more than those fields.
 #[derive(Default)]
 #[repr(C)]
 pub(crate) struct Meta {

@@ -27,9 +27,11 @@
 //! - **Owners** are told by the tag in the state word ([`OwnerTag`]), so only a slot whose
 //!   owner is certainly dead is taken from it, by a CAS on the exact word read.
 //! - **Tokens** are pushed again for slots whose token is not in their ring. A live thread
-//!   may hold that token (popped, not yet acted on): the copy is then a stale token, which
-//!   whoever pops it drops (a token is checked against the slot's full state word; see
-//!   `Queue::resolve`). The free and ready rings have room for a full queue's tokens twice
+//!   may hold that token (popped, not yet acted on): of the two copies, the one used second
+//!   is then stale, and its holder's CAS fails (a token is checked against the slot's full
+//!   state word; see `Queue::resolve`). A receive writes a message's fields only after its
+//!   CAS, so the loser writes nothing; two writers still write before (or without) owning
+//!   the slot, see `slots::Meta`. The free and ready rings have room for a full queue's tokens twice
 //!   over, so copies never crowd out real tokens.
 //! - **Timer nodes** are a different matter: linking a node that is already in a list would
 //!   corrupt both lists. The sweep holds the run lock (no list is detached meanwhile), reads
@@ -552,6 +554,14 @@ mod tests {
 
         // 6. Killed taking a lease: the slot moved to Settling with the lease's pin and
         //    timer bit, its deadline and attempt count not yet written, its timer unlinked.
+        //    Its slot held an earlier message whose lease was extended far ahead: that
+        //    deadline must not become this lease's (a publish clears it).
+        for slot in 0..victim.store().capacity() {
+            if victim.store().load(slot).unwrap().state == State::Free {
+                let meta = victim.store().meta(slot).unwrap();
+                meta.due_at.store(u64::MAX / 2, Ordering::Relaxed);
+            }
+        }
         survivor.publish_with(b"taking", with_id(5)).unwrap();
         let (slot, _) = super::super::split(pop(victim.ready()).unwrap());
         let ready = victim.store().load(slot).unwrap();
