@@ -257,7 +257,7 @@ fn corrupt_segments_are_refused_with_what_is_wrong() {
         }),
         Err(ShmError::Version {
             found: 99,
-            expected: 8
+            expected: 9
         })
     ));
     // Another boot id: the first opener moves the segment onto this boot's clock (see

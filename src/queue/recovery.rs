@@ -20,7 +20,10 @@
 //! Whoever runs the wheel checks the participant table every [`LIVENESS_INTERVAL`]
 //! ([`Participants::reap_dead`]); every dead registration found there, or replaced by a
 //! new one, bumps `deaths`. While `deaths` is ahead of `recovered`, the ticker runs a sweep
-//! under the wheel's run lock and then records the `deaths` it started from.
+//! under the wheel's run lock and then records the `deaths` it started from. A sweep that
+//! had to keep a dead participant's pin (a live one may pin the same slot, and pins are
+//! one count) records them with a flag, and the sweep runs again at each liveness check
+//! until it keeps none.
 //!
 //! # Why a sweep cannot do harm to the living
 //!
@@ -88,7 +91,15 @@ pub(crate) struct Sweep {
     pub(crate) tokens_restored: usize,
     pub(crate) timers_relinked: usize,
     pub(crate) pins_dropped: usize,
+    /// Slots whose pins a dead participant and a live one may both hold: the pins are one
+    /// count, so none is dropped, and the sweep is tried again (see `KEPT_PINS`).
+    pub(crate) pins_kept: usize,
 }
+
+/// Set in `recovered` by a sweep that kept pins (`Sweep::pins_kept`): the deaths it counts
+/// are recovered but for those, and the sweep is tried again at each liveness check (not
+/// at each tick: a live delivery may keep a slot ambiguous for as long as its lease).
+const KEPT_PINS: u64 = 1 << 63;
 
 impl<C: Clock> Queue<C> {
     pub(super) fn recovery_words(&self) -> &RecoveryWords {
@@ -113,7 +124,7 @@ impl<C: Clock> Queue<C> {
         }
         let words = self.recovery_words();
         let next_check = words.next_check.0.load(Ordering::Relaxed);
-        if now >= next_check
+        let checked = now >= next_check
             && words
                 .next_check
                 .0
@@ -123,8 +134,8 @@ impl<C: Clock> Queue<C> {
                     Ordering::Relaxed,
                     Ordering::Relaxed,
                 )
-                .is_ok()
-        {
+                .is_ok();
+        if checked {
             let participants = self.participants();
             let reaped = participants.reap_dead();
             // Also after a reaper that died before it cleared them (cheap: a few loads per
@@ -134,10 +145,13 @@ impl<C: Clock> Queue<C> {
             self.note_clock(now);
         }
         let deaths = words.deaths.0.load(Ordering::Acquire);
-        if deaths != words.recovered.0.load(Ordering::Acquire) {
+        let recovered = words.recovered.0.load(Ordering::Acquire);
+        let kept_pins = recovered & KEPT_PINS != 0;
+        if deaths != recovered & !KEPT_PINS || (kept_pins && checked) {
             let swept = self.wheel().with_run_lock(now, || self.sweep(now));
             if let Some(Some(sweep)) = swept {
-                words.recovered.0.store(deaths, Ordering::Release);
+                let mark = if sweep.pins_kept > 0 { KEPT_PINS } else { 0 };
+                words.recovered.0.store(deaths | mark, Ordering::Release);
                 if sweep != Sweep::default() {
                     self.counters().bump(crate::stats::Counter::Recoveries);
                 }
@@ -244,6 +258,18 @@ impl<C: Clock> Queue<C> {
                     (alive || token != then) && participants.may_pin(token, slot)
                 });
             if may_hold {
+                // A dead participant's pin beside a live one's cannot be told apart: the
+                // next sweep looks again, once the live one may have let go.
+                let dead_may_hold =
+                    participants
+                        .tokens()
+                        .zip(looked)
+                        .any(|(token, &(then, alive))| {
+                            !alive && token == then && participants.may_pin(token, slot)
+                        });
+                if dead_may_hold {
+                    sweep.pins_kept += 1;
+                }
                 continue;
             }
             if let Ok(unpinned) = store.transition(slot, word, |w| Some(Word { pins: 0, ..w })) {
@@ -490,6 +516,64 @@ mod tests {
         delivery.ack().expect("the lease and its pin are intact");
     }
 
+    /// A dead consumer's pin on a slot that a live consumer pins too (the message came
+    /// back when the dead one's lease ran out, and was received again) cannot be told
+    /// from the live one's: the sweep keeps both, and must look again later. Once the
+    /// live delivery is acked, the next liveness check's sweep drops the dead pin and
+    /// the slot is free again; a sweep that took the death as recovered would have left
+    /// the slot out of use until some other process died.
+    #[test]
+    fn a_dead_pin_beside_a_live_one_is_dropped_once_the_live_one_is_gone() {
+        let segment = TempSegment::new("kept-pin");
+        let config = QueueConfig {
+            visibility_timeout: Duration::from_millis(20),
+            dedup_capacity: 64,
+            ..QueueConfig::new(4, 32)
+        };
+        let survivor = Queue::create_file(&segment.0, config).unwrap();
+        let victim = Queue::open_file(&segment.0).unwrap();
+        survivor.publish_with(b"m", with_id(1)).unwrap();
+        std::mem::forget(victim.try_receive().unwrap()); // killed holding it
+        let again = survivor
+            .receive_timeout(Duration::from_secs(5))
+            .expect("back when the dead lease ran out");
+        assert_eq!(again.attempt(), 2);
+        let token = victim.participant;
+        std::mem::forget(victim); // SIGKILL: no destructor runs
+        survivor.participants().forge_dead(token);
+
+        let check_liveness_now = || {
+            let next_check = &survivor.recovery_words().next_check.0;
+            next_check.store(0, Ordering::Relaxed);
+            survivor.recover_if_needed(survivor.now());
+        };
+        check_liveness_now(); // finds the death; the sweep keeps both pins
+        let recovered = survivor
+            .recovery_words()
+            .recovered
+            .0
+            .load(Ordering::Acquire);
+        assert_ne!(recovered & KEPT_PINS, 0, "the sweep kept a pin");
+        again.ack().unwrap(); // the live pin goes; the dead one holds the freed slot
+        survivor.recover_if_needed(survivor.now()); // not a liveness check: no sweep
+        let full = (0..4).all(|n| survivor.publish_with(b"f", with_id(10 + n)).is_ok());
+        assert!(!full, "the dead pin still holds its slot");
+        while let Some(delivery) = survivor.try_receive() {
+            delivery.ack().unwrap();
+        }
+        check_liveness_now(); // sweeps again: drops the dead pin
+        let recovered = survivor
+            .recovery_words()
+            .recovered
+            .0
+            .load(Ordering::Acquire);
+        assert_eq!(recovered & KEPT_PINS, 0, "recovered for good");
+        for n in 0..4 {
+            survivor.publish_with(b"f", with_id(20 + n)).unwrap();
+        }
+        assert!(survivor.publish(b"x").is_err(), "exactly the capacity");
+    }
+
     /// A process killed in the middle of each operation leaves each of the things recovery
     /// repairs; one sweep by a survivor repairs them all, and afterwards every message is
     /// delivered and every slot is usable again.
@@ -600,6 +684,7 @@ mod tests {
                 tokens_restored: 1,
                 timers_relinked: 2,
                 pins_dropped: 3,
+                pins_kept: 0,
             }
         );
 
