@@ -16,10 +16,12 @@
 //! ```text
 //!  Free(g) ─publish─► Writing(g) ─► Ready(g) | Delayed(g)
 //!  Ready(g) ─receive─► Settling(g+1, pins+1) ─► Leased(g+1)   the receipt is g+1
+//!  Ready(g) ─expired / attempts used up─► Settling(g+1) ─► Dead(g+1)
 //!  Leased(g) ─ack─► Free(g+1)   ─nack─► Delayed(g) | Ready(g)   ─reject / last attempt─► Dead(g)
 //!  Leased(g) ─lease runs out─► Ready(g)             a late ack with receipt g finds Ready(g+…) and fails
 //!  Leased(g) ─nack / reject / extend─► Settling(g) ─► Delayed | Ready | Dead | Leased(version+1)
-//!  Delayed(g) ─due─► Ready(g)    Dead(g) ─redrive─► Ready(g)   ─discard─► Free(g+1)
+//!  Delayed(g) ─due─► Ready(g)    Dead(g) ─redrive─► Settling(g+1) ─► Ready(g+1)
+//!  Dead(g) ─discard─► Free(g+1)
 //! ```
 //!
 //! The generation grows on every delivery and every free, so a token or receipt names one
@@ -58,9 +60,10 @@ pub(crate) enum State {
     Leased = 4,
     /// Dead-lettered: kept for inspection and redrive.
     Dead = 5,
-    /// Its leaseholder is changing it (nack, reject, extend), or a receiver is taking its
-    /// lease: while here, the holder alone writes the slot's fields, and the lease cannot
-    /// run out under it.
+    /// Its leaseholder is changing it (nack, reject, extend), or someone took it to write
+    /// its fields (a receive taking its lease, a receive dead-lettering it, a redrive):
+    /// while here, the holder alone writes the slot's fields, and no lease runs out under
+    /// it.
     Settling = 6,
 }
 
@@ -180,18 +183,13 @@ const _: () = assert!(std::mem::offset_of!(SlotHeader, meta.written_at_generatio
 pub(crate) const REASON_BYTES: usize = 120;
 const REASON_WORDS: usize = REASON_BYTES / 8;
 
-/// A message's fields. Written by whoever holds the slot (the publisher in `Writing`, a
-/// receiver or the leaseholder in `Settling`) *before* the word CAS that hands the slot
-/// on, and read after acquiring the word. They are relaxed atomics, so a reader racing a
-/// writer sees an old or new value, never undefined behaviour; readers that must be
-/// consistent re-check the word afterwards.
-///
-/// Two writers do not hold the slot yet, and can race the holder of a twin token (crash
-/// recovery re-queues tokens without proving them missing): `Queue::kill` from `Ready`
-/// writes the dead-letter fields (reason, error text, time) before its CAS, and
-/// `Queue::redrive` resets the attempt count after its CAS to `Ready`. A holder that
-/// stalls there can leave those fields wrong on the slot's next message. Known, rare
-/// (twin tokens exist only after a crash), and never more than those fields.
+/// A message's fields. Written by whoever holds the slot (the publisher in `Writing`,
+/// whoever took it into `Settling`) *before* the word CAS that hands the slot on, and read
+/// after acquiring the word. They are relaxed atomics, so a reader racing a writer sees an
+/// old or new value, never undefined behaviour; readers that must be consistent re-check
+/// the word afterwards. No one writes them without holding the slot: a token can have a
+/// twin (crash recovery re-queues tokens without proving them missing), and the twin's
+/// holder, losing the CAS that takes the slot, must write nothing.
 #[derive(Default)]
 #[repr(C)]
 pub(crate) struct Meta {

@@ -1112,6 +1112,10 @@ impl<C: Clock> Queue<C> {
 
     /// Moves a slot from `from` at `generation` to `Dead` and files it in the dead ring,
     /// discarding the oldest dead letter if that ring is full. Returns false if stale.
+    ///
+    /// From `Settling` the caller owns the slot already. From `Ready` it does not (a twin
+    /// token's holder may race it): it takes the slot first (`take`), so that only the
+    /// winner writes the dead-letter fields.
     pub(crate) fn kill(
         &self,
         slot: u32,
@@ -1122,6 +1126,14 @@ impl<C: Clock> Queue<C> {
     ) -> bool {
         let Ok(meta) = self.store().meta(slot) else {
             return false;
+        };
+        let (from, generation) = if from == State::Settling {
+            (from, generation)
+        } else {
+            match self.take(slot, from, generation) {
+                Some(taken) => (State::Settling, taken),
+                None => return false,
+            }
         };
         meta.dead_reason.store(reason.code(), Ordering::Relaxed);
         meta.dead_unix
@@ -1173,6 +1185,24 @@ impl<C: Clock> Queue<C> {
             self.counters().bump(Counter::DeadDiscarded);
             self.release_if_unpinned(slot, word);
         }
+    }
+
+    /// `from(generation) -> Settling(generation + 1)` under our owner tag, so that we alone
+    /// write the slot's fields next (a twin token's holder fails this CAS and writes
+    /// nothing), and a receipt of the old generation can never settle what follows (if we
+    /// die here, recovery makes it a lease that runs out). Returns the new generation.
+    fn take(&self, slot: u32, from: State, generation: u32) -> Option<u32> {
+        self.store()
+            .transition_from(slot, from, generation, |w| {
+                Some(Word {
+                    state: State::Settling,
+                    generation: w.generation.wrapping_add(1),
+                    version: self.owner_tag.0,
+                    ..w
+                })
+            })
+            .ok()
+            .map(|taken| taken.generation)
     }
 
     /// `Dead(generation) -> Free(generation + 1)`, keeping pins.
@@ -1399,18 +1429,22 @@ impl<C: Clock> Queue<C> {
             let Ok(meta) = self.store().meta(slot) else {
                 continue;
             };
+            // Taken first, so that the reset is ours alone (see `take`); no longer looked
+            // at by listings of dead letters, so none of them sees it.
+            let Some(taken) = self.take(slot, State::Dead, generation) else {
+                continue;
+            };
+            meta.attempts.store(0, Ordering::Relaxed);
             let revived = self
                 .store()
-                .transition_from(slot, State::Dead, generation, |w| {
+                .transition_from(slot, State::Settling, taken, |w| {
                     Some(Word {
                         state: State::Ready,
                         ..w
                     })
                 });
+            self.invariant(revived.is_ok(), "only the taker moves a slot it took");
             if let Ok(word) = revived {
-                // Ready, its token not yet pushed: still ours alone, and no longer looked at
-                // by listings of dead letters, so none of them sees the reset.
-                meta.attempts.store(0, Ordering::Relaxed);
                 self.push_ready(slot, word.generation);
                 redriven += 1;
             }

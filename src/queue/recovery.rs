@@ -8,7 +8,7 @@
 //! |-----------------------------------------------------|-------------------------------------------|
 //! | a slot in `Writing` (publish never returned `Ok`)   | freed; its id forgotten by dedup if it was recorded |
 //! | a slot in `Settling` (a nack, reject or extend)     | back to `Leased`: its lease runs out as if never settled |
-//! | a slot in `Settling` (a lease being taken)          | back to `Leased`: its lease runs out at the deadline written, or, if none was, at the deadline this message's last lease, delay or backoff left (at once if that has passed) |
+//! | a slot in `Settling` (a lease being taken, a message being dead-lettered by a receive or redriven) | back to `Leased`, its lease timer linked: its lease runs out at the deadline written, or, if none was, at the deadline this message's last lease, delay or backoff left (at once if that has passed), and the message comes back |
 //! | a token popped and never acted on, or a slot moved and its token never pushed (`Ready`, `Free`, `Dead`) | the token pushed again |
 //! | a timer marked in a slot word and never linked, or linked in a list a dying ticker had detached | the node linked again |
 //! | payload pins of its `Delivery`s                      | dropped                                   |
@@ -32,9 +32,8 @@
 //! - **Tokens** are pushed again for slots whose token is not in their ring. A live thread
 //!   may hold that token (popped, not yet acted on): of the two copies, the one used second
 //!   is then stale, and its holder's CAS fails (a token is checked against the slot's full
-//!   state word; see `Queue::resolve`). A receive writes a message's fields only after its
-//!   CAS, so the loser writes nothing; two writers still write before (or without) owning
-//!   the slot, see `slots::Meta`. The free and ready rings have room for a full queue's tokens twice
+//!   state word; see `Queue::resolve`). Fields are written only by whoever took the slot
+//!   (see `slots::Meta`), so the loser writes nothing. The free and ready rings have room for a full queue's tokens twice
 //!   over, so copies never crowd out real tokens.
 //! - **Timer nodes** are a different matter: linking a node that is already in a list would
 //!   corrupt both lists. The sweep holds the run lock (no list is detached meanwhile), reads
@@ -209,6 +208,10 @@ impl<C: Clock> Queue<C> {
                             // Not the lease's old version: a ticker holding that word
                             // re-reads the deadline (which the dead settler may have moved).
                             version: w.version.wrapping_add(1),
+                            // A slot taken from Ready or Dead (a kill, a redrive) may have
+                            // no lease timer: this one is linked below (`relink_timers`),
+                            // so the lease runs out and the message comes back.
+                            lease_timer: true,
                             ..w
                         })
                     });
@@ -664,6 +667,17 @@ mod tests {
             })
             .unwrap();
 
+        // 7. Killed dead-lettering an expired message found on receive: taken from Ready
+        //    into Settling, with no lease timer (a fresh slot has none).
+        survivor.publish_with(b"dying", with_id(6)).unwrap();
+        let (slot, generation_bits) = super::super::split(pop(victim.ready()).unwrap());
+        let ready = victim.store().load(slot).unwrap();
+        assert_eq!(ready.generation as u8, generation_bits);
+        assert!(!ready.lease_timer);
+        victim
+            .take(slot, State::Ready, ready.generation)
+            .expect("ours to take");
+
         // SIGKILL: no destructor runs.
         let token = victim.participant;
         std::mem::forget(victim);
@@ -680,17 +694,17 @@ mod tests {
             sweep,
             Sweep {
                 writing_freed: 1,
-                settling_undone: 2,
+                settling_undone: 3,
                 tokens_restored: 1,
-                timers_relinked: 2,
+                timers_relinked: 3,
                 pins_dropped: 3,
                 pins_kept: 0,
             }
         );
 
-        // Every message comes back (2 to 5 once their leases run out), once each.
+        // Every message comes back (2 to 6 once their leases run out), once each.
         let mut received = Vec::new();
-        while received.len() < 5 {
+        while received.len() < 6 {
             let delivery = survivor
                 .receive_timeout(Duration::from_secs(5))
                 .expect("every message comes back within its lease");
@@ -698,7 +712,7 @@ mod tests {
             delivery.ack().unwrap();
         }
         received.sort_unstable();
-        assert_eq!(received, [1, 2, 3, 4, 5]);
+        assert_eq!(received, [1, 2, 3, 4, 5, 6]);
         assert!(survivor.try_receive().is_none());
 
         // The killed publish never returned Ok: its id may be published again.
