@@ -402,6 +402,23 @@ mod tests {
         }
     }
 
+    /// A survivor that creates the segment (`capacity` slots, leases of `lease`) and a
+    /// victim attached to it.
+    fn survivor_and_victim(
+        segment: &TempSegment,
+        lease: Duration,
+        capacity: u32,
+    ) -> (Queue, Queue) {
+        let config = QueueConfig {
+            visibility_timeout: lease,
+            dedup_capacity: 64,
+            ..QueueConfig::new(capacity, 32)
+        };
+        let survivor = Queue::create_file(&segment.0, config).unwrap();
+        let victim = Queue::open_file(&segment.0).unwrap();
+        (survivor, victim)
+    }
+
     fn with_id(id: u64) -> PublishOptions {
         PublishOptions {
             id: Some(MessageId(id)),
@@ -528,13 +545,7 @@ mod tests {
     #[test]
     fn a_dead_pin_beside_a_live_one_is_dropped_once_the_live_one_is_gone() {
         let segment = TempSegment::new("kept-pin");
-        let config = QueueConfig {
-            visibility_timeout: Duration::from_millis(20),
-            dedup_capacity: 64,
-            ..QueueConfig::new(4, 32)
-        };
-        let survivor = Queue::create_file(&segment.0, config).unwrap();
-        let victim = Queue::open_file(&segment.0).unwrap();
+        let (survivor, victim) = survivor_and_victim(&segment, Duration::from_millis(20), 4);
         survivor.publish_with(b"m", with_id(1)).unwrap();
         std::mem::forget(victim.try_receive().unwrap()); // killed holding it
         let again = survivor
@@ -583,13 +594,7 @@ mod tests {
     #[test]
     fn a_sweep_repairs_everything_a_killed_process_left_half_done() {
         let segment = TempSegment::new("sweep");
-        let config = QueueConfig {
-            visibility_timeout: Duration::from_millis(50),
-            dedup_capacity: 64,
-            ..QueueConfig::new(8, 32)
-        };
-        let survivor = Queue::create_file(&segment.0, config).unwrap();
-        let victim = Queue::open_file(&segment.0).unwrap();
+        let (survivor, victim) = survivor_and_victim(&segment, Duration::from_millis(50), 8);
 
         // 1. Killed mid-publish, after recording its id for dedup.
         victim.cut_publish_short(MessageId(100));
