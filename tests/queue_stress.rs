@@ -27,6 +27,8 @@ const CONSUMERS: u64 = 3;
 /// `receive_batch_timeout`.
 const BATCH_CONSUMERS: u64 = 2;
 const PER_PRODUCER: u64 = 3_000;
+/// How long the run may take before the test fails (see the ticker).
+const WATCHDOG: Duration = Duration::from_secs(300);
 /// Batches are 1 to this many messages long, and batch receives ask for as many.
 const MAX_BATCH: u64 = 40;
 
@@ -345,6 +347,9 @@ fn every_message_is_acked_once_or_dead_lettered() {
         }
         // The clock: moves time on while anything is unsettled, then declares the end.
         let (queue, clock, producers_done, all_done) = (&queue, &clock, &producers_done, &all_done);
+        // A lost message would leave the end never reached: the watchdog turns that hang
+        // into a failure (a run takes seconds; this is minutes, for a loaded machine).
+        let give_up = std::time::Instant::now() + WATCHDOG;
         let ticker = s.spawn(move || loop {
             if all_done.load(Ordering::Acquire) {
                 return; // another thread failed
@@ -352,6 +357,10 @@ fn every_message_is_acked_once_or_dead_lettered() {
             clock.advance(Duration::from_millis(1));
             queue.tick();
             let stats = queue.stats();
+            if std::time::Instant::now() > give_up {
+                all_done.store(true, Ordering::Release); // the others stop too
+                panic!("not every message settled within {WATCHDOG:?}: {stats:?}");
+            }
             let settled = stats.acked + stats.dead_lettered;
             if producers_done.load(Ordering::Acquire)
                 && stats.ready + stats.delayed + stats.in_flight == 0

@@ -12,8 +12,11 @@ use crate::wheel::Timer;
 /// Why settling a delivery failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SettleError {
-    /// The lease ran out before this call (the message was, or will be, delivered again),
-    /// so this delivery may no longer settle it: a message is acked at most once.
+    /// The queue took the lease back before this call: it ran out and the timing wheel
+    /// made the message ready again (to be delivered again), so this delivery may no
+    /// longer settle it: a message is acked at most once. (A settle after the deadline but
+    /// before the wheel's next run still counts: the lease is lost when it is taken back,
+    /// not at the deadline.)
     #[error(
         "the lease on message {id} was lost: it ran out and the message goes to another \
          delivery; finish work within the visibility timeout, or extend the lease"

@@ -1656,6 +1656,47 @@ mod loom_models {
         });
     }
 
+    /// The "ack racing lease expiry", on the queue's own receive, ack and ticker:
+    /// the lease has run out and a tick runs while the consumer acks. Exactly one outcome:
+    /// the ack counts and the message is gone, or the ack fails with `LeaseLost` and the
+    /// message is delivered again, as attempt 2.
+    #[test]
+    fn an_ack_racing_its_lease_running_out_has_exactly_one_outcome() {
+        loom::model(|| {
+            let clock = ManualClock::new();
+            let config = QueueConfig {
+                dedup_window: None,
+                timer_tick: Duration::from_nanos(1),
+                // A few ticks: the wheel catches up tick by tick.
+                visibility_timeout: Duration::from_nanos(2),
+                ..QueueConfig::new(1, 1)
+            };
+            let lease = config.visibility_timeout;
+            let queue = loom::sync::Arc::new(Queue::with_clock(config, clock.clone()).unwrap());
+            queue.publish(b"a").unwrap();
+            let delivery = queue.try_receive().expect("a is ready");
+            clock.advance(lease); // the lease has run out: the next tick takes it back
+            let ticker = {
+                let queue = queue.clone();
+                thread::spawn(move || queue.tick())
+            };
+            let acked = delivery.ack();
+            ticker.join().unwrap();
+            queue.tick();
+            let again = queue.try_receive();
+            match acked {
+                Ok(()) => {
+                    assert!(again.is_none(), "an acked message is not delivered again");
+                }
+                Err(SettleError::LeaseLost { .. }) => {
+                    let again = again.expect("a message whose ack failed comes back");
+                    assert_eq!((again.payload(), again.attempt()), (&b"a"[..], 2));
+                    again.ack().unwrap();
+                }
+            }
+        });
+    }
+
     /// Crash recovery may leave a message two ready tokens (it re-queues what a slot's
     /// header says is ready without proving the token missing). Two receivers race with
     /// them; the winner acks and publishes the next message into the same slot. The loser
@@ -1696,6 +1737,88 @@ mod loom_models {
                     "the next message's first delivery"
                 );
             };
+        });
+    }
+
+    /// The same twin tokens when the message has expired: both holders would dead-letter
+    /// it. The winner's dead letter is popped, and the next message published into the
+    /// same slot and rejected. The loser must write nothing: its "expired" reason, empty
+    /// error text and time would otherwise land on that next message's dead letter.
+    #[test]
+    fn a_twin_token_holder_that_loses_the_race_to_dead_letter_writes_nothing() {
+        // Two preemptions: the losing write needs only one (after the loser read the slot
+        // as ready), and three take CI's loom step past a quarter of an hour.
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(2);
+        builder.check(|| {
+            let clock = ManualClock::new();
+            let config = QueueConfig {
+                dedup_window: None,
+                dead_letter_capacity: 1,
+                ..QueueConfig::new(1, 1)
+            };
+            let queue = loom::sync::Arc::new(Queue::with_clock(config, clock.clone()).unwrap());
+            let short_lived = PublishOptions {
+                ttl: Some(Duration::from_nanos(1)),
+                ..PublishOptions::default()
+            };
+            queue.publish_with(b"a", short_lived).unwrap();
+            let ready = queue.store().load(0).unwrap();
+            queue.push_ready(0, ready.generation); // the twin
+            clock.advance(Duration::from_nanos(1)); // "a" has expired
+            let reject = |delivery: Delivery<'_, ManualClock>| {
+                assert_eq!(
+                    delivery.payload(),
+                    b"b",
+                    "an expired message is never delivered"
+                );
+                delivery.reject("bad").unwrap();
+            };
+            // One receiver only receives; the other also pops the dead letter and reuses
+            // the slot for "b", which it receives and rejects.
+            let plain = {
+                let queue = queue.clone();
+                thread::spawn(move || {
+                    if let Some(delivery) = queue.try_receive() {
+                        reject(delivery);
+                    }
+                })
+            };
+            let reusing = {
+                let queue = queue.clone();
+                thread::spawn(move || {
+                    if let Some(delivery) = queue.try_receive() {
+                        reject(delivery);
+                    }
+                    let Some(letter) = queue.pop_dead_letter() else {
+                        return; // "a" not dead-lettered yet: the other receiver will
+                    };
+                    assert_eq!(
+                        (&letter.payload[..], letter.reason),
+                        (&b"a"[..], DeadReason::Expired)
+                    );
+                    queue.publish(b"b").unwrap();
+                    if let Some(delivery) = queue.try_receive() {
+                        reject(delivery);
+                    }
+                })
+            };
+            plain.join().unwrap();
+            reusing.join().unwrap();
+            if let Some(delivery) = queue.try_receive() {
+                reject(delivery);
+            }
+            let letters: Vec<_> = queue
+                .dead_letters()
+                .into_iter()
+                .map(|letter| (letter.payload, letter.reason, letter.error))
+                .collect();
+            let a = (b"a".to_vec(), DeadReason::Expired, String::new());
+            let b = (b"b".to_vec(), DeadReason::Rejected, "bad".to_string());
+            assert!(
+                letters == [a] || letters == [b],
+                "each message's own dead letter, got {letters:?}"
+            );
         });
     }
 

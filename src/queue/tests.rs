@@ -215,6 +215,42 @@ fn a_payload_stays_readable_after_its_lease_is_lost_and_the_slot_is_not_reused()
     queue.publish(b"new").unwrap();
 }
 
+/// The defaults the issue names, by behaviour: five deliveries, the fifth nack kills; the
+/// backoff between them is 100, 200, 400 and 800 ms; no TTL (a message waits a year).
+#[test]
+fn by_default_five_deliveries_with_doubling_backoff_and_no_ttl() {
+    let (queue, clock) = queue(4);
+    queue.publish(b"flaky").unwrap();
+    let mut backoff = Duration::from_millis(100);
+    for attempt in 1..=5 {
+        let delivery = queue.try_receive().expect("retried after its backoff");
+        assert_eq!(delivery.attempt(), attempt);
+        delivery.nack(&format!("failure {attempt}")).unwrap();
+        if attempt == 5 {
+            break;
+        }
+        clock.advance(backoff - Duration::from_nanos(1));
+        assert!(
+            queue.try_receive().is_none(),
+            "attempt {attempt}: backing off"
+        );
+        clock.advance(Duration::from_nanos(1));
+        backoff *= 2;
+    }
+    let letters = queue.dead_letters();
+    assert_eq!(letters.len(), 1, "dead after its fifth delivery");
+    assert_eq!(
+        (letters[0].attempts, &letters[0].error[..]),
+        (5, "failure 5")
+    );
+    queue.publish(b"patient").unwrap();
+    clock.advance(Duration::from_secs(365 * 24 * 3600));
+    let patient = queue
+        .try_receive()
+        .expect("no TTL: still deliverable a year on");
+    assert_eq!(patient.payload(), b"patient");
+}
+
 #[test]
 fn nack_retries_after_the_backoff_then_dead_letters_with_the_error() {
     let config = QueueConfig {
