@@ -16,7 +16,8 @@
 //! The model also follows the order of the ready and dead queues: a receive takes the
 //! oldest live ready message, and a dead-letter pop the oldest dead letter. Messages made
 //! ready by one timer run have no promised order among themselves, so each queue is kept
-//! as a sequence of groups, ordered between groups, unordered within one.
+//! as a sequence of groups, ordered between groups, unordered within one. A timer run
+//! also takes expired messages off the head of the ready queue, up to the first live one.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -303,6 +304,54 @@ impl Model {
         }
         if !group.is_empty() {
             self.ready.push(group);
+        }
+    }
+
+    /// After its timers, a run takes the messages past their TTL off the head of the ready
+    /// queue, stopping at the first message within its TTL: so every expired message of the
+    /// groups before the first group that holds a live one dies, and of that group (in no
+    /// promised order) perhaps some. Checks what the queue dead-lettered against that and
+    /// moves the model on.
+    fn expire_at_head(&mut self, queue: &Queue<ManualClock>, now: u64) {
+        let expired = |model: &Model, serial: &u64| now >= model.messages[serial].expires_at;
+        let died: HashSet<u64> = queue
+            .dead_letters()
+            .iter()
+            .map(|d| serial_of(&d.payload))
+            .filter(|serial| self.messages[serial].place == Where::Ready)
+            .collect();
+        let first_live = self
+            .ready
+            .iter()
+            .position(|group| group.iter().any(|s| !expired(self, s)))
+            .unwrap_or(self.ready.len());
+        for (index, group) in self.ready.iter().enumerate() {
+            for serial in group {
+                let dies = died.contains(serial);
+                if dies {
+                    assert!(expired(self, serial), "message {serial} expired early");
+                }
+                if index < first_live {
+                    assert!(
+                        dies,
+                        "expired message {serial} left at the head of the queue"
+                    );
+                }
+                if index > first_live {
+                    assert!(!dies, "message {serial} expired from behind a live one");
+                }
+            }
+        }
+        self.expired += died.len() as u64;
+        let mut dead_groups = Vec::new();
+        for group in &mut self.ready {
+            let (gone, stay): (Vec<u64>, Vec<u64>) = group.iter().partition(|s| died.contains(s));
+            *group = stay;
+            dead_groups.push(gone);
+        }
+        self.ready.retain(|group| !group.is_empty());
+        for group in dead_groups {
+            self.kill(group);
         }
     }
 
@@ -737,6 +786,7 @@ fn run(ops: Vec<Op>) {
                 clock.advance(Duration::from_millis(ms));
                 queue.tick();
                 model.sweep(clock.now_nanos());
+                model.expire_at_head(&queue, clock.now_nanos());
             }
             Op::Redrive => {
                 let redriven = queue.redrive() as u64;

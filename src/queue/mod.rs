@@ -25,8 +25,17 @@
 //!   fast ack costs the wheel nothing, and the wheel holds one node per slot at most.
 //!
 //! The wheel runs from receives, publishes and [`Queue::tick`], one run at a time, at
-//! most once per [`timer_tick`](QueueConfig::timer_tick). TTL is enforced when a receive
-//! reaches the message, so an expired message is never delivered.
+//! most once per [`timer_tick`](QueueConfig::timer_tick).
+//!
+//! # TTL
+//!
+//! A receive that reaches a message past its TTL dead-letters (or drops) it, so an expired
+//! message is never delivered. Without receives, each wheel run takes the expired messages
+//! off the head of the ready queue, up to the first live one (`expire_at_head`): with
+//! one TTL for all, they leave on time; one behind a longer-lived message leaves when it
+//! reaches the head. (Not a wheel node per message: a token cannot be taken out of the
+//! middle of a ring, and a message killed while its token stays queued leaves a stale
+//! copy behind, which a queue without consumers would pile up past the ring's room.)
 
 mod batch;
 mod config;
@@ -56,6 +65,12 @@ use crate::wheel::{node, split_node, Refire, Timer, Wheel};
 /// How many ids ahead a publish guesses: it prefetches the dedup stripe of its own id
 /// plus this (see `prefetch_dedup_stripe`).
 const GUESS_AHEAD: u64 = 2;
+
+/// The most expired messages one wheel run takes off the head of the ready queue (see
+/// `expire_at_head`): a run stays short, and 256 a tick is 256,000 a second
+/// at the default tick; the rest wait for the next runs, or for receives, which never
+/// deliver them.
+const EXPIRED_PER_RUN: usize = 256;
 
 /// How long a waiting receiver keeps looking for a message before it sleeps (see
 /// `look_while_spinning`): twice what a futex wake-up costs (about 10 µs on the machine we
@@ -1094,10 +1109,10 @@ impl<C: Clock> Queue<C> {
 
     /// A ready message whose TTL ran out: dead-letter or drop it. We hold its ready token.
     fn expire(&self, slot: u32, generation: u32) {
-        self.counters().bump(Counter::Expired);
-        match self.config.on_expiry {
+        // Counted by whoever moves it (a twin token's holder may race us).
+        let expired = match self.config.on_expiry {
             ExpiryPolicy::DeadLetter => {
-                self.kill(slot, State::Ready, generation, DeadReason::Expired, "");
+                self.kill(slot, State::Ready, generation, DeadReason::Expired, "")
             }
             ExpiryPolicy::Drop => {
                 let freed = self
@@ -1106,7 +1121,11 @@ impl<C: Clock> Queue<C> {
                 if let Ok(word) = freed {
                     self.release_if_unpinned(slot, word);
                 }
+                freed.is_ok()
             }
+        };
+        if expired {
+            self.counters().bump(Counter::Expired);
         }
     }
 
@@ -1286,9 +1305,53 @@ impl<C: Clock> Queue<C> {
             if relinked {
                 self.ready_signal().notify();
             }
+            self.expire_at_head(now);
             self.recover_if_needed(now);
         }
         ran
+    }
+
+    /// TTL expiry when no receive comes: takes the messages past their TTL off the head of
+    /// the ready queue (at most [`EXPIRED_PER_RUN`]), dead-lettering or dropping them,
+    /// and stops at the first message that could be delivered. So with one TTL for all
+    /// messages (`default_ttl`) they leave on time, and free their slots, consumers or
+    /// not; a message behind one that lives longer leaves when it reaches the head, or
+    /// when a receive meets it (as RabbitMQ does per-message TTLs). Only the head: a ready
+    /// message's token cannot be taken out of the middle of the ring, and a message
+    /// killed there would leave its token behind, a stale copy for every such death, which
+    /// a queue without consumers would pile up past the ring's room.
+    fn expire_at_head(&self, now: u64) {
+        for _ in 0..EXPIRED_PER_RUN {
+            // The pop takes exactly the token the test saw.
+            let taken = self
+                .ready()
+                .try_pop_if(|ready| !self.deliverable(ready, now));
+            let Ok(Some(ready)) = taken else {
+                return;
+            };
+            let (slot, generation_bits) = split(ready);
+            let Ok(seen) = self.store().load(slot) else {
+                continue;
+            };
+            if seen.state != State::Ready || seen.generation as u8 != generation_bits {
+                continue; // a stale token, dropped as a receive would
+            }
+            // Ready at the token's generation, and so past its TTL (a message's TTL never
+            // moves, and a stale token never turns live).
+            self.expire(slot, seen.generation);
+        }
+    }
+
+    /// Whether the message a ready token names could be delivered at `now`: ready at the
+    /// token's generation, and within its TTL.
+    fn deliverable(&self, ready: u32, now: u64) -> bool {
+        let (slot, generation_bits) = split(ready);
+        let (Ok(meta), Ok(seen)) = (self.store().meta(slot), self.store().load(slot)) else {
+            return false;
+        };
+        seen.state == State::Ready
+            && seen.generation as u8 == generation_bits
+            && now < meta.expires_at.load(Ordering::Relaxed)
     }
 
     /// A timer node came due (or early: a coarse bucket). Acts on the slot if its deadline
@@ -1607,7 +1670,44 @@ mod tests;
 mod loom_models {
     use super::*;
     use crate::clock::ManualClock;
+    use loom::sync::Arc;
     use loom::thread;
+
+    /// One nanosecond: the wheel's tick in the models that run it, and a short TTL.
+    const NS: Duration = Duration::from_nanos(1);
+
+    /// A queue of `capacity` one-byte messages on a manual clock, with dedup off (its
+    /// stripes add nothing to these races), as `adjust` changes that configuration.
+    fn model_queue(
+        capacity: u32,
+        adjust: impl FnOnce(QueueConfig) -> QueueConfig,
+    ) -> (Arc<Queue<ManualClock>>, ManualClock) {
+        let clock = ManualClock::new();
+        let config = adjust(QueueConfig {
+            dedup_window: None,
+            ..QueueConfig::new(capacity, 1)
+        });
+        (
+            Arc::new(Queue::with_clock(config, clock.clone()).unwrap()),
+            clock,
+        )
+    }
+
+    /// The wheel ticking every nanosecond.
+    fn ticking(config: QueueConfig) -> QueueConfig {
+        QueueConfig {
+            timer_tick: NS,
+            ..config
+        }
+    }
+
+    /// A message that lives a nanosecond.
+    fn short_lived() -> PublishOptions {
+        PublishOptions {
+            ttl: Some(NS),
+            ..PublishOptions::default()
+        }
+    }
 
     /// DESIGN.md's "wheel insert racing the ticker", end to end: a lease taken while the
     /// wheel runs must not lose its timer, or the message would stay in flight for ever
@@ -1615,20 +1715,14 @@ mod loom_models {
     #[test]
     fn a_lease_taken_during_a_wheel_run_still_expires() {
         loom::model(|| {
-            let clock = ManualClock::new();
-            let config = QueueConfig {
-                dedup_window: None,
-                timer_tick: Duration::from_nanos(1),
-                ..QueueConfig::new(2, 1)
-            };
-            let queue = loom::sync::Arc::new(Queue::with_clock(config, clock.clone()).unwrap());
+            let (queue, clock) = model_queue(2, ticking);
             queue.publish(b"m").unwrap();
             let delayed = PublishOptions {
-                delay: Some(Duration::from_nanos(1)),
+                delay: Some(NS),
                 ..PublishOptions::default()
             };
             queue.publish_with(b"d", delayed).unwrap();
-            clock.advance(Duration::from_nanos(1)); // the delayed message is due: a run fires it
+            clock.advance(NS); // the delayed message is due: a run fires it
             let receiver = {
                 let queue = queue.clone();
                 // Lease "m" and walk away without settling (a vanished consumer).
@@ -1663,16 +1757,12 @@ mod loom_models {
     #[test]
     fn an_ack_racing_its_lease_running_out_has_exactly_one_outcome() {
         loom::model(|| {
-            let clock = ManualClock::new();
-            let config = QueueConfig {
-                dedup_window: None,
-                timer_tick: Duration::from_nanos(1),
+            let (queue, clock) = model_queue(1, |config| QueueConfig {
                 // A few ticks: the wheel catches up tick by tick.
-                visibility_timeout: Duration::from_nanos(2),
-                ..QueueConfig::new(1, 1)
-            };
-            let lease = config.visibility_timeout;
-            let queue = loom::sync::Arc::new(Queue::with_clock(config, clock.clone()).unwrap());
+                visibility_timeout: 2 * NS,
+                ..ticking(config)
+            });
+            let lease = queue.config().visibility_timeout;
             queue.publish(b"a").unwrap();
             let delivery = queue.try_receive().expect("a is ready");
             clock.advance(lease); // the lease has run out: the next tick takes it back
@@ -1697,6 +1787,34 @@ mod loom_models {
         });
     }
 
+    /// A timer run taking an expired message off the head of the ready queue while a
+    /// receive pops: the expired message dies exactly once, and the live one behind it is
+    /// delivered, never taken by the run.
+    #[test]
+    fn a_timer_run_expiring_the_head_races_a_receive() {
+        loom::model(|| {
+            let (queue, clock) = model_queue(2, ticking);
+            queue.publish_with(b"a", short_lived()).unwrap();
+            queue.publish(b"b").unwrap();
+            clock.advance(NS); // "a" has expired
+            let ticker = {
+                let queue = queue.clone();
+                thread::spawn(move || queue.tick())
+            };
+            let delivery = queue.try_receive().expect("b is ready");
+            assert_eq!(delivery.payload(), b"b");
+            delivery.ack().unwrap();
+            ticker.join().unwrap();
+            assert!(queue.try_receive().is_none());
+            let letters: Vec<_> = queue
+                .dead_letters()
+                .into_iter()
+                .map(|letter| (letter.payload, letter.reason))
+                .collect();
+            assert_eq!(letters, [(b"a".to_vec(), DeadReason::Expired)]);
+        });
+    }
+
     /// Crash recovery may leave a message two ready tokens (it re-queues what a slot's
     /// header says is ready without proving the token missing). Two receivers race with
     /// them; the winner acks and publishes the next message into the same slot. The loser
@@ -1705,16 +1823,11 @@ mod loom_models {
     #[test]
     fn a_receiver_that_loses_the_race_for_a_twin_token_writes_nothing() {
         loom::model(|| {
-            let clock = ManualClock::new();
-            let config = QueueConfig {
-                dedup_window: None,
-                ..QueueConfig::new(1, 1)
-            };
-            let queue = loom::sync::Arc::new(Queue::with_clock(config, clock).unwrap());
+            let (queue, _) = model_queue(1, |config| config);
             queue.publish(b"a").unwrap();
             let ready = queue.store().load(0).unwrap();
             queue.push_ready(0, ready.generation); // the twin
-            let receiver = |queue: loom::sync::Arc<Queue<ManualClock>>| {
+            let receiver = |queue: Arc<Queue<ManualClock>>| {
                 thread::spawn(move || {
                     if let Some(delivery) = queue.try_receive() {
                         let first = delivery.payload() == b"a";
@@ -1751,21 +1864,14 @@ mod loom_models {
         let mut builder = loom::model::Builder::new();
         builder.preemption_bound = Some(2);
         builder.check(|| {
-            let clock = ManualClock::new();
-            let config = QueueConfig {
-                dedup_window: None,
+            let (queue, clock) = model_queue(1, |config| QueueConfig {
                 dead_letter_capacity: 1,
-                ..QueueConfig::new(1, 1)
-            };
-            let queue = loom::sync::Arc::new(Queue::with_clock(config, clock.clone()).unwrap());
-            let short_lived = PublishOptions {
-                ttl: Some(Duration::from_nanos(1)),
-                ..PublishOptions::default()
-            };
-            queue.publish_with(b"a", short_lived).unwrap();
+                ..config
+            });
+            queue.publish_with(b"a", short_lived()).unwrap();
             let ready = queue.store().load(0).unwrap();
             queue.push_ready(0, ready.generation); // the twin
-            clock.advance(Duration::from_nanos(1)); // "a" has expired
+            clock.advance(NS); // "a" has expired
             let reject = |delivery: Delivery<'_, ManualClock>| {
                 assert_eq!(
                     delivery.payload(),
@@ -1828,14 +1934,8 @@ mod loom_models {
     #[test]
     fn an_old_lease_timer_firing_while_the_slot_is_leased_again_keeps_the_new_lease_timed() {
         loom::model(|| {
-            let clock = ManualClock::new();
-            let config = QueueConfig {
-                dedup_window: None,
-                timer_tick: Duration::from_nanos(1),
-                ..QueueConfig::new(1, 1)
-            };
-            let lease = config.visibility_timeout;
-            let queue = loom::sync::Arc::new(Queue::with_clock(config, clock.clone()).unwrap());
+            let (queue, clock) = model_queue(1, ticking);
+            let lease = queue.config().visibility_timeout;
             queue.publish(b"a").unwrap();
             queue.try_receive().unwrap().ack().unwrap(); // its lease node stays in the wheel
             clock.advance(lease); // ... and is due now

@@ -366,6 +366,67 @@ fn the_drop_policy_discards_expired_messages_and_counts_them() {
 }
 
 #[test]
+fn expired_messages_leave_the_head_of_the_queue_on_time_with_no_receiver() {
+    let config = QueueConfig {
+        default_ttl: Some(Duration::from_secs(1)),
+        on_expiry: ExpiryPolicy::Drop,
+        ..QueueConfig::new(3, 8)
+    };
+    let (queue, clock) = queue_with(config);
+    for payload in [b"a", b"b", b"c"] {
+        queue.publish(payload).unwrap();
+    }
+    clock.advance(Duration::from_secs(1) - Duration::from_nanos(1));
+    queue.tick();
+    assert_eq!((queue.stats().ready, queue.stats().expired), (3, 0));
+    clock.advance(Duration::from_nanos(1));
+    queue.tick();
+    let stats = queue.stats();
+    assert_eq!((stats.ready, stats.expired, stats.delivered), (0, 3, 0));
+    for payload in [b"d", b"e", b"f"] {
+        queue.publish(payload).unwrap(); // their slots were freed without a receive
+    }
+    assert_eq!(queue.try_receive().unwrap().payload(), b"d");
+}
+
+#[test]
+fn an_expired_message_behind_a_longer_lived_one_leaves_when_it_reaches_the_head() {
+    let (queue, clock) = queue(4);
+    let ttl = |secs| PublishOptions {
+        ttl: Some(Duration::from_secs(secs)),
+        ..PublishOptions::default()
+    };
+    queue.publish_with(b"long", ttl(10)).unwrap();
+    queue.publish_with(b"short", ttl(1)).unwrap();
+    clock.advance(Duration::from_secs(1));
+    queue.tick();
+    let stats = queue.stats();
+    assert_eq!(
+        (stats.ready, stats.dead),
+        (2, 0),
+        "only the head is looked at"
+    );
+    let long = queue.try_receive().unwrap();
+    assert_eq!(long.payload(), b"long");
+    assert_eq!(
+        queue.stats().ready,
+        1,
+        "the receive stopped at a live message"
+    );
+    clock.advance(Duration::from_millis(1));
+    queue.tick();
+    let letters = queue.dead_letters();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        (&letters[0].payload[..], letters[0].reason),
+        (&b"short"[..], DeadReason::Expired)
+    );
+    let stats = queue.stats();
+    assert_eq!((stats.ready, stats.expired, stats.dead), (0, 1, 1));
+    long.ack().unwrap();
+}
+
+#[test]
 fn a_delayed_message_is_not_delivered_before_its_delay() {
     let (queue, clock) = queue(4);
     let delayed = PublishOptions {

@@ -213,7 +213,7 @@ impl<'r> IndexRing<'r> {
         if out.is_empty() {
             return Ok(0);
         }
-        let Some((position, first)) = self.pop(false)? else {
+        let Some((position, first)) = self.pop(false, |_| true)? else {
             return Ok(0);
         };
         out[0] = first;
@@ -374,13 +374,25 @@ impl<'r> IndexRing<'r> {
     /// Takes the oldest value, `Ok(None)` if the ring is empty.
     #[inline]
     pub(crate) fn try_pop(&self) -> Result<Option<u32>, Corrupt> {
-        Ok(self.pop(true)?.map(|(_, value)| value))
+        Ok(self.pop(true, |_| true)?.map(|(_, value)| value))
     }
 
-    /// `try_pop`, returning the position popped at too; `advance: false` leaves `head` to
-    /// the caller (a batch moves it once, at its end).
+    /// Takes the oldest value if `wanted` says so of it: `Ok(None)` if the ring is empty or
+    /// its oldest value is not wanted. The value `wanted` saw is the value taken (the pop's
+    /// CAS expects it), so no other value is ever taken in its place.
     #[inline]
-    fn pop(&self, advance: bool) -> Result<Option<(u64, u32)>, Corrupt> {
+    pub(crate) fn try_pop_if(&self, wanted: impl Fn(u32) -> bool) -> Result<Option<u32>, Corrupt> {
+        Ok(self.pop(true, wanted)?.map(|(_, value)| value))
+    }
+
+    /// `try_pop_if`, returning the position popped at too; `advance: false` leaves `head`
+    /// to the caller (a batch moves it once, at its end).
+    #[inline]
+    fn pop(
+        &self,
+        advance: bool,
+        wanted: impl Fn(u32) -> bool,
+    ) -> Result<Option<(u64, u32)>, Corrupt> {
         let cap = self.slots.len() as i64;
         let mut head = self.head.load(Ordering::Acquire);
         let mut still = 0;
@@ -391,6 +403,9 @@ impl<'r> IndexRing<'r> {
             let ahead = distance(seq_of(current), head as u32);
             let filled = value_of(current) != EMPTY;
             if ahead == 0 && filled {
+                if !wanted(value_of(current)) {
+                    return Ok(None);
+                }
                 // On failure another popper took `head`: look again.
                 let emptied = word(head.wrapping_add(cap as u64), EMPTY);
                 if slot
@@ -486,6 +501,23 @@ impl OwnedWords {
 mod tests {
     use super::*;
     use std::collections::VecDeque;
+
+    #[test]
+    fn a_conditional_pop_takes_the_oldest_value_only_if_wanted() {
+        let words = OwnedWords::new(4);
+        let ring = words.ring();
+        assert_eq!(ring.try_pop_if(|_| true), Ok(None), "empty");
+        for value in [1, 2, 3] {
+            assert!(ring.try_push(value).unwrap());
+        }
+        let odd = |value: u32| value % 2 == 1;
+        assert_eq!(ring.try_pop_if(odd), Ok(Some(1)));
+        assert_eq!(ring.try_pop_if(odd), Ok(None), "2 is oldest and not wanted");
+        assert_eq!(ring.len(), 2, "nothing taken");
+        assert_eq!(ring.try_pop(), Ok(Some(2)));
+        assert_eq!(ring.try_pop_if(odd), Ok(Some(3)));
+        assert_eq!(ring.try_pop(), Ok(None));
+    }
 
     #[test]
     fn batches_keep_fifo_and_stop_at_full_and_empty_across_the_wrap() {
