@@ -290,21 +290,28 @@ impl Model {
     }
 
     /// Moves the due leases and delays to ready, as the queue's timer run does: at the
-    /// tail, as one group (a run makes them ready in no promised order).
+    /// tail, as one group (a run makes them ready in no promised order); those whose TTL
+    /// ran out meanwhile are dead-lettered instead, as one group.
     fn sweep(&mut self, now: u64) {
-        let mut group = Vec::new();
+        let (mut ready, mut expired) = (Vec::new(), Vec::new());
         for (&serial, message) in &mut self.messages {
             match message.place {
                 Where::Delayed { due } | Where::Leased { due, .. } if due <= now => {
                     message.place = Where::Ready;
-                    group.push(serial);
+                    if now >= message.expires_at {
+                        expired.push(serial);
+                    } else {
+                        ready.push(serial);
+                    }
                 }
                 _ => {}
             }
         }
-        if !group.is_empty() {
-            self.ready.push(group);
+        if !ready.is_empty() {
+            self.ready.push(ready);
         }
+        self.expired += expired.len() as u64;
+        self.kill(expired);
     }
 
     /// After its timers, a run takes the messages past their TTL off the head of the ready

@@ -30,7 +30,9 @@
 //! # TTL
 //!
 //! A receive that reaches a message past its TTL dead-letters (or drops) it, so an expired
-//! message is never delivered. Without receives, each wheel run takes the expired messages
+//! message is never delivered. A message whose TTL runs out during its delay, backoff or
+//! lease is dead-lettered when that ends, by the timer that ends it, instead of being
+//! queued. Without receives, each wheel run takes the expired messages
 //! off the head of the ready queue, up to the first live one (`expire_at_head`): with
 //! one TTL for all, they leave on time; one behind a longer-lived message leaves when it
 //! reaches the head. (Not a wheel node per message: a token cannot be taken out of the
@@ -1283,8 +1285,10 @@ impl<C: Clock> Queue<C> {
     }
 
     /// Runs the timers that are due: expired leases make their messages ready again
-    /// (delivered at the tail of the queue), finished delays and backoffs make theirs ready.
-    /// Receives and publishes do this themselves; call it to move time along when idle.
+    /// (delivered at the tail of the queue), finished delays and backoffs make theirs ready
+    /// (each dead-lettered instead if its TTL ran out meanwhile), and messages past their
+    /// TTL leave the head of the queue. Receives and publishes do this themselves; call it
+    /// to move time along when idle.
     pub fn tick(&self) {
         self.run_timers(self.now());
     }
@@ -1398,7 +1402,7 @@ impl<C: Clock> Queue<C> {
             match self.store().transition(slot, word, |_| Some(next)) {
                 Ok(moved) => {
                     if word.state == State::Leased {
-                        self.push_ready(slot, moved.generation);
+                        self.ready_or_expired(slot, meta, moved.generation, now);
                     }
                     return None;
                 }
@@ -1427,8 +1431,20 @@ impl<C: Clock> Queue<C> {
                 })
             })
             .ok()?;
-        self.push_ready(slot, ready.generation);
+        self.ready_or_expired(slot, meta, ready.generation, now);
         None
+    }
+
+    /// A message a timer just made ready (its lease, delay or backoff ended): queued at
+    /// the tail, or, if its TTL ran out meanwhile, dead-lettered (or dropped) at once
+    /// rather than left to wait in the queue for a receive to meet it. Its token is not
+    /// queued yet, so no one else holds it (if we die here, recovery queues it).
+    fn ready_or_expired(&self, slot: u32, meta: &Meta, generation: u32, now: u64) {
+        if now >= meta.expires_at.load(Ordering::Relaxed) {
+            self.expire(slot, generation);
+        } else {
+            self.push_ready(slot, generation);
+        }
     }
 
     /// Links a slot's `timer` node into the wheel until `due` (the delay node of a slot

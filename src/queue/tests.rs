@@ -427,6 +427,45 @@ fn an_expired_message_behind_a_longer_lived_one_leaves_when_it_reaches_the_head(
 }
 
 #[test]
+fn a_message_whose_ttl_runs_out_during_its_lease_or_backoff_dies_when_that_ends() {
+    let (queue, clock) = queue_with(QueueConfig {
+        dead_letter_capacity: 4,
+        ..QueueConfig::new(4, 32)
+    });
+    let ttl = PublishOptions {
+        ttl: Some(Duration::from_millis(50)),
+        ..PublishOptions::default()
+    };
+    queue.publish_with(b"leased", ttl).unwrap();
+    queue.publish_with(b"backing off", ttl).unwrap();
+    let leased = queue.try_receive().unwrap();
+    queue.try_receive().unwrap().nack("busy").unwrap(); // back in 100 ms
+    queue.publish(b"immortal").unwrap(); // at the head, where a run's head expiry stops
+    clock.advance(Duration::from_millis(100));
+    queue.tick();
+    let stats = queue.stats();
+    assert_eq!(
+        (stats.ready, stats.delayed, stats.in_flight, stats.expired),
+        (1, 0, 1, 1),
+        "the backoff ended past the TTL: dead-lettered, not queued behind the head"
+    );
+    clock.advance(LEASE);
+    queue.tick();
+    let stats = queue.stats();
+    assert_eq!(
+        (stats.ready, stats.in_flight, stats.expired, stats.dead),
+        (1, 0, 2, 2),
+        "the lease ended past the TTL: dead-lettered, not queued"
+    );
+    let id = leased.id();
+    assert_eq!(leased.ack(), Err(SettleError::LeaseLost { id }));
+    assert!(queue
+        .dead_letters()
+        .iter()
+        .all(|letter| letter.reason == DeadReason::Expired));
+}
+
+#[test]
 fn a_delayed_message_is_not_delivered_before_its_delay() {
     let (queue, clock) = queue(4);
     let delayed = PublishOptions {
