@@ -181,8 +181,12 @@ impl<'q, C: Clock> Delivery<'q, C> {
         meta.set_reason(error);
         let wait = nanos(self.queue.retry_wait(self.attempt));
         if wait == 0 {
+            // Queued at once, unless its TTL ran out meanwhile (dead-lettered, as a timer
+            // ending a backoff would).
             self.finish_settling(State::Ready);
-            self.queue.push_ready(self.slot, self.receipt);
+            let now = self.queue.now();
+            self.queue
+                .ready_or_expired(self.slot, meta, self.receipt, now);
         } else {
             let due = self.queue.now().saturating_add(wait);
             meta.due_at.store(due, Ordering::Relaxed);

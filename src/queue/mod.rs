@@ -33,9 +33,10 @@
 //! message is never delivered. A message whose TTL runs out during its delay, backoff or
 //! lease is dead-lettered when that ends, by the timer that ends it, instead of being
 //! queued. Without receives, each wheel run takes the expired messages
-//! off the head of the ready queue, up to the first live one (`expire_at_head`): with
-//! one TTL for all, they leave on time; one behind a longer-lived message leaves when it
-//! reaches the head. (Not a wheel node per message: a token cannot be taken out of the
+//! off the head of the ready queue, up to the first live one (`expire_at_head`, at most
+//! 256 a run): with one TTL for all, first deliveries leave on time; one behind a
+//! longer-lived message (or a retried one behind younger ones) leaves when it reaches the
+//! head. Runs happen while the queue is used (publishes, receives) or at [`Queue::tick`]. (Not a wheel node per message: a token cannot be taken out of the
 //! middle of a ring, and a message killed while its token stays queued leaves a stale
 //! copy behind, which a queue without consumers would pile up past the ring's room.)
 
@@ -87,6 +88,17 @@ const LOOK_INTERVAL: Duration = Duration::from_nanos(500);
 /// How long a publisher waiting for room holds back for a run of free slots (see
 /// `wait_for_room`): half the time it looks before it sleeps.
 const HOLD_BACK: Duration = Duration::from_micros(10);
+
+/// What a ready token's message is to a timer run looking at the head of the queue.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Ready and within its TTL: the run stops here.
+    Deliverable,
+    /// Ready at this (full) generation and past its TTL.
+    Expired(u32),
+    /// The token's slot moved on.
+    Stale,
+}
 
 /// Why a message died.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1318,44 +1330,48 @@ impl<C: Clock> Queue<C> {
     /// TTL expiry when no receive comes: takes the messages past their TTL off the head of
     /// the ready queue (at most [`EXPIRED_PER_RUN`]), dead-lettering or dropping them,
     /// and stops at the first message that could be delivered. So with one TTL for all
-    /// messages (`default_ttl`) they leave on time, and free their slots, consumers or
-    /// not; a message behind one that lives longer leaves when it reaches the head, or
+    /// messages (`default_ttl`), first deliveries leave on time, consumers or not; a
+    /// message behind one that lives longer (a message with a longer TTL, or a younger one
+    /// ahead of a retried or redelivered message) leaves when it reaches the head, or
     /// when a receive meets it (as RabbitMQ does per-message TTLs). Only the head: a ready
     /// message's token cannot be taken out of the middle of the ring, and a message
     /// killed there would leave its token behind, a stale copy for every such death, which
     /// a queue without consumers would pile up past the ring's room.
+    #[cold]
+    #[inline(never)]
     fn expire_at_head(&self, now: u64) {
         for _ in 0..EXPIRED_PER_RUN {
-            // The pop takes exactly the token the test saw.
-            let taken = self
-                .ready()
-                .try_pop_if(|ready| !self.deliverable(ready, now));
+            // The pop takes exactly the token judged. Its message is expired at the full
+            // generation judged, or the token was stale: a token keeps 8 generation bits,
+            // so a stale one may name a later message of its slot by the time we act,
+            // and `expire`'s CAS on the full generation keeps that message out of reach.
+            let judged = std::cell::Cell::new(Verdict::Stale);
+            let taken = self.ready().try_pop_if(|ready| {
+                judged.set(self.judge(ready, now));
+                judged.get() != Verdict::Deliverable
+            });
             let Ok(Some(ready)) = taken else {
                 return;
             };
-            let (slot, generation_bits) = split(ready);
-            let Ok(seen) = self.store().load(slot) else {
-                continue;
-            };
-            if seen.state != State::Ready || seen.generation as u8 != generation_bits {
-                continue; // a stale token, dropped as a receive would
-            }
-            // Ready at the token's generation, and so past its TTL (a message's TTL never
-            // moves, and a stale token never turns live).
-            self.expire(slot, seen.generation);
+            if let Verdict::Expired(generation) = judged.get() {
+                self.expire(split(ready).0, generation);
+            } // else a stale token, dropped as a receive would
         }
     }
 
-    /// Whether the message a ready token names could be delivered at `now`: ready at the
-    /// token's generation, and within its TTL.
-    fn deliverable(&self, ready: u32, now: u64) -> bool {
+    /// What a receive would do with the message a ready token names at `now`.
+    fn judge(&self, ready: u32, now: u64) -> Verdict {
         let (slot, generation_bits) = split(ready);
         let (Ok(meta), Ok(seen)) = (self.store().meta(slot), self.store().load(slot)) else {
-            return false;
+            return Verdict::Stale;
         };
-        seen.state == State::Ready
-            && seen.generation as u8 == generation_bits
-            && now < meta.expires_at.load(Ordering::Relaxed)
+        if seen.state != State::Ready || seen.generation as u8 != generation_bits {
+            Verdict::Stale
+        } else if now >= meta.expires_at.load(Ordering::Relaxed) {
+            Verdict::Expired(seen.generation)
+        } else {
+            Verdict::Deliverable
+        }
     }
 
     /// A timer node came due (or early: a coarse bucket). Acts on the slot if its deadline
@@ -1493,8 +1509,8 @@ impl<C: Clock> Queue<C> {
 
     /// Puts every dead letter back on the ready queue (at the tail) with its attempts reset.
     /// Returns how many. A message keeps its TTL: one that has expired is dead-lettered (or
-    /// dropped) again as expired at the next receive, never delivered; publish its payload
-    /// anew to send it again.
+    /// dropped) again as expired when a receive meets it or it reaches the head of the
+    /// queue at a timer run, never delivered; publish its payload anew to send it again.
     /// Letters that die again while it runs (expired, or rejected at once by a consumer)
     /// wait for the next redrive: a call takes at most as many letters as the dead-letter
     /// queue holds, so it ends however fast letters come back.

@@ -8,7 +8,7 @@
 //! |-----------------------------------------------------|-------------------------------------------|
 //! | a slot in `Writing` (publish never returned `Ok`)   | freed; its id forgotten by dedup if it was recorded |
 //! | a slot in `Settling` (a nack, reject or extend)     | back to `Leased`: its lease runs out as if never settled |
-//! | a slot in `Settling` (a lease being taken, a message being dead-lettered by a receive or redriven) | back to `Leased`, its lease timer linked: its lease runs out at the deadline written, or, if none was, at the deadline this message's last lease, delay or backoff left (at once if that has passed), and the message comes back |
+//! | a slot in `Settling` (a lease being taken, a message being dead-lettered by a receive or a timer run, or redriven) | back to `Leased`, its lease timer linked: its lease runs out at the deadline written, or, if none was, at the deadline this message's last lease, delay or backoff left (at once if that has passed), and the message comes back (or, past its TTL, is dead-lettered then) |
 //! | a token popped and never acted on, or a slot moved and its token never pushed (`Ready`, `Free`, `Dead`) | the token pushed again |
 //! | a timer marked in a slot word and never linked, or linked in a list a dying ticker had detached | the node linked again |
 //! | payload pins of its `Delivery`s                      | dropped                                   |
@@ -683,6 +683,19 @@ mod tests {
             .take(slot, State::Ready, ready.generation)
             .expect("ours to take");
 
+        // 8. Killed by a timer run taking an expired message off the head of the queue:
+        //    taken from Ready into Settling. It must die as expired, not be delivered.
+        let dying_now = PublishOptions {
+            ttl: Some(Duration::from_nanos(1)),
+            ..with_id(7)
+        };
+        survivor.publish_with(b"expired", dying_now).unwrap();
+        let (slot, _) = super::super::split(pop(victim.ready()).unwrap());
+        let ready = victim.store().load(slot).unwrap();
+        victim
+            .take(slot, State::Ready, ready.generation)
+            .expect("ours to take");
+
         // SIGKILL: no destructor runs.
         let token = victim.participant;
         std::mem::forget(victim);
@@ -699,9 +712,9 @@ mod tests {
             sweep,
             Sweep {
                 writing_freed: 1,
-                settling_undone: 3,
+                settling_undone: 4,
                 tokens_restored: 1,
-                timers_relinked: 3,
+                timers_relinked: 4,
                 pins_dropped: 3,
                 pins_kept: 0,
             }
@@ -719,6 +732,12 @@ mod tests {
         received.sort_unstable();
         assert_eq!(received, [1, 2, 3, 4, 5, 6]);
         assert!(survivor.try_receive().is_none());
+        // 8 came back only to die: its lease ran out past its TTL.
+        let letter = survivor.pop_dead_letter().expect("the expired message");
+        assert_eq!(
+            (letter.id, letter.reason),
+            (MessageId(7), crate::queue::DeadReason::Expired)
+        );
 
         // The killed publish never returned Ok: its id may be published again.
         survivor.publish_with(b"retried", with_id(100)).unwrap();

@@ -466,6 +466,45 @@ fn a_message_whose_ttl_runs_out_during_its_lease_or_backoff_dies_when_that_ends(
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "300 publishes take Miri minutes")]
+fn a_timer_run_takes_at_most_256_expired_messages_off_the_head() {
+    let config = QueueConfig {
+        default_ttl: Some(Duration::from_secs(1)),
+        on_expiry: ExpiryPolicy::Drop,
+        ..QueueConfig::new(300, 8)
+    };
+    let (queue, clock) = queue_with(config);
+    for _ in 0..300 {
+        queue.publish(b"x").unwrap();
+    }
+    clock.advance(Duration::from_secs(1));
+    queue.tick();
+    assert_eq!((queue.stats().expired, queue.stats().ready), (256, 44));
+    clock.advance(Duration::from_millis(1));
+    queue.tick();
+    assert_eq!((queue.stats().expired, queue.stats().ready), (300, 0));
+}
+
+#[test]
+fn a_nack_without_backoff_dead_letters_a_message_past_its_ttl() {
+    let (queue, clock) = queue_with(QueueConfig {
+        backoff: RetryBackoff::Fixed(Duration::ZERO),
+        ..QueueConfig::new(4, 32)
+    });
+    let ttl = PublishOptions {
+        ttl: Some(Duration::from_millis(50)),
+        ..PublishOptions::default()
+    };
+    queue.publish_with(b"slow work", ttl).unwrap();
+    let delivery = queue.try_receive().unwrap();
+    clock.advance(Duration::from_millis(50)); // the lease (30 s) still holds
+    delivery.nack("gave up").unwrap();
+    let stats = queue.stats();
+    assert_eq!((stats.ready, stats.expired, stats.dead), (0, 1, 1));
+    assert_eq!(queue.dead_letters()[0].reason, DeadReason::Expired);
+}
+
+#[test]
 fn a_delayed_message_is_not_delivered_before_its_delay() {
     let (queue, clock) = queue(4);
     let delayed = PublishOptions {
