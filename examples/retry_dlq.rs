@@ -8,11 +8,13 @@
 //! - One order has a 20 ms TTL and sits in the queue too long: dead-lettered as expired,
 //!   never delivered.
 //!
-//! At the end it prints what happened to every message, and checks nothing was lost.
+//! At the end it prints what happened to every message, the waits between one failing
+//! order's deliveries (the backoff), and checks nothing was lost and no retry came early.
 //!
 //! Run: `cargo run --release --example retry_dlq`
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ackring::queue::{DeadReason, RetryBackoff};
@@ -20,6 +22,10 @@ use ackring::{MessageId, PublishError, PublishOptions, Queue, QueueConfig};
 
 const ORDERS: u64 = 200;
 const WORKERS: usize = 3;
+/// The order whose deliveries are timed, to show the backoff between them (it always fails).
+const TRACED: u64 = 7;
+/// The first backoff; each later one doubles, with jitter taking up to half off.
+const FIRST_BACKOFF: Duration = Duration::from_millis(5);
 
 fn order_options(order: u64) -> PublishOptions {
     PublishOptions {
@@ -46,7 +52,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         visibility_timeout: Duration::from_millis(500),
         max_attempts: 3,
         backoff: RetryBackoff::Exponential {
-            initial: Duration::from_millis(5),
+            initial: FIRST_BACKOFF,
             multiplier: 2.0,
             max: Duration::from_millis(50),
             jitter: true,
@@ -66,10 +72,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::thread::sleep(Duration::from_millis(30)); // (a demo waiting for the TTL, not a test)
 
     let publishing_done = AtomicBool::new(false);
+    let traced_deliveries = Mutex::new(Vec::new()); // when order TRACED was delivered
     let mut duplicates = 0;
     std::thread::scope(|s| -> Result<(), PublishError> {
         for worker in 0..WORKERS {
             let (queue, publishing_done) = (&queue, &publishing_done);
+            let traced_deliveries = &traced_deliveries;
             s.spawn(move || loop {
                 let Some(delivery) = queue.receive_timeout(Duration::from_millis(20)) else {
                     let stats = queue.stats();
@@ -83,6 +91,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let text = String::from_utf8_lossy(delivery.payload()).into_owned();
                 let order: u64 = text.trim_start_matches("order ").parse().unwrap_or(0);
                 let attempt = delivery.attempt();
+                if order == TRACED {
+                    traced_deliveries.lock().unwrap().push(Instant::now());
+                }
                 let settled = match handle(order, attempt) {
                     Ok(()) => delivery.ack(),
                     Err(error) if error.starts_with("invalid") => delivery.reject(error),
@@ -147,6 +158,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 letter.error
             );
         }
+    }
+    let traced = traced_deliveries.into_inner().unwrap();
+    let gaps: Vec<Duration> = traced.windows(2).map(|w| w[1] - w[0]).collect();
+    println!(
+        "  order {TRACED}'s retries came after {gaps:.1?} (backoff 5 ms, then 10 ms, less jitter)"
+    );
+    // Never before its backoff (jitter takes at most half off).
+    for (retry, gap) in gaps.iter().enumerate() {
+        assert!(
+            *gap >= FIRST_BACKOFF * (1 << retry) / 2,
+            "retry {retry} came early: {gap:?}"
+        );
     }
     let nothing_lost = stats.acked + stats.dead_lettered == stats.published;
     println!(

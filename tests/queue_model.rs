@@ -12,7 +12,8 @@
 //!    receive is single receives in order, stopping at `max` or an empty queue; a batch ack
 //!    is single acks, naming the deliveries whose lease was lost.
 //!
-//! Each payload carries the message's serial number, so the model follows every message.
+//! Retries back off exponentially (growing, then capped), so the model checks each
+//! retry's due time. Each payload carries the message's serial number, so the model follows every message.
 //! The model also follows the order of the ready and dead queues: a receive takes the
 //! oldest live ready message, and a dead-letter pop the oldest dead letter. Messages made
 //! ready by one timer run have no promised order among themselves, so each queue is kept
@@ -31,7 +32,15 @@ const MS: u64 = 1_000_000;
 const CAPACITY: u32 = 6;
 const MAX_PAYLOAD: usize = 8;
 const LEASE_MS: u64 = 100;
+/// The retry backoff: exponential without jitter, 20 ms, then 60 capped at 50.
 const BACKOFF_MS: u64 = 20;
+const BACKOFF_MULTIPLIER: u64 = 3;
+const BACKOFF_CAP_MS: u64 = 50;
+
+/// The backoff after attempt `attempt` (1-based) failed, in ms.
+fn backoff_ms(attempt: u32) -> u64 {
+    (BACKOFF_MS * BACKOFF_MULTIPLIER.pow(attempt - 1)).min(BACKOFF_CAP_MS)
+}
 const WINDOW_MS: u64 = 200;
 const MAX_ATTEMPTS: u32 = 3;
 const EXTEND_MS: u64 = 50;
@@ -321,12 +330,7 @@ impl Model {
     /// moves the model on.
     fn expire_at_head(&mut self, queue: &Queue<ManualClock>, now: u64) {
         let expired = |model: &Model, serial: &u64| now >= model.messages[serial].expires_at;
-        let died: HashSet<u64> = queue
-            .dead_letters()
-            .iter()
-            .map(|d| serial_of(&d.payload))
-            .filter(|serial| self.messages[serial].place == Where::Ready)
-            .collect();
+        let died = self.ready_that_died(queue);
         let first_live = self
             .ready
             .iter()
@@ -350,6 +354,22 @@ impl Model {
             }
         }
         self.expired += died.len() as u64;
+        self.kill_from_ready(&died);
+    }
+
+    /// The ready messages the queue has dead-lettered since the model last looked.
+    fn ready_that_died(&self, queue: &Queue<ManualClock>) -> HashSet<u64> {
+        queue
+            .dead_letters()
+            .iter()
+            .map(|d| serial_of(&d.payload))
+            .filter(|serial| self.messages[serial].place == Where::Ready)
+            .collect()
+    }
+
+    /// Dead-letters the ready messages in `died`, in ready-queue order (one dead group per
+    /// ready group).
+    fn kill_from_ready(&mut self, died: &HashSet<u64>) {
         let mut dead_groups = Vec::new();
         for group in &mut self.ready {
             let (gone, stay): (Vec<u64>, Vec<u64>) = group.iter().partition(|s| died.contains(s));
@@ -404,12 +424,7 @@ fn check_receive<'q>(
         ttl_ran_out(model, serial) || model.messages[serial].attempts >= MAX_ATTEMPTS
     };
     // Expired ready messages met on the way were dead-lettered.
-    let died: HashSet<u64> = queue
-        .dead_letters()
-        .iter()
-        .map(|d| serial_of(&d.payload))
-        .filter(|serial| model.messages[serial].place == Where::Ready)
-        .collect();
+    let died = model.ready_that_died(queue);
     for serial in &died {
         assert!(
             expired(model, serial),
@@ -490,9 +505,8 @@ fn check_receive<'q>(
         .filter(|serial| expired(model, serial))
         .copied()
         .collect();
-    let mut dead_groups = Vec::new();
-    for (index, group) in model.ready.iter_mut().enumerate() {
-        for serial in group.iter() {
+    for (index, group) in model.ready.iter().enumerate() {
+        for serial in group {
             let dies = died.contains(serial);
             if index < must_die_before && due_to_die.contains(serial) {
                 assert!(
@@ -507,16 +521,10 @@ fn check_receive<'q>(
                 );
             }
         }
-        let (gone, stay): (Vec<u64>, Vec<u64>) = group.iter().partition(|s| died.contains(s));
-        *group = stay;
-        dead_groups.push(gone);
     }
-    model.ready.retain(|group| !group.is_empty());
     // The TTL is looked at first: a message past it is counted expired whatever its attempts.
     model.expired += died.iter().filter(|s| ttl_ran_out(model, s)).count() as u64;
-    for group in dead_groups {
-        model.kill(group);
-    }
+    model.kill_from_ready(&died);
 }
 
 fn run(ops: Vec<Op>) {
@@ -524,7 +532,12 @@ fn run(ops: Vec<Op>) {
     let config = QueueConfig {
         visibility_timeout: Duration::from_millis(LEASE_MS),
         max_attempts: MAX_ATTEMPTS,
-        backoff: RetryBackoff::Fixed(Duration::from_millis(BACKOFF_MS)),
+        backoff: RetryBackoff::Exponential {
+            initial: Duration::from_millis(BACKOFF_MS),
+            multiplier: BACKOFF_MULTIPLIER as f64,
+            max: Duration::from_millis(BACKOFF_CAP_MS),
+            jitter: false,
+        },
         dedup_window: Some(Duration::from_millis(WINDOW_MS)),
         dead_letter_capacity: CAPACITY,
         dedup_capacity: 1024,
@@ -782,7 +795,7 @@ fn run(ops: Vec<Op>) {
                                 model.kill(vec![serial]);
                             } else {
                                 message.place = Where::Delayed {
-                                    due: now + BACKOFF_MS * MS,
+                                    due: now + backoff_ms(message.attempts) * MS,
                                 };
                             }
                         }
