@@ -32,13 +32,17 @@
 //! A receive that reaches a message past its TTL dead-letters (or drops) it, so an expired
 //! message is never delivered. A message whose TTL runs out during its delay, backoff or
 //! lease is dead-lettered when that ends, by the timer that ends it, instead of being
-//! queued. Without receives, each wheel run takes the expired messages
-//! off the head of the ready queue, up to the first live one (`expire_at_head`, at most
-//! 256 a run): with one TTL for all, first deliveries leave on time; one behind a
-//! longer-lived message (or a retried one behind younger ones) leaves when it reaches the
-//! head. Runs happen while the queue is used (publishes, receives) or at [`Queue::tick`]. (Not a wheel node per message: a token cannot be taken out of the
-//! middle of a ring, and a message killed while its token stays queued leaves a stale
-//! copy behind, which a queue without consumers would pile up past the ring's room.)
+//! queued. Without receives, each wheel run takes the expired messages off the head of the
+//! ready queue, up to the first live one (`expire_at_head`, at most 256 a run): with one
+//! TTL for all, first deliveries leave on time; one behind a longer-lived message (or a
+//! retried one behind younger ones) leaves when it reaches the head, as with RabbitMQ's
+//! per-message TTLs. Runs happen while the queue is used (publishes, receives) or at
+//! [`Queue::tick`].
+//!
+//! Why not a wheel node per message: a token cannot be taken out of the middle of a ring,
+//! so a message killed while its token stays queued leaves a stale copy behind, one per
+//! such death, which a queue without consumers would pile up past the ring's room; and
+//! with no cancel, a slot's node may still wait for an earlier message's later deadline.
 
 mod batch;
 mod config;
@@ -1329,14 +1333,8 @@ impl<C: Clock> Queue<C> {
 
     /// TTL expiry when no receive comes: takes the messages past their TTL off the head of
     /// the ready queue (at most [`EXPIRED_PER_RUN`]), dead-lettering or dropping them,
-    /// and stops at the first message that could be delivered. So with one TTL for all
-    /// messages (`default_ttl`), first deliveries leave on time, consumers or not; a
-    /// message behind one that lives longer (a message with a longer TTL, or a younger one
-    /// ahead of a retried or redelivered message) leaves when it reaches the head, or
-    /// when a receive meets it (as RabbitMQ does per-message TTLs). Only the head: a ready
-    /// message's token cannot be taken out of the middle of the ring, and a message
-    /// killed there would leave its token behind, a stale copy for every such death, which
-    /// a queue without consumers would pile up past the ring's room.
+    /// and stops at the first message that could be delivered (why only the head: the
+    /// module docs, *TTL*).
     #[cold]
     #[inline(never)]
     fn expire_at_head(&self, now: u64) {
@@ -1361,14 +1359,14 @@ impl<C: Clock> Queue<C> {
 
     /// What a receive would do with the message a ready token names at `now`.
     fn judge(&self, ready: u32, now: u64) -> Verdict {
-        let (slot, generation_bits) = split(ready);
-        let (Ok(meta), Ok(seen)) = (self.store().meta(slot), self.store().load(slot)) else {
+        let Some((slot, generation)) = self.resolve(ready, State::Ready) else {
             return Verdict::Stale;
         };
-        if seen.state != State::Ready || seen.generation as u8 != generation_bits {
-            Verdict::Stale
-        } else if now >= meta.expires_at.load(Ordering::Relaxed) {
-            Verdict::Expired(seen.generation)
+        let Ok(meta) = self.store().meta(slot) else {
+            return Verdict::Stale;
+        };
+        if now >= meta.expires_at.load(Ordering::Relaxed) {
+            Verdict::Expired(generation)
         } else {
             Verdict::Deliverable
         }
