@@ -231,7 +231,7 @@ fn queue_single(
 #[derive(Default)]
 struct Line([AtomicU64; 8]);
 
-/// The data movement DESIGN.md prescribes for a message, and nothing else: a slot token
+/// The data movement the queue's design makes for a message, and nothing else: a slot token
 /// from a free ring, a header CAS to claim the slot, the payload written as words, a
 /// header CAS to publish it, the token pushed to a ready ring; the consumer pops it, CASes
 /// the header to leased, reads the payload, CASes the header free and pushes the token

@@ -11,9 +11,14 @@
 //!   pop and redrive; stats. In one process ([`Queue::new`]) or shared by processes
 //!   through a segment ([`Queue::create_shm`], [`Queue::open_shm`], or a file that
 //!   outlives a reboot), where a process killed at any instruction leaves nothing stuck.
-//! - [`Ring<T>`]: the bounded lock-free MPMC FIFO underneath (Vyukov's algorithm) with
-//!   batch operations, usable on its own.
+//! - [`Ring<T>`]: a bounded lock-free MPMC FIFO (Vyukov's algorithm) with batch
+//!   operations, a product of its own; the queue does not use it (its index rings are a
+//!   different algorithm, one that a process killed mid-operation cannot block).
 //! - [`TokenRing`]: the same algorithm over caller-provided memory, carrying `u64` tokens.
+//!
+//! `ARCHITECTURE.md` at the repository root maps the code: layers as folders, each
+//! importing only the ones below it (`base`, then `ring` and `liveness`, `engine`,
+//! `layout`, `queue`, `shm`).
 //!
 //! ```
 //! use ackring::{Queue, QueueConfig};
@@ -33,23 +38,21 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod clock;
-pub mod dedup;
-mod id;
-mod participants;
+mod base;
+mod engine;
+pub mod error;
+mod layout;
+mod liveness;
 pub mod queue;
-mod region;
 pub mod ring;
 #[cfg(not(loom))]
 pub mod shm;
-mod slots;
-mod stats;
-mod sync;
-mod wait;
-mod wheel;
 
-pub use clock::MonotonicClock;
-pub use id::MessageId;
+pub use base::clock;
+pub use base::clock::MonotonicClock;
+pub use base::id::MessageId;
+pub use engine::dedup;
+pub use error::{ConfigError, ShmError};
 pub use queue::{
     BatchAckError, BatchPublishError, Delivery, PublishError, PublishOptions, Queue, QueueConfig,
     ReadyMessage, SettleError,

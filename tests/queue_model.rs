@@ -1,7 +1,7 @@
 //! Model-based property test: random sequences of publish / batch publish / receive / batch
 //! receive / ack / batch ack / nack / reject / extend / drop / advance-clock / redrive /
-//! pop-dead run against the queue and against a simple reference model. After every step, DESIGN.md's
-//! invariants are checked:
+//! pop-dead run against the queue and against a simple reference model. After every step, the
+//! invariants of ARCHITECTURE.md are checked:
 //! 1. every accepted message is in exactly one of ready, delayed, leased, dead or acked;
 //! 2. an ack succeeds at most once per message, and never with a stale receipt;
 //! 3. no message is delivered at or after its TTL, nor more often than `max_attempts`;

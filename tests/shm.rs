@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use ackring::shm::{segment_path, ShmError};
+use ackring::shm::segment_path;
+use ackring::ShmError;
 use ackring::{Queue, QueueConfig};
 
 /// A segment name unique to this process and test.

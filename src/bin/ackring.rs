@@ -62,7 +62,7 @@ struct Target {
 }
 
 impl Target {
-    fn open(&self) -> Result<Queue, ackring::shm::ShmError> {
+    fn open(&self) -> Result<Queue, ackring::ShmError> {
         match (&self.name, &self.file) {
             (_, Some(path)) => Queue::open_file(path),
             (Some(name), None) => Queue::open_shm(name),
@@ -82,7 +82,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> Result<(), ackring::shm::ShmError> {
+fn run(command: Command) -> Result<(), ackring::ShmError> {
     match command {
         Command::Stat(target) => {
             let queue = target.open()?;

@@ -7,39 +7,20 @@
 //! turn. Every message still moves by the same single-word CASes as in a single call, so
 //! batches and single calls mix freely, in one process or across processes.
 
-use super::{split, Lease, Outgoing, PublishError, PublishOptions, Queue, SettleError};
-use crate::clock::Clock;
-use crate::id::MessageId;
-use crate::participants::SleepsOn;
-use crate::queue::Delivery;
-use crate::ring::index::IndexRing;
-use crate::stats::Counter;
+use crate::base::clock::Clock;
+use crate::base::id::MessageId;
+use crate::engine::counters::Counter;
+use crate::engine::index_ring::IndexRing;
+use crate::error::{BatchAckError, BatchPublishError, PublishError, SettleError};
+use crate::liveness::SleepsOn;
+use crate::queue::publish::{Outgoing, PublishOptions};
+use crate::queue::receive::Lease;
+use crate::queue::slot_moves::split;
+use crate::queue::{Delivery, Queue};
 
 /// Messages a batch takes from a ring before working on them: enough to overlap their
 /// misses, few enough that their lines stay in the first-level cache.
 const CHUNK: usize = 16;
-
-/// Why some deliveries of a batch ack were not acked.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "{} of the batch's leases ran out before the ack: those messages were not acked and go \
-     to another delivery; the rest were acked",
-    lost.len()
-)]
-pub struct BatchAckError {
-    /// The messages whose lease was lost, in batch order.
-    pub lost: Vec<MessageId>,
-}
-
-/// Why a batch publish stopped before the end of its batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("published the first {published} messages of the batch, then: {error}")]
-pub struct BatchPublishError {
-    /// How many messages, from the front of the batch, were published (and stay queued).
-    pub published: usize,
-    /// Why the next message was not; the messages after it were not tried.
-    pub error: PublishError,
-}
 
 impl<C: Clock> Queue<C> {
     /// Publishes `payloads` in order, each with a generated id, as
@@ -363,7 +344,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::clock::ManualClock;
+    use crate::base::clock::ManualClock;
     use crate::queue::{FullPolicy, QueueConfig};
 
     fn queue(capacity: u32) -> (Queue<ManualClock>, ManualClock) {

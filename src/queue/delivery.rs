@@ -2,30 +2,15 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::{free_token, system_time, DeadReason, Queue};
-use crate::clock::{nanos, Clock};
-use crate::id::MessageId;
-use crate::slots::{State, TransitionError, Word};
-use crate::sync::Ordering;
-use crate::wheel::Timer;
-
-/// Why settling a delivery failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SettleError {
-    /// The queue took the lease back before this call: it ran out and the timing wheel
-    /// made the message ready again (to be delivered again), so this delivery may no
-    /// longer settle it: a message is acked at most once. (A settle after the deadline but
-    /// before the wheel's next run still counts: the lease is lost when it is taken back,
-    /// not at the deadline.)
-    #[error(
-        "the lease on message {id} was lost: it ran out and the message goes to another \
-         delivery; finish work within the visibility timeout, or extend the lease"
-    )]
-    LeaseLost {
-        /// The message.
-        id: MessageId,
-    },
-}
+use crate::base::clock::{nanos, Clock};
+use crate::base::id::MessageId;
+use crate::base::sync::Ordering;
+use crate::engine::slots::{State, TransitionError, Word};
+use crate::engine::wheel::Timer;
+use crate::error::SettleError;
+use crate::queue::dead_letters::DeadReason;
+use crate::queue::slot_moves::free_token;
+use crate::queue::{system_time, Queue};
 
 /// A message delivered to this consumer, leased until [`lease_deadline`](Self::lease_deadline).
 ///
@@ -307,7 +292,7 @@ impl<C: Clock> std::fmt::Debug for Delivery<'_, C> {
 // to 128 bytes a move is a few vector stores, beyond that a call to `memcpy` (3% of the
 // instructions of a publish-receive-ack, measured).
 const _: () =
-    assert!(std::mem::size_of::<Delivery<'static, crate::clock::MonotonicClock>>() <= 128);
+    assert!(std::mem::size_of::<Delivery<'static, crate::base::clock::MonotonicClock>>() <= 128);
 
 /// Payloads up to this size are copied into the `Delivery` itself, larger ones to the heap.
 const INLINE_PAYLOAD: usize = 64;

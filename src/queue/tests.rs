@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use super::*;
-use crate::clock::ManualClock;
+use crate::base::clock::ManualClock;
+use crate::base::id::MessageId;
 
 const LEASE: Duration = Duration::from_secs(30);
 

@@ -30,7 +30,6 @@
 //!   shared-memory segment). Its indices are bounds-checked at every use, so corrupt memory
 //!   yields [`TokenRingError::Corrupt`] rather than undefined behaviour.
 
-pub(crate) mod index;
 mod owned;
 mod token;
 
@@ -40,7 +39,7 @@ pub use token::{RingMemoryError, TokenRing, TokenRingError};
 use std::mem::size_of;
 use std::ops::Deref;
 
-use crate::sync::{fence, AtomicU64, Backoff, Ordering};
+use crate::base::sync::{fence, AtomicU64, Backoff, Ordering};
 
 /// The largest capacity a ring accepts: positions must keep many lap bits above the index.
 pub const MAX_CAPACITY: usize = u32::MAX as usize;

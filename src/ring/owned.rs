@@ -4,7 +4,7 @@ use std::fmt;
 use std::mem::MaybeUninit;
 
 use super::{one_lap_for, CapacityError, ClaimError, Cursors, RawRing, Slot, SlotValue};
-use crate::sync::UnsafeCell;
+use crate::base::sync::UnsafeCell;
 
 /// A slot's value for an owned ring: possibly-uninitialized `T`, accessed by the claimant.
 pub(crate) struct ValueCell<T>(UnsafeCell<MaybeUninit<T>>);

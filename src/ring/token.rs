@@ -26,7 +26,7 @@
 use std::mem::{align_of, size_of};
 
 use super::{one_lap_for, ClaimError, Cursors, RawRing, Slot, SlotValue, LINE_PAIR};
-use crate::sync::{AtomicU64, Ordering};
+use crate::base::sync::{AtomicU64, Ordering};
 
 /// The fixed part of a token ring in memory. Every byte belongs to a field (no compiler
 /// padding), so initializing the header initializes all of its bytes.

@@ -24,97 +24,23 @@
 //! in every process that maps it, as with any shared mapping of a file. The segment's
 //! mode (0600) limits that to processes of the same user.
 
-pub(crate) mod header;
-
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::base::clock::MonotonicClock;
+use crate::error::ShmError;
+use crate::layout::header;
+use crate::layout::memory::Mapping;
+use crate::layout::region::{Layout, Region};
+use crate::liveness::host::Host;
 use crate::queue::{Attach, ConfigError, Queue, QueueConfig};
-use crate::region::{Layout, Region};
-use crate::MonotonicClock;
 
 /// Where named segments live.
 const SHM_DIR: &str = "/dev/shm";
 /// Prefix of a named segment's file.
 const PREFIX: &str = "ackring.";
-
-/// Why a segment could not be created, opened or removed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ShmError {
-    /// No segment has this name or path.
-    #[error("no queue segment at {path}")]
-    NotFound {
-        /// Where it was looked for.
-        path: PathBuf,
-    },
-    /// A segment (or some file) already has this name or path.
-    #[error("a queue segment already exists at {path}")]
-    AlreadyExists {
-        /// The path taken.
-        path: PathBuf,
-    },
-    /// The segment's permissions do not let this process map it.
-    #[error("permission denied for the queue segment at {path}")]
-    PermissionDenied {
-        /// The path refused.
-        path: PathBuf,
-    },
-    /// The name cannot name a segment.
-    #[error("invalid segment name {name:?}: use 1 to 200 characters, no '/' and no NUL")]
-    InvalidName {
-        /// The name given.
-        name: String,
-    },
-    /// The segment was made by an ackring with another format version.
-    #[error("segment format version {found}, this build reads version {expected}")]
-    Version {
-        /// The segment's version.
-        found: u64,
-        /// This build's version.
-        expected: u64,
-    },
-    /// The segment was made for another machine or engine layout.
-    #[error("incompatible queue segment: {what}")]
-    Incompatible {
-        /// What differs.
-        what: &'static str,
-    },
-    /// The segment's contents are not a valid queue.
-    #[error("corrupt queue segment: {what}")]
-    Corrupt {
-        /// What is wrong.
-        what: &'static str,
-    },
-    /// Every entry of the segment's participant table is held by a live handle.
-    #[error("the queue segment already has the most attached handles it can hold")]
-    TooManyParticipants,
-    /// The configuration for a new segment is invalid.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// Any other I/O error.
-    #[error("segment I/O at {path}: {source}")]
-    Io {
-        /// The path involved.
-        path: PathBuf,
-        /// The error.
-        source: io::Error,
-    },
-}
-
-impl ShmError {
-    fn from_io(source: io::Error, path: &Path) -> Self {
-        let path = path.to_path_buf();
-        match source.kind() {
-            io::ErrorKind::NotFound => Self::NotFound { path },
-            io::ErrorKind::AlreadyExists => Self::AlreadyExists { path },
-            io::ErrorKind::PermissionDenied => Self::PermissionDenied { path },
-            _ => Self::Io { path, source },
-        }
-    }
-}
 
 /// The path of the named segment `name`.
 ///
@@ -127,76 +53,6 @@ pub fn segment_path(name: &str) -> Result<PathBuf, ShmError> {
         });
     }
     Ok(Path::new(SHM_DIR).join(format!("{PREFIX}{name}")))
-}
-
-/// Where the processes sharing a segment run: liveness (pid + start time) and deadlines
-/// (the monotonic clock) mean something only within one boot and one pid namespace.
-pub(crate) struct Host {
-    pub(crate) boot_id: [u64; 2],
-    /// The inode of `/proc/self/ns/pid` (0 if unknown): processes in another pid namespace
-    /// have other pids, so none could tell whether the others are alive.
-    pub(crate) pid_namespace: u64,
-}
-
-impl Host {
-    pub(crate) fn current() -> Self {
-        use std::os::unix::fs::MetadataExt;
-        Self {
-            boot_id: boot_id(),
-            pid_namespace: std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino()),
-        }
-    }
-}
-
-/// The host's boot id (`/proc/sys/kernel/random/boot_id`) as two words, zero if unknown.
-pub(crate) fn boot_id() -> [u64; 2] {
-    let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let hex: String = text.chars().filter(char::is_ascii_hexdigit).collect();
-    let word = |range: std::ops::Range<usize>| {
-        hex.get(range)
-            .and_then(|h| u64::from_str_radix(h, 16).ok())
-            .unwrap_or(0)
-    };
-    [word(0..16), word(16..32)]
-}
-
-/// A mapped segment file.
-pub(crate) struct Mapping {
-    map: memmap2::MmapRaw,
-}
-
-impl Mapping {
-    fn map(file: &File, path: &Path) -> Result<Self, ShmError> {
-        let map = memmap2::MmapRaw::map_raw(file).map_err(|e| ShmError::from_io(e, path))?;
-        Ok(Self { map })
-    }
-
-    /// The segment's header words.
-    pub(crate) fn header(&self) -> Result<header::Header<'_>, ShmError> {
-        if self.map.len() < header::HEADER_BYTES {
-            return Err(ShmError::Corrupt {
-                what: "the segment is shorter than a header (truncated)",
-            });
-        }
-        // SAFETY: the mapping is page-aligned and at least HEADER_BYTES long (checked), so
-        // the first WORDS words are in bounds and aligned; they are only accessed as atomics,
-        // and the mapping lives as long as the returned borrow of `self`.
-        let words = unsafe {
-            &*self
-                .map
-                .as_ptr()
-                .cast::<[crate::sync::AtomicU64; header::WORDS]>()
-        };
-        Ok(header::Header::new(words))
-    }
-
-    pub(crate) fn start(&self) -> std::ptr::NonNull<u8> {
-        std::ptr::NonNull::new(self.map.as_mut_ptr()).expect("a mapping is never at null")
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.map.len()
-    }
 }
 
 impl Queue<MonotonicClock> {

@@ -28,16 +28,17 @@
 
 use std::time::Duration;
 
-use crate::clock::nanos;
-use crate::dedup::ENTRIES_PER_STRIPE;
-use crate::participants::PARTICIPANTS;
-use crate::queue::{ExpiryPolicy, FullPolicy, QueueConfig, RetryBackoff};
-use crate::region::{Layout, Shape, Span, SECTION_ALIGN};
-use crate::stats::STRIPES;
-use crate::sync::{AtomicU64, Ordering};
-use crate::wheel::{BUCKETS, LEVELS};
+use crate::base::clock::nanos;
+use crate::base::sync::{AtomicU64, Ordering};
+use crate::engine::counters::STRIPES;
+use crate::engine::dedup::ENTRIES_PER_STRIPE;
+use crate::engine::wheel::{BUCKETS, LEVELS};
+use crate::layout::config::{ExpiryPolicy, FullPolicy, QueueConfig, RetryBackoff};
+use crate::layout::region::{Layout, Shape, Span, SECTION_ALIGN};
+use crate::liveness::PARTICIPANTS;
 
-use super::{Host, ShmError};
+use crate::error::ShmError;
+use crate::liveness::host::Host;
 
 /// `b"ACKRING\0"` read as a little-endian word.
 const MAGIC: u64 = u64::from_le_bytes(*b"ACKRING\0");

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::error::ConfigError;
+
 /// How long a nacked message waits before it is delivered again.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum RetryBackoff {
@@ -89,7 +91,7 @@ const MAX_QUEUE_CAPACITY: u32 = (1 << 24) - 1;
 
 /// The most ids a dedup window may be sized for: its stripes must count in 32 bits (and a
 /// window this large already needs 288 GiB).
-const MAX_DEDUP_CAPACITY: usize = crate::dedup::MAX_CAPACITY;
+const MAX_DEDUP_CAPACITY: usize = crate::engine::dedup::MAX_CAPACITY;
 
 /// The longest timer tick: timers (leases, delays, backoff) and, in a shared segment, the
 /// liveness checks that start crash recovery run at most once a tick, so a tick longer
@@ -168,14 +170,14 @@ impl QueueConfig {
     }
 
     /// The region shape this configuration needs.
-    pub(crate) fn shape(&self) -> crate::region::Shape {
-        crate::region::Shape {
+    pub(crate) fn shape(&self) -> crate::layout::region::Shape {
+        crate::layout::region::Shape {
             capacity: self.capacity,
             lines_per_slot: self.max_payload.div_ceil(64) as u32,
             dead_capacity: self.dead_letter_capacity,
             dedup_stripes: match self.dedup_window {
                 // Fits: `validate` bounds the capacity (2^32 ids are 2^29 stripes).
-                Some(_) => crate::dedup::stripes_for(self.dedup_capacity) as u32,
+                Some(_) => crate::engine::dedup::stripes_for(self.dedup_capacity) as u32,
                 None => 0,
             },
         }
@@ -208,14 +210,6 @@ impl QueueConfig {
         };
         Err(ConfigError { problem })
     }
-}
-
-/// A configuration a queue cannot be built with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("invalid queue configuration: {problem}")]
-pub struct ConfigError {
-    /// What is wrong, and how to fix it.
-    pub problem: &'static str,
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use std::cell::Cell;
 
-use crate::sync::{AtomicU64, Ordering};
+use crate::base::sync::{AtomicU64, Ordering};
 
 /// A message's identity: what the dedup window remembers and dead letters are listed by.
 ///

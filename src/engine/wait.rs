@@ -64,8 +64,8 @@
 //! reaps a dead registration clears its counts, so threads killed in their sleep are not
 //! counted for ever.
 
-use crate::participants::SleeperCount;
-use crate::sync::{fence, AtomicU32, Ordering};
+use crate::base::sync::{fence, AtomicU32, Ordering};
+use crate::liveness::SleeperCount;
 
 /// The bit of `seq` that says a thread may be asleep on `seq`'s current value.
 const ARMED: u32 = 1;
@@ -219,7 +219,7 @@ impl Signal {
             return;
         }
         if self.seq.load(Ordering::SeqCst) == seen {
-            crate::sync::Backoff::new().snooze();
+            crate::base::sync::Backoff::new().snooze();
         }
     }
 
@@ -233,8 +233,8 @@ impl Signal {
 #[cfg(all(test, loom))]
 mod loom_models {
     use super::*;
-    use crate::ring::index::{IndexRing, OwnedWords};
-    use crate::sync::AtomicU64;
+    use crate::base::sync::AtomicU64;
+    use crate::engine::index_ring::{IndexRing, OwnedWords};
     use loom::sync::{Arc, Condvar, Mutex};
     use std::cell::Cell;
 
@@ -399,7 +399,7 @@ mod tests {
     #[test]
     fn a_sleeper_is_woken_by_a_notify_and_finds_what_was_made_ready() {
         let signal = Signal::default();
-        let count = crate::sync::AtomicU64::new(0);
+        let count = crate::base::sync::AtomicU64::new(0);
         let mine = SleeperCount::standalone(&count);
         let ready = AtomicBool::new(false);
         std::thread::scope(|s| {
@@ -438,7 +438,7 @@ mod tests {
     fn one_wake_up_call_wakes_every_sleeper() {
         const SLEEPERS: usize = 3;
         let signal = Signal::default();
-        let count = crate::sync::AtomicU64::new(0);
+        let count = crate::base::sync::AtomicU64::new(0);
         let ready = AtomicBool::new(false);
         let tids = std::sync::Mutex::new(Vec::new());
         std::thread::scope(|s| {
@@ -513,7 +513,7 @@ mod tests {
     #[test]
     fn waiting_ends_when_time_is_up() {
         let signal = Signal::default();
-        let count = crate::sync::AtomicU64::new(0);
+        let count = crate::base::sync::AtomicU64::new(0);
         let give_up = Instant::now() + Duration::from_millis(20);
         let found: Option<()> = signal.wait_for(
             || None,

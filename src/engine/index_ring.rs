@@ -48,7 +48,7 @@
 //! and its CAS while the ring turns over 2^32 positions *and* find the identical word
 //! again for a stale CAS to succeed. (`move_past` has a blind spot of the same kind.)
 
-use crate::sync::{AtomicU64, Ordering};
+use crate::base::sync::{AtomicU64, Ordering};
 
 /// The value of an empty slot; never pushed.
 pub(crate) const EMPTY: u32 = u32::MAX;
@@ -711,10 +711,10 @@ mod tests {
             let words = OwnedWords::new(3);
             let ring = words.ring();
             for slot in words.slots.iter() {
-                x = crate::id::mix64(x);
+                x = crate::base::id::mix64(x);
                 slot.store(x, Ordering::Relaxed);
             }
-            x = crate::id::mix64(x);
+            x = crate::base::id::mix64(x);
             words.head.store(x % 16, Ordering::Relaxed);
             words.tail.store(x % 16 + x % 5, Ordering::Relaxed);
             let _ = ring.try_push(1);

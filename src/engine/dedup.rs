@@ -38,7 +38,7 @@
 //! So an id is decided in exactly one place, its stripe, under its lock: two publishers of
 //! one id can never both be accepted, and memory never grows.
 //!
-//! # Why not DESIGN.md's rotating generations
+//! # Why not rotating generations (or a bloom filter in front)
 //!
 //! With two generations (a current table and the previous one, rotated every window), a
 //! publisher that read the old epoch checks and inserts into the old table while one that
@@ -51,9 +51,9 @@
 
 use std::time::Duration;
 
-use crate::id::{mix64, MessageId};
-use crate::participants::Participants;
-use crate::sync::{prefetch_read, prefetch_write, AtomicU64, Backoff, Ordering};
+use crate::base::id::{mix64, MessageId};
+use crate::base::sync::{prefetch_read, prefetch_write, AtomicU64, Backoff, Ordering};
+use crate::liveness::Participants;
 
 /// Entries per stripe: 32 entries of 16 bytes, eight cache lines.
 pub const ENTRIES_PER_STRIPE: usize = 32;
@@ -237,7 +237,7 @@ impl DedupWindow {
     /// [`DedupConfigError`] if `window` or `capacity` is zero, `capacity` is above
     /// [`MAX_CAPACITY`], or the memory for it cannot be had.
     pub fn new(window: Duration, capacity: usize) -> Result<Self, DedupConfigError> {
-        let window_nanos = crate::clock::nanos(window);
+        let window_nanos = crate::base::clock::nanos(window);
         let refused = DedupConfigError { window, capacity };
         if window_nanos == 0 || capacity == 0 || capacity > MAX_CAPACITY {
             return Err(refused);

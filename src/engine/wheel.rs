@@ -32,9 +32,21 @@
 //! CAS; the ticker's swap acquires every push before it (the pushes are RMWs, so they form
 //! one release sequence), after which the `next` words are plain reads.
 
-use crate::participants::Participants;
-use crate::region::WheelWords;
-use crate::sync::{AtomicU64, Ordering};
+use crate::base::sync::{AtomicU64, Ordering};
+use crate::base::table::Padded;
+use crate::liveness::Participants;
+
+/// The timing wheel's single words.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct WheelWords {
+    /// The first tick not yet processed.
+    pub(crate) cursor: Padded,
+    /// 1 while a ticker runs.
+    pub(crate) ticking: Padded,
+    /// The overflow list's first node.
+    pub(crate) overflow: Padded,
+}
 
 /// log2 of the buckets per level.
 #[cfg(not(loom))]
@@ -575,7 +587,7 @@ mod tests {
     }
 }
 
-/// Loom model of DESIGN.md's "wheel insert racing the ticker (no timer lost)". Run from the
+/// Loom model of a wheel insert racing the ticker (no timer lost). Run from the
 /// repo root: `RUSTFLAGS="--cfg loom" cargo test --lib --release loom_models`.
 #[cfg(all(test, loom))]
 mod loom_models {

@@ -42,7 +42,7 @@
 use std::cell::UnsafeCell;
 use std::sync::atomic::AtomicU64 as StdAtomicU64;
 
-use crate::sync::{prefetch_write, AtomicU64, Ordering};
+use crate::base::sync::{prefetch_write, AtomicU64, Ordering};
 
 /// What a slot holds now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! The region: one block of memory holding all of a queue's state, as DESIGN.md lays out.
+//! The region: one block of memory holding all of a queue's state.
 //!
 //! Every part of the queue (slot headers and payloads, the index rings, the timing wheel,
 //! the dedup table, the counters, the shared cursors) is a *section* of the region: an
@@ -31,72 +31,22 @@
 //! Under loom the same sections are separate typed allocations (loom's atomics are not
 //! plain memory); the views handed to the engine are the same types either way.
 
-use std::marker::PhantomData;
 #[cfg(not(loom))]
 use std::mem::align_of;
 use std::mem::size_of;
 use std::ptr::NonNull;
 
-use crate::dedup::Stripe;
-use crate::participants::{Participant, PARTICIPANTS};
-use crate::slots::{PayloadLine, SlotHeader};
-use crate::stats::{CounterStripe, STRIPES};
-use crate::sync::AtomicU64;
-use crate::wait::Signal;
-use crate::wheel::{BUCKETS, LEVELS};
+use crate::base::sync::AtomicU64;
+use crate::base::table::Table;
+use crate::engine::counters::{CounterStripe, STRIPES};
+use crate::engine::dedup::Stripe;
+use crate::engine::slots::{PayloadLine, SlotHeader};
+use crate::engine::wheel::{BUCKETS, LEVELS};
+use crate::layout::shared::SharedWords;
+use crate::liveness::{Participant, PARTICIPANTS};
 
 /// Section starts are multiples of this (a cache-line pair).
 pub(crate) const SECTION_ALIGN: usize = 128;
-
-/// A word alone on its pair of cache lines.
-#[repr(C, align(128))]
-#[derive(Default)]
-pub(crate) struct Padded(pub(crate) AtomicU64);
-
-/// A ring's cursors, each on its own lines (pushers and poppers do not share one).
-#[repr(C)]
-#[derive(Default)]
-pub(crate) struct RingCursors {
-    pub(crate) head: Padded,
-    pub(crate) tail: Padded,
-}
-
-impl RingCursors {
-    /// The index ring of these cursors over `slots` (laid out already).
-    #[inline]
-    pub(crate) fn ring<'r>(&'r self, slots: &'r [AtomicU64]) -> crate::ring::index::IndexRing<'r> {
-        crate::ring::index::IndexRing::attach(&self.head.0, &self.tail.0, slots)
-    }
-}
-
-/// The timing wheel's single words.
-#[repr(C)]
-#[derive(Default)]
-pub(crate) struct WheelWords {
-    /// The first tick not yet processed.
-    pub(crate) cursor: Padded,
-    /// 1 while a ticker runs.
-    pub(crate) ticking: Padded,
-    /// The overflow list's first node.
-    pub(crate) overflow: Padded,
-}
-
-/// The queue's single shared words.
-#[repr(C)]
-#[derive(Default)]
-pub(crate) struct SharedWords {
-    pub(crate) free: RingCursors,
-    pub(crate) ready: RingCursors,
-    pub(crate) dead: RingCursors,
-    pub(crate) wheel: WheelWords,
-    /// Receivers sleep on it; whoever makes a message ready wakes them.
-    pub(crate) ready_signal: Signal,
-    /// Publishers of a full queue sleep on it (`FullPolicy::Block`); whoever frees a slot
-    /// wakes them.
-    pub(crate) room_signal: Signal,
-    /// Crash recovery's bookkeeping.
-    pub(crate) recovery: crate::queue::recovery::RecoveryWords,
-}
 
 /// The numbers that fix a region's size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -220,76 +170,6 @@ pub(crate) struct Sections<'r> {
     pub(crate) dedup: &'r [Stripe],
 }
 
-/// A section lent one element at a time: what `&'r [T]` offers (`len`, `get`, `iter`),
-/// except that no reference to the whole section is ever made.
-///
-/// Why: Miri retags a reference over every byte it covers, each time one is made. The
-/// participants section is 132 KiB (64 entries of 264 words, mostly pin marks), and the
-/// reference to it that every queue operation made cost each operation about 60 ms under
-/// Miri, where CI then spent 15 minutes on the queue's unit tests. Compiled, this is the
-/// same code as a slice.
-pub(crate) struct Table<'r, T> {
-    elements: NonNull<[T]>,
-    lent: PhantomData<&'r [T]>,
-}
-
-impl<T> Clone for Table<'_, T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<T> Copy for Table<'_, T> {}
-
-// SAFETY: a `Table` lends only shared references to its elements, as `&[T]` does, so it
-// may cross and be shared between threads exactly when `&[T]` may.
-unsafe impl<T: Sync> Send for Table<'_, T> {}
-// SAFETY: as for `Send` above.
-unsafe impl<T: Sync> Sync for Table<'_, T> {}
-
-impl<'r, T> Table<'r, T> {
-    /// The elements of a slice (for tests).
-    #[cfg(all(test, not(loom)))]
-    pub(crate) fn new(elements: &'r [T]) -> Self {
-        Self {
-            elements: NonNull::from(elements),
-            lent: PhantomData,
-        }
-    }
-
-    /// # Safety
-    /// `elements` is aligned for `T`, its `len` elements lie in one live allocation, and
-    /// they are initialized values that stay valid, unmoved and only ever shared (no
-    /// `&mut`; other threads and processes write them through atomics) for `'r`.
-    unsafe fn from_raw(elements: NonNull<[T]>) -> Self {
-        Self {
-            elements,
-            lent: PhantomData,
-        }
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.elements.len()
-    }
-
-    /// The element at `index`, if `index < len`.
-    #[inline]
-    pub(crate) fn get(&self, index: usize) -> Option<&'r T> {
-        if index >= self.len() {
-            return None;
-        }
-        // SAFETY: `index` is in bounds (checked above), so the element lies inside the
-        // elements, which `from_raw`'s caller (or `new`'s borrow) keeps valid and shared
-        // for `'r`.
-        Some(unsafe { self.elements.cast::<T>().add(index).as_ref() })
-    }
-
-    /// The elements in order.
-    pub(crate) fn iter(self) -> impl Iterator<Item = &'r T> + Clone {
-        (0..self.len()).filter_map(move |index| self.get(index))
-    }
-}
-
 /// The memory a region lives in.
 enum Memory {
     /// Zeroed heap memory, aligned to [`SECTION_ALIGN`].
@@ -305,7 +185,7 @@ enum Memory {
     Anonymous(#[allow(dead_code, reason = "owned: unmapped on drop")] memmap2::MmapRaw),
     /// A mapped segment file (the segment header first, then the region).
     #[cfg(not(loom))]
-    Mapped(crate::shm::Mapping),
+    Mapped(crate::layout::memory::Mapping),
     /// One allocation per section (loom's atomics cannot be laid over bytes).
     #[cfg(loom)]
     Typed(#[allow(dead_code, reason = "owned, only read through `RawSections`")] TypedSections),
@@ -413,7 +293,7 @@ impl Region {
     /// beyond lying inside the mapping.
     #[cfg(not(loom))]
     pub(crate) fn in_mapping(
-        mapping: crate::shm::Mapping,
+        mapping: crate::layout::memory::Mapping,
         layout: &Layout,
     ) -> Result<Self, TooLarge> {
         // SAFETY: a mapping is page-aligned (so aligned to SECTION_ALIGN), its bytes are
@@ -429,7 +309,7 @@ impl Region {
 
     /// The segment header, for a region in a mapped segment.
     #[cfg(not(loom))]
-    pub(crate) fn segment_header(&self) -> Option<crate::shm::header::Header<'_>> {
+    pub(crate) fn segment_header(&self) -> Option<crate::layout::header::Header<'_>> {
         match &self._memory {
             Memory::Mapped(mapping) => mapping.header().ok(),
             _ => None, // this process's own memory: no segment header
@@ -632,7 +512,7 @@ mod tests {
         assert!(sections
             .free_ring
             .iter()
-            .all(|w| w.load(crate::sync::Ordering::Relaxed) == 0));
+            .all(|w| w.load(crate::base::sync::Ordering::Relaxed) == 0));
         assert_eq!(Layout::new(shape(), 0).unwrap().size % SECTION_ALIGN, 0);
     }
 

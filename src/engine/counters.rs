@@ -9,8 +9,8 @@
 
 use std::cell::Cell;
 
-use crate::id::mix64;
-use crate::sync::{AtomicU64, Ordering};
+use crate::base::id::mix64;
+use crate::base::sync::{AtomicU64, Ordering};
 
 /// A snapshot of a queue: gauges (scanned) and counters (since creation).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

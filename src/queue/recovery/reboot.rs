@@ -25,21 +25,22 @@
 //! boot in the header, and the next opener redoes the rebase from the same witness (or
 //! from the one the killed opener wrote, which lines up with the same clock).
 
-use super::recovery::{RecoveryWords, Sweep};
-use super::Queue;
-use crate::clock::Clock;
-use crate::slots::State;
-use crate::sync::Ordering;
-use crate::wheel::Wheel;
+use crate::base::clock::Clock;
+use crate::base::sync::Ordering;
+use crate::engine::slots::State;
+use crate::engine::wheel::Wheel;
+use crate::layout::shared::RecoveryWords;
+use crate::queue::recovery::Sweep;
+use crate::queue::Queue;
 
 /// Sets `words.clock_base` so that the queue's clock reads, at monotonic time
 /// `monotonic_now`, the last witness's queue time plus the wall-clock time since it.
-pub(super) fn carry_the_clock_over(words: &RecoveryWords, monotonic_now: u64) {
+pub(in crate::queue) fn carry_the_clock_over(words: &RecoveryWords, monotonic_now: u64) {
     let (witness_queue, witness_unix) = (
         words.clock_queue.0.load(Ordering::Relaxed),
         words.clock_unix.0.load(Ordering::Relaxed),
     );
-    let downtime = super::unix_nanos().saturating_sub(witness_unix);
+    let downtime = crate::queue::unix_nanos().saturating_sub(witness_unix);
     let queue_now = witness_queue.saturating_add(downtime);
     words
         .clock_base
@@ -49,19 +50,19 @@ pub(super) fn carry_the_clock_over(words: &RecoveryWords, monotonic_now: u64) {
 
 impl<C: Clock> Queue<C> {
     /// Records the queue's clock `now` and the wall clock beside it (see the module docs).
-    pub(super) fn note_clock(&self, now: u64) {
+    pub(in crate::queue) fn note_clock(&self, now: u64) {
         let words = self.recovery_words();
         words
             .clock_unix
             .0
-            .store(super::unix_nanos(), Ordering::Relaxed);
+            .store(crate::queue::unix_nanos(), Ordering::Relaxed);
         words.clock_queue.0.store(now, Ordering::Relaxed);
     }
 
     /// Puts right what the ended boot left (see the module docs), on a clock already
     /// carried over. Only with no other process attached: the caller holds the segment's
     /// file lock.
-    pub(super) fn rebase_after_reboot(&self) {
+    pub(in crate::queue) fn rebase_after_reboot(&self) {
         let now = self.now();
         let sections = self.region.sections();
         let shared = sections.shared;
@@ -104,9 +105,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::id::MessageId;
+    use crate::base::id::MessageId;
+    use crate::layout::header;
     use crate::queue::{DeadReason, PublishError, PublishOptions, QueueConfig};
-    use crate::shm::header;
 
     const HOUR: u64 = 3_600_000_000_000;
     const MINUTE: u64 = 60_000_000_000;
@@ -167,7 +168,7 @@ mod tests {
         let head = after.region.segment_header().unwrap();
         assert_eq!(
             head.boot_id(),
-            crate::shm::boot_id(),
+            crate::liveness::host::boot_id(),
             "the segment is this boot's now"
         );
         let queue_time_after = after.now();

@@ -46,14 +46,18 @@
 //!   on the exact word read: every pin change is a CAS on that word, so a live holder's
 //!   pin can only be in the word the CAS replaced if its mark was seen.
 
+pub(super) mod reboot;
+
 use std::time::{Duration, Instant};
 
-use super::{token, Queue};
-use crate::clock::Clock;
-use crate::participants::OwnerTag;
-use crate::slots::{State, Word};
-use crate::sync::Ordering;
-use crate::wheel::{node, Timer};
+use crate::base::clock::Clock;
+use crate::base::sync::Ordering;
+use crate::engine::slots::{State, Word};
+use crate::engine::wheel::{node, Timer};
+use crate::layout::shared::RecoveryWords;
+use crate::liveness::OwnerTag;
+use crate::queue::slot_moves::token;
+use crate::queue::Queue;
 
 /// How often the ticker asks whether participants are still alive (each question reads a
 /// `/proc` entry per participant).
@@ -62,25 +66,6 @@ pub(crate) const LIVENESS_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a sweep waits for live participants to finish linking timers before it gives
 /// up for now (it is tried again on the next tick).
 const SCHEDULERS_WAIT: Duration = Duration::from_millis(20);
-
-/// The shared words of recovery (in `SharedWords`).
-#[repr(C)]
-#[derive(Default)]
-pub(crate) struct RecoveryWords {
-    /// Dead registrations found so far.
-    pub(crate) deaths: crate::region::Padded,
-    /// The `deaths` count the last complete sweep started from.
-    pub(crate) recovered: crate::region::Padded,
-    /// Queue-clock time of the next liveness check.
-    pub(crate) next_check: crate::region::Padded,
-    /// A recent reading of the queue's clock and, in `clock_unix`, of the wall clock at
-    /// the same moment (updated with each liveness check): how the queue's clock carries
-    /// over a reboot (see `queue::reboot`).
-    pub(crate) clock_queue: crate::region::Padded,
-    pub(crate) clock_unix: crate::region::Padded,
-    /// The queue's clock minus the host's monotonic clock (wrapping; 0 until a reboot).
-    pub(crate) clock_base: crate::region::Padded,
-}
 
 /// What one sweep did (for tests and the counters).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -152,7 +137,8 @@ impl<C: Clock> Queue<C> {
                 let mark = if sweep.pins_kept > 0 { KEPT_PINS } else { 0 };
                 words.recovered.0.store(deaths | mark, Ordering::Release);
                 if sweep != Sweep::default() {
-                    self.counters().bump(crate::stats::Counter::Recoveries);
+                    self.counters()
+                        .bump(crate::engine::counters::Counter::Recoveries);
                 }
             }
         }
@@ -194,7 +180,7 @@ impl<C: Clock> Queue<C> {
                     if let Ok(freed) = store.transition(slot, word, |w| Some(w.freed())) {
                         if written == u64::from(word.generation) {
                             if let Some(dedup) = self.dedup() {
-                                dedup.forget(crate::id::MessageId(id), published_at);
+                                dedup.forget(crate::base::id::MessageId(id), published_at);
                             }
                         }
                         self.release_if_unpinned(slot, freed);
@@ -326,7 +312,7 @@ impl<C: Clock> Queue<C> {
     /// Tokens missing from their ring.
     fn restore_tokens(&self, sweep: &mut Sweep) {
         use std::collections::HashSet;
-        let held = |ring: crate::ring::index::IndexRing<'_>| -> HashSet<u32> {
+        let held = |ring: crate::engine::index_ring::IndexRing<'_>| -> HashSet<u32> {
             ring.held_values().collect()
         };
         let (free, ready, dead) = (held(self.free()), held(self.ready()), held(self.dead()));
@@ -360,7 +346,7 @@ impl<C: Clock> Queue<C> {
 impl<C: Clock> Queue<C> {
     /// Leaves what a publisher killed mid-publish leaves: a slot in `Writing` (tagged as
     /// ours) whose id is already recorded for dedup.
-    pub(crate) fn cut_publish_short(&self, id: crate::id::MessageId) {
+    pub(crate) fn cut_publish_short(&self, id: crate::base::id::MessageId) {
         let (slot, generation) = self.claim_free_slot().expect("a free slot");
         let meta = self.store().meta(slot).expect("slot in range");
         let now = self.now();
@@ -380,9 +366,10 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::id::MessageId;
-    use crate::participants::SleepsOn;
-    use crate::queue::{pop, PublishOptions, QueueConfig};
+    use crate::base::id::MessageId;
+    use crate::liveness::SleepsOn;
+    use crate::queue::slot_moves::{pop, split};
+    use crate::queue::{PublishOptions, QueueConfig};
 
     /// A file-backed segment that is removed when dropped.
     struct TempSegment(std::path::PathBuf);
@@ -626,7 +613,7 @@ mod tests {
 
         // 5. Killed between marking a lease timer due and linking it.
         survivor.publish_with(b"timer lost", with_id(4)).unwrap();
-        let (slot, _) = super::super::split(pop(victim.ready()).unwrap());
+        let (slot, _) = split(pop(victim.ready()).unwrap());
         let ready = victim.store().load(slot).unwrap();
         assert!(!ready.lease_timer, "a fresh slot has no timer yet");
         let meta = victim.store().meta(slot).unwrap();
@@ -655,7 +642,7 @@ mod tests {
             }
         }
         survivor.publish_with(b"taking", with_id(5)).unwrap();
-        let (slot, _) = super::super::split(pop(victim.ready()).unwrap());
+        let (slot, _) = split(pop(victim.ready()).unwrap());
         let ready = victim.store().load(slot).unwrap();
         victim.mark_pin(slot);
         victim.begin_scheduling();
@@ -675,7 +662,7 @@ mod tests {
         // 7. Killed dead-lettering an expired message found on receive: taken from Ready
         //    into Settling, with no lease timer (a fresh slot has none).
         survivor.publish_with(b"dying", with_id(6)).unwrap();
-        let (slot, generation_bits) = super::super::split(pop(victim.ready()).unwrap());
+        let (slot, generation_bits) = split(pop(victim.ready()).unwrap());
         let ready = victim.store().load(slot).unwrap();
         assert_eq!(ready.generation as u8, generation_bits);
         assert!(!ready.lease_timer);
@@ -690,7 +677,7 @@ mod tests {
             ..with_id(7)
         };
         survivor.publish_with(b"expired", dying_now).unwrap();
-        let (slot, _) = super::super::split(pop(victim.ready()).unwrap());
+        let (slot, _) = split(pop(victim.ready()).unwrap());
         let ready = victim.store().load(slot).unwrap();
         victim
             .take(slot, State::Ready, ready.generation)

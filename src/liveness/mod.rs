@@ -37,8 +37,11 @@
 //! [`OwnerTag`] of the owner's registration in its state word, so recovery can tell an owner
 //! that died there from one still at work.
 
-use crate::region::Table;
-use crate::sync::{AtomicU64, Ordering};
+#[cfg(not(loom))]
+pub(crate) mod host;
+
+use crate::base::sync::{AtomicU64, Ordering};
+use crate::base::table::Table;
 
 /// Entries in a region's table: the most handles attached at once.
 pub(crate) const PARTICIPANTS: usize = 64;

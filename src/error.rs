@@ -1,0 +1,170 @@
+//! Every error the crate returns, in one place (as crossbeam's `err.rs`): each message
+//! says what went wrong and, where there is one, what to do about it.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::base::id::MessageId;
+
+/// A configuration a queue cannot be built with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid queue configuration: {problem}")]
+pub struct ConfigError {
+    /// What is wrong, and how to fix it.
+    pub problem: &'static str,
+}
+
+/// Why a segment could not be created, opened or removed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShmError {
+    /// No segment has this name or path.
+    #[error("no queue segment at {path}")]
+    NotFound {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// A segment (or some file) already has this name or path.
+    #[error("a queue segment already exists at {path}")]
+    AlreadyExists {
+        /// The path taken.
+        path: PathBuf,
+    },
+    /// The segment's permissions do not let this process map it.
+    #[error("permission denied for the queue segment at {path}")]
+    PermissionDenied {
+        /// The path refused.
+        path: PathBuf,
+    },
+    /// The name cannot name a segment.
+    #[error("invalid segment name {name:?}: use 1 to 200 characters, no '/' and no NUL")]
+    InvalidName {
+        /// The name given.
+        name: String,
+    },
+    /// The segment was made by an ackring with another format version.
+    #[error("segment format version {found}, this build reads version {expected}")]
+    Version {
+        /// The segment's version.
+        found: u64,
+        /// This build's version.
+        expected: u64,
+    },
+    /// The segment was made for another machine or engine layout.
+    #[error("incompatible queue segment: {what}")]
+    Incompatible {
+        /// What differs.
+        what: &'static str,
+    },
+    /// The segment's contents are not a valid queue.
+    #[error("corrupt queue segment: {what}")]
+    Corrupt {
+        /// What is wrong.
+        what: &'static str,
+    },
+    /// Every entry of the segment's participant table is held by a live handle.
+    #[error("the queue segment already has the most attached handles it can hold")]
+    TooManyParticipants,
+    /// The configuration for a new segment is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Any other I/O error.
+    #[error("segment I/O at {path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+#[cfg(not(loom))]
+impl ShmError {
+    pub(crate) fn from_io(source: io::Error, path: &std::path::Path) -> Self {
+        let path = path.to_path_buf();
+        match source.kind() {
+            io::ErrorKind::NotFound => Self::NotFound { path },
+            io::ErrorKind::AlreadyExists => Self::AlreadyExists { path },
+            io::ErrorKind::PermissionDenied => Self::PermissionDenied { path },
+            _ => Self::Io { path, source },
+        }
+    }
+}
+
+/// Why a publish was refused. Nothing was enqueued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The payload is larger than the queue's `max_payload`.
+    #[error("payload of {len} bytes exceeds the queue's max_payload of {max} bytes")]
+    PayloadTooLarge {
+        /// Bytes given.
+        len: usize,
+        /// Bytes allowed.
+        max: usize,
+    },
+    /// The id was published within the dedup window.
+    #[error("message id {id} was already published within the dedup window")]
+    Duplicate {
+        /// The repeated id.
+        id: MessageId,
+    },
+    /// The dedup window is full of live ids.
+    #[error(
+        "the dedup window is full ({capacity} ids); raise dedup_capacity or shorten the window"
+    )]
+    DedupFull {
+        /// Ids it remembers.
+        capacity: usize,
+    },
+    /// Every slot holds a message (ready, delayed, in flight or dead).
+    #[error(
+        "the queue is full ({capacity} messages); retry after consumers ack, or drain dead letters"
+    )]
+    Full {
+        /// Messages the queue holds.
+        capacity: u32,
+    },
+    /// The TTL is zero: the message would expire before anyone could receive it.
+    #[error("the message's TTL is zero: it would expire before delivery")]
+    AlreadyExpired,
+}
+
+/// Why settling a delivery failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SettleError {
+    /// The queue took the lease back before this call: it ran out and the timing wheel
+    /// made the message ready again (to be delivered again), so this delivery may no
+    /// longer settle it: a message is acked at most once. (A settle after the deadline but
+    /// before the wheel's next run still counts: the lease is lost when it is taken back,
+    /// not at the deadline.)
+    #[error(
+        "the lease on message {id} was lost: it ran out and the message goes to another \
+         delivery; finish work within the visibility timeout, or extend the lease"
+    )]
+    LeaseLost {
+        /// The message.
+        id: MessageId,
+    },
+}
+
+/// Why a batch publish stopped before the end of its batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("published the first {published} messages of the batch, then: {error}")]
+pub struct BatchPublishError {
+    /// How many messages, from the front of the batch, were published (and stay queued).
+    pub published: usize,
+    /// Why the next message was not; the messages after it were not tried.
+    pub error: PublishError,
+}
+
+/// Why some deliveries of a batch ack were not acked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{} of the batch's leases ran out before the ack: those messages were not acked and go \
+     to another delivery; the rest were acked",
+    lost.len()
+)]
+pub struct BatchAckError {
+    /// The messages whose lease was lost, in batch order.
+    pub lost: Vec<MessageId>,
+}
