@@ -90,10 +90,15 @@ def main():
                                 " import it from its layer"
                             )
                         continue
-                    if RANKS[target] >= RANKS[own]:
+                    if RANKS[target] > RANKS[own]:
                         problems.append(
                             f"{path}:{number}: `{own}` (rank {RANKS[own]}) imports"
                             f" `{target}` (rank {RANKS[target]}): imports go only downward"
+                        )
+                    elif RANKS[target] == RANKS[own]:
+                        problems.append(
+                            f"{path}:{number}: `{own}` imports `{target}`, on the same rank"
+                            f" ({RANKS[own]}): neither may import the other"
                         )
     for problem in problems:
         print(problem)

@@ -5,6 +5,7 @@
 pub(crate) mod counters;
 pub mod dedup;
 pub(crate) mod index_ring;
+mod lifecycle;
 pub(crate) mod slots;
 pub(crate) mod wait;
 pub(crate) mod wheel;

@@ -10,19 +10,11 @@
 //! | 0..7   | state      | [`State`] |
 //! | 7      | lease timer| the slot's lease timer is in the timing wheel |
 //! | 8..16  | pins       | live `Delivery`s borrowing the payload |
-//! | 16..32 | version    | `Leased`: bumped by changes of the lease's deadline (extend); `Writing`, `Settling`: the owner's tag (see `participants::OwnerTag`), so recovery can tell a dead owner |
+//! | 16..32 | version    | `Leased`: bumped by changes of the lease's deadline (extend); `Writing`, `Taken`, `Settling`: the owner's tag (see `participants::OwnerTag`), so recovery can tell a dead owner |
 //! | 32..64 | generation | fences stale tokens and receipts |
 //!
-//! ```text
-//!  Free(g) ─publish─► Writing(g) ─► Ready(g) | Delayed(g)
-//!  Ready(g) ─receive─► Settling(g+1, pins+1) ─► Leased(g+1)   the receipt is g+1
-//!  Ready(g) ─expired / attempts used up─► Settling(g+1) ─► Dead(g+1)
-//!  Leased(g) ─ack─► Free(g+1)   ─nack─► Delayed(g) | Ready(g)   ─reject / last attempt─► Dead(g)
-//!  Leased(g) ─lease runs out─► Ready(g)             a late ack with receipt g finds Ready(g+…) and fails
-//!  Leased(g) ─nack / reject / extend─► Settling(g) ─► Delayed | Ready | Dead | Leased(version+1)
-//!  Delayed(g) ─due─► Ready(g)    Dead(g) ─redrive─► Settling(g+1) ─► Ready(g+1)
-//!  Dead(g) ─discard─► Free(g+1)
-//! ```
+//! The transitions, one function per arrow of the state diagram, are in `lifecycle`; this
+//! module holds the word, the header and the payload bytes.
 //!
 //! The generation grows on every delivery and every free, so a token or receipt names one
 //! incarnation of a slot: whoever holds a stale one fails its CAS and drops it.
@@ -60,11 +52,13 @@ pub(crate) enum State {
     Leased = 4,
     /// Dead-lettered: kept for inspection and redrive.
     Dead = 5,
-    /// Its leaseholder is changing it (nack, reject, extend), or someone took it to write
-    /// its fields (a receive taking its lease, a receive dead-lettering it, a redrive):
-    /// while here, the holder alone writes the slot's fields, and no lease runs out under
-    /// it.
+    /// Its leaseholder is changing it (nack, reject, extend): while here, the holder alone
+    /// writes the slot's fields, and the lease cannot run out under it.
     Settling = 6,
+    /// Someone took it out of the queue to write its fields (a receive writing its lease, a
+    /// receive or timer dead-lettering it, a redrive resetting it): while here, the taker
+    /// alone writes them (see `lifecycle`).
+    Taken = 7,
 }
 
 impl State {
@@ -78,6 +72,7 @@ impl State {
             4 => Self::Leased,
             5 => Self::Dead,
             6 => Self::Settling,
+            7 => Self::Taken,
             _ => return None,
         })
     }
@@ -162,6 +157,9 @@ pub(crate) enum TransitionError {
     Corrupt(CorruptSlot),
     /// The slot has the most pins a word can count.
     TooManyPins,
+    /// The lease timer is not linked and the caller is not ready to link it (see
+    /// `MessageStore::take_to_lease`).
+    Unbracketed,
 }
 
 /// One slot's header. The word and the fields every message uses fill its first 64-byte
@@ -306,7 +304,7 @@ impl<'r> MessageStore<'r> {
     /// Moves the slot from exactly `expected` to whatever `change` makes of it, with one CAS
     /// that acquires what the previous owner wrote and releases what this one wrote.
     #[inline]
-    pub(crate) fn transition(
+    pub(super) fn transition(
         &self,
         slot: u32,
         expected: Word,
@@ -331,7 +329,7 @@ impl<'r> MessageStore<'r> {
     /// Moves the slot from `from` at `generation` (with whatever pins it has) via `change`,
     /// retrying while only the pins differ. The common form: "if it is still Leased(g)...".
     #[inline]
-    pub(crate) fn transition_from(
+    pub(super) fn transition_from(
         &self,
         slot: u32,
         from: State,
@@ -345,7 +343,7 @@ impl<'r> MessageStore<'r> {
     /// [`transition_from`](Self::transition_from) starting from a word the caller just
     /// loaded (one load fewer on a hot path).
     #[inline]
-    pub(crate) fn transition_from_seen(
+    pub(super) fn transition_from_seen(
         &self,
         slot: u32,
         seen: Word,
@@ -365,6 +363,13 @@ impl<'r> MessageStore<'r> {
         }
     }
 
+    /// Sets the slot's word from exactly `seen` to `new`: for tests that build the states
+    /// a process killed mid-way leaves (the queue moves slots through `lifecycle` alone).
+    #[cfg(all(test, not(loom), not(miri)))]
+    pub(crate) fn force(&self, slot: u32, seen: Word, new: Word) -> Result<Word, TransitionError> {
+        self.transition(slot, seen, |_| Some(new))
+    }
+
     /// Drops one pin. Returns the slot's generation if this was the last pin of a freed
     /// slot: the caller then owns returning it to the free ring.
     pub(crate) fn unpin(&self, slot: u32) -> Result<Option<u32>, CorruptSlot> {
@@ -380,7 +385,9 @@ impl<'r> MessageStore<'r> {
                 }
                 Err(TransitionError::Stale(actual)) => current = actual,
                 Err(TransitionError::Corrupt(corrupt)) => return Err(corrupt),
-                Err(TransitionError::TooManyPins) => unreachable!("unpin adds no pin"),
+                Err(TransitionError::TooManyPins | TransitionError::Unbracketed) => {
+                    unreachable!("unpin adds no pin and links no timer")
+                }
             }
         }
     }
@@ -611,7 +618,8 @@ mod tests {
             ..word
         };
         assert_eq!(Word::unpack(no_timer.pack()), Some(no_timer));
-        assert_eq!(Word::unpack(7), None, "no state 7");
+        assert_eq!(Word::unpack(8), None, "no state 8");
+        assert_eq!(Word::unpack(0x7f), None, "no state 127");
     }
 
     #[test]

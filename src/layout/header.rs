@@ -44,8 +44,9 @@ use crate::liveness::host::Host;
 const MAGIC: u64 = u64::from_le_bytes(*b"ACKRING\0");
 /// Bumped on any change of the header or region layout, or of how processes use it (8:
 /// the signals are armed by sleepers; a waker of 7 would not wake a sleeper of 8. 9: a
-/// receive goes through `Settling`, and recovery's `recovered` word carries a flag).
-pub(crate) const FORMAT_VERSION: u64 = 9;
+/// receive goes through `Settling`, and recovery's `recovered` word carries a flag. 10: a
+/// slot taken to write its fields is in the new state `Taken`, not `Settling`).
+pub(crate) const FORMAT_VERSION: u64 = 10;
 const BYTE_ORDER: u64 = 0x0102_0304_0506_0708;
 /// The `initialized` word once the creator has finished.
 const INITIALIZED: u64 = 0x494e_4954_4445_4f4e; // "INITDEON"

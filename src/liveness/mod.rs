@@ -39,9 +39,11 @@
 
 #[cfg(not(loom))]
 pub(crate) mod host;
+mod process;
 
 use crate::base::sync::{AtomicU64, Ordering};
 use crate::base::table::Table;
+use process::{this_process, Occupant};
 
 /// Entries in a region's table: the most handles attached at once.
 pub(crate) const PARTICIPANTS: usize = 64;
@@ -191,210 +193,8 @@ fn clear_sleepers(word: &AtomicU64, epoch: u64) {
     }
 }
 
-/// A registration's process in one word, as an entry's `occupant` word holds it: the pid
-/// in bits 0..22 (Linux pids stay below 2^22, `PID_MAX_LIMIT`), the registration's
-/// *incarnation* in bits 22..32 (the low 10 bits of the epoch it takes the entry at), and
-/// the start time (clock ticks after boot, `/proc/PID/stat` field 22) modulo 2^32 above,
-/// with 0 there when it could not be read. A word of 0 is a free entry (no process has
-/// pid 0).
-///
-/// One word, so that taking, leaving and reaping an entry are each one CAS of the whole
-/// identity: a reaper that judged an occupant dead frees the entry only while that very
-/// registration holds it, never a later one by a process that reused its pid. (With the
-/// pid and the start time in two words, a reaper could read a dead process's pid, and
-/// free the entry after a process with the same pid had taken it.) The incarnation keeps
-/// two registrations of one pid apart even when neither start time was known.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Occupant(u64);
-
-/// Bits of an occupant word that hold the pid.
-const PID_BITS: u32 = 22;
-
-impl Occupant {
-    const FREE: Self = Self(0);
-
-    /// The identity of the process `pid` started at `start_time` (`None`: not known), in
-    /// no registration yet (incarnation 0).
-    fn new(pid: u32, start_time: Option<u64>) -> Self {
-        // A start time whose low 32 bits are 0 reads as 1: 0 means "not known".
-        let started = start_time.map_or(0, |ticks| ((ticks & 0xffff_ffff) as u32).max(1));
-        Self(u64::from(started) << 32 | u64::from(pid) & ((1 << PID_BITS) - 1))
-    }
-
-    /// The same process in the registration that takes its entry at `epoch`.
-    fn in_registration(self, epoch: u64) -> Self {
-        let incarnation = (epoch & 0x3ff) << PID_BITS;
-        Self(self.0 & !(0x3ff << PID_BITS) | incarnation)
-    }
-
-    fn read(entry: &Participant) -> Self {
-        Self(entry.occupant.load(Ordering::Acquire))
-    }
-
-    fn pid(self) -> u32 {
-        (self.0 & ((1 << PID_BITS) - 1)) as u32
-    }
-
-    /// The start time modulo 2^32, or 0 when it was not known.
-    fn started(self) -> u32 {
-        (self.0 >> 32) as u32
-    }
-
-    /// Whether this process runs: its pid names a running process that started at its
-    /// start time (at any time, when that was not known). A free entry, a garbage pid or a
-    /// later process with the pid does not. When `/proc` cannot tell, it is taken to run:
-    /// a live process judged dead would lose its entry, leases and locks, while a dead one
-    /// judged alive is only reaped at a later look.
-    fn runs(self) -> bool {
-        let pid = self.pid();
-        if pid == 0 {
-            return false;
-        }
-        match look_up(pid) {
-            Seen::Running { start_time } => {
-                self.started() == 0 || self.started() == Self::new(pid, Some(start_time)).started()
-            }
-            Seen::Gone => false,
-            Seen::Unknown => true,
-        }
-    }
-}
-
-/// This process's identity, read afresh (never cached: a forked child has its own pid and
-/// start time, and a failed read must not stick).
-fn this_process() -> Occupant {
-    let pid = std::process::id();
-    Occupant::new(pid, look_up(pid).start_time())
-}
-
 fn token(id: u64, epoch: u64) -> u64 {
     (epoch & 0xffff) << ID_BITS | id
-}
-
-/// What `/proc` says of a pid.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(
-    not(all(target_os = "linux", not(miri), not(loom))),
-    allow(dead_code, reason = "without /proc every process is seen running")
-)]
-enum Seen {
-    /// A process runs with this pid, started `start_time` clock ticks after boot.
-    Running { start_time: u64 },
-    /// No process has this pid, or a zombie (exited or killed, and not yet reaped by its
-    /// parent: none of its threads runs any more code).
-    Gone,
-    /// `/proc` could not tell (out of file descriptors, say, or an unexpected format), or
-    /// a process has the pid that `/proc` hides from us.
-    Unknown,
-}
-
-impl Seen {
-    fn start_time(self) -> Option<u64> {
-        match self {
-            Self::Running { start_time } => Some(start_time),
-            Self::Gone | Self::Unknown => None,
-        }
-    }
-}
-
-/// Looks `pid` up in `/proc` (field 22 of its `stat`, and its state).
-fn look_up(pid: u32) -> Seen {
-    #[cfg(all(target_os = "linux", not(miri), not(loom)))]
-    {
-        let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Ok(stat) => stat,
-            Err(error) if vanished(&error) => return unlisted(pid),
-            Err(_) => return Seen::Unknown,
-        };
-        let Some(mut fields) = fields_from_state(&stat) else {
-            return Seen::Unknown;
-        };
-        let state = fields.next();
-        // Field 22, the 20th after the state.
-        let start_time = match fields.nth(18).map(str::parse) {
-            Some(Ok(start_time)) => start_time,
-            _ => return Seen::Unknown,
-        };
-        match state {
-            // State (field 3): dead, or a zombie: exited and not yet reaped by its parent,
-            // unless only its main thread ended (`pthread_exit`) and others still run.
-            Some("X" | "x") => Seen::Gone,
-            Some("Z") => match other_threads_run(pid) {
-                Some(true) => Seen::Running { start_time },
-                Some(false) => Seen::Gone,
-                None => Seen::Unknown,
-            },
-            _ => Seen::Running { start_time },
-        }
-    }
-    #[cfg(not(all(target_os = "linux", not(miri), not(loom))))]
-    {
-        let _ = pid;
-        Seen::Running { start_time: 0 }
-    }
-}
-
-/// `pid` has no entry in `/proc` that we can see: gone, unless a signal can still reach it
-/// (`kill(pid, 0)`). A `/proc` mounted with `hidepid` hides the processes we may not trace
-/// (other users'), and a process we may not signal (`EPERM`) exists all the same:
-/// `Unknown`, which counts as alive. Its start time cannot be checked, so a hidden process
-/// that reused a dead registration's pid keeps that entry until it exits too.
-#[cfg(all(target_os = "linux", not(miri), not(loom)))]
-fn unlisted(pid: u32) -> Seen {
-    use rustix::io::Errno;
-    use rustix::process::{test_kill_process, Pid};
-    let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
-        return Seen::Gone;
-    };
-    match test_kill_process(pid) {
-        Err(Errno::SRCH) => Seen::Gone,
-        Ok(()) | Err(_) => Seen::Unknown,
-    }
-}
-
-/// Whether a thread of the zombie `pid` other than its main one still runs (the main
-/// thread's `pthread_exit` leaves a process that shows as a zombie while the rest of it
-/// runs); `None` when `/proc` cannot tell. A thread that is itself a zombie does not count:
-/// one a tracer (`strace -f`, a debugger) has yet to collect stays listed after the
-/// process died.
-#[cfg(all(target_os = "linux", not(miri), not(loom)))]
-fn other_threads_run(pid: u32) -> Option<bool> {
-    let threads = match std::fs::read_dir(format!("/proc/{pid}/task")) {
-        Ok(threads) => threads,
-        Err(error) if vanished(&error) => return Some(false),
-        Err(_) => return None,
-    };
-    let main = pid.to_string();
-    for thread in threads {
-        let thread = thread.ok()?;
-        if thread.file_name() == main.as_str() {
-            continue;
-        }
-        match std::fs::read_to_string(thread.path().join("stat")) {
-            Ok(stat) if !matches!(fields_from_state(&stat)?.next()?, "Z" | "X" | "x") => {
-                return Some(true);
-            }
-            Ok(_) => {}
-            Err(error) if vanished(&error) => {} // it ended while we looked
-            Err(_) => return None,
-        }
-    }
-    Some(false)
-}
-
-/// The fields of a `/proc` `stat` line from the state (field 3) on. The command name
-/// (field 2) before it is in parentheses and may hold anything: fields resume after the
-/// last ')'.
-#[cfg(all(target_os = "linux", not(miri), not(loom)))]
-fn fields_from_state(stat: &str) -> Option<std::str::SplitWhitespace<'_>> {
-    Some(stat[stat.rfind(')')? + 1..].split_whitespace())
-}
-
-/// Whether a `/proc` read failed because the process (or thread) is gone: `ENOENT`, or
-/// `ESRCH` when it exited while its file was being read.
-#[cfg(all(target_os = "linux", not(miri), not(loom)))]
-fn vanished(error: &std::io::Error) -> bool {
-    error.kind() == std::io::ErrorKind::NotFound || error.raw_os_error() == Some(3)
 }
 
 /// A new registration.
@@ -708,7 +508,7 @@ fn exited_process() -> Occupant {
         .spawn()
         .expect("spawn true");
     let pid = child.id();
-    let started = look_up(pid).start_time();
+    let started = process::look_up(pid).start_time();
     child.wait().expect("wait for true");
     Occupant::new(pid, Some(started.unwrap_or(1)))
 }
@@ -724,13 +524,16 @@ mod tests {
             .unwrap();
         let pid = child.id();
         assert!(
-            matches!(super::look_up(pid), super::Seen::Running { .. }),
+            matches!(
+                super::process::look_up(pid),
+                super::process::Seen::Running { .. }
+            ),
             "a running process has a start time"
         );
         child.kill().unwrap();
         // Not reaped yet: a zombie, which the kernel marks so once the signal is handled.
         let give_up = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while super::look_up(pid) != super::Seen::Gone {
+        while super::process::look_up(pid) != super::process::Seen::Gone {
             assert!(
                 std::time::Instant::now() < give_up,
                 "a zombie counted as alive"
@@ -745,10 +548,20 @@ mod tests {
     #[cfg(not(miri))]
     #[test]
     fn a_process_missing_from_proc_is_gone_only_if_no_signal_reaches_it() {
-        assert_eq!(super::unlisted(std::process::id()), super::Seen::Unknown);
-        assert_eq!(super::unlisted(1), super::Seen::Unknown, "init always runs");
+        assert_eq!(
+            super::process::unlisted(std::process::id()),
+            super::process::Seen::Unknown
+        );
+        assert_eq!(
+            super::process::unlisted(1),
+            super::process::Seen::Unknown,
+            "init always runs"
+        );
         let exited = super::exited_process();
-        assert_eq!(super::unlisted(exited.pid()), super::Seen::Gone);
+        assert_eq!(
+            super::process::unlisted(exited.pid()),
+            super::process::Seen::Gone
+        );
     }
 
     use super::*;

@@ -55,9 +55,7 @@ impl<C: Clock> Queue<C> {
                 self.kill(slot, State::Ready, generation, DeadReason::Expired, "")
             }
             ExpiryPolicy::Drop => {
-                let freed = self
-                    .store()
-                    .transition_from(slot, State::Ready, generation, |w| Some(w.freed()));
+                let freed = self.store().free(slot, State::Ready, generation);
                 if let Ok(word) = freed {
                     self.release_if_unpinned(slot, word);
                 }
@@ -90,7 +88,7 @@ impl<C: Clock> Queue<C> {
             (from, generation)
         } else {
             match self.take(slot, from, generation) {
-                Some(taken) => (State::Settling, taken),
+                Some(taken) => (State::Taken, taken),
                 None => return false,
             }
         };
@@ -98,12 +96,7 @@ impl<C: Clock> Queue<C> {
         meta.dead_unix
             .store(self.unix_time(self.now()), Ordering::Relaxed);
         meta.set_reason(error);
-        let Ok(dead) = self.store().transition_from(slot, from, generation, |w| {
-            Some(Word {
-                state: State::Dead,
-                ..w
-            })
-        }) else {
+        let Ok(dead) = self.store().kill(slot, from, generation) else {
             return false;
         };
         self.counters().bump(Counter::DeadLettered);
@@ -148,8 +141,7 @@ impl<C: Clock> Queue<C> {
 
     /// `Dead(generation) -> Free(generation + 1)`, keeping pins.
     pub(super) fn free_dead(&self, slot: u32, generation: u32) -> Result<Word, TransitionError> {
-        self.store()
-            .transition_from(slot, State::Dead, generation, |w| Some(w.freed()))
+        self.store().free(slot, State::Dead, generation)
     }
 
     /// Copies of every dead letter, oldest first.
@@ -210,14 +202,7 @@ impl<C: Clock> Queue<C> {
                 continue;
             };
             meta.attempts.store(0, Ordering::Relaxed);
-            let revived = self
-                .store()
-                .transition_from(slot, State::Settling, taken, |w| {
-                    Some(Word {
-                        state: State::Ready,
-                        ..w
-                    })
-                });
+            let revived = self.store().revive(slot, taken);
             self.invariant(revived.is_ok(), "only the taker moves a slot it took");
             if let Ok(word) = revived {
                 self.push_ready(slot, word.generation);

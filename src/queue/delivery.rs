@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 use crate::base::clock::{nanos, Clock};
 use crate::base::id::MessageId;
 use crate::base::sync::Ordering;
-use crate::engine::slots::{State, TransitionError, Word};
+use crate::engine::slots::State;
 use crate::engine::wheel::Timer;
 use crate::error::SettleError;
 use crate::queue::dead_letters::DeadReason;
@@ -122,12 +122,7 @@ impl<'q, C: Clock> Delivery<'q, C> {
         let freed = self
             .queue
             .store()
-            .transition_from(self.slot, State::Leased, self.receipt, |w| {
-                Some(Word {
-                    pins: w.pins.checked_sub(1)?,
-                    ..w.freed()
-                })
-            })
+            .ack(self.slot, self.receipt)
             .map_err(|_| self.lease_lost())?;
         self.pinned = false;
         self.queue.unmark_pin(self.slot);
@@ -217,14 +212,7 @@ impl<'q, C: Clock> Delivery<'q, C> {
         meta.due_at.store(due, Ordering::Relaxed);
         self.queue
             .store()
-            .transition_from(self.slot, State::Settling, self.receipt, |w| {
-                Some(Word {
-                    state: State::Leased,
-                    // A ticker that read the old deadline now fails its CAS.
-                    version: lease_version.wrapping_add(1),
-                    ..w
-                })
-            })
+            .extended(self.slot, self.receipt, lease_version)
             .map_err(|_| self.lease_lost())?; // only another process's corruption gets here
         self.lease_deadline = due;
         Ok(())
@@ -234,28 +222,17 @@ impl<'q, C: Clock> Delivery<'q, C> {
     /// The word's version holds our owner tag meanwhile (crash recovery undoes the settle if
     /// we die); returns the lease's version.
     fn begin_settling(&self) -> Result<u16, SettleError> {
-        let lease_version = std::cell::Cell::new(0);
         self.queue
             .store()
-            .transition_from(self.slot, State::Leased, self.receipt, |w| {
-                lease_version.set(w.version);
-                Some(Word {
-                    state: State::Settling,
-                    version: self.queue.owner_tag.0,
-                    ..w
-                })
-            })
-            .map(|_| lease_version.get())
-            .map_err(|_: TransitionError| self.lease_lost())
+            .begin_settle(self.slot, self.receipt, self.queue.owner_tag.0)
+            .map_err(|_| self.lease_lost())
     }
 
     fn finish_settling(&self, to: State) {
-        let moved =
-            self.queue
-                .store()
-                .transition_from(self.slot, State::Settling, self.receipt, |w| {
-                    Some(Word { state: to, ..w })
-                });
+        let moved = self
+            .queue
+            .store()
+            .finish_settle(self.slot, self.receipt, to);
         self.queue
             .invariant(moved.is_ok(), "only the holder moves a settling slot");
     }

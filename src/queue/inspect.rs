@@ -7,7 +7,7 @@ use crate::base::clock::Clock;
 use crate::base::id::MessageId;
 use crate::base::sync::Ordering;
 use crate::engine::counters::Stats;
-use crate::engine::slots::{State, Word};
+use crate::engine::slots::State;
 use crate::liveness::SleepsOn;
 use crate::queue::{system_time, Queue};
 
@@ -38,7 +38,7 @@ pub(super) struct Snapshot {
 
 impl<C: Clock> Queue<C> {
     /// Diagnostics: the wake-up system calls made so far on the (ready, room) signals, by
-    /// every process, modulo 2^31 (see `src/wait.rs`). With no thread asleep, publishes
+    /// every process, modulo 2^31 (see `src/engine/wait.rs`). With no thread asleep, publishes
     /// and acks make none, but for one per signal after sleepers that were killed.
     #[doc(hidden)]
     pub fn wake_up_calls(&self) -> (u32, u32) {
@@ -96,15 +96,7 @@ impl<C: Clock> Queue<C> {
             return None;
         }
         self.mark_pin(slot);
-        let Ok(pinned) = self
-            .store()
-            .transition_from(slot, state, word.generation, |w| {
-                Some(Word {
-                    pins: w.pins.checked_add(1)?,
-                    ..w
-                })
-            })
-        else {
+        let Ok(pinned) = self.store().pin(slot, state, word.generation) else {
             self.unmark_pin(slot);
             return None;
         };
@@ -140,7 +132,7 @@ impl<C: Clock> Queue<C> {
             match store.load(slot).map(|w| w.state) {
                 Ok(State::Ready) => stats.ready += 1,
                 Ok(State::Delayed) => stats.delayed += 1,
-                Ok(State::Leased | State::Settling) => stats.in_flight += 1,
+                Ok(State::Leased | State::Settling | State::Taken) => stats.in_flight += 1,
                 Ok(State::Dead) => stats.dead += 1,
                 _ => {}
             }

@@ -20,8 +20,8 @@
 //!   schedules nothing, because the node is already in the wheel for an earlier deadline
 //!   (an earlier lease of the slot, acked before it ran out). When the node fires, the
 //!   queue looks at the slot: a lease that ran out goes back to ready, a lease that runs
-//!   out later is scheduled again for its deadline, a slot in `Settling` (a lease being
-//!   taken or settled) is looked at again next tick, anything else clears the bit. So a
+//!   out later is scheduled again for its deadline, a slot in `Taken` or `Settling` (a
+//!   lease being written or settled) is looked at again next tick, anything else clears the bit. So a
 //!   fast ack costs the wheel nothing, and the wheel holds one node per slot at most.
 //!
 //! The wheel runs from receives, publishes and [`Queue::tick`], one run at a time, at

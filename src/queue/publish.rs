@@ -8,7 +8,7 @@ use crate::base::id::MessageId;
 use crate::base::sync::Ordering;
 use crate::engine::counters::Counter;
 use crate::engine::dedup::DedupError;
-use crate::engine::slots::{State, Word};
+use crate::engine::slots::State;
 use crate::engine::wheel::Timer;
 use crate::error::PublishError;
 use crate::queue::slot_moves::{pop, push, split, token};
@@ -199,9 +199,7 @@ impl<C: Clock> Queue<C> {
 
     /// Frees a slot we claimed but will not fill.
     pub(super) fn abandon_claim(&self, (slot, generation): (u32, u32)) {
-        let freed = self
-            .store()
-            .transition_from(slot, State::Writing, generation, |w| Some(w.freed()));
+        let freed = self.store().abandon(slot, generation);
         if let Ok(freed) = freed {
             self.release_if_unpinned(slot, freed);
         }
@@ -246,13 +244,7 @@ impl<C: Clock> Queue<C> {
     pub(crate) fn claim_token(&self, free: u32) -> Option<(u32, u32)> {
         let (slot, generation) = self.resolve(free, State::Free)?;
         self.store()
-            .transition_from(slot, State::Free, generation, |w| {
-                Some(Word {
-                    state: State::Writing,
-                    version: self.owner_tag.0, // who to free it from if it dies
-                    ..w
-                })
-            })
+            .claim(slot, generation, self.owner_tag.0)
             .ok()
             .map(|_| (slot, generation))
     }

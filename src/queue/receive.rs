@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::base::clock::{nanos, Clock};
 use crate::base::sync::Ordering;
 use crate::engine::counters::Counter;
-use crate::engine::slots::{State, TransitionError, Word};
+use crate::engine::slots::{State, TransitionError};
 use crate::engine::wheel::Timer;
 use crate::liveness::SleepsOn;
 use crate::queue::dead_letters::{DeadReason, LEASE_RAN_OUT};
@@ -89,11 +89,11 @@ impl<C: Clock> Queue<C> {
         // Saturating: a corrupt count must not overflow (and attempts are reported as u32).
         let attempt = delivered.saturating_add(1).min(u64::from(u32::MAX));
         let due = now.saturating_add(nanos(self.config.visibility_timeout));
-        // The slot's fields are written only once the CAS below made it ours, in Settling:
+        // The slot's fields are written only once the CAS below made it ours, in Taken:
         // a ready token can have a twin (crash recovery re-queues what a header says is
         // ready without proving its token missing), and the twin's holder, losing the CAS,
         // could otherwise write this message's attempt count or deadline into whatever
-        // the slot holds by then. Settling also keeps the ticker off the lease (it looks
+        // the slot holds by then. Taken also keeps the ticker off the lease (it looks
         // again next tick) until its deadline is written, and recovery makes a lease
         // whose taker died mid-way run out (see `recovery`).
         // The pin is counted before the CAS that takes it, and a lease timer this
@@ -103,34 +103,21 @@ impl<C: Clock> Queue<C> {
         if bracketed {
             self.begin_scheduling();
         }
-        let schedule_lease_timer = std::cell::Cell::new(false);
-        let needs_bracket = std::cell::Cell::new(false);
-        let leased = loop {
-            let leased =
-                self.store()
-                    .transition_from_seen(slot, seen, State::Ready, generation, |w| {
-                        if !w.lease_timer && !bracketed && !self.trusted {
-                            needs_bracket.set(true); // the ticker just dropped the timer
-                            return None;
-                        }
-                        schedule_lease_timer.set(!w.lease_timer);
-                        Some(Word {
-                            state: State::Settling,
-                            pins: w.pins.checked_add(1)?,
-                            generation: w.generation.wrapping_add(1),
-                            lease_timer: true,
-                            version: self.owner_tag.0, // who to undo it for if we die
-                        })
-                    });
-            if needs_bracket.replace(false) {
-                bracketed = true;
-                self.begin_scheduling();
-                continue;
+        let taken = loop {
+            let may_link = bracketed || self.trusted;
+            match self
+                .store()
+                .take_to_lease(slot, seen, generation, self.owner_tag.0, may_link)
+            {
+                Err(TransitionError::Unbracketed) => {
+                    bracketed = true; // the ticker just dropped the timer
+                    self.begin_scheduling();
+                }
+                taken => break taken,
             }
-            break leased;
         };
-        let leased = match leased {
-            Ok(leased) => leased,
+        let (taken, schedule_lease_timer) = match taken {
+            Ok(taken) => taken,
             Err(error) => {
                 self.unmark_pin(slot);
                 if bracketed {
@@ -147,21 +134,9 @@ impl<C: Clock> Queue<C> {
         };
         meta.attempts.store(attempt, Ordering::Relaxed);
         meta.due_at.store(due, Ordering::Relaxed);
-        let taken = self.store().transition_from_seen(
-            slot,
-            leased,
-            State::Settling,
-            leased.generation,
-            |w| {
-                Some(Word {
-                    state: State::Leased,
-                    version: seen.version,
-                    ..w
-                })
-            },
-        );
-        self.invariant(taken.is_ok(), "only the taker moves a slot it is leasing");
-        if schedule_lease_timer.get() {
+        let leased = self.store().lease(slot, taken, seen.version);
+        self.invariant(leased.is_ok(), "only the taker moves a slot it is leasing");
+        if schedule_lease_timer {
             // Rare: a slot's lease timer stays linked from one lease to the next.
             self.schedule_timer(slot, Timer::Lease, due);
         }
@@ -174,7 +149,7 @@ impl<C: Clock> Queue<C> {
         Lease::Taken(Delivery::new(
             self,
             slot,
-            leased.generation,
+            taken.generation,
             attempt as u32,
             due,
         ))

@@ -45,11 +45,7 @@ impl<C: Clock> Queue<C> {
     /// previous message, and its lease-timer bit, cleared by the ticker, can change
     /// meanwhile.)
     pub(super) fn move_slot(&self, slot: u32, generation: u32, to: State) {
-        let moved = self
-            .store()
-            .transition_from(slot, State::Writing, generation, |w| {
-                Some(Word { state: to, ..w })
-            });
+        let moved = self.store().hand_on(slot, generation, to);
         self.invariant(moved.is_ok(), "a slot in Writing changed state under us");
     }
 
@@ -68,22 +64,14 @@ impl<C: Clock> Queue<C> {
             .then_some((slot, word.generation))
     }
 
-    /// `from(generation) -> Settling(generation + 1)` under our owner tag, so that we alone
+    /// `from(generation) -> Taken(generation + 1)` under our owner tag, so that we alone
     /// write the slot's fields next (a twin token's holder fails this CAS and writes
     /// nothing), and a receipt of the old generation can never settle what follows (if we
     /// die here, recovery makes it a lease that runs out). Returns the new generation.
     pub(super) fn take(&self, slot: u32, from: State, generation: u32) -> Option<u32> {
         self.store()
-            .transition_from(slot, from, generation, |w| {
-                Some(Word {
-                    state: State::Settling,
-                    generation: w.generation.wrapping_add(1),
-                    version: self.owner_tag.0,
-                    ..w
-                })
-            })
+            .take(slot, from, generation, self.owner_tag.0)
             .ok()
-            .map(|taken| taken.generation)
     }
 
     /// Returns a freed slot to the free ring unless a delivery still pins it (then the last

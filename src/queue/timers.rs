@@ -3,7 +3,7 @@
 
 use crate::base::clock::Clock;
 use crate::base::sync::Ordering;
-use crate::engine::slots::{Meta, State, TransitionError, Word};
+use crate::engine::slots::{Meta, State, TransitionError};
 use crate::engine::wheel::{node, split_node, Refire, Timer};
 use crate::queue::slot_moves::split;
 use crate::queue::Queue;
@@ -134,26 +134,19 @@ impl<C: Clock> Queue<C> {
             if !word.lease_timer {
                 return None; // the bit says the node is not ours to fire (corrupt memory)
             }
-            let next = match word.state {
+            let moved = match word.state {
                 State::Leased => {
                     let due = meta.due_at.load(Ordering::Relaxed);
                     if due > now {
                         return Some(due);
                     }
-                    Word {
-                        state: State::Ready,
-                        lease_timer: false,
-                        ..word
-                    }
+                    self.store().lease_ran_out(slot, word)
                 }
-                // Its holder is mid-settle: look again next tick.
-                State::Settling => return Some(now.saturating_add(1)),
-                _ => Word {
-                    lease_timer: false,
-                    ..word
-                },
+                // Its holder is mid-settle, or its taker mid-write: look again next tick.
+                State::Settling | State::Taken => return Some(now.saturating_add(1)),
+                _ => self.store().unlink_lease_timer(slot, word),
             };
-            match self.store().transition(slot, word, |_| Some(next)) {
+            match moved {
                 Ok(moved) => {
                     if word.state == State::Leased {
                         self.ready_or_expired(slot, meta, moved.generation, now);
@@ -176,15 +169,7 @@ impl<C: Clock> Queue<C> {
         if due > now {
             return Some(due);
         }
-        let ready = self
-            .store()
-            .transition_from(slot, State::Delayed, word.generation, |w| {
-                Some(Word {
-                    state: State::Ready,
-                    ..w
-                })
-            })
-            .ok()?;
+        let ready = self.store().due(slot, word.generation).ok()?;
         self.ready_or_expired(slot, meta, ready.generation, now);
         None
     }

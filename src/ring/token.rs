@@ -21,7 +21,7 @@
 //! overwritten with a value of the wrong lap looks exactly like such a producer: the others
 //! wait for it for ever (no undefined behaviour, no panic, but a hang). Memory that another
 //! process can write, or kill a writer of, wants the queue's index ring instead
-//! (`src/ring/index.rs`), where every operation is one CAS on a slot word.
+//! (`src/engine/index_ring.rs`), where every operation is one CAS on a slot word.
 
 use std::mem::{align_of, size_of};
 

@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 
 use crate::base::clock::Clock;
 use crate::base::sync::Ordering;
-use crate::engine::slots::{State, Word};
+use crate::engine::slots::State;
 use crate::engine::wheel::{node, Timer};
 use crate::layout::shared::RecoveryWords;
 use crate::liveness::OwnerTag;
@@ -177,7 +177,7 @@ impl<C: Clock> Queue<C> {
                         meta.id.load(Ordering::Relaxed),
                         meta.published_at.load(Ordering::Relaxed),
                     );
-                    if let Ok(freed) = store.transition(slot, word, |w| Some(w.freed())) {
+                    if let Ok(freed) = store.free_abandoned(slot, word) {
                         if written == u64::from(word.generation) {
                             if let Some(dedup) = self.dedup() {
                                 dedup.forget(crate::base::id::MessageId(id), published_at);
@@ -187,20 +187,11 @@ impl<C: Clock> Queue<C> {
                         sweep.writing_freed += 1;
                     }
                 }
-                State::Settling if dead => {
-                    let undone = store.transition(slot, word, |w| {
-                        Some(Word {
-                            state: State::Leased,
-                            // Not the lease's old version: a ticker holding that word
-                            // re-reads the deadline (which the dead settler may have moved).
-                            version: w.version.wrapping_add(1),
-                            // A slot taken from Ready or Dead (a kill, a redrive) may have
-                            // no lease timer: this one is linked below (`relink_timers`),
-                            // so the lease runs out and the message comes back.
-                            lease_timer: true,
-                            ..w
-                        })
-                    });
+                State::Settling | State::Taken if dead => {
+                    // A slot taken from Ready or Dead (a kill, a redrive) may have no lease
+                    // timer: the undo sets the bit and the timer is linked below
+                    // (`relink_timers`), so the lease runs out and the message comes back.
+                    let undone = store.undo(slot, word);
                     if undone.is_ok() {
                         sweep.settling_undone += 1;
                     }
@@ -261,7 +252,7 @@ impl<C: Clock> Queue<C> {
                 }
                 continue;
             }
-            if let Ok(unpinned) = store.transition(slot, word, |w| Some(Word { pins: 0, ..w })) {
+            if let Ok(unpinned) = store.drop_pins(slot, word) {
                 sweep.pins_dropped += usize::from(word.pins);
                 self.release_if_unpinned(slot, unpinned);
             }
@@ -367,6 +358,7 @@ mod tests {
 
     use super::*;
     use crate::base::id::MessageId;
+    use crate::engine::slots::Word;
     use crate::liveness::SleepsOn;
     use crate::queue::slot_moves::{pop, split};
     use crate::queue::{PublishOptions, QueueConfig};
@@ -602,13 +594,7 @@ mod tests {
         std::mem::forget(delivery);
         victim
             .store()
-            .transition(settling, leased, |w| {
-                Some(Word {
-                    state: State::Settling,
-                    version: victim.owner_tag.0,
-                    ..w
-                })
-            })
+            .begin_settle(settling, leased.generation, victim.owner_tag.0)
             .unwrap();
 
         // 5. Killed between marking a lease timer due and linking it.
@@ -619,19 +605,15 @@ mod tests {
         let meta = victim.store().meta(slot).unwrap();
         meta.attempts.store(1, Ordering::Relaxed);
         meta.due_at.store(victim.now(), Ordering::Relaxed);
-        victim
-            .store()
-            .transition(slot, ready, |w| {
-                Some(Word {
-                    state: State::Leased,
-                    generation: w.generation.wrapping_add(1),
-                    lease_timer: true,
-                    ..w
-                })
-            })
-            .unwrap();
+        let leased = Word {
+            state: State::Leased,
+            generation: ready.generation.wrapping_add(1),
+            lease_timer: true,
+            ..ready
+        };
+        victim.store().force(slot, ready, leased).unwrap();
 
-        // 6. Killed taking a lease: the slot moved to Settling with the lease's pin and
+        // 6. Killed taking a lease: the slot moved to Taken with the lease's pin and
         //    timer bit, its deadline and attempt count not yet written, its timer unlinked.
         //    Its slot held an earlier message whose lease was extended far ahead: that
         //    deadline must not become this lease's (a publish clears it).
@@ -648,19 +630,11 @@ mod tests {
         victim.begin_scheduling();
         victim
             .store()
-            .transition(slot, ready, |w| {
-                Some(Word {
-                    state: State::Settling,
-                    pins: w.pins + 1,
-                    generation: w.generation.wrapping_add(1),
-                    lease_timer: true,
-                    version: victim.owner_tag.0,
-                })
-            })
+            .take_to_lease(slot, ready, ready.generation, victim.owner_tag.0, true)
             .unwrap();
 
         // 7. Killed dead-lettering an expired message found on receive: taken from Ready
-        //    into Settling, with no lease timer (a fresh slot has none).
+        //    into Taken, with no lease timer (a fresh slot has none).
         survivor.publish_with(b"dying", with_id(6)).unwrap();
         let (slot, generation_bits) = split(pop(victim.ready()).unwrap());
         let ready = victim.store().load(slot).unwrap();
@@ -671,7 +645,7 @@ mod tests {
             .expect("ours to take");
 
         // 8. Killed by a timer run taking an expired message off the head of the queue:
-        //    taken from Ready into Settling. It must die as expired, not be delivered.
+        //    taken from Ready into Taken. It must die as expired, not be delivered.
         let dying_now = PublishOptions {
             ttl: Some(Duration::from_nanos(1)),
             ..with_id(7)

@@ -82,7 +82,7 @@ impl<C: Clock> Queue<C> {
             let (Ok(word), Ok(meta)) = (store.load(slot), store.meta(slot)) else {
                 continue;
             };
-            if matches!(word.state, State::Leased | State::Settling) {
+            if matches!(word.state, State::Leased | State::Settling | State::Taken) {
                 meta.due_at.store(now, Ordering::Relaxed); // the consumer is gone
             }
         }
