@@ -6,14 +6,14 @@
 //! One `repr(C)` block of 64-bit words at offset 0 of the segment; the region follows at
 //! [`HEADER_BYTES`]. Every field is written once, by the creator, before `initialized`;
 //! only the host words (boot id, pid namespace) are written again, by the first opener
-//! after a reboot, holding the file's lock (see `queue::reboot`). Words are atomics only
+//! after a reboot, holding the file's lock (see `queue::recovery::reboot`). Words are atomics only
 //! because other processes map them: any value may be read, and every one is checked on
 //! open.
 //!
 //! | words   | field           | checked on open against                          |
 //! |---------|-----------------|--------------------------------------------------|
 //! | 0       | magic           | `b"ACKRING\0"`                                   |
-//! | 1       | version         | [`FORMAT_VERSION`]                               |
+//! | 1       | version         | `FORMAT_VERSION` (`layout`)                      |
 //! | 2       | byte order      | `0x0102_0304_0506_0708` as this process writes it|
 //! | 3       | initialized     | [`INITIALIZED`] (written last, release)          |
 //! | 4..8    | engine constants| this build's header size, wheel geometry, stripes|
@@ -38,15 +38,11 @@ use crate::layout::region::{Layout, Shape, Span, SECTION_ALIGN};
 use crate::liveness::PARTICIPANTS;
 
 use crate::error::ShmError;
+use crate::layout::FORMAT_VERSION;
 use crate::liveness::host::Host;
 
 /// `b"ACKRING\0"` read as a little-endian word.
 const MAGIC: u64 = u64::from_le_bytes(*b"ACKRING\0");
-/// Bumped on any change of the header or region layout, or of how processes use it (8:
-/// the signals are armed by sleepers; a waker of 7 would not wake a sleeper of 8. 9: a
-/// receive goes through `Settling`, and recovery's `recovered` word carries a flag. 10: a
-/// slot taken to write its fields is in the new state `Taken`, not `Settling`).
-pub(crate) const FORMAT_VERSION: u64 = 10;
 const BYTE_ORDER: u64 = 0x0102_0304_0506_0708;
 /// The `initialized` word once the creator has finished.
 const INITIALIZED: u64 = 0x494e_4954_4445_4f4e; // "INITDEON"
@@ -61,24 +57,24 @@ pub(crate) const HEADER_BYTES: usize = (WORDS * 8).next_multiple_of(SECTION_ALIG
 pub(crate) const BOOT_ID_WORD: usize = at::BOOT_ID;
 
 /// Word indices (see the table in the module docs).
-mod at {
-    pub(super) const MAGIC: usize = 0;
-    pub(super) const VERSION: usize = 1;
-    pub(super) const BYTE_ORDER: usize = 2;
-    pub(super) const INITIALIZED: usize = 3;
-    pub(super) const HEADER_BYTES: usize = 4;
-    pub(super) const WHEEL: usize = 5;
-    pub(super) const COUNTER_STRIPES: usize = 6;
-    pub(super) const DEDUP_ENTRIES: usize = 7;
-    pub(super) const SHAPE: usize = 8;
-    pub(super) const OFFSETS: usize = 12;
-    pub(super) const TOTAL_BYTES: usize = 23;
-    pub(super) const CONFIG: usize = 24;
-    pub(super) const HASH: usize = 39;
-    pub(super) const CREATED: usize = 41;
-    pub(super) const BOOT_ID: usize = 42;
-    pub(super) const PARTICIPANTS: usize = 44;
-    pub(super) const PID_NAMESPACE: usize = 45;
+pub(super) mod at {
+    pub(in crate::layout) const MAGIC: usize = 0;
+    pub(in crate::layout) const VERSION: usize = 1;
+    pub(in crate::layout) const BYTE_ORDER: usize = 2;
+    pub(in crate::layout) const INITIALIZED: usize = 3;
+    pub(in crate::layout) const HEADER_BYTES: usize = 4;
+    pub(in crate::layout) const WHEEL: usize = 5;
+    pub(in crate::layout) const COUNTER_STRIPES: usize = 6;
+    pub(in crate::layout) const DEDUP_ENTRIES: usize = 7;
+    pub(in crate::layout) const SHAPE: usize = 8;
+    pub(in crate::layout) const OFFSETS: usize = 12;
+    pub(in crate::layout) const TOTAL_BYTES: usize = 23;
+    pub(in crate::layout) const CONFIG: usize = 24;
+    pub(in crate::layout) const HASH: usize = 39;
+    pub(in crate::layout) const CREATED: usize = 41;
+    pub(in crate::layout) const BOOT_ID: usize = 42;
+    pub(in crate::layout) const PARTICIPANTS: usize = 44;
+    pub(in crate::layout) const PID_NAMESPACE: usize = 45;
 }
 
 /// The header's words in a mapped segment.

@@ -6,27 +6,10 @@
 //! engine code runs over a region on the heap (an in-process queue) or in a mapped segment
 //! (a queue shared by processes); only where the bytes come from differs.
 //!
-//! # Layout
-//!
-//! Sections follow each other in this order, each starting on a 128-byte boundary (a cache
-//! line pair), so no two sections share a line:
-//!
-//! | section        | type                 | count                      |
-//! |----------------|----------------------|----------------------------|
-//! | `shared`       | [`SharedWords`]      | 1                          |
-//! | `counters`     | `CounterStripe`      | [`STRIPES`]                |
-//! | `participants` | `Participant`        | [`PARTICIPANTS`]           |
-//! | `slot_headers` | `SlotHeader`         | capacity                   |
-//! | `payloads`     | `PayloadLine`        | capacity × lines per slot  |
-//! | `free_ring`    | `AtomicU64`          | 2 × capacity (room for the copies crash recovery may push) |
-//! | `ready_ring`   | `AtomicU64`          | 2 × capacity               |
-//! | `dead_ring`    | `AtomicU64`          | dead-letter capacity       |
-//! | `wheel_heads`  | `AtomicU64`          | wheel levels × 64          |
-//! | `wheel_next`   | `AtomicU64`          | 2 × capacity               |
-//! | `dedup`        | `Stripe`             | dedup stripes (0: off)     |
-//!
-//! All bytes start as zero, which is every section's empty state except the rings' and the
-//! wheel's words, which their `init` writes.
+//! The sections, their order, sizes and writers are drawn on the format page
+//! (`layout`'s module docs); [`Layout::new`] is the one place that computes them. (Twice
+//! the slots in the free and ready rings: room for every token plus the copies crash
+//! recovery may push.)
 //!
 //! Under loom the same sections are separate typed allocations (loom's atomics are not
 //! plain memory); the views handed to the engine are the same types either way.
