@@ -1,10 +1,11 @@
 //! Model-based property test: random sequences of publish / batch publish / receive / batch
-//! receive / ack / batch ack / nack / reject / extend / drop / advance-clock / redrive /
-//! pop-dead run against the queue and against a simple reference model. After every step, the
+//! receive / ack / batch ack / nack / nack with a delay / release / reject / extend / drop /
+//! advance-clock / redrive / pop-dead run against the queue and against a simple reference model. After every step, the
 //! invariants of ARCHITECTURE.md are checked:
 //! 1. every accepted message is in exactly one of ready, delayed, leased, dead or acked;
 //! 2. an ack succeeds at most once per message, and never with a stale receipt;
-//! 3. no message is delivered at or after its TTL, nor more often than `max_attempts`;
+//! 3. no message is delivered at or after its TTL, nor as an attempt past `max_attempts`
+//!    (a release hands a delivery back without using one up);
 //! 4. a duplicate id within the window is rejected, after the window accepted;
 //! 5. a full queue never overwrites: `Full` exactly when every slot is taken (by a message,
 //!    or by a delivery still borrowing a settled message's payload);
@@ -70,6 +71,10 @@ enum Op {
     /// `ack_batch` of the held deliveries these pick (each modulo the number left).
     AckBatch(Vec<usize>),
     Nack(usize),
+    /// `nack_with_delay` with this many milliseconds (0: at once).
+    NackDelay(usize, u64),
+    /// `release`: back at once, no attempt used up.
+    Release(usize),
     Reject(usize),
     Extend(usize),
     Drop(usize),
@@ -138,6 +143,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => any::<usize>().prop_map(Op::Ack),
         1 => proptest::collection::vec(any::<usize>(), 0..5).prop_map(Op::AckBatch),
         1 => any::<usize>().prop_map(Op::Nack),
+        1 => (any::<usize>(), prop_oneof![Just(0u64), 1..300u64])
+            .prop_map(|(i, ms)| Op::NackDelay(i, ms)),
+        1 => any::<usize>().prop_map(Op::Release),
         1 => any::<usize>().prop_map(Op::Reject),
         1 => any::<usize>().prop_map(Op::Extend),
         1 => any::<usize>().prop_map(Op::Drop),
@@ -187,6 +195,7 @@ struct Model {
     dead: Vec<Vec<u64>>,
     acked: u64,
     nacked: u64,
+    released: u64,
     duplicates: u64,
     expired: u64,
     redelivered: u64,
@@ -379,6 +388,19 @@ impl Model {
         self.ready.retain(|group| !group.is_empty());
         for group in dead_groups {
             self.kill(group);
+        }
+    }
+
+    /// A leased message made ready now by its settle (a release, a nack with no delay): at
+    /// the tail, alone, or dead-lettered as expired if its TTL ran out.
+    fn ready_or_expired(&mut self, serial: u64, now: u64) {
+        let message = self.messages.get_mut(&serial).unwrap();
+        message.place = Where::Ready;
+        if now >= message.expires_at {
+            self.expired += 1;
+            self.kill(vec![serial]);
+        } else {
+            self.ready.push(vec![serial]);
         }
     }
 
@@ -733,7 +755,13 @@ fn run(ops: Vec<Op>) {
                     }
                 }
             }
-            Op::Ack(i) | Op::Nack(i) | Op::Reject(i) | Op::Drop(i) | Op::Extend(i) => {
+            Op::Ack(i)
+            | Op::Nack(i)
+            | Op::NackDelay(i, _)
+            | Op::Release(i)
+            | Op::Reject(i)
+            | Op::Drop(i)
+            | Op::Extend(i) => {
                 if held.is_empty() {
                     continue;
                 }
@@ -780,6 +808,28 @@ fn run(ops: Vec<Op>) {
                         failed(held.remove(index).delivery.reject("bad"));
                         if current {
                             model.kill(vec![serial]);
+                        }
+                    }
+                    Op::Release(_) => {
+                        failed(held.remove(index).delivery.release());
+                        if current {
+                            model.released += 1;
+                            message.attempts -= 1;
+                            model.ready_or_expired(serial, now);
+                        }
+                    }
+                    Op::NackDelay(_, ms) => {
+                        let delay = Duration::from_millis(ms);
+                        failed(held.remove(index).delivery.nack_with_delay("later", delay));
+                        if current {
+                            model.nacked += 1;
+                            if message.attempts >= MAX_ATTEMPTS {
+                                model.kill(vec![serial]);
+                            } else if ms == 0 {
+                                model.ready_or_expired(serial, now);
+                            } else {
+                                message.place = Where::Delayed { due: now + ms * MS };
+                            }
                         }
                     }
                     _ => {
@@ -876,6 +926,7 @@ fn run(ops: Vec<Op>) {
         assert_eq!(stats.delivered, model.next_lease, "delivered");
         assert_eq!(stats.redelivered, model.redelivered, "redelivered");
         assert_eq!(stats.nacked, model.nacked, "nacked");
+        assert_eq!(stats.released, model.released, "released");
         assert_eq!(stats.duplicates, model.duplicates, "duplicates");
         assert_eq!(stats.expired, model.expired, "expired");
         assert_eq!(stats.dead_lettered, model.dead_lettered, "dead-lettered");

@@ -101,8 +101,8 @@ fn run(command: Command) -> Result<(), ackring::ShmError> {
                 s.published, s.duplicates, s.expired
             );
             println!(
-                "delivered    {}   redelivered {}",
-                s.delivered, s.redelivered
+                "delivered    {}   redelivered {}   released {}",
+                s.delivered, s.redelivered, s.released
             );
             println!(
                 "acked        {}   nacked {}   dead-lettered {}   discarded {}",

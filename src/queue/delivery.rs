@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 use crate::base::clock::{nanos, Clock};
 use crate::base::id::MessageId;
 use crate::base::sync::Ordering;
+use crate::engine::counters::Counter;
 use crate::engine::slots::State;
 use crate::engine::wheel::Timer;
 use crate::error::SettleError;
@@ -141,10 +142,73 @@ impl<'q, C: Clock> Delivery<'q, C> {
     /// [`SettleError::LeaseLost`] if the lease ran out first.
     pub fn nack(mut self, error: &str) -> Result<(), SettleError> {
         self.settled = true;
-        self.nack_inner(error)
+        self.nack_inner(error, None)
     }
 
-    fn nack_inner(&self, error: &str) -> Result<(), SettleError> {
+    /// Failed with `error`: retried after `delay` instead of the backoff (as NATS's `Nak`
+    /// with a delay), or dead-lettered if this was the last allowed attempt, as
+    /// [`nack`](Self::nack). A zero delay queues it again at once, at the back.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ackring::{clock::ManualClock, Queue, QueueConfig};
+    ///
+    /// let clock = ManualClock::new();
+    /// let queue = Queue::with_clock(QueueConfig::new(8, 16), clock.clone())?;
+    /// queue.publish(b"call the bank")?;
+    /// let delivery = queue.try_receive().expect("ready");
+    /// delivery.nack_with_delay("the bank opens at nine", Duration::from_secs(60))?;
+    /// clock.advance(Duration::from_secs(59));
+    /// assert!(queue.try_receive().is_none(), "not before the delay");
+    /// clock.advance(Duration::from_secs(1));
+    /// assert_eq!(queue.try_receive().expect("retried").attempt(), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`SettleError::LeaseLost`] if the lease ran out first.
+    pub fn nack_with_delay(mut self, error: &str, delay: Duration) -> Result<(), SettleError> {
+        self.settled = true;
+        self.nack_inner(error, Some(delay))
+    }
+
+    /// Hands the message back now, at the back of the ready queue, without using up an
+    /// attempt (as SQS's `ChangeMessageVisibility` to 0, or Redis's `XNACK`): for a
+    /// consumer that cannot take the message now (shutting down, overloaded), not one that
+    /// failed on it. Its next delivery has this delivery's attempt number. Past its TTL it
+    /// is dead-lettered (or dropped) instead, as a nack's retry would be.
+    ///
+    /// ```
+    /// use ackring::{Queue, QueueConfig};
+    ///
+    /// let queue = Queue::new(QueueConfig::new(8, 16))?;
+    /// queue.publish(b"resize image 7")?;
+    /// let delivery = queue.try_receive().expect("ready");
+    /// delivery.release()?; // shutting down: someone else takes it
+    /// let again = queue.try_receive().expect("ready again, at once");
+    /// assert_eq!(again.attempt(), 1);
+    /// assert_eq!(queue.stats().released, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`SettleError::LeaseLost`] if the lease ran out first.
+    pub fn release(mut self) -> Result<(), SettleError> {
+        self.settled = true;
+        let _lease_version = self.begin_settling()?;
+        let meta = self.queue.store().meta(self.slot).expect("in range");
+        // The receive counted this delivery as an attempt: uncount it.
+        meta.attempts
+            .store(u64::from(self.attempt.saturating_sub(1)), Ordering::Relaxed);
+        self.finish_settling(State::Ready);
+        self.queue.counters().bump(Counter::Released);
+        let now = self.queue.now();
+        self.queue
+            .ready_or_expired(self.slot, meta, self.receipt, now);
+        Ok(())
+    }
+
+    fn nack_inner(&self, error: &str, delay: Option<Duration>) -> Result<(), SettleError> {
         let _lease_version = self.begin_settling()?;
         self.queue.note_nacked();
         if self.attempt >= self.queue.config().max_attempts {
@@ -159,7 +223,7 @@ impl<'q, C: Clock> Delivery<'q, C> {
         }
         let meta = self.queue.store().meta(self.slot).expect("in range");
         meta.set_reason(error);
-        let wait = nanos(self.queue.retry_wait(self.attempt));
+        let wait = nanos(delay.unwrap_or_else(|| self.queue.retry_wait(self.attempt)));
         if wait == 0 {
             // Queued at once, unless its TTL ran out meanwhile (dead-lettered, as a timer
             // ending a backoff would).
@@ -246,7 +310,7 @@ impl<C: Clock> Drop for Delivery<'_, C> {
     fn drop(&mut self) {
         if !self.settled {
             // Documented: an unsettled delivery is a nack; a lost lease needs nothing more.
-            let _ = self.nack_inner("dropped");
+            let _ = self.nack_inner("dropped", None);
         }
         if self.pinned {
             self.queue.unpin(self.slot);

@@ -285,6 +285,113 @@ fn nack_retries_after_the_backoff_then_dead_letters_with_the_error() {
 }
 
 #[test]
+fn nack_with_delay_retries_after_its_delay_not_the_backoff() {
+    let config = QueueConfig {
+        max_attempts: 2,
+        ..QueueConfig::new(4, 32)
+    };
+    let (queue, clock) = queue_with(config);
+    queue.publish(b"later").unwrap();
+    let first = queue.try_receive().unwrap();
+    first
+        .nack_with_delay("not yet", Duration::from_secs(5))
+        .unwrap();
+    clock.advance(Duration::from_millis(100));
+    assert!(
+        queue.try_receive().is_none(),
+        "the backoff (100 ms) is not used"
+    );
+    clock.advance(Duration::from_millis(4899));
+    assert!(queue.try_receive().is_none(), "before its delay");
+    clock.advance(Duration::from_millis(1));
+    let second = queue.try_receive().expect("after its delay");
+    assert_eq!(
+        second.attempt(),
+        2,
+        "a nack with a delay uses up an attempt"
+    );
+    // The last allowed attempt: dead-lettered, whatever the delay.
+    second
+        .nack_with_delay("still not", Duration::from_secs(5))
+        .unwrap();
+    let dead = queue.dead_letters();
+    assert_eq!(
+        (dead.len(), dead[0].reason, dead[0].error.as_str()),
+        (1, DeadReason::AttemptsExhausted, "still not")
+    );
+    assert_eq!(queue.stats().nacked, 2);
+}
+
+#[test]
+fn nack_with_no_delay_queues_at_the_back_at_once() {
+    let (queue, _) = queue(4);
+    queue.publish(b"a").unwrap();
+    queue.publish(b"b").unwrap();
+    let a = queue.try_receive().unwrap();
+    a.nack_with_delay("again", Duration::ZERO).unwrap();
+    assert_eq!(queue.try_receive().unwrap().payload(), b"b");
+    let again = queue.try_receive().expect("a, behind b, at once");
+    assert_eq!((again.payload(), again.attempt()), (&b"a"[..], 2));
+}
+
+#[test]
+fn release_hands_a_message_back_at_once_without_using_an_attempt() {
+    let config = QueueConfig {
+        max_attempts: 1,
+        ..QueueConfig::new(4, 32)
+    };
+    let (queue, _) = queue_with(config);
+    queue.publish(b"a").unwrap();
+    queue.publish(b"b").unwrap();
+    // With one attempt allowed, any use of an attempt would dead-letter it.
+    for _ in 0..5 {
+        let a = queue.try_receive().unwrap();
+        assert_eq!((a.payload(), a.attempt()), (&b"a"[..], 1));
+        a.release().unwrap();
+        let b = queue.try_receive().expect("b: a went to the back");
+        assert_eq!((b.payload(), b.attempt()), (&b"b"[..], 1));
+        b.release().unwrap();
+    }
+    let stats = queue.stats();
+    assert_eq!(
+        (stats.released, stats.redelivered, stats.nacked, stats.dead),
+        (10, 0, 0, 0)
+    );
+    assert_eq!(stats.ready, 2);
+    queue.try_receive().unwrap().ack().unwrap();
+    assert!(queue.dead_letters().is_empty());
+}
+
+#[test]
+fn release_after_the_lease_ran_out_fails_and_a_release_past_the_ttl_dead_letters() {
+    let (queue, clock) = queue(4);
+    queue.publish(b"slow").unwrap();
+    let late = queue.try_receive().unwrap();
+    clock.advance(LEASE);
+    queue.tick();
+    assert!(matches!(late.release(), Err(SettleError::LeaseLost { .. })));
+
+    let short = PublishOptions {
+        ttl: Some(Duration::from_secs(1)),
+        ..PublishOptions::default()
+    };
+    queue.publish_with(b"short-lived", short).unwrap();
+    let _slow = queue.try_receive().unwrap(); // the first message's second delivery
+    let delivery = queue.try_receive().unwrap();
+    clock.advance(Duration::from_secs(1));
+    delivery.release().unwrap();
+    assert!(
+        queue.try_receive().is_none(),
+        "never delivered past its TTL"
+    );
+    let dead = queue.dead_letters();
+    assert_eq!(
+        (dead.len(), dead[0].reason, dead[0].payload.as_slice()),
+        (1, DeadReason::Expired, &b"short-lived"[..])
+    );
+}
+
+#[test]
 fn reject_dead_letters_at_once() {
     let (queue, _) = queue(4);
     queue.publish_with(b"poison", id(5)).unwrap();
