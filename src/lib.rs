@@ -49,15 +49,20 @@ pub mod ring;
 pub mod shm;
 
 pub use base::clock;
-pub use base::clock::MonotonicClock;
-pub use base::id::MessageId;
 pub use engine::dedup;
-pub use error::{ConfigError, ShmError};
-pub use queue::{
-    BatchAckError, BatchPublishError, Delivery, PublishError, PublishOptions, Queue, QueueConfig,
-    ReadyMessage, SettleError,
+
+// The whole public surface, at the root.
+pub use base::clock::{Clock, ManualClock, MonotonicClock};
+pub use base::id::MessageId;
+pub use engine::dedup::{DedupConfigError, DedupError, DedupWindow};
+pub use error::{
+    BatchAckError, BatchPublishError, ConfigError, PublishError, SettleError, ShmError,
 };
-pub use ring::{Ring, TokenRing};
+pub use queue::{
+    DeadLetter, DeadReason, Delivery, ExpiryPolicy, FullPolicy, OwnedDelivery, PublishOptions,
+    Queue, QueueConfig, ReadyMessage, RetryBackoff, Stats, LEASE_RAN_OUT,
+};
+pub use ring::{CapacityError, Full, Ring, RingMemoryError, TokenRing, TokenRingError};
 
 /// The README's example is compiled and run as a doc test, so it stays true.
 #[cfg(doctest)]

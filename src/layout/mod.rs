@@ -91,6 +91,7 @@ pub(crate) mod shared;
 /// the futex word; 9, a receive takes its slot before writing the lease, and recovery's
 /// `recovered` word carries a flag; 10, a slot taken to write its fields is in the new
 /// state `Taken` (`Settling` is only a lease being changed).
+#[cfg_attr(loom, allow(dead_code))] // read by `header`, which loom builds leave out
 pub(crate) const FORMAT_VERSION: u64 = 10;
 
 /// The size and alignment of every type laid in a section, as the table above gives them:

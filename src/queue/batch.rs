@@ -16,6 +16,7 @@ use crate::liveness::SleepsOn;
 use crate::queue::publish::{Outgoing, PublishOptions};
 use crate::queue::receive::Lease;
 use crate::queue::slot_moves::split;
+use crate::queue::waiting::{Change, Wakes};
 use crate::queue::{Delivery, Queue};
 
 /// Messages a batch takes from a ring before working on them: enough to overlap their
@@ -139,7 +140,7 @@ impl<C: Clock> Queue<C> {
             if readied > 0 {
                 // (Delayed ones woke the sleepers as their timers went in.)
                 self.push_tokens(self.ready(), &ready[..readied]);
-                self.ready_signal().notify_after_push();
+                self.notify(Change::Pushed(Wakes::Receivers));
             }
             // Counted chunk by chunk: the caller's `AsRef` may panic before the end.
             self.counters()
@@ -272,7 +273,7 @@ impl<C: Clock> Queue<C> {
     fn push_free_tokens(&self, tokens: &[u32]) {
         if !tokens.is_empty() {
             self.push_tokens(self.free(), tokens);
-            self.room_signal().notify_after_push();
+            self.notify(Change::Pushed(Wakes::Publishers));
         }
     }
 

@@ -1,8 +1,10 @@
 //! [`Delivery`]: a received message under lease, to be settled once.
 
+use std::ops::Deref;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::base::clock::{nanos, Clock};
+use crate::base::clock::{nanos, Clock, MonotonicClock};
 use crate::base::id::MessageId;
 use crate::base::sync::Ordering;
 use crate::engine::counters::Counter;
@@ -23,8 +25,12 @@ use crate::queue::{system_time, Queue};
 /// copied; it stays valid while the `Delivery` lives, even if the lease runs out meanwhile.
 /// From a shared segment it is copied at receive (with atomic loads), since a process that
 /// breaks the protocol could write the bytes under a borrow.
+///
+/// A `Delivery<'q, C>` from [`Queue::try_receive`] borrows the queue; an
+/// [`OwnedDelivery`] from [`Queue::try_receive_owned`] holds an `Arc` of it instead, so it
+/// can move into a `'static` thread or task. Both settle the same way.
 pub struct Delivery<'q, C: Clock> {
-    queue: &'q Queue<C>,
+    queue: Handle<'q, C>,
     pub(super) slot: u32,
     /// The slot generation of this lease: settling CASes only from `Leased(receipt)`.
     receipt: u32,
@@ -33,15 +39,95 @@ pub struct Delivery<'q, C: Clock> {
     payload_len: usize,
     /// The payload, copied, when the queue is in a shared segment.
     copied: Option<CopiedPayload>,
-    /// On the queue's clock.
-    published_at: u64,
     lease_deadline: u64,
     settled: bool,
     /// Still holds its pin on the slot (an ack drops it in its own CAS).
     pinned: bool,
 }
 
+/// A delivery that owns a share of its queue (see [`Queue::try_receive_owned`]): `'static`,
+/// so it can move into another thread or an async task.
+pub type OwnedDelivery<C = MonotonicClock> = Delivery<'static, C>;
+
+/// How a delivery reaches its queue.
+enum Handle<'q, C: Clock> {
+    Borrowed(&'q Queue<C>),
+    Shared(Arc<Queue<C>>),
+}
+
+impl<C: Clock> Deref for Handle<'_, C> {
+    type Target = Queue<C>;
+
+    #[inline]
+    fn deref(&self) -> &Queue<C> {
+        match self {
+            Handle::Borrowed(queue) => queue,
+            Handle::Shared(queue) => queue,
+        }
+    }
+}
+
+impl<C: Clock> Queue<C> {
+    /// [`try_receive`](Self::try_receive) for a queue shared as an `Arc`: the delivery holds
+    /// a clone of the `Arc`, so it can move into a `'static` thread or task, and settles as
+    /// a borrowed one does.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use ackring::{Queue, QueueConfig};
+    ///
+    /// let queue = Arc::new(Queue::new(QueueConfig::new(8, 16))?);
+    /// queue.publish(b"render page 3")?;
+    /// let delivery = queue.try_receive_owned().expect("ready");
+    /// let worker = std::thread::spawn(move || {
+    ///     assert_eq!(delivery.payload(), b"render page 3");
+    ///     delivery.ack()
+    /// });
+    /// worker.join().unwrap()?;
+    /// assert_eq!(queue.stats().acked, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn try_receive_owned(self: &Arc<Self>) -> Option<OwnedDelivery<C>> {
+        let delivery = self.try_receive()?;
+        Some(delivery.into_owned(Arc::clone(self)))
+    }
+
+    /// [`receive_timeout`](Self::receive_timeout), for a queue shared as an `Arc` (see
+    /// [`try_receive_owned`](Self::try_receive_owned)).
+    pub fn receive_timeout_owned(self: &Arc<Self>, timeout: Duration) -> Option<OwnedDelivery<C>> {
+        let delivery = self.receive_timeout(timeout)?;
+        Some(delivery.into_owned(Arc::clone(self)))
+    }
+
+    /// [`receive`](Self::receive), for a queue shared as an `Arc` (see
+    /// [`try_receive_owned`](Self::try_receive_owned)).
+    pub fn receive_owned(self: &Arc<Self>) -> OwnedDelivery<C> {
+        self.receive().into_owned(Arc::clone(self))
+    }
+}
+
 impl<'q, C: Clock> Delivery<'q, C> {
+    /// The same lease, holding `queue` (its own queue) instead of a borrow.
+    fn into_owned(mut self, queue: Arc<Queue<C>>) -> OwnedDelivery<C> {
+        debug_assert!(std::ptr::eq(&*self.queue, &*queue));
+        let owned = Delivery {
+            queue: Handle::Shared(queue),
+            slot: self.slot,
+            receipt: self.receipt,
+            attempt: self.attempt,
+            id: self.id,
+            payload_len: self.payload_len,
+            copied: self.copied.take(),
+            lease_deadline: self.lease_deadline,
+            settled: self.settled,
+            pinned: self.pinned,
+        };
+        // The lease and the pin moved to `owned`: dropping `self` must not settle or unpin.
+        self.settled = true;
+        self.pinned = false;
+        owned
+    }
+
     /// Wraps a lease just taken (the slot is pinned for us).
     pub(super) fn new(
         queue: &'q Queue<C>,
@@ -55,14 +141,13 @@ impl<'q, C: Clock> Delivery<'q, C> {
             (meta.payload_len.load(Ordering::Relaxed) as usize).min(queue.config().max_payload);
         let copied = (!queue.trusted).then(|| CopiedPayload::of(queue, slot, payload_len));
         Self {
-            queue,
+            queue: Handle::Borrowed(queue),
             slot,
             receipt,
             attempt,
             id: MessageId(meta.id.load(Ordering::Relaxed)),
             payload_len,
             copied,
-            published_at: meta.published_at.load(Ordering::Relaxed),
             lease_deadline,
             settled: false,
             pinned: true,
@@ -93,7 +178,14 @@ impl<'q, C: Clock> Delivery<'q, C> {
 
     /// When the message was published.
     pub fn published_at(&self) -> SystemTime {
-        system_time(self.queue.unix_time(self.published_at))
+        // Read from the slot, not kept here (a `Delivery` stays within 128 bytes: see the
+        // size assert below): pinned, the slot still holds this message's fields.
+        let published_at = self
+            .queue
+            .store()
+            .meta(self.slot)
+            .map_or(0, |meta| meta.published_at.load(Ordering::Relaxed));
+        system_time(self.queue.unix_time(published_at))
     }
 
     /// When the lease runs out, on the queue's clock (nanoseconds).
@@ -105,20 +197,27 @@ impl<'q, C: Clock> Delivery<'q, C> {
     ///
     /// # Errors
     /// [`SettleError::LeaseLost`] if the lease ran out first.
-    pub fn ack(self) -> Result<(), SettleError> {
-        let queue = self.queue;
-        if let Some(free) = self.ack_quietly()? {
-            queue.push_free(free);
+    pub fn ack(mut self) -> Result<(), SettleError> {
+        let freed = self.ack_in_place()?;
+        if let Some(free) = freed {
+            self.queue.push_free(free);
         }
-        queue.note_acked();
+        self.queue.note_acked();
         Ok(())
     }
 
-    /// The ack's state change without its bookkeeping: frees the slot and drops our pin in
-    /// one CAS (`self` is consumed: nothing borrows the payload any more). Returns the
-    /// slot's free token if the slot may go back to the free ring now (no other delivery
-    /// pins it), for the caller to push; the caller counts the ack.
+    /// The ack's state change without its bookkeeping, for a batch ack (see
+    /// [`ack_in_place`](Self::ack_in_place)).
     pub(super) fn ack_quietly(mut self) -> Result<Option<u32>, SettleError> {
+        self.ack_in_place()
+    }
+
+    /// Frees the slot and drops our pin in one CAS. Only for callers that consume the
+    /// delivery (nothing borrows the payload any more), which keep it, and so its queue,
+    /// alive until they are done. Returns the slot's free token if the slot may go back to
+    /// the free ring now (no other delivery pins it), for the caller to push; the caller
+    /// counts the ack.
+    fn ack_in_place(&mut self) -> Result<Option<u32>, SettleError> {
         self.settled = true;
         let freed = self
             .queue
@@ -132,7 +231,7 @@ impl<'q, C: Clock> Delivery<'q, C> {
 
     /// Whether this delivery came from `queue`.
     pub(super) fn is_from(&self, queue: &Queue<C>) -> bool {
-        std::ptr::eq(self.queue, queue)
+        std::ptr::eq(&*self.queue, queue)
     }
 
     /// Failed with `error`: retried after the backoff for this attempt, or dead-lettered

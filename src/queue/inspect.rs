@@ -37,10 +37,11 @@ pub(super) struct Snapshot {
 }
 
 impl<C: Clock> Queue<C> {
-    /// Diagnostics: the wake-up system calls made so far on the (ready, room) signals, by
-    /// every process, modulo 2^31 (see `src/engine/wait.rs`). With no thread asleep, publishes
-    /// and acks make none, but for one per signal after sleepers that were killed.
-    #[doc(hidden)]
+    /// A diagnostic: the wake-up system calls (`FUTEX_WAKE`) made so far on the queue's two
+    /// signals, (receivers waiting for a message, publishers waiting for room), by every
+    /// process, modulo 2^31. With no thread asleep, publishes and acks make none, but one
+    /// per signal after sleepers that were killed (see `src/engine/wait.rs`): a count that
+    /// grows with every publish means wake-ups are being wasted.
     pub fn wake_up_calls(&self) -> (u32, u32) {
         (
             self.ready_signal().wake_ups(),

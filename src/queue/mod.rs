@@ -59,7 +59,7 @@ pub use crate::engine::counters::Stats;
 pub use crate::error::{BatchAckError, BatchPublishError, ConfigError, PublishError, SettleError};
 pub use crate::layout::config::{ExpiryPolicy, FullPolicy, QueueConfig, RetryBackoff};
 pub use dead_letters::{DeadLetter, DeadReason, LEASE_RAN_OUT};
-pub use delivery::Delivery;
+pub use delivery::{Delivery, OwnedDelivery};
 pub use inspect::ReadyMessage;
 pub use publish::PublishOptions;
 

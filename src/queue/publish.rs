@@ -12,6 +12,7 @@ use crate::engine::slots::State;
 use crate::engine::wheel::Timer;
 use crate::error::PublishError;
 use crate::queue::slot_moves::{pop, push, split, token};
+use crate::queue::waiting::{Change, Wakes};
 use crate::queue::{FullPolicy, Queue};
 
 /// How many ids ahead a publish guesses: it prefetches the dedup stripe of its own id
@@ -258,6 +259,6 @@ impl<C: Clock> Queue<C> {
         // The ready ring has a place for every slot, and a slot has at most one ready token.
         let pushed = push(self.ready(), ready);
         self.invariant(pushed, "ready ring holds every slot");
-        self.ready_signal().notify_after_push();
+        self.notify(Change::Pushed(Wakes::Receivers));
     }
 }

@@ -4,6 +4,7 @@
 use crate::base::clock::Clock;
 use crate::engine::index_ring::IndexRing;
 use crate::engine::slots::{State, Word};
+use crate::queue::waiting::{Change, Wakes};
 use crate::queue::Queue;
 
 /// A slot's token in a ring: its index and the low 8 bits of its generation. Whoever pops
@@ -86,7 +87,7 @@ impl<C: Clock> Queue<C> {
     pub(super) fn push_free(&self, free: u32) {
         let pushed = push(self.free(), free);
         self.invariant(pushed, "free ring holds every slot");
-        self.room_signal().notify_after_push();
+        self.notify(Change::Pushed(Wakes::Publishers));
     }
 
     /// Drops a pin of ours, freeing the slot if it was the last pin of a freed slot.

@@ -1211,3 +1211,47 @@ fn a_message_shows_its_publish_time_whenever_and_by_whom_it_is_read() {
         dead[0].dead_at
     );
 }
+
+#[test]
+fn an_owned_delivery_keeps_its_queue_alive_and_settles_from_another_thread() {
+    let clock = ManualClock::new();
+    let queue = std::sync::Arc::new(Queue::with_clock(QueueConfig::new(4, 16), clock).unwrap());
+    queue.publish(b"a").unwrap();
+    queue.publish(b"b").unwrap();
+    queue.publish(b"c").unwrap();
+    let a = queue.try_receive_owned().unwrap();
+    let b = queue.try_receive_owned().unwrap();
+    let c = queue.try_receive_owned().unwrap();
+    let watcher = std::sync::Arc::downgrade(&queue);
+    drop(queue); // the deliveries hold the queue now
+    let worker = std::thread::spawn(move || {
+        assert_eq!((a.payload(), b.payload()), (&b"a"[..], &b"b"[..]));
+        a.ack().unwrap();
+        b.nack("later").unwrap();
+        c // dropped unsettled below: a nack
+    });
+    let c = worker.join().unwrap();
+    let queue = watcher.upgrade().expect("alive while a delivery holds it");
+    drop(c);
+    let stats = queue.stats();
+    assert_eq!((stats.acked, stats.nacked, stats.delayed), (1, 2, 2));
+}
+
+#[test]
+fn owned_deliveries_ack_in_a_batch_and_a_lost_lease_is_named() {
+    let (queue, clock) = queue(4);
+    let queue = std::sync::Arc::new(queue);
+    queue.publish_with(b"kept", id(1)).unwrap();
+    let lost = queue.try_receive_owned().unwrap();
+    clock.advance(LEASE);
+    queue.tick();
+    let kept = queue.try_receive_owned().expect("delivered again");
+    assert_eq!(
+        queue.ack_batch([lost]),
+        Err(BatchAckError {
+            lost: vec![MessageId(1)]
+        })
+    );
+    queue.ack_batch([kept]).unwrap();
+    assert_eq!(queue.stats().acked, 1);
+}

@@ -6,6 +6,7 @@ use crate::base::sync::Ordering;
 use crate::engine::slots::{Meta, State, TransitionError};
 use crate::engine::wheel::{node, split_node, Refire, Timer};
 use crate::queue::slot_moves::split;
+use crate::queue::waiting::Change;
 use crate::queue::Queue;
 
 /// The most expired messages one wheel run takes off the head of the ready queue (see
@@ -63,7 +64,7 @@ impl<C: Clock> Queue<C> {
             // A sleeper that looked at the timers while this run held some of them
             // detached did not see them: wake it to look again (`wait`'s protocol).
             if relinked {
-                self.ready_signal().notify();
+                self.notify(Change::TimersMoved);
             }
             self.expire_at_head(now);
             self.recover_if_needed(now);
@@ -192,6 +193,6 @@ impl<C: Clock> Queue<C> {
     /// (`wait`'s protocol).
     pub(crate) fn schedule_timer(&self, slot: u32, timer: Timer, due: u64) {
         self.wheel().schedule(node(slot, timer), due);
-        self.ready_signal().notify();
+        self.notify(Change::TimersMoved);
     }
 }

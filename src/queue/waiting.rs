@@ -69,6 +69,26 @@ pub(super) fn look_while_spinning<T>(
     }
 }
 
+/// Who waits for a change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Wakes {
+    /// Receivers, for a ready message.
+    Receivers,
+    /// Publishers of a full queue, for a free slot.
+    Publishers,
+}
+
+/// A change someone may be waiting for (see `Queue::notify`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Change {
+    /// Tokens went into the ready ring (receivers) or the free ring (publishers). The
+    /// ring's SeqCst slot CAS orders the push before the wake-up's look at the signal.
+    Pushed(Wakes),
+    /// A timer was linked, or a run relinked timers it had detached: a sleeping receiver
+    /// may need an earlier deadline. No push orders this change, so a fence does.
+    TimersMoved,
+}
+
 impl<C: Clock> Queue<C> {
     /// A free slot once one frees up within `timeout`: the queue was full.
     ///
@@ -93,6 +113,18 @@ impl<C: Clock> Queue<C> {
                 None
             })
         })
+    }
+
+    /// Tells whoever may be waiting that `change` happened: the one place a change wakes
+    /// sleepers (today the region's futex signals, shared with other processes; an async
+    /// waker list would hang here too).
+    #[inline]
+    pub(super) fn notify(&self, change: Change) {
+        match change {
+            Change::Pushed(Wakes::Receivers) => self.ready_signal().notify_after_push(),
+            Change::Pushed(Wakes::Publishers) => self.room_signal().notify_after_push(),
+            Change::TimersMoved => self.ready_signal().notify(),
+        }
     }
 
     pub(super) fn ready_signal(&self) -> &Signal {

@@ -57,6 +57,7 @@ use crate::engine::wheel::{node, Timer};
 use crate::layout::shared::RecoveryWords;
 use crate::liveness::OwnerTag;
 use crate::queue::slot_moves::token;
+use crate::queue::waiting::Change;
 use crate::queue::Queue;
 
 /// How often the ticker asks whether participants are still alive (each question reads a
@@ -295,7 +296,7 @@ impl<C: Clock> Queue<C> {
             }
         }
         if sweep.timers_relinked > 0 {
-            self.ready_signal().notify(); // sleepers decided their naps without these
+            self.notify(Change::TimersMoved); // sleepers decided their naps without these
         }
         Some(())
     }
