@@ -3,7 +3,7 @@
 //! or looking random) and dedup on, received with `try_receive` (the harness backing off
 //! between empty tries, as it does for the ring) or with the queue's own waiting
 //! (`receive_timeout`; and, in one peer, publishes into a full queue waiting in the queue
-//! too, `FullPolicy::Block`), against
+//! too, `publish_timeout`), against
 //! pushing and popping 64-byte arrays through `ackring::Ring`; one message per call, and in
 //! batches of [`BATCH`] (`publish_batch` / `try_receive_batch` / `ack_batch` against
 //! `push_batch` / `pop_batch`).
@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use ackring::queue::FullPolicy;
 use ackring::{MessageId, PublishOptions, Queue, QueueConfig, Ring};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use crossbeam_utils::Backoff;
@@ -169,30 +168,23 @@ fn with_id<P>(payload: P, id: MessageId) -> (P, PublishOptions) {
 }
 
 fn queue_config() -> QueueConfig {
-    QueueConfig {
+    Queue::builder(CAPACITY, PAYLOAD.len())
         // Dedup sized for the rate: ids live 100 ms, a million remembered.
-        dedup_window: Some(Duration::from_millis(100)),
-        dedup_capacity: 1 << 20,
-        ..QueueConfig::new(CAPACITY, PAYLOAD.len())
-    }
+        .dedup_window(Duration::from_millis(100))
+        .dedup_capacity(1 << 20)
+        .into_config()
 }
 
-/// [`queue_config`] with publishes into a full queue waiting in the queue
-/// (`FullPolicy::Block`) rather than failing back to the harness's backoff.
-fn waiting_queue_config() -> QueueConfig {
-    QueueConfig {
-        on_full: FullPolicy::Block(Duration::from_secs(1)),
-        ..queue_config()
-    }
-}
-
-/// How a queue peer's consumers wait for a message.
+/// How a queue peer's producers and consumers wait.
 #[derive(Clone, Copy)]
 enum Receive {
-    /// `try_receive`, with the harness's backoff between empty tries (as the ring's).
+    /// `try_publish` and `try_receive`, with the harness's backoff between tries that
+    /// failed (as the ring's).
     Try,
-    /// `receive_timeout`: the queue's own waiting.
+    /// `receive_timeout`: the queue's own waiting, for consumers.
     Blocking,
+    /// `publish_timeout` and `receive_timeout`: the queue's own waiting on both sides.
+    BothSides,
 }
 
 /// The queue moving one message per call: publish with an id from `ids`, then receive
@@ -208,7 +200,14 @@ fn queue_single(
             for _ in 0..count {
                 let (payload, options) = with_id(message(end), ids());
                 let backoff = Backoff::new();
-                while queue.publish_with(&payload, options).is_err() {
+                let published = |queue: &Queue| match receive {
+                    Receive::BothSides => {
+                        let wait = Duration::from_secs(1);
+                        queue.publish_timeout(&payload, options, wait).is_ok()
+                    }
+                    _ => queue.try_publish_with(&payload, options).is_ok(),
+                };
+                while !published(queue) {
                     backoff.snooze();
                 }
             }
@@ -217,7 +216,9 @@ fn queue_single(
             let delivery = match receive {
                 Receive::Try => queue.try_receive(),
                 // Short: a consumer whose partner took the last end marker waits it out.
-                Receive::Blocking => queue.receive_timeout(Duration::from_micros(100)),
+                Receive::Blocking | Receive::BothSides => {
+                    queue.receive_timeout(Duration::from_micros(100))
+                }
             }?;
             let end = black_box(delivery.payload())[0] == END;
             delivery.ack().expect("acked within the lease");
@@ -443,8 +444,8 @@ fn bench_pair(c: &mut Criterion, producers: usize, consumers: usize) {
         "64B publish-receive-ack, blocking receive",
         &|iters| runs(iters, producers, consumers, &blocking),
     );
-    let waiting_queue = Queue::new(waiting_queue_config()).unwrap();
-    let waiting = queue_single(&waiting_queue, fresh_id, Receive::Blocking);
+    let waiting_queue = Queue::new(queue_config()).unwrap();
+    let waiting = queue_single(&waiting_queue, fresh_id, Receive::BothSides);
     bench(
         "ackring::Queue",
         "64B publish-receive-ack, the queue's own waiting on both sides",
@@ -463,7 +464,7 @@ fn bench_pair(c: &mut Criterion, producers: usize, consumers: usize) {
             let mut sent = 0;
             let backoff = Backoff::new();
             while sent < count {
-                match queue.publish_batch_with(&messages[sent..]) {
+                match queue.try_publish_batch_with(&messages[sent..]) {
                     Ok(()) => sent = count,
                     Err(refused) => {
                         sent += refused.published;

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use ackring::clock::{Clock, MonotonicClock};
-use ackring::{MessageId, PublishOptions, Queue, QueueConfig, Ring};
+use ackring::{MessageId, PublishOptions, Queue, Ring};
 use hdrhistogram::Histogram;
 
 const MESSAGES: u64 = 200_000;
@@ -106,12 +106,11 @@ fn main() {
     );
     report("ackring::Ring<[u8; 64]> push -> pop", &histogram);
 
-    let config = QueueConfig {
-        dedup_window: Some(Duration::from_millis(100)),
-        dedup_capacity: 1 << 16,
-        ..QueueConfig::new(1024, 64)
-    };
-    let queue = Queue::new(config).expect("valid config");
+    let queue = Queue::builder(1024, 64)
+        .dedup_window(Duration::from_millis(100))
+        .dedup_capacity(1 << 16)
+        .build()
+        .expect("valid config");
     // Ids given, so that every publish goes through the dedup window (generated ones skip it).
     let next_id = std::sync::atomic::AtomicU64::new(0); // one sender at a time: no contention
     let publish = |stamp| {
@@ -121,7 +120,7 @@ fn main() {
             )),
             ..PublishOptions::default()
         };
-        while queue.publish_with(&stamped(stamp), options).is_err() {
+        while queue.try_publish_with(&stamped(stamp), options).is_err() {
             std::hint::spin_loop();
         }
     };

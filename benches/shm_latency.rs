@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ackring::clock::{Clock, MonotonicClock};
-use ackring::{MessageId, PublishOptions, Queue, QueueConfig};
+use ackring::{MessageId, PublishOptions, Queue};
 use hdrhistogram::Histogram;
 
 const LATENCY_MESSAGES: u64 = 100_000;
@@ -173,12 +173,11 @@ fn run(transport: Transport, paced: bool) -> String {
             output
         }
         Transport::QueueBusy | Transport::QueueBlocking => {
-            let config = QueueConfig {
-                dedup_window: Some(Duration::from_millis(100)),
-                dedup_capacity: 1 << 20,
-                ..QueueConfig::new(4096, 64)
-            };
-            let queue = Queue::create_shm(&name, config).expect("create");
+            let queue = Queue::builder(4096, 64)
+                .dedup_window(Duration::from_millis(100))
+                .dedup_capacity(1 << 20)
+                .create_shm(&name)
+                .expect("create");
             let mut receiver = spawn();
             // Wait for the receiver to have opened the queue.
             let mut ready = [0u8; 6];
@@ -196,7 +195,7 @@ fn run(transport: Transport, paced: bool) -> String {
                     id: Some(MessageId(i)),
                     ..PublishOptions::default()
                 };
-                while queue.publish_with(&message(now()), options).is_err() {
+                while queue.try_publish_with(&message(now()), options).is_err() {
                     std::hint::spin_loop();
                 }
             }

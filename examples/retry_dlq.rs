@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ackring::queue::{DeadReason, RetryBackoff};
-use ackring::{MessageId, PublishError, PublishOptions, Queue, QueueConfig};
+use ackring::{MessageId, PublishError, PublishOptions, Queue};
 
 const ORDERS: u64 = 200;
 const WORKERS: usize = 3;
@@ -48,19 +48,17 @@ fn handle(order: u64, attempt: u32) -> Result<(), &'static str> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let config = QueueConfig {
-        visibility_timeout: Duration::from_millis(500),
-        max_attempts: 3,
-        backoff: RetryBackoff::Exponential {
+    let queue = Queue::builder(256, 64)
+        .visibility_timeout(Duration::from_millis(500))
+        .max_attempts(3)
+        .backoff(RetryBackoff::Exponential {
             initial: FIRST_BACKOFF,
             multiplier: 2.0,
             max: Duration::from_millis(50),
             jitter: true,
-        },
-        dead_letter_capacity: 128,
-        ..QueueConfig::new(256, 64)
-    };
-    let queue = Queue::new(config)?;
+        })
+        .dead_letter_capacity(128)
+        .build()?;
     let started = Instant::now();
 
     // An order with a short TTL, published while no worker runs: it expires in the queue.

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use ackring::clock::{Clock, MonotonicClock};
 use ackring::queue::{DeadReason, RetryBackoff};
-use ackring::{MessageId, PublishError, PublishOptions, Queue, QueueConfig};
+use ackring::{MessageId, PublishError, PublishOptions, Queue, QueueBuilder};
 use hdrhistogram::Histogram;
 
 const PRODUCERS: u64 = 2;
@@ -43,21 +43,19 @@ const LEASE: Duration = Duration::from_millis(300);
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-fn config() -> QueueConfig {
-    QueueConfig {
-        visibility_timeout: LEASE,
-        max_attempts: 3,
-        backoff: RetryBackoff::Exponential {
+fn config() -> QueueBuilder {
+    Queue::builder(4096, 64)
+        .visibility_timeout(LEASE)
+        .max_attempts(3)
+        .backoff(RetryBackoff::Exponential {
             initial: Duration::from_millis(10),
             multiplier: 2.0,
             max: Duration::from_millis(100),
             jitter: true,
-        },
-        dead_letter_capacity: 1024,
+        })
+        .dead_letter_capacity(1024)
         // Every order id stays in the dedup window (2 minutes) for the whole tour.
-        dedup_capacity: 32 * 1024,
-        ..QueueConfig::new(4096, 64)
-    }
+        .dedup_capacity(32 * 1024)
 }
 
 fn order_id(order: u64) -> MessageId {
@@ -124,13 +122,8 @@ fn producer(name: &str, first: u64) -> Result<()> {
             id: Some(order_id(order)),
             ..PublishOptions::default()
         };
-        loop {
-            match queue.publish_with(&payload(order), options) {
-                Ok(_) => break,
-                Err(PublishError::Full { .. }) => std::thread::yield_now(),
-                Err(error) => return Err(error.into()),
-            }
-        }
+        // A full queue is waited on, asleep on the segment's futex until a slot frees up.
+        queue.publish_with(&payload(order), options)?;
     }
     Ok(())
 }
@@ -249,7 +242,7 @@ fn tour(keep: bool) -> Result<()> {
         dir: dir.clone(),
         children: Vec::new(),
     };
-    let queue = Queue::create_shm(&name, config())?;
+    let queue = config().create_shm(&name)?;
     let dir_arg = dir.to_str().ok_or("temp dir is not UTF-8")?;
     println!("segment /dev/shm/ackring.{name}: 4096 slots, leases of {LEASE:?}, 3 attempts\n");
     let started = Instant::now();

@@ -6,12 +6,61 @@ use std::path::PathBuf;
 
 use crate::base::id::MessageId;
 
-/// A configuration a queue cannot be built with.
+/// A configuration a queue cannot be built with: the first setting found wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("invalid queue configuration: {problem}")]
-pub struct ConfigError {
-    /// What is wrong, and how to fix it.
-    pub problem: &'static str,
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `capacity` is 0 or above the most a queue holds.
+    #[error("invalid queue configuration: capacity must be between 1 and {max}")]
+    Capacity {
+        /// The most messages a queue holds (ring tokens keep 24 bits of slot index).
+        max: u32,
+    },
+    /// `max_payload` does not fit in 32 bits.
+    #[error("invalid queue configuration: max_payload must be at most {max} bytes")]
+    MaxPayload {
+        /// The largest payload a slot can be sized for.
+        max: u64,
+    },
+    /// `max_attempts` is 0.
+    #[error("invalid queue configuration: max_attempts must be at least 1")]
+    MaxAttempts,
+    /// `visibility_timeout` is zero.
+    #[error("invalid queue configuration: visibility_timeout must be longer than zero")]
+    VisibilityTimeout,
+    /// `dead_letter_capacity` is 0 or above `capacity` (dead letters occupy slots).
+    #[error("invalid queue configuration: dead_letter_capacity must be between 1 and capacity")]
+    DeadLetterCapacity,
+    /// `dedup_window` is zero; turn dedup off with `None` instead.
+    #[error(
+        "invalid queue configuration: dedup_window must be longer than zero, or None for no dedup"
+    )]
+    DedupWindow,
+    /// `dedup_capacity` is 0 or above the most ids a window can be sized for.
+    #[error(
+        "invalid queue configuration: dedup_capacity must be between 1 and {max} ids (or dedup off)"
+    )]
+    DedupCapacity {
+        /// The most ids a dedup window may be sized for.
+        max: u64,
+    },
+    /// `timer_tick` is zero or longer than the longest tick.
+    #[error(
+        "invalid queue configuration: timer_tick must be longer than zero and at most {max:?}"
+    )]
+    TimerTick {
+        /// The longest tick (a longer one could stop every timer on a young host).
+        max: std::time::Duration,
+    },
+    /// An exponential backoff's multiplier is below 1 (or not a number).
+    #[error("invalid queue configuration: an exponential backoff's multiplier must be at least 1")]
+    BackoffMultiplier,
+    /// The queue would need more memory than the address space holds.
+    #[error(
+        "invalid queue configuration: capacity × max_payload (and the dedup window) need more \
+         memory than the address space holds"
+    )]
+    TooLarge,
 }
 
 /// Why a segment could not be created, opened or removed.

@@ -59,8 +59,8 @@ pub use error::{
     BatchAckError, BatchPublishError, ConfigError, PublishError, SettleError, ShmError,
 };
 pub use queue::{
-    DeadLetter, DeadReason, Delivery, ExpiryPolicy, FullPolicy, OwnedDelivery, PublishOptions,
-    Queue, QueueConfig, ReadyMessage, RetryBackoff, Stats, LEASE_RAN_OUT,
+    DeadLetter, DeadReason, Delivery, ExpiryPolicy, OwnedDelivery, PublishOptions, Queue,
+    QueueBuilder, QueueConfig, ReadyMessage, RetryBackoff, Stats, LEASE_RAN_OUT,
 };
 pub use ring::{CapacityError, Full, Ring, RingMemoryError, TokenRing, TokenRingError};
 

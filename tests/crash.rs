@@ -16,7 +16,6 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use ackring::clock::{Clock, MonotonicClock};
-use ackring::queue::FullPolicy;
 use ackring::{MessageId, PublishError, PublishOptions, Queue, QueueConfig};
 
 const ROLE: &str = "ACKRING_CRASH_CHILD";
@@ -30,14 +29,12 @@ const VISIBILITY: Duration = Duration::from_millis(200);
 const SLACK: Duration = Duration::from_millis(1500);
 
 fn config(visibility_timeout: Duration, dedup_window: Duration) -> QueueConfig {
-    QueueConfig {
-        visibility_timeout,
-        dedup_window: Some(dedup_window),
-        max_attempts: 1000, // kills are not the messages' fault: no dead-lettering here
-        // Room for every id published within the window.
-        dedup_capacity: 1 << 20,
-        ..QueueConfig::new(1024, 32)
-    }
+    Queue::builder(1024, 32)
+        .visibility_timeout(visibility_timeout)
+        .dedup_window(dedup_window)
+        .max_attempts(1000) // kills are not the messages' fault: no dead-lettering here
+        .dedup_capacity(1 << 20) // room for every id published within the window
+        .into_config()
 }
 
 fn now() -> u64 {
@@ -175,7 +172,9 @@ fn child() {
                     ..PublishOptions::default()
                 };
                 loop {
-                    match queue.publish_with(b"crash test payload", options) {
+                    // Waits in the queue (asleep on its futex) for room, a while at a time.
+                    let wait = Duration::from_millis(300);
+                    match queue.publish_timeout(b"crash test payload", options, wait) {
                         Ok(_) => break,
                         Err(PublishError::Full { .. }) => std::thread::yield_now(),
                         Err(error) => panic!("publish {id}: {error}"),
@@ -237,7 +236,7 @@ fn publish(queue: &Queue, id: u64) {
     };
     let give_up = Instant::now() + Duration::from_secs(20);
     loop {
-        match queue.publish_with(b"crash test payload", options) {
+        match queue.try_publish_with(b"crash test payload", options) {
             Ok(_) => return,
             Err(PublishError::Full { .. }) if Instant::now() < give_up => {
                 queue.tick();
@@ -259,7 +258,7 @@ fn assert_every_slot_comes_back(queue: &Queue) {
     }
     assert!(
         matches!(
-            queue.publish(b"one too many"),
+            queue.try_publish(b"one too many"),
             Err(PublishError::Full { .. })
         ),
         "more slots than the capacity"
@@ -417,7 +416,7 @@ fn assert_no_sleeper_left_counted(queue: &Queue) {
             for _ in 0..3 {
                 let delivery = queue.try_receive().expect("a full queue");
                 delivery.ack().expect("acked within the lease");
-                queue.publish(b"no one asleep").expect("room just made");
+                queue.try_publish(b"no one asleep").expect("room just made");
             }
             let after = queue.wake_up_calls();
             let calls = (
@@ -441,8 +440,8 @@ fn assert_no_sleeper_left_counted(queue: &Queue) {
 
 /// Producers are killed at random moments, mid-publish, while the parent consumes: every
 /// publish that returned Ok is delivered (once), the segment stays usable, and the slots
-/// of publishes cut short come back. The queue makes a publish into a full queue wait
-/// (`FullPolicy::Block`), so kills also find producers asleep waiting for room, and they
+/// of publishes cut short come back. The producers' publishes wait in the queue for room
+/// (`Queue::publish_timeout`), so kills also find producers asleep waiting for room, and they
 /// must stop being counted asleep: with that uncounting switched off, this test saw 27
 /// left counted. (How many slept before a kill is printed, not asserted: it depends on
 /// the timing.)
@@ -456,11 +455,7 @@ fn producers_killed_mid_publish_leave_the_segment_consistent() {
     let scratch = Scratch::new("producers");
     // A lease long enough that the parent, draining, never loses one; a dedup window short
     // enough for the producers' rate.
-    let config = QueueConfig {
-        // Short enough for the last check, that a full queue refuses one more publish.
-        on_full: FullPolicy::Block(Duration::from_millis(300)),
-        ..config(Duration::from_secs(30), Duration::from_millis(250))
-    };
+    let config = config(Duration::from_secs(30), Duration::from_millis(250));
     let queue = Queue::create_shm(&scratch.name, config).unwrap();
     let mut most_publishers_asleep = 0;
     let mut logs = Vec::new();

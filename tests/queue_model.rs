@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use ackring::clock::{Clock, ManualClock};
 use ackring::queue::{BatchAckError, BatchPublishError, DeadReason, RetryBackoff};
-use ackring::{Delivery, MessageId, PublishError, PublishOptions, Queue, QueueConfig, SettleError};
+use ackring::{Delivery, MessageId, PublishError, PublishOptions, Queue, SettleError};
 use proptest::prelude::*;
 
 const MS: u64 = 1_000_000;
@@ -551,21 +551,20 @@ fn check_receive<'q>(
 
 fn run(ops: Vec<Op>) {
     let clock = ManualClock::new();
-    let config = QueueConfig {
-        visibility_timeout: Duration::from_millis(LEASE_MS),
-        max_attempts: MAX_ATTEMPTS,
-        backoff: RetryBackoff::Exponential {
+    let queue = Queue::builder(CAPACITY, MAX_PAYLOAD)
+        .visibility_timeout(Duration::from_millis(LEASE_MS))
+        .max_attempts(MAX_ATTEMPTS)
+        .backoff(RetryBackoff::Exponential {
             initial: Duration::from_millis(BACKOFF_MS),
             multiplier: BACKOFF_MULTIPLIER as f64,
             max: Duration::from_millis(BACKOFF_CAP_MS),
             jitter: false,
-        },
-        dedup_window: Some(Duration::from_millis(WINDOW_MS)),
-        dead_letter_capacity: CAPACITY,
-        dedup_capacity: 1024,
-        ..QueueConfig::new(CAPACITY, MAX_PAYLOAD)
-    };
-    let queue = Queue::with_clock(config, clock.clone()).unwrap();
+        })
+        .dedup_window(Duration::from_millis(WINDOW_MS))
+        .dead_letter_capacity(CAPACITY)
+        .dedup_capacity(1024)
+        .build_with_clock(clock.clone())
+        .unwrap();
     let mut model = Model::default();
     let mut held: Vec<Held<'_>> = Vec::new();
 
@@ -587,7 +586,7 @@ fn run(ops: Vec<Op>) {
                     ttl: ttl_ms.map(Duration::from_millis),
                     delay: delay_ms.map(Duration::from_millis),
                 };
-                let result = queue.publish_with(&serial.to_le_bytes(), options);
+                let result = queue.try_publish_with(&serial.to_le_bytes(), options);
                 model.sweep(now); // publish sweeps first
                 let expected = model.expect_publish(&held, Some(id), 8, ttl_ms, now);
                 assert_eq!(
@@ -646,9 +645,9 @@ fn run(ops: Vec<Op>) {
                             (payload.as_slice(), options)
                         })
                         .collect();
-                    queue.publish_batch_with(&messages)
+                    queue.try_publish_batch_with(&messages)
                 } else {
-                    queue.publish_batch(&payloads)
+                    queue.try_publish_batch(&payloads)
                 };
                 model.sweep(now); // a batch publish sweeps first
                                   // Invariant 6: single publishes in order, up to the first refusal.

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use ackring::clock::{Clock, ManualClock};
 use ackring::queue::{BatchAckError, BatchPublishError, PublishError, RetryBackoff};
-use ackring::{Delivery, MessageId, PublishOptions, Queue, QueueConfig};
+use ackring::{Delivery, MessageId, PublishOptions, Queue};
 
 /// Producers publishing one message at a time, with ids.
 const PRODUCERS: u64 = 2;
@@ -200,7 +200,7 @@ fn produce(queue: &Queue<ManualClock>, producer: u64, all_done: &AtomicBool) {
             if all_done.load(Ordering::Acquire) {
                 return;
             }
-            match queue.publish_with(&key.to_le_bytes(), options) {
+            match queue.try_publish_with(&key.to_le_bytes(), options) {
                 Ok(_) => break,
                 Err(PublishError::Full { .. }) => std::thread::yield_now(),
                 Err(other) => panic!("unexpected publish error {other}"),
@@ -238,9 +238,9 @@ fn produce_batches(queue: &Queue<ManualClock>, producer: u64, all_done: &AtomicB
                 return;
             }
             let result = if generates_ids(producer) {
-                queue.publish_batch(&payloads[sent..])
+                queue.try_publish_batch(&payloads[sent..])
             } else {
-                queue.publish_batch_with(&messages[sent..])
+                queue.try_publish_batch_with(&messages[sent..])
             };
             match result {
                 Ok(()) => sent = payloads.len(),
@@ -266,15 +266,14 @@ fn produce_batches(queue: &Queue<ManualClock>, producer: u64, all_done: &AtomicB
 #[test]
 fn every_message_is_acked_once_or_dead_lettered() {
     let clock = ManualClock::new();
-    let config = QueueConfig {
-        visibility_timeout: Duration::from_millis(50),
-        max_attempts: 3,
-        backoff: RetryBackoff::Fixed(Duration::from_millis(5)),
-        dead_letter_capacity: 64,
-        dedup_capacity: 16_384, // every id of the run stays inside the 2-minute window
-        ..QueueConfig::new(256, 16)
-    };
-    let queue = Queue::with_clock(config, clock.clone()).unwrap();
+    let queue = Queue::builder(256, 16)
+        .visibility_timeout(Duration::from_millis(50))
+        .max_attempts(3)
+        .backoff(RetryBackoff::Fixed(Duration::from_millis(5)))
+        .dead_letter_capacity(64)
+        .dedup_capacity(16_384) // every id of the run stays inside the 2-minute window
+        .build_with_clock(clock.clone())
+        .unwrap();
     let tally: Mutex<Tally> = Mutex::default();
     let batch_received = AtomicU64::new(0);
     let producers_done = AtomicBool::new(false);

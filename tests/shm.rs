@@ -27,10 +27,7 @@ impl Drop for Cleanup {
 }
 
 fn small_config() -> QueueConfig {
-    QueueConfig {
-        dedup_capacity: 256,
-        ..QueueConfig::new(64, 64)
-    }
+    Queue::builder(64, 64).dedup_capacity(256).into_config()
 }
 
 #[test]
@@ -66,11 +63,9 @@ fn a_window_and_ttl_of_584_years_or_more_survive_the_header() {
     // the segment was made, and then no one could open it.
     let name = name("forever");
     let _cleanup = Cleanup(name.clone());
-    let config = QueueConfig {
-        dedup_window: Some(Duration::MAX),
-        default_ttl: Some(Duration::MAX),
-        ..small_config()
-    };
+    let mut config = small_config();
+    config.dedup_window = Some(Duration::MAX);
+    config.default_ttl = Some(Duration::MAX);
     let creator = Queue::create_shm(&name, config).unwrap();
     let opener = Queue::open_shm(&name).expect("opens");
     assert!(opener.config().dedup_window.is_some());
@@ -105,10 +100,8 @@ fn names_that_exist_do_not_exist_or_are_invalid_are_typed_errors() {
             Err(ShmError::InvalidName { .. })
         ));
     }
-    let bad_config = QueueConfig {
-        max_attempts: 0,
-        ..small_config()
-    };
+    let mut bad_config = small_config();
+    bad_config.max_attempts = 0;
     assert!(matches!(
         Queue::create_shm(&format!("{name}-bad"), bad_config),
         Err(ShmError::Config(_))
@@ -302,7 +295,7 @@ fn random_bytes_in_the_region_never_panic_or_hang() {
             continue;
         };
         for _ in 0..50 {
-            let _ = queue.publish(b"probe");
+            let _ = queue.try_publish(b"probe");
             if let Some(delivery) = queue.try_receive() {
                 let _ = delivery.payload().len();
                 let _ = delivery.nack("probe");
@@ -332,7 +325,7 @@ fn child() {
             let from: u64 = parts[2].parse().unwrap();
             let count: u64 = parts[3].parse().unwrap();
             for n in from..from + count {
-                while queue.publish(&n.to_le_bytes()).is_err() {
+                while queue.try_publish(&n.to_le_bytes()).is_err() {
                     std::thread::yield_now();
                 }
             }

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use ackring::{Queue, QueueConfig};
+use ackring::Queue;
 use libfuzzer_sys::fuzz_target;
 
 /// A valid segment's bytes, and a scratch path to write patched copies to.
@@ -23,11 +23,10 @@ fn image() -> &'static (PathBuf, Vec<u8>) {
         };
         let original = scratch("original");
         let _ = std::fs::remove_file(&original);
-        let config = QueueConfig {
-            dedup_capacity: 64,
-            ..QueueConfig::new(8, 16)
-        };
-        let queue = Queue::create_file(&original, config).unwrap();
+        let queue = Queue::builder(8, 16)
+            .dedup_capacity(64)
+            .create_file(&original)
+            .unwrap();
         // Some state worth corrupting: ready, leased, delayed and dead messages.
         for n in 0u8..5 {
             queue.publish(&[n; 16]).unwrap();
@@ -67,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     for round in 0..8 {
-        let _ = queue.publish(&[round; 8]);
+        let _ = queue.try_publish(&[round; 8]);
         if let Some(delivery) = queue.try_receive() {
             let _ = delivery.payload().len();
             let _ = if round % 2 == 0 {

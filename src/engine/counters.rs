@@ -28,7 +28,7 @@ pub struct Stats {
     /// 20 µs, are not counted).
     pub sleeping_receivers: u64,
     /// Publishers asleep now, waiting for a free slot in a full queue
-    /// (`FullPolicy::Block`; those still looking, in their first 20 µs, are not counted).
+    /// (`Queue::publish`; those still looking, in their first 20 µs, are not counted).
     pub sleeping_publishers: u64,
     /// Publishes accepted.
     pub published: u64,

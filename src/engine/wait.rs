@@ -2,7 +2,7 @@
 //! region, shared between processes (not `FUTEX_PRIVATE`), which a sleeper *arms* before
 //! it sleeps and a waker wakes only when it finds it armed. A queue has two such signals:
 //! receivers sleep on the *ready* signal until a message may be ready (publishers wake
-//! them), and publishers of a full queue (`FullPolicy::Block`) sleep on the *room* signal
+//! them), and publishers of a full queue (`Queue::publish` and its waiting kin) sleep on the *room* signal
 //! until a slot may be free (whoever frees one wakes them).
 //!
 //! # Protocol (no lost wake-ups)

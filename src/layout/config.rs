@@ -70,22 +70,6 @@ pub enum ExpiryPolicy {
     Drop,
 }
 
-/// What a publish into a full queue does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FullPolicy {
-    /// Fail at once with `PublishError::Full` (the default).
-    #[default]
-    Fail,
-    /// Wait up to this long (real time) for a free slot, then fail with `Full`. The
-    /// publisher waits as a blocking receive does: it looks every half microsecond for
-    /// 20 µs (for the first 10 µs of them taking a slot only once a run of slots is free,
-    /// an eighth of the queue, at most 64, so that publisher and consumer stop trading
-    /// cache lines for every message), then sleeps on a futex in the queue's memory until
-    /// a slot is freed (an ack, a dropped or discarded message), by any thread of any
-    /// process (`Stats::sleeping_publishers` counts the sleepers).
-    Block(Duration),
-}
-
 /// The most messages a queue holds: ring tokens keep 24 bits of slot index.
 const MAX_QUEUE_CAPACITY: u32 = (1 << 24) - 1;
 
@@ -98,19 +82,19 @@ const MAX_DEDUP_CAPACITY: usize = crate::engine::dedup::MAX_CAPACITY;
 /// than the time left to the host's uptime would stop them all.
 const MAX_TIMER_TICK: Duration = Duration::from_secs(1);
 
-/// A queue configuration; start from [`QueueConfig::new`] and adjust fields.
+/// A queue configuration: start from [`QueueConfig::new`] and set fields, or build one
+/// with [`Queue::builder`](crate::Queue::builder).
 ///
 /// ```
 /// use std::time::Duration;
-/// use ackring::queue::QueueConfig;
-/// let config = QueueConfig {
-///     visibility_timeout: Duration::from_secs(5),
-///     max_attempts: 3,
-///     ..QueueConfig::new(1024, 256)
-/// };
+/// use ackring::QueueConfig;
+/// let mut config = QueueConfig::new(1024, 256);
+/// config.visibility_timeout = Duration::from_secs(5);
+/// config.max_attempts = 3;
 /// assert_eq!(config.capacity, 1024);
 /// ```
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct QueueConfig {
     /// Messages the queue holds at once, dead letters included.
     pub capacity: u32,
@@ -135,8 +119,6 @@ pub struct QueueConfig {
     pub dedup_capacity: usize,
     /// What an expired message becomes.
     pub on_expiry: ExpiryPolicy,
-    /// What a publish into a full queue does.
-    pub on_full: FullPolicy,
     /// Dead letters kept; when full, the oldest is discarded (and counted in
     /// `Stats::dead_discarded`). Dead letters occupy message slots: while they fill the
     /// queue, publishes fail with `Full` until dead letters are popped or redriven.
@@ -151,7 +133,7 @@ impl QueueConfig {
     /// Defaults for a queue of `capacity` messages of up to `max_payload` bytes: 30 s leases,
     /// 5 attempts, exponential backoff from 100 ms to 60 s, no TTL, a 2-minute dedup window
     /// remembering `2 * capacity` ids, expired messages dead-lettered, and room for
-    /// `capacity / 4` (at least 1) dead letters, and publishes into a full queue failing.
+    /// `capacity / 4` (at least 1) dead letters.
     pub fn new(capacity: u32, max_payload: usize) -> Self {
         Self {
             capacity,
@@ -163,7 +145,6 @@ impl QueueConfig {
             dedup_window: Some(Duration::from_secs(120)),
             dedup_capacity: (capacity as usize).saturating_mul(2).max(1),
             on_expiry: ExpiryPolicy::DeadLetter,
-            on_full: FullPolicy::Fail,
             dead_letter_capacity: (capacity / 4).max(1),
             timer_tick: Duration::from_millis(1),
         }
@@ -184,31 +165,41 @@ impl QueueConfig {
     }
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        let problem = if self.capacity == 0 || self.capacity > MAX_QUEUE_CAPACITY {
-            "capacity must be between 1 and 2^24 - 1"
-        } else if self.max_attempts == 0 {
-            "max_attempts must be at least 1"
-        } else if self.visibility_timeout.is_zero() {
-            "visibility_timeout must be longer than zero"
-        } else if self.dead_letter_capacity == 0 || self.dead_letter_capacity > self.capacity {
-            "dead_letter_capacity must be between 1 and capacity"
-        } else if self.dedup_window.is_some_and(|w| w.is_zero())
-            || (self.dedup_window.is_some() && self.dedup_capacity == 0)
-        {
-            "dedup_window and dedup_capacity must be non-zero (or dedup off)"
-        } else if self.dedup_window.is_some() && self.dedup_capacity > MAX_DEDUP_CAPACITY {
-            "dedup_capacity must be at most 2^32 ids"
-        } else if self.timer_tick.is_zero() || self.timer_tick > MAX_TIMER_TICK {
-            "timer_tick must be longer than zero and at most 1 s"
-        } else if self.max_payload > u32::MAX as usize {
-            "max_payload must fit in 32 bits"
-        } else if matches!(self.backoff, RetryBackoff::Exponential { multiplier, .. } if multiplier.is_nan() || multiplier < 1.0)
-        {
-            "an exponential backoff's multiplier must be at least 1"
-        } else {
-            return Ok(());
-        };
-        Err(ConfigError { problem })
+        let dedup = self.dedup_window.is_some();
+        Err(
+            if self.capacity == 0 || self.capacity > MAX_QUEUE_CAPACITY {
+                ConfigError::Capacity {
+                    max: MAX_QUEUE_CAPACITY,
+                }
+            } else if self.max_attempts == 0 {
+                ConfigError::MaxAttempts
+            } else if self.visibility_timeout.is_zero() {
+                ConfigError::VisibilityTimeout
+            } else if self.dead_letter_capacity == 0 || self.dead_letter_capacity > self.capacity {
+                ConfigError::DeadLetterCapacity
+            } else if self.dedup_window.is_some_and(|w| w.is_zero()) {
+                ConfigError::DedupWindow
+            } else if dedup
+                && (self.dedup_capacity == 0 || self.dedup_capacity > MAX_DEDUP_CAPACITY)
+            {
+                ConfigError::DedupCapacity {
+                    max: MAX_DEDUP_CAPACITY as u64,
+                }
+            } else if self.timer_tick.is_zero() || self.timer_tick > MAX_TIMER_TICK {
+                ConfigError::TimerTick {
+                    max: MAX_TIMER_TICK,
+                }
+            } else if self.max_payload > u32::MAX as usize {
+                ConfigError::MaxPayload {
+                    max: u64::from(u32::MAX),
+                }
+            } else if matches!(self.backoff, RetryBackoff::Exponential { multiplier, .. } if multiplier.is_nan() || multiplier < 1.0)
+            {
+                ConfigError::BackoffMultiplier
+            } else {
+                return Ok(());
+            },
+        )
     }
 }
 
@@ -248,15 +239,22 @@ mod tests {
             max_attempts: 0,
             ..QueueConfig::new(8, 64)
         };
-        assert!(attempts
-            .validate()
-            .unwrap_err()
-            .problem
-            .contains("max_attempts"));
+        assert_eq!(attempts.validate(), Err(ConfigError::MaxAttempts));
         let dead = QueueConfig {
             dead_letter_capacity: 9,
             ..QueueConfig::new(8, 64)
         };
-        assert!(dead.validate().is_err());
+        assert_eq!(dead.validate(), Err(ConfigError::DeadLetterCapacity));
+        let no_window = QueueConfig {
+            dedup_window: Some(Duration::ZERO),
+            ..QueueConfig::new(8, 64)
+        };
+        assert_eq!(no_window.validate(), Err(ConfigError::DedupWindow));
+        let dedup_off = QueueConfig {
+            dedup_window: None,
+            dedup_capacity: 0,
+            ..QueueConfig::new(8, 64)
+        };
+        assert_eq!(dedup_off.validate(), Ok(()));
     }
 }

@@ -33,7 +33,7 @@ use crate::base::sync::{AtomicU64, Ordering};
 use crate::engine::counters::STRIPES;
 use crate::engine::dedup::ENTRIES_PER_STRIPE;
 use crate::engine::wheel::{BUCKETS, LEVELS};
-use crate::layout::config::{ExpiryPolicy, FullPolicy, QueueConfig, RetryBackoff};
+use crate::layout::config::{ExpiryPolicy, QueueConfig, RetryBackoff};
 use crate::layout::region::{Layout, Shape, Span, SECTION_ALIGN};
 use crate::liveness::PARTICIPANTS;
 
@@ -297,10 +297,6 @@ fn encode_config(config: &QueueConfig) -> [u64; 15] {
             u64::from(jitter),
         ),
     };
-    let (full_kind, full_timeout) = match config.on_full {
-        FullPolicy::Fail => (0, 0),
-        FullPolicy::Block(timeout) => (1, nanos(timeout)),
-    };
     [
         config.max_payload as u64,
         nanos(config.visibility_timeout),
@@ -317,8 +313,8 @@ fn encode_config(config: &QueueConfig) -> [u64; 15] {
             ExpiryPolicy::DeadLetter => 0,
             ExpiryPolicy::Drop => 1,
         },
-        full_kind,
-        full_timeout,
+        0, // reserved (was the full policy, before 10)
+        0, // reserved
         nanos(config.timer_tick),
     ]
 }
@@ -330,7 +326,7 @@ fn decode_config(
     capacity: u32,
     dead_letter_capacity: u32,
 ) -> Result<QueueConfig, ShmError> {
-    let [max_payload, visibility, max_attempts, kind, initial, multiplier, max, jitter, ttl, window, dedup_capacity, on_expiry, full_kind, full_timeout, tick] =
+    let [max_payload, visibility, max_attempts, kind, initial, multiplier, max, jitter, ttl, window, dedup_capacity, on_expiry, reserved, reserved_too, tick] =
         *words;
     let flag = |word: u64| match word {
         0 => Ok(false),
@@ -347,11 +343,9 @@ fn decode_config(
         },
         _ => return Err(corrupt("unknown retry backoff kind")),
     };
-    let on_full = match full_kind {
-        0 => FullPolicy::Fail,
-        1 => FullPolicy::Block(duration(full_timeout)),
-        _ => return Err(corrupt("unknown full policy")),
-    };
+    if (reserved, reserved_too) != (0, 0) {
+        return Err(corrupt("a reserved configuration word is not zero"));
+    }
     Ok(QueueConfig {
         capacity,
         dead_letter_capacity,
@@ -370,7 +364,6 @@ fn decode_config(
         } else {
             ExpiryPolicy::DeadLetter
         },
-        on_full,
         timer_tick: duration(tick),
     })
 }

@@ -17,7 +17,7 @@ pub(crate) struct SharedWords {
     pub(crate) wheel: WheelWords,
     /// Receivers sleep on it; whoever makes a message ready wakes them.
     pub(crate) ready_signal: Signal,
-    /// Publishers of a full queue sleep on it (`FullPolicy::Block`); whoever frees a slot
+    /// Publishers of a full queue sleep on it (`Queue::publish`); whoever frees a slot
     /// wakes them.
     pub(crate) room_signal: Signal,
     /// Crash recovery's bookkeeping.

@@ -7,6 +7,8 @@
 //! turn. Every message still moves by the same single-word CASes as in a single call, so
 //! batches and single calls mix freely, in one process or across processes.
 
+use std::time::{Duration, Instant};
+
 use crate::base::clock::Clock;
 use crate::base::id::MessageId;
 use crate::engine::counters::Counter;
@@ -43,17 +45,14 @@ impl<C: Clock> Queue<C> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///
+    /// A full queue is waited on as in `publish`, as long as it takes.
+    ///
     /// # Errors
     /// [`BatchPublishError`] at the first message that could not be published (see
-    /// [`PublishError`]; with [`FullPolicy::Block`](super::FullPolicy::Block) a full
-    /// queue is waited on as in `publish`): the messages before it stay published, it
-    /// and the ones after it were not.
+    /// [`PublishError`]): the messages before it stay published, it and the ones after it
+    /// were not.
     pub fn publish_batch<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<(), BatchPublishError> {
-        self.publish_all(
-            payloads
-                .iter()
-                .map(|payload| (payload.as_ref(), PublishOptions::default())),
-        )
+        self.publish_all(defaults(payloads), Some(Duration::MAX))
     }
 
     /// Publishes `messages` in order, each with its own [`PublishOptions`] (id, TTL,
@@ -65,16 +64,40 @@ impl<C: Clock> Queue<C> {
         &self,
         messages: &[(P, PublishOptions)],
     ) -> Result<(), BatchPublishError> {
-        self.publish_all(
-            messages
-                .iter()
-                .map(|(payload, options)| (payload.as_ref(), *options)),
-        )
+        self.publish_all(with_options(messages), Some(Duration::MAX))
     }
 
+    /// [`publish_batch`](Self::publish_batch), never waiting: the batch stops at the first
+    /// message that finds the queue full.
+    ///
+    /// # Errors
+    /// As [`publish_batch`](Self::publish_batch); a full queue is
+    /// [`PublishError::Full`] for the message that found it full.
+    pub fn try_publish_batch<P: AsRef<[u8]>>(
+        &self,
+        payloads: &[P],
+    ) -> Result<(), BatchPublishError> {
+        self.publish_all(defaults(payloads), None)
+    }
+
+    /// [`publish_batch_with`](Self::publish_batch_with), never waiting (see
+    /// [`try_publish_batch`](Self::try_publish_batch)).
+    ///
+    /// # Errors
+    /// As [`try_publish_batch`](Self::try_publish_batch).
+    pub fn try_publish_batch_with<P: AsRef<[u8]>>(
+        &self,
+        messages: &[(P, PublishOptions)],
+    ) -> Result<(), BatchPublishError> {
+        self.publish_all(with_options(messages), None)
+    }
+
+    /// Publishes `messages`, waiting for room up to `wait` each time none is free (`None`:
+    /// not at all).
     fn publish_all<'p>(
         &self,
         mut messages: impl Iterator<Item = (&'p [u8], PublishOptions)>,
+        wait: Option<Duration>,
     ) -> Result<(), BatchPublishError> {
         let mut published = 0;
         // Admitted messages waiting for slots are `outgoing[..pending]`; an admission error
@@ -104,9 +127,9 @@ impl<C: Clock> Queue<C> {
             }
             let mut claimed = self.claim_free_slots(&mut slots[..pending]);
             if claimed == 0 {
-                // None free: wait as the full policy says, holding no slot meanwhile (a
-                // batch that held slots while it waited could wait on itself).
-                let Some(slot) = self.claim_free_slot_per_policy(&mut now) else {
+                // None free: wait if the caller does, holding no slot meanwhile (a batch
+                // that held slots while it waited could wait on itself).
+                let Some(slot) = self.claim_free_slot_or_wait(&mut now, wait) else {
                     let error = PublishError::Full {
                         capacity: self.config.capacity,
                     };
@@ -278,13 +301,37 @@ impl<C: Clock> Queue<C> {
     }
 
     /// Receives up to `max` messages into `out` as [`try_receive_batch`](Self::try_receive_batch),
+    /// first waiting as long as it takes for one to become ready (as
+    /// [`receive`](Self::receive) waits). Returns how many: at least one, unless `max` is 0.
+    pub fn receive_batch<'q>(&'q self, out: &mut Vec<Delivery<'q, C>>, max: usize) -> usize {
+        loop {
+            let received = self.receive_batch_timeout(out, max, Duration::from_secs(3600));
+            if received > 0 || max == 0 {
+                return received;
+            }
+        }
+    }
+
+    /// [`receive_batch`](Self::receive_batch), waiting until `deadline` at the latest.
+    /// Returns how many; 0 if none came.
+    pub fn receive_batch_deadline<'q>(
+        &'q self,
+        out: &mut Vec<Delivery<'q, C>>,
+        max: usize,
+        deadline: Instant,
+    ) -> usize {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        self.receive_batch_timeout(out, max, timeout)
+    }
+
+    /// Receives up to `max` messages into `out` as [`try_receive_batch`](Self::try_receive_batch),
     /// first waiting up to `timeout` of real time for one to become ready (as
     /// [`receive_timeout`](Self::receive_timeout) waits). Returns how many; 0 if none came.
     pub fn receive_batch_timeout<'q>(
         &'q self,
         out: &mut Vec<Delivery<'q, C>>,
         max: usize,
-        timeout: std::time::Duration,
+        timeout: Duration,
     ) -> usize {
         if max == 0 {
             return self.try_receive_batch(out, 0); // runs the timers, as with a larger max
@@ -295,6 +342,22 @@ impl<C: Clock> Queue<C> {
         })
         .unwrap_or(0)
     }
+}
+
+/// A batch of payloads, each with the default options.
+fn defaults<P: AsRef<[u8]>>(payloads: &[P]) -> impl Iterator<Item = (&[u8], PublishOptions)> {
+    payloads
+        .iter()
+        .map(|payload| (payload.as_ref(), PublishOptions::default()))
+}
+
+/// A batch of payloads with their options.
+fn with_options<P: AsRef<[u8]>>(
+    messages: &[(P, PublishOptions)],
+) -> impl Iterator<Item = (&[u8], PublishOptions)> {
+    messages
+        .iter()
+        .map(|(payload, options)| (payload.as_ref(), *options))
 }
 
 /// Slots an [`ack_batch`](Queue::ack_batch) freed, going back to the free ring a chunk at a
@@ -346,7 +409,7 @@ mod tests {
 
     use super::*;
     use crate::base::clock::ManualClock;
-    use crate::queue::{FullPolicy, QueueConfig};
+    use crate::queue::QueueConfig;
 
     fn queue(capacity: u32) -> (Queue<ManualClock>, ManualClock) {
         let clock = ManualClock::new();
@@ -388,7 +451,7 @@ mod tests {
     fn batches_longer_than_a_chunk_go_round_in_fifo_order() {
         let (queue, _) = queue(64);
         let sent = payloads(0..(3 * CHUNK as u32 + 5));
-        queue.publish_batch(&sent).unwrap();
+        queue.try_publish_batch(&sent).unwrap();
         assert_eq!(drain(&queue, 7), sent);
         let stats = queue.stats();
         assert_eq!(stats.published, sent.len() as u64);
@@ -403,7 +466,7 @@ mod tests {
     fn a_full_queue_stops_the_batch_after_the_messages_that_fit() {
         let (queue, _) = queue(20);
         let sent = payloads(0..30);
-        let refused = queue.publish_batch(&sent).unwrap_err();
+        let refused = queue.try_publish_batch(&sent).unwrap_err();
         assert_eq!(
             refused,
             BatchPublishError {
@@ -413,7 +476,7 @@ mod tests {
         );
         assert_eq!(drain(&queue, 64), sent[..20]);
         // No slot was kept by the refused part: the whole capacity takes a batch again.
-        queue.publish_batch(&sent[..20]).unwrap();
+        queue.try_publish_batch(&sent[..20]).unwrap();
         assert_eq!(queue.stats().ready, 20);
     }
 
@@ -427,7 +490,7 @@ mod tests {
             with_id(b"three", 3),
         ];
         assert_eq!(
-            queue.publish_batch_with(&batch),
+            queue.try_publish_batch_with(&batch),
             Err(BatchPublishError {
                 published: 2,
                 error: PublishError::Duplicate { id: MessageId(2) },
@@ -437,7 +500,7 @@ mod tests {
         assert_eq!(queue.stats().duplicates, 1);
         // "three" was never tried: its id is free, and every slot is free.
         let fill: Vec<_> = (3..11).map(|id| with_id(b"fill", id)).collect();
-        queue.publish_batch_with(&fill).unwrap();
+        queue.try_publish_batch_with(&fill).unwrap();
         assert_eq!(queue.stats().ready, 8);
     }
 
@@ -448,7 +511,7 @@ mod tests {
         let bad_at = CHUNK + 4;
         sent[bad_at] = vec![0; 17];
         assert_eq!(
-            queue.publish_batch(&sent),
+            queue.try_publish_batch(&sent),
             Err(BatchPublishError {
                 published: bad_at,
                 error: PublishError::PayloadTooLarge { len: 17, max: 16 },
@@ -474,7 +537,7 @@ mod tests {
             ..PublishOptions::default()
         };
         let batch = [(b"a", long), (b"b", short), (b"c", long), (b"d", delayed)];
-        queue.publish_batch_with(&batch).unwrap();
+        queue.try_publish_batch_with(&batch).unwrap();
         clock.advance(Duration::from_millis(10));
         let mut deliveries = Vec::new();
         assert_eq!(queue.try_receive_batch(&mut deliveries, 8), 2);
@@ -508,13 +571,13 @@ mod tests {
     #[test]
     fn a_batch_ack_frees_every_slot_and_names_the_leases_it_lost() {
         let (queue, clock) = queue(4);
-        queue.publish_batch(&payloads(0..2)).unwrap();
+        queue.try_publish_batch(&payloads(0..2)).unwrap();
         let mut late = Vec::new();
         assert_eq!(queue.try_receive_batch(&mut late, 2), 2);
         let late_ids: Vec<_> = late.iter().map(Delivery::id).collect();
         clock.advance(Duration::from_secs(31)); // their leases run out
         queue.tick();
-        queue.publish_batch(&payloads(2..4)).unwrap();
+        queue.try_publish_batch(&payloads(2..4)).unwrap();
         let mut batch = Vec::new();
         // The two redelivered messages (ready since the tick), then the two fresh ones.
         assert_eq!(queue.try_receive_batch(&mut batch, 4), 4);
@@ -532,13 +595,13 @@ mod tests {
         let stats = queue.stats();
         assert_eq!((stats.acked, stats.in_flight, stats.ready), (4, 0, 0));
         // Every slot came back: the whole capacity takes a batch again.
-        queue.publish_batch(&payloads(0..4)).unwrap();
+        queue.try_publish_batch(&payloads(0..4)).unwrap();
     }
 
     #[test]
     fn a_batch_ack_cut_short_by_a_panicking_iterator_still_frees_what_it_acked() {
         let (queue, _) = queue(4);
-        queue.publish_batch(&payloads(0..4)).unwrap();
+        queue.try_publish_batch(&payloads(0..4)).unwrap();
         let mut deliveries = Vec::new();
         assert_eq!(queue.try_receive_batch(&mut deliveries, 4), 4);
         let cut_short = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -553,14 +616,14 @@ mod tests {
         let stats = queue.stats();
         assert_eq!((stats.acked, stats.in_flight), (4, 0));
         // All four slots came back to the free ring.
-        queue.publish_batch(&payloads(0..4)).unwrap();
+        queue.try_publish_batch(&payloads(0..4)).unwrap();
     }
 
     #[test]
     fn a_batch_ack_settles_another_queues_deliveries_on_that_queue() {
         let (mine, _) = queue(2);
         let (other, _) = queue(2);
-        other.publish(b"theirs").unwrap();
+        other.try_publish(b"theirs").unwrap();
         let delivery = other.try_receive().unwrap();
         mine.ack_batch([delivery]).unwrap();
         assert_eq!((other.stats().acked, mine.stats().acked), (1, 0));
@@ -569,7 +632,7 @@ mod tests {
     #[test]
     fn a_batch_receive_takes_no_more_than_asked() {
         let (queue, _) = queue(8);
-        queue.publish_batch(&payloads(0..5)).unwrap();
+        queue.try_publish_batch(&payloads(0..5)).unwrap();
         let mut deliveries = Vec::new();
         assert_eq!(queue.try_receive_batch(&mut deliveries, 0), 0);
         assert_eq!(queue.try_receive_batch(&mut deliveries, 3), 3);
@@ -582,7 +645,6 @@ mod tests {
     #[cfg_attr(miri, ignore = "real time and threads")]
     fn a_blocking_batch_larger_than_the_queue_waits_for_room_as_it_goes() {
         let config = QueueConfig {
-            on_full: FullPolicy::Block(Duration::from_secs(30)),
             dedup_window: None, // 50 ids would overflow a 4-slot queue's default window
             ..QueueConfig::new(4, 8)
         };

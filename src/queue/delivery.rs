@@ -99,6 +99,16 @@ impl<C: Clock> Queue<C> {
         Some(delivery.into_owned(Arc::clone(self)))
     }
 
+    /// [`receive_deadline`](Self::receive_deadline), for a queue shared as an `Arc` (see
+    /// [`try_receive_owned`](Self::try_receive_owned)).
+    pub fn receive_deadline_owned(
+        self: &Arc<Self>,
+        deadline: std::time::Instant,
+    ) -> Option<OwnedDelivery<C>> {
+        let delivery = self.receive_deadline(deadline)?;
+        Some(delivery.into_owned(Arc::clone(self)))
+    }
+
     /// [`receive`](Self::receive), for a queue shared as an `Arc` (see
     /// [`try_receive_owned`](Self::try_receive_owned)).
     pub fn receive_owned(self: &Arc<Self>) -> OwnedDelivery<C> {

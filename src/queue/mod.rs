@@ -45,6 +45,7 @@
 //! with no cancel, a slot's node may still wait for an earlier message's later deadline.
 
 mod batch;
+mod builder;
 mod dead_letters;
 mod delivery;
 mod inspect;
@@ -57,7 +58,8 @@ mod waiting;
 
 pub use crate::engine::counters::Stats;
 pub use crate::error::{BatchAckError, BatchPublishError, ConfigError, PublishError, SettleError};
-pub use crate::layout::config::{ExpiryPolicy, FullPolicy, QueueConfig, RetryBackoff};
+pub use crate::layout::config::{ExpiryPolicy, QueueConfig, RetryBackoff};
+pub use builder::QueueBuilder;
 pub use dead_letters::{DeadLetter, DeadReason, LEASE_RAN_OUT};
 pub use delivery::{Delivery, OwnedDelivery};
 pub use inspect::ReadyMessage;
@@ -182,9 +184,7 @@ impl<C: Clock> Queue<C> {
     /// [`ConfigError`] naming the first invalid setting.
     pub fn with_clock(config: QueueConfig, clock: C) -> Result<Self, ConfigError> {
         config.validate()?;
-        let region = Region::on_heap(config.shape()).map_err(|_| ConfigError {
-            problem: "capacity * max_payload is larger than memory can hold",
-        })?;
+        let region = Region::on_heap(config.shape()).map_err(|_| ConfigError::TooLarge)?;
         Ok(Self::on_region(config, region, clock, Attach::Fresh).expect("a new region has room"))
     }
 
@@ -431,12 +431,12 @@ mod loom_models {
     fn a_lease_taken_during_a_wheel_run_still_expires() {
         loom::model(|| {
             let (queue, clock) = model_queue(2, ticking);
-            queue.publish(b"m").unwrap();
+            queue.try_publish(b"m").unwrap();
             let delayed = PublishOptions {
                 delay: Some(NS),
                 ..PublishOptions::default()
             };
-            queue.publish_with(b"d", delayed).unwrap();
+            queue.try_publish_with(b"d", delayed).unwrap();
             clock.advance(NS); // the delayed message is due: a run fires it
             let receiver = {
                 let queue = queue.clone();
@@ -478,7 +478,7 @@ mod loom_models {
                 ..ticking(config)
             });
             let lease = queue.config().visibility_timeout;
-            queue.publish(b"a").unwrap();
+            queue.try_publish(b"a").unwrap();
             let delivery = queue.try_receive().expect("a is ready");
             clock.advance(lease); // the lease has run out: the next tick takes it back
             let ticker = {
@@ -509,8 +509,8 @@ mod loom_models {
     fn a_timer_run_expiring_the_head_races_a_receive() {
         loom::model(|| {
             let (queue, clock) = model_queue(2, ticking);
-            queue.publish_with(b"a", short_lived()).unwrap();
-            queue.publish(b"b").unwrap();
+            queue.try_publish_with(b"a", short_lived()).unwrap();
+            queue.try_publish(b"b").unwrap();
             clock.advance(NS); // "a" has expired
             let ticker = {
                 let queue = queue.clone();
@@ -539,7 +539,7 @@ mod loom_models {
     fn a_receiver_that_loses_the_race_for_a_twin_token_writes_nothing() {
         loom::model(|| {
             let (queue, _) = model_queue(1, |config| config);
-            queue.publish(b"a").unwrap();
+            queue.try_publish(b"a").unwrap();
             let ready = queue.store().load(0).unwrap();
             queue.push_ready(0, ready.generation); // the twin
             let receiver = |queue: Arc<Queue<ManualClock>>| {
@@ -549,7 +549,7 @@ mod loom_models {
                         assert_eq!(delivery.attempt(), 1, "nothing failed or ran out");
                         delivery.ack().unwrap();
                         if first {
-                            queue.publish(b"b").unwrap();
+                            queue.try_publish(b"b").unwrap();
                         }
                     }
                 })
@@ -583,7 +583,7 @@ mod loom_models {
                 dead_letter_capacity: 1,
                 ..config
             });
-            queue.publish_with(b"a", short_lived()).unwrap();
+            queue.try_publish_with(b"a", short_lived()).unwrap();
             let ready = queue.store().load(0).unwrap();
             queue.push_ready(0, ready.generation); // the twin
             clock.advance(NS); // "a" has expired
@@ -618,7 +618,7 @@ mod loom_models {
                         (&letter.payload[..], letter.reason),
                         (&b"a"[..], DeadReason::Expired)
                     );
-                    queue.publish(b"b").unwrap();
+                    queue.try_publish(b"b").unwrap();
                     if let Some(delivery) = queue.try_receive() {
                         reject(delivery);
                     }
@@ -651,7 +651,7 @@ mod loom_models {
         loom::model(|| {
             let (queue, clock) = model_queue(1, ticking);
             let lease = queue.config().visibility_timeout;
-            queue.publish(b"a").unwrap();
+            queue.try_publish(b"a").unwrap();
             queue.try_receive().unwrap().ack().unwrap(); // its lease node stays in the wheel
             clock.advance(lease); // ... and is due now
             let ticker = {
@@ -661,7 +661,7 @@ mod loom_models {
             let consumer = {
                 let queue = queue.clone();
                 thread::spawn(move || {
-                    queue.publish(b"b").unwrap();
+                    queue.try_publish(b"b").unwrap();
                     // Lease "b" and vanish without settling.
                     std::mem::forget(queue.try_receive().expect("b is ready"));
                 })

@@ -1,7 +1,7 @@
 //! Publishing: admitting a message (size, TTL, dedup), claiming a free slot (or
 //! waiting for one, per the full policy), writing it, and making it ready or delayed.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::base::clock::{nanos, Clock};
 use crate::base::id::MessageId;
@@ -13,7 +13,7 @@ use crate::engine::wheel::Timer;
 use crate::error::PublishError;
 use crate::queue::slot_moves::{pop, push, split, token};
 use crate::queue::waiting::{Change, Wakes};
-use crate::queue::{FullPolicy, Queue};
+use crate::queue::Queue;
 
 /// How many ids ahead a publish guesses: it prefetches the dedup stripe of its own id
 /// plus this (see `prefetch_dedup_stripe`).
@@ -44,21 +44,88 @@ pub(super) struct Outgoing<'p> {
 
 impl<C: Clock> Queue<C> {
     /// Publishes `payload` with a generated id; returns the id once the message is queued.
+    /// A full queue is waited on, as long as it takes, until a slot frees up (an ack, a
+    /// dropped or discarded message), by any thread of any process.
+    ///
+    /// The wait is a blocking receive's: it looks every half microsecond for 20 µs (for the
+    /// first 10 µs taking a slot only once a run of slots is free, an eighth of the queue,
+    /// at most 64, so that publisher and consumer stop trading cache lines for every
+    /// message), then sleeps on a futex in the queue's memory (`Stats::sleeping_publishers`
+    /// counts the sleepers).
     ///
     /// # Errors
-    /// See [`PublishError`]: nothing is queued on error.
+    /// See [`PublishError`] (never `Full`): nothing is queued on error.
     pub fn publish(&self, payload: &[u8]) -> Result<MessageId, PublishError> {
         self.publish_with(payload, PublishOptions::default())
     }
 
-    /// Publishes `payload` with the given id, TTL and delay.
+    /// [`publish`](Self::publish) with the given id, TTL and delay.
     ///
     /// # Errors
-    /// See [`PublishError`]: nothing is queued on error.
+    /// See [`PublishError`] (never `Full`): nothing is queued on error.
     pub fn publish_with(
         &self,
         payload: &[u8],
         options: PublishOptions,
+    ) -> Result<MessageId, PublishError> {
+        self.publish_waiting(payload, options, Some(Duration::MAX))
+    }
+
+    /// Publishes `payload` with a generated id if the queue has room now; never waits.
+    ///
+    /// # Errors
+    /// See [`PublishError`]; a full queue is [`PublishError::Full`]. Nothing is queued on
+    /// error.
+    pub fn try_publish(&self, payload: &[u8]) -> Result<MessageId, PublishError> {
+        self.try_publish_with(payload, PublishOptions::default())
+    }
+
+    /// [`try_publish`](Self::try_publish) with the given id, TTL and delay.
+    ///
+    /// # Errors
+    /// As [`try_publish`](Self::try_publish).
+    pub fn try_publish_with(
+        &self,
+        payload: &[u8],
+        options: PublishOptions,
+    ) -> Result<MessageId, PublishError> {
+        self.publish_waiting(payload, options, None)
+    }
+
+    /// [`publish_with`](Self::publish_with), waiting for room at most `timeout` of real time.
+    ///
+    /// # Errors
+    /// See [`PublishError`]; [`PublishError::Full`] if no slot freed up in time.
+    pub fn publish_timeout(
+        &self,
+        payload: &[u8],
+        options: PublishOptions,
+        timeout: Duration,
+    ) -> Result<MessageId, PublishError> {
+        self.publish_waiting(payload, options, Some(timeout))
+    }
+
+    /// [`publish_with`](Self::publish_with), waiting for room until `deadline` at the latest.
+    ///
+    /// # Errors
+    /// See [`PublishError`]; [`PublishError::Full`] if no slot freed up in time.
+    pub fn publish_deadline(
+        &self,
+        payload: &[u8],
+        options: PublishOptions,
+        deadline: Instant,
+    ) -> Result<MessageId, PublishError> {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        self.publish_waiting(payload, options, Some(timeout))
+    }
+
+    /// Publishes, waiting for room up to `wait` (`None`: not at all; `Duration::MAX`: as
+    /// long as it takes).
+    fn publish_waiting(
+        &self,
+        payload: &[u8],
+        options: PublishOptions,
+        wait: Option<Duration>,
     ) -> Result<MessageId, PublishError> {
         // The id's dedup stripe is most likely a cache miss: it loads from here on, while we
         // read the clock and claim a slot.
@@ -67,7 +134,7 @@ impl<C: Clock> Queue<C> {
         let mut now = self.now();
         self.run_timers(now);
         let message = self.outgoing(payload, options, ttl);
-        let Some(claimed) = self.claim_free_slot_per_policy(&mut now) else {
+        let Some(claimed) = self.claim_free_slot_or_wait(&mut now, wait) else {
             return Err(PublishError::Full {
                 capacity: self.config.capacity,
             });
@@ -206,13 +273,17 @@ impl<C: Clock> Queue<C> {
         }
     }
 
-    /// A free slot now, or (with `FullPolicy::Block`) once one frees up within the timeout.
+    /// A free slot now, or, if the caller waits (`Some`), once one frees up within `wait`.
     /// After a wait, `now` moves on to the clock's time then: a message is published when
     /// it goes in, and its TTL, delay and dedup window count from then.
-    pub(super) fn claim_free_slot_per_policy(&self, now: &mut u64) -> Option<(u32, u32)> {
+    pub(super) fn claim_free_slot_or_wait(
+        &self,
+        now: &mut u64,
+        wait: Option<Duration>,
+    ) -> Option<(u32, u32)> {
         let claimed = self.claim_free_slot();
-        match self.config.on_full {
-            FullPolicy::Block(timeout) if claimed.is_none() => {
+        match wait {
+            Some(timeout) if claimed.is_none() => {
                 let claimed = self.wait_for_room(timeout);
                 *now = self.now();
                 claimed

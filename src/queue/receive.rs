@@ -179,4 +179,10 @@ impl<C: Clock> Queue<C> {
     pub fn receive_timeout(&self, timeout: Duration) -> Option<Delivery<'_, C>> {
         self.wait_until(SleepsOn::Ready, timeout, || self.try_receive())
     }
+
+    /// Receives, waiting until `deadline` at the latest for a message to become ready (see
+    /// [`receive`](Self::receive) for how it waits).
+    pub fn receive_deadline(&self, deadline: std::time::Instant) -> Option<Delivery<'_, C>> {
+        self.receive_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+    }
 }

@@ -28,7 +28,7 @@ fn id(n: u64) -> PublishOptions {
 fn publish_receive_ack_in_fifo_order() {
     let (queue, _) = queue(8);
     for text in ["a", "b", "c"] {
-        queue.publish(text.as_bytes()).unwrap();
+        queue.try_publish(text.as_bytes()).unwrap();
     }
     for text in ["a", "b", "c"] {
         let delivery = queue.try_receive().unwrap();
@@ -46,7 +46,7 @@ fn publish_receive_ack_in_fifo_order() {
 fn bad_publishes_are_typed_errors_and_queue_nothing() {
     let (queue, _) = queue(2);
     assert_eq!(
-        queue.publish(&[0; 33]),
+        queue.try_publish(&[0; 33]),
         Err(PublishError::PayloadTooLarge { len: 33, max: 32 })
     );
     let zero_ttl = PublishOptions {
@@ -54,7 +54,7 @@ fn bad_publishes_are_typed_errors_and_queue_nothing() {
         ..PublishOptions::default()
     };
     assert_eq!(
-        queue.publish_with(b"x", zero_ttl),
+        queue.try_publish_with(b"x", zero_ttl),
         Err(PublishError::AlreadyExpired)
     );
     assert_eq!(queue.stats().published, 0);
@@ -63,15 +63,15 @@ fn bad_publishes_are_typed_errors_and_queue_nothing() {
 #[test]
 fn a_full_queue_refuses_without_overwriting_and_the_id_can_be_retried() {
     let (queue, _) = queue(2);
-    queue.publish_with(b"1", id(1)).unwrap();
-    queue.publish_with(b"2", id(2)).unwrap();
+    queue.try_publish_with(b"1", id(1)).unwrap();
+    queue.try_publish_with(b"2", id(2)).unwrap();
     assert_eq!(
-        queue.publish_with(b"3", id(3)),
+        queue.try_publish_with(b"3", id(3)),
         Err(PublishError::Full { capacity: 2 })
     );
     queue.try_receive().unwrap().ack().unwrap();
     // The refused id was not remembered: publishing it again is not a duplicate.
-    queue.publish_with(b"3", id(3)).unwrap();
+    queue.try_publish_with(b"3", id(3)).unwrap();
     let rest: Vec<Vec<u8>> = std::iter::from_fn(|| queue.try_receive())
         .map(|d| {
             let payload = d.payload().to_vec();
@@ -85,15 +85,15 @@ fn a_full_queue_refuses_without_overwriting_and_the_id_can_be_retried() {
 #[test]
 fn duplicate_ids_are_rejected_within_the_window_and_accepted_after() {
     let (queue, clock) = queue(8);
-    queue.publish_with(b"x", id(7)).unwrap();
+    queue.try_publish_with(b"x", id(7)).unwrap();
     assert_eq!(
-        queue.publish_with(b"x", id(7)),
+        queue.try_publish_with(b"x", id(7)),
         Err(PublishError::Duplicate { id: MessageId(7) })
     );
     clock.advance(Duration::from_secs(119));
-    assert!(queue.publish_with(b"x", id(7)).is_err());
+    assert!(queue.try_publish_with(b"x", id(7)).is_err());
     clock.advance(Duration::from_secs(1));
-    queue.publish_with(b"x", id(7)).unwrap();
+    queue.try_publish_with(b"x", id(7)).unwrap();
     assert_eq!(queue.stats().duplicates, 2);
 }
 
@@ -105,23 +105,23 @@ fn generated_ids_do_not_use_up_the_dedup_window() {
     assert_eq!(queue.config().dedup_capacity, 8);
     // More than the window's 32 entries (Miri is slow: just past them there).
     for _ in 0..if cfg!(miri) { 33 } else { 1_000 } {
-        queue.publish(b"generated").unwrap();
+        queue.try_publish(b"generated").unwrap();
         queue.try_receive().unwrap().ack().unwrap();
     }
-    queue.publish_with(b"mine", id(7)).unwrap();
+    queue.try_publish_with(b"mine", id(7)).unwrap();
     assert_eq!(
-        queue.publish_with(b"mine", id(7)),
+        queue.try_publish_with(b"mine", id(7)),
         Err(PublishError::Duplicate { id: MessageId(7) })
     );
     // A generated id given back explicitly is a new id to the window: accepted, once.
-    let generated = queue.publish(b"generated").unwrap();
+    let generated = queue.try_publish(b"generated").unwrap();
     let again = PublishOptions {
         id: Some(generated),
         ..PublishOptions::default()
     };
-    queue.publish_with(b"again", again).unwrap();
+    queue.try_publish_with(b"again", again).unwrap();
     assert_eq!(
-        queue.publish_with(b"again", again),
+        queue.try_publish_with(b"again", again),
         Err(PublishError::Duplicate { id: generated })
     );
 }
@@ -131,7 +131,9 @@ fn generated_ids_are_unique() {
     // Miri takes about a tenth of a second a publish.
     let count = if cfg!(miri) { 8 } else { 64 };
     let (queue, _) = queue(count);
-    let mut ids: Vec<MessageId> = (0..count).map(|_| queue.publish(b"").unwrap()).collect();
+    let mut ids: Vec<MessageId> = (0..count)
+        .map(|_| queue.try_publish(b"").unwrap())
+        .collect();
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), count as usize);
@@ -140,7 +142,7 @@ fn generated_ids_are_unique() {
 #[test]
 fn an_expired_lease_redelivers_and_the_stale_receipt_cannot_ack() {
     let (queue, clock) = queue(4);
-    queue.publish(b"job").unwrap();
+    queue.try_publish(b"job").unwrap();
     let first = queue.try_receive().unwrap();
     assert_eq!(first.lease_deadline(), 30_000_000_000);
     clock.advance(LEASE - Duration::from_nanos(1));
@@ -166,7 +168,7 @@ fn a_message_whose_every_lease_ran_out_is_dead_lettered_not_delivered_again() {
         max_attempts: 2,
         ..QueueConfig::new(4, 32)
     });
-    let id = queue.publish(b"poison").unwrap();
+    let id = queue.try_publish(b"poison").unwrap();
     let mut stalled = Vec::new(); // held, never settled
     for attempt in 1..=2 {
         let delivery = queue
@@ -201,19 +203,19 @@ fn a_message_whose_every_lease_ran_out_is_dead_lettered_not_delivered_again() {
 #[test]
 fn a_payload_stays_readable_after_its_lease_is_lost_and_the_slot_is_not_reused() {
     let (queue, clock) = queue(1);
-    queue.publish(b"old").unwrap();
+    queue.try_publish(b"old").unwrap();
     let slow = queue.try_receive().unwrap();
     clock.advance(LEASE);
     let fast = queue.try_receive().unwrap();
     fast.ack().unwrap();
     // The only slot is freed but still pinned by `slow`: a publish cannot take it.
     assert_eq!(
-        queue.publish(b"new"),
+        queue.try_publish(b"new"),
         Err(PublishError::Full { capacity: 1 })
     );
     assert_eq!(slow.payload(), b"old");
     drop(slow);
-    queue.publish(b"new").unwrap();
+    queue.try_publish(b"new").unwrap();
 }
 
 /// The defaults the issue names, by behaviour: five deliveries, the fifth nack kills; the
@@ -221,7 +223,7 @@ fn a_payload_stays_readable_after_its_lease_is_lost_and_the_slot_is_not_reused()
 #[test]
 fn by_default_five_deliveries_with_doubling_backoff_and_no_ttl() {
     let (queue, clock) = queue(4);
-    queue.publish(b"flaky").unwrap();
+    queue.try_publish(b"flaky").unwrap();
     let mut backoff = Duration::from_millis(100);
     for attempt in 1..=5 {
         let delivery = queue.try_receive().expect("retried after its backoff");
@@ -244,7 +246,7 @@ fn by_default_five_deliveries_with_doubling_backoff_and_no_ttl() {
         (letters[0].attempts, &letters[0].error[..]),
         (5, "failure 5")
     );
-    queue.publish(b"patient").unwrap();
+    queue.try_publish(b"patient").unwrap();
     clock.advance(Duration::from_secs(365 * 24 * 3600));
     let patient = queue
         .try_receive()
@@ -259,7 +261,7 @@ fn nack_retries_after_the_backoff_then_dead_letters_with_the_error() {
         ..QueueConfig::new(4, 32)
     };
     let (queue, clock) = queue_with(config);
-    queue.publish(b"flaky").unwrap();
+    queue.try_publish(b"flaky").unwrap();
     queue.try_receive().unwrap().nack("timeout 1").unwrap();
     assert!(queue.try_receive().is_none(), "backing off");
     assert_eq!(queue.stats().delayed, 1);
@@ -291,7 +293,7 @@ fn nack_with_delay_retries_after_its_delay_not_the_backoff() {
         ..QueueConfig::new(4, 32)
     };
     let (queue, clock) = queue_with(config);
-    queue.publish(b"later").unwrap();
+    queue.try_publish(b"later").unwrap();
     let first = queue.try_receive().unwrap();
     first
         .nack_with_delay("not yet", Duration::from_secs(5))
@@ -325,8 +327,8 @@ fn nack_with_delay_retries_after_its_delay_not_the_backoff() {
 #[test]
 fn nack_with_no_delay_queues_at_the_back_at_once() {
     let (queue, _) = queue(4);
-    queue.publish(b"a").unwrap();
-    queue.publish(b"b").unwrap();
+    queue.try_publish(b"a").unwrap();
+    queue.try_publish(b"b").unwrap();
     let a = queue.try_receive().unwrap();
     a.nack_with_delay("again", Duration::ZERO).unwrap();
     assert_eq!(queue.try_receive().unwrap().payload(), b"b");
@@ -341,8 +343,8 @@ fn release_hands_a_message_back_at_once_without_using_an_attempt() {
         ..QueueConfig::new(4, 32)
     };
     let (queue, _) = queue_with(config);
-    queue.publish(b"a").unwrap();
-    queue.publish(b"b").unwrap();
+    queue.try_publish(b"a").unwrap();
+    queue.try_publish(b"b").unwrap();
     // With one attempt allowed, any use of an attempt would dead-letter it.
     for _ in 0..5 {
         let a = queue.try_receive().unwrap();
@@ -365,7 +367,7 @@ fn release_hands_a_message_back_at_once_without_using_an_attempt() {
 #[test]
 fn release_after_the_lease_ran_out_fails_and_a_release_past_the_ttl_dead_letters() {
     let (queue, clock) = queue(4);
-    queue.publish(b"slow").unwrap();
+    queue.try_publish(b"slow").unwrap();
     let late = queue.try_receive().unwrap();
     clock.advance(LEASE);
     queue.tick();
@@ -375,7 +377,7 @@ fn release_after_the_lease_ran_out_fails_and_a_release_past_the_ttl_dead_letters
         ttl: Some(Duration::from_secs(1)),
         ..PublishOptions::default()
     };
-    queue.publish_with(b"short-lived", short).unwrap();
+    queue.try_publish_with(b"short-lived", short).unwrap();
     let _slow = queue.try_receive().unwrap(); // the first message's second delivery
     let delivery = queue.try_receive().unwrap();
     clock.advance(Duration::from_secs(1));
@@ -394,7 +396,7 @@ fn release_after_the_lease_ran_out_fails_and_a_release_past_the_ttl_dead_letters
 #[test]
 fn reject_dead_letters_at_once() {
     let (queue, _) = queue(4);
-    queue.publish_with(b"poison", id(5)).unwrap();
+    queue.try_publish_with(b"poison", id(5)).unwrap();
     queue.try_receive().unwrap().reject("unparseable").unwrap();
     let letter = queue.pop_dead_letter().unwrap();
     assert_eq!(
@@ -409,7 +411,7 @@ fn reject_dead_letters_at_once() {
 #[test]
 fn extend_pushes_the_lease_deadline() {
     let (queue, clock) = queue(4);
-    queue.publish(b"long job").unwrap();
+    queue.try_publish(b"long job").unwrap();
     let mut delivery = queue.try_receive().unwrap();
     clock.advance(Duration::from_secs(20));
     delivery.extend(Duration::from_secs(30)).unwrap();
@@ -423,7 +425,7 @@ fn extend_pushes_the_lease_deadline() {
 #[test]
 fn extend_after_the_lease_ran_out_fails() {
     let (queue, clock) = queue(4);
-    queue.publish(b"x").unwrap();
+    queue.try_publish(b"x").unwrap();
     let mut delivery = queue.try_receive().unwrap();
     clock.advance(LEASE);
     queue.tick();
@@ -438,8 +440,8 @@ fn an_expired_message_is_never_delivered_and_is_dead_lettered() {
         ttl: Some(Duration::from_secs(5)),
         ..PublishOptions::default()
     };
-    queue.publish_with(b"stale soon", ttl).unwrap();
-    queue.publish(b"fresh").unwrap();
+    queue.try_publish_with(b"stale soon", ttl).unwrap();
+    queue.try_publish(b"fresh").unwrap();
     clock.advance(Duration::from_secs(5));
     let delivery = queue.try_receive().unwrap();
     assert_eq!(
@@ -465,12 +467,12 @@ fn the_drop_policy_discards_expired_messages_and_counts_them() {
         ..QueueConfig::new(1, 8)
     };
     let (queue, clock) = queue_with(config);
-    queue.publish(b"x").unwrap();
+    queue.try_publish(b"x").unwrap();
     clock.advance(Duration::from_secs(1));
     assert!(queue.try_receive().is_none());
     let stats = queue.stats();
     assert_eq!((stats.expired, stats.dead), (1, 0));
-    queue.publish(b"y").unwrap(); // its slot was freed
+    queue.try_publish(b"y").unwrap(); // its slot was freed
 }
 
 #[test]
@@ -482,7 +484,7 @@ fn expired_messages_leave_the_head_of_the_queue_on_time_with_no_receiver() {
     };
     let (queue, clock) = queue_with(config);
     for payload in [b"a", b"b", b"c"] {
-        queue.publish(payload).unwrap();
+        queue.try_publish(payload).unwrap();
     }
     clock.advance(Duration::from_secs(1) - Duration::from_nanos(1));
     queue.tick();
@@ -492,7 +494,7 @@ fn expired_messages_leave_the_head_of_the_queue_on_time_with_no_receiver() {
     let stats = queue.stats();
     assert_eq!((stats.ready, stats.expired, stats.delivered), (0, 3, 0));
     for payload in [b"d", b"e", b"f"] {
-        queue.publish(payload).unwrap(); // their slots were freed without a receive
+        queue.try_publish(payload).unwrap(); // their slots were freed without a receive
     }
     assert_eq!(queue.try_receive().unwrap().payload(), b"d");
 }
@@ -504,8 +506,8 @@ fn an_expired_message_behind_a_longer_lived_one_leaves_when_it_reaches_the_head(
         ttl: Some(Duration::from_secs(secs)),
         ..PublishOptions::default()
     };
-    queue.publish_with(b"long", ttl(10)).unwrap();
-    queue.publish_with(b"short", ttl(1)).unwrap();
+    queue.try_publish_with(b"long", ttl(10)).unwrap();
+    queue.try_publish_with(b"short", ttl(1)).unwrap();
     clock.advance(Duration::from_secs(1));
     queue.tick();
     let stats = queue.stats();
@@ -544,11 +546,11 @@ fn a_message_whose_ttl_runs_out_during_its_lease_or_backoff_dies_when_that_ends(
         ttl: Some(Duration::from_millis(50)),
         ..PublishOptions::default()
     };
-    queue.publish_with(b"leased", ttl).unwrap();
-    queue.publish_with(b"backing off", ttl).unwrap();
+    queue.try_publish_with(b"leased", ttl).unwrap();
+    queue.try_publish_with(b"backing off", ttl).unwrap();
     let leased = queue.try_receive().unwrap();
     queue.try_receive().unwrap().nack("busy").unwrap(); // back in 100 ms
-    queue.publish(b"immortal").unwrap(); // at the head, where a run's head expiry stops
+    queue.try_publish(b"immortal").unwrap(); // at the head, where a run's head expiry stops
     clock.advance(Duration::from_millis(100));
     queue.tick();
     let stats = queue.stats();
@@ -583,7 +585,7 @@ fn a_timer_run_takes_at_most_256_expired_messages_off_the_head() {
     };
     let (queue, clock) = queue_with(config);
     for _ in 0..300 {
-        queue.publish(b"x").unwrap();
+        queue.try_publish(b"x").unwrap();
     }
     clock.advance(Duration::from_secs(1));
     queue.tick();
@@ -603,7 +605,7 @@ fn a_nack_without_backoff_dead_letters_a_message_past_its_ttl() {
         ttl: Some(Duration::from_millis(50)),
         ..PublishOptions::default()
     };
-    queue.publish_with(b"slow work", ttl).unwrap();
+    queue.try_publish_with(b"slow work", ttl).unwrap();
     let delivery = queue.try_receive().unwrap();
     clock.advance(Duration::from_millis(50)); // the lease (30 s) still holds
     delivery.nack("gave up").unwrap();
@@ -619,7 +621,7 @@ fn a_delayed_message_is_not_delivered_before_its_delay() {
         delay: Some(Duration::from_secs(10)),
         ..PublishOptions::default()
     };
-    queue.publish_with(b"later", delayed).unwrap();
+    queue.try_publish_with(b"later", delayed).unwrap();
     clock.advance(Duration::from_secs(9));
     assert!(queue.try_receive().is_none());
     clock.advance(Duration::from_secs(1));
@@ -634,8 +636,8 @@ fn redrive_puts_dead_letters_back_with_attempts_reset() {
         ..QueueConfig::new(4, 8)
     };
     let (queue, _) = queue_with(config);
-    queue.publish(b"a").unwrap();
-    queue.publish(b"b").unwrap();
+    queue.try_publish(b"a").unwrap();
+    queue.try_publish(b"b").unwrap();
     queue.try_receive().unwrap().nack("boom").unwrap();
     queue.try_receive().unwrap().reject("bad").unwrap();
     assert_eq!(queue.redrive(), 2);
@@ -653,7 +655,7 @@ fn a_redriven_expired_message_expires_again_and_is_never_delivered() {
         ttl: Some(Duration::from_secs(5)),
         ..id(7)
     };
-    queue.publish_with(b"stale soon", ttl).unwrap();
+    queue.try_publish_with(b"stale soon", ttl).unwrap();
     clock.advance(Duration::from_secs(5));
     assert!(queue.try_receive().is_none());
     assert_eq!(queue.redrive(), 1);
@@ -679,8 +681,8 @@ fn a_full_dead_letter_queue_discards_its_oldest_and_counts_it() {
         ..QueueConfig::new(4, 8)
     };
     let (queue, _) = queue_with(config);
-    queue.publish_with(b"first", id(1)).unwrap();
-    queue.publish_with(b"second", id(2)).unwrap();
+    queue.try_publish_with(b"first", id(1)).unwrap();
+    queue.try_publish_with(b"second", id(2)).unwrap();
     queue.try_receive().unwrap().reject("1").unwrap();
     queue.try_receive().unwrap().reject("2").unwrap();
     let dead = queue.dead_letters();
@@ -689,7 +691,7 @@ fn a_full_dead_letter_queue_discards_its_oldest_and_counts_it() {
     assert_eq!(queue.stats().dead_discarded, 1);
     // The discarded letter's slot is free again: all 4 slots can be used.
     for n in 10..13 {
-        queue.publish_with(b"more", id(n)).unwrap();
+        queue.try_publish_with(b"more", id(n)).unwrap();
     }
 }
 
@@ -700,7 +702,7 @@ fn a_dropped_delivery_is_a_nack_with_reason_dropped() {
         ..QueueConfig::new(4, 8)
     };
     let (queue, _) = queue_with(config);
-    queue.publish(b"x").unwrap();
+    queue.try_publish(b"x").unwrap();
     drop(queue.try_receive().unwrap());
     let dead = queue.dead_letters();
     assert_eq!(
@@ -712,9 +714,9 @@ fn a_dropped_delivery_is_a_nack_with_reason_dropped() {
 #[test]
 fn redelivered_messages_go_to_the_tail() {
     let (queue, clock) = queue(4);
-    queue.publish(b"first").unwrap();
+    queue.try_publish(b"first").unwrap();
     let lost = queue.try_receive().unwrap();
-    queue.publish(b"second").unwrap();
+    queue.try_publish(b"second").unwrap();
     clock.advance(LEASE);
     queue.tick();
     assert_eq!(queue.try_receive().unwrap().payload(), b"second");
@@ -760,7 +762,7 @@ fn dead_lettering_from_many_threads_into_a_full_dead_letter_queue_loses_no_slot(
         for _ in 0..THREADS {
             s.spawn(|| {
                 for _ in 0..ROUNDS {
-                    queue.publish(b"doomed").unwrap();
+                    queue.try_publish(b"doomed").unwrap();
                     queue.try_receive().unwrap().reject("no").unwrap();
                 }
             });
@@ -775,10 +777,10 @@ fn dead_lettering_from_many_threads_into_a_full_dead_letter_queue_loses_no_slot(
     // And every other slot is free: none was left dead with no token in the dead ring.
     let free = THREADS * 2 - stats.dead as usize;
     for n in 0..free {
-        queue.publish_with(b"room", id(n as u64)).unwrap();
+        queue.try_publish_with(b"room", id(n as u64)).unwrap();
     }
     assert!(matches!(
-        queue.publish(b"no room"),
+        queue.try_publish(b"no room"),
         Err(PublishError::Full { .. })
     ));
 }
@@ -787,7 +789,7 @@ fn dead_lettering_from_many_threads_into_a_full_dead_letter_queue_loses_no_slot(
 fn an_extended_message_frees_its_slot_for_reuse() {
     let (queue, _) = queue(1);
     for round in 0..3u8 {
-        queue.publish(&[round]).unwrap();
+        queue.try_publish(&[round]).unwrap();
         let mut delivery = queue.try_receive().unwrap();
         delivery.extend(LEASE).unwrap();
         delivery.ack().unwrap();
@@ -802,16 +804,16 @@ fn an_extended_message_frees_its_slot_for_reuse() {
 #[test]
 fn refused_duplicates_do_not_use_up_slots() {
     let (queue, _) = queue(2);
-    queue.publish_with(b"x", id(1)).unwrap();
+    queue.try_publish_with(b"x", id(1)).unwrap();
     for _ in 0..5 {
         assert!(matches!(
-            queue.publish_with(b"x", id(1)),
+            queue.try_publish_with(b"x", id(1)),
             Err(PublishError::Duplicate { .. })
         ));
     }
-    queue.publish_with(b"y", id(2)).unwrap();
+    queue.try_publish_with(b"y", id(2)).unwrap();
     assert_eq!(
-        queue.publish_with(b"z", id(3)),
+        queue.try_publish_with(b"z", id(3)),
         Err(PublishError::Full { capacity: 2 })
     );
 }
@@ -819,24 +821,20 @@ fn refused_duplicates_do_not_use_up_slots() {
 #[test]
 fn a_full_queue_is_reported_before_the_id_is_remembered() {
     let (queue, _) = queue(1);
-    queue.publish_with(b"a", id(1)).unwrap();
+    queue.try_publish_with(b"a", id(1)).unwrap();
     // Full: the id is not recorded, so a later publish of it is no duplicate.
     assert_eq!(
-        queue.publish_with(b"b", id(2)),
+        queue.try_publish_with(b"b", id(2)),
         Err(PublishError::Full { capacity: 1 })
     );
     queue.try_receive().unwrap().ack().unwrap();
-    queue.publish_with(b"b", id(2)).unwrap();
+    queue.try_publish_with(b"b", id(2)).unwrap();
 }
 
 #[test]
 fn a_blocking_publish_waits_for_a_free_slot() {
-    let config = QueueConfig {
-        on_full: FullPolicy::Block(Duration::from_secs(30)),
-        ..QueueConfig::new(1, 8)
-    };
-    let (queue, _) = queue_with(config);
-    queue.publish(b"first").unwrap();
+    let (queue, _) = queue(1);
+    queue.try_publish(b"first").unwrap();
     std::thread::scope(|s| {
         let consumer = s.spawn(|| {
             let delivery = queue.receive();
@@ -851,17 +849,13 @@ fn a_blocking_publish_waits_for_a_free_slot() {
     assert_eq!(queue.try_receive().unwrap().payload(), b"second");
 }
 
-/// A queue of one slot, full, whose publishes wait up to a minute for room.
+/// A queue of one slot, full.
 #[cfg(not(loom))]
 fn full_with_blocking_publishes<C: Clock>(
     with_clock: impl FnOnce(QueueConfig) -> Queue<C>,
 ) -> Queue<C> {
-    let config = QueueConfig {
-        on_full: FullPolicy::Block(Duration::from_secs(60)),
-        ..QueueConfig::new(1, 8)
-    };
-    let queue = with_clock(config);
-    queue.publish(b"first").unwrap();
+    let queue = with_clock(QueueConfig::new(1, 8));
+    queue.try_publish(b"first").unwrap();
     queue
 }
 
@@ -882,7 +876,11 @@ fn a_publisher_asleep_on_a_full_queue_is_woken_by_the_ack_that_frees_a_slot() {
         let queue = full_with_blocking_publishes(|config| Queue::new(config).unwrap());
         std::thread::scope(|s| {
             let publisher = s.spawn(|| {
-                let outcome = queue.publish(b"second");
+                let outcome = queue.publish_timeout(
+                    b"second",
+                    PublishOptions::default(),
+                    Duration::from_secs(60),
+                );
                 (outcome, std::time::Instant::now())
             });
             until_a_publisher_sleeps(&queue);
@@ -942,17 +940,17 @@ fn a_publish_that_waited_for_room_counts_its_ttl_from_when_it_went_in() {
 }
 
 #[test]
-fn a_blocking_publish_gives_up_after_its_timeout() {
-    let config = QueueConfig {
-        on_full: FullPolicy::Block(Duration::from_millis(1)),
-        ..QueueConfig::new(1, 8)
-    };
-    let (queue, _) = queue_with(config);
-    queue.publish(b"first").unwrap();
-    assert_eq!(
-        queue.publish(b"second"),
-        Err(PublishError::Full { capacity: 1 })
-    );
+fn a_blocking_publish_gives_up_after_its_timeout_or_deadline() {
+    let (queue, _) = queue(1);
+    queue.try_publish(b"first").unwrap();
+    let full = Err(PublishError::Full { capacity: 1 });
+    let options = PublishOptions::default();
+    assert_eq!(queue.try_publish(b"second"), full, "never waits");
+    let timeout = Duration::from_millis(1);
+    assert_eq!(queue.publish_timeout(b"second", options, timeout), full);
+    let deadline = std::time::Instant::now() + timeout;
+    assert_eq!(queue.publish_deadline(b"second", options, deadline), full);
+    assert_eq!(queue.stats().published, 1);
 }
 
 #[test]
@@ -960,10 +958,10 @@ fn a_lease_timer_left_by_an_early_ack_still_runs_out_the_next_lease_on_time() {
     // One slot: its first lease is acked at once, so its lease node stays in the wheel for
     // the first deadline; the second lease (later deadline) must not run out at the first.
     let (queue, clock) = queue(1);
-    queue.publish(b"one").unwrap();
+    queue.try_publish(b"one").unwrap();
     queue.try_receive().unwrap().ack().unwrap();
     clock.advance(LEASE / 2);
-    queue.publish(b"two").unwrap();
+    queue.try_publish(b"two").unwrap();
     let held = queue.try_receive().unwrap();
     clock.advance(LEASE / 2); // the first lease's deadline
     assert!(
@@ -989,7 +987,7 @@ fn a_backoff_shorter_than_the_lease_ends_on_time() {
     // The nacked slot's lease node sits in the wheel for the lease deadline (30 s); the
     // backoff (100 ms) has its own node, so the retry does not wait for the lease's.
     let (queue, clock) = queue(2);
-    queue.publish(b"job").unwrap();
+    queue.try_publish(b"job").unwrap();
     queue.try_receive().unwrap().nack("busy").unwrap();
     clock.advance(Duration::from_millis(99));
     assert!(queue.try_receive().is_none(), "still backing off");
@@ -1009,7 +1007,7 @@ fn a_backoff_shorter_than_the_lease_ends_on_time() {
 #[test]
 fn an_extend_never_shortens_a_lease() {
     let (queue, clock) = queue(2);
-    queue.publish(b"job").unwrap();
+    queue.try_publish(b"job").unwrap();
     let mut held = queue.try_receive().unwrap();
     held.extend(Duration::from_secs(1)).unwrap();
     assert_eq!(held.lease_deadline(), nanos(LEASE));
@@ -1031,9 +1029,9 @@ fn an_extend_never_shortens_a_lease() {
 #[test]
 fn peek_copies_ready_messages_oldest_first_and_leaves_them() {
     let (queue, clock) = queue(4);
-    queue.publish(b"first").unwrap();
+    queue.try_publish(b"first").unwrap();
     clock.advance(Duration::from_millis(1));
-    queue.publish(b"second").unwrap();
+    queue.try_publish(b"second").unwrap();
     let held = queue.try_receive().unwrap(); // "first" is in flight: not ready
     let peeked = queue.peek(10);
     assert_eq!(peeked.len(), 1);
@@ -1061,7 +1059,7 @@ fn peek_copies_ready_messages_oldest_first_and_leaves_them() {
 fn receive_timeout_on_an_empty_queue_gives_up_and_one_without_limit_is_accepted() {
     let (queue, _) = queue(2);
     assert!(queue.receive_timeout(Duration::from_millis(2)).is_none());
-    queue.publish(b"now").unwrap();
+    queue.try_publish(b"now").unwrap();
     // Duration::MAX must not overflow the deadline arithmetic.
     let delivery = queue.receive_timeout(Duration::MAX).expect("ready at once");
     assert_eq!(delivery.payload(), b"now");
@@ -1091,7 +1089,7 @@ fn a_delayed_publish_wakes_a_receiver_asleep_on_an_empty_queue() {
             delay: Some(delay),
             ..PublishOptions::default()
         };
-        queue.publish_with(b"later", options).unwrap();
+        queue.try_publish_with(b"later", options).unwrap();
         let (payload, received) = receiver.join().unwrap();
         assert_eq!(payload.as_deref(), Some(b"later".as_slice()));
         let waited = received - published;
@@ -1118,7 +1116,7 @@ fn linking_a_timer_wakes_the_sleepers() {
         ..QueueConfig::new(1, 8)
     });
     let signal = queue.ready_signal();
-    queue.publish(b"first").unwrap();
+    queue.try_publish(b"first").unwrap();
     signal.arm(); // a sleeper went to sleep
     let woken = signal.wake_ups();
     let first = queue.try_receive().unwrap();
@@ -1129,7 +1127,7 @@ fn linking_a_timer_wakes_the_sleepers() {
     first.ack().unwrap();
 
     clock.advance(Duration::from_millis(5));
-    queue.publish(b"second").unwrap(); // the same slot: its lease timer is still linked
+    queue.try_publish(b"second").unwrap(); // the same slot: its lease timer is still linked
     let second = queue.try_receive().unwrap();
     clock.advance(Duration::from_millis(7)); // past the first lease's end, not the second's
     signal.arm(); // a sleeper went to sleep again
@@ -1167,7 +1165,7 @@ fn a_receiver_naps_while_a_due_timer_run_is_held_elsewhere() {
         delay: Some(Duration::from_millis(2)),
         ..PublishOptions::default()
     };
-    queue.publish_with(b"later", delayed).unwrap();
+    queue.try_publish_with(b"later", delayed).unwrap();
     clock.clock.advance(Duration::from_millis(5));
     let held = queue.wheel().with_run_lock(queue.now(), || {
         let before = clock.readings.load(std::sync::atomic::Ordering::Relaxed);
@@ -1197,7 +1195,7 @@ fn a_message_shows_its_publish_time_whenever_and_by_whom_it_is_read() {
         queue.unix_time(opened)
     );
     assert_eq!(queue.unix_time(opened + 5), queue.unix_time(opened) + 5);
-    queue.publish(b"m").unwrap();
+    queue.try_publish(b"m").unwrap();
     clock.advance(Duration::from_secs(3));
     let delivery = queue.try_receive().unwrap();
     assert_eq!(
@@ -1216,9 +1214,9 @@ fn a_message_shows_its_publish_time_whenever_and_by_whom_it_is_read() {
 fn an_owned_delivery_keeps_its_queue_alive_and_settles_from_another_thread() {
     let clock = ManualClock::new();
     let queue = std::sync::Arc::new(Queue::with_clock(QueueConfig::new(4, 16), clock).unwrap());
-    queue.publish(b"a").unwrap();
-    queue.publish(b"b").unwrap();
-    queue.publish(b"c").unwrap();
+    queue.try_publish(b"a").unwrap();
+    queue.try_publish(b"b").unwrap();
+    queue.try_publish(b"c").unwrap();
     let a = queue.try_receive_owned().unwrap();
     let b = queue.try_receive_owned().unwrap();
     let c = queue.try_receive_owned().unwrap();
@@ -1241,7 +1239,7 @@ fn an_owned_delivery_keeps_its_queue_alive_and_settles_from_another_thread() {
 fn owned_deliveries_ack_in_a_batch_and_a_lost_lease_is_named() {
     let (queue, clock) = queue(4);
     let queue = std::sync::Arc::new(queue);
-    queue.publish_with(b"kept", id(1)).unwrap();
+    queue.try_publish_with(b"kept", id(1)).unwrap();
     let lost = queue.try_receive_owned().unwrap();
     clock.advance(LEASE);
     queue.tick();
@@ -1254,4 +1252,92 @@ fn owned_deliveries_ack_in_a_batch_and_a_lost_lease_is_named() {
     );
     queue.ack_batch([kept]).unwrap();
     assert_eq!(queue.stats().acked, 1);
+}
+
+#[test]
+fn the_builder_sets_what_it_is_told_and_refuses_what_is_invalid() {
+    let backoff = RetryBackoff::Fixed(Duration::from_millis(7));
+    let built = Queue::builder(64, 100)
+        .visibility_timeout(Duration::from_secs(2))
+        .max_attempts(9)
+        .backoff(backoff)
+        .default_ttl(Duration::from_secs(3))
+        .dedup_window(Duration::from_secs(4))
+        .dedup_capacity(500)
+        .on_expiry(ExpiryPolicy::Drop)
+        .dead_letter_capacity(5)
+        .timer_tick(Duration::from_millis(2));
+    let mut expected = QueueConfig::new(64, 100);
+    expected.visibility_timeout = Duration::from_secs(2);
+    expected.max_attempts = 9;
+    expected.backoff = backoff;
+    expected.default_ttl = Some(Duration::from_secs(3));
+    expected.dedup_window = Some(Duration::from_secs(4));
+    expected.dedup_capacity = 500;
+    expected.on_expiry = ExpiryPolicy::Drop;
+    expected.dead_letter_capacity = 5;
+    expected.timer_tick = Duration::from_millis(2);
+    assert_eq!(built.config(), &expected);
+    assert_eq!(built.build().unwrap().config(), &expected);
+    assert_eq!(
+        Queue::builder(64, 100)
+            .no_dedup()
+            .into_config()
+            .dedup_window,
+        None
+    );
+    let refused = [
+        (
+            Queue::builder(0, 8),
+            ConfigError::Capacity { max: (1 << 24) - 1 },
+        ),
+        (
+            Queue::builder(8, 8).dead_letter_capacity(9),
+            ConfigError::DeadLetterCapacity,
+        ),
+        (
+            Queue::builder(8, 8).dedup_window(Duration::ZERO),
+            ConfigError::DedupWindow,
+        ),
+        (
+            Queue::builder(8, 8).visibility_timeout(Duration::ZERO),
+            ConfigError::VisibilityTimeout,
+        ),
+        (
+            Queue::builder(8, 8).timer_tick(Duration::from_secs(2)),
+            ConfigError::TimerTick {
+                max: Duration::from_secs(1),
+            },
+        ),
+    ];
+    for (builder, error) in refused {
+        assert_eq!(builder.build().unwrap_err(), error);
+    }
+}
+
+#[test]
+#[cfg(not(loom))]
+#[cfg_attr(miri, ignore = "real time and futexes")]
+fn waiting_receives_find_what_comes_and_deadlines_give_up() {
+    let queue = Queue::new(QueueConfig::new(8, 8)).unwrap();
+    let soon = std::time::Instant::now() + Duration::from_millis(5);
+    assert!(queue.receive_deadline(soon).is_none());
+    let mut batch = Vec::new();
+    assert_eq!(queue.receive_batch_deadline(&mut batch, 4, soon), 0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(20));
+            queue.publish_batch(&[b"a".as_slice(), b"b"]).unwrap();
+        });
+        // Waits as long as it takes for the first, then takes what is ready.
+        let received = queue.receive_batch(&mut batch, 4);
+        assert!((1..=2).contains(&received));
+    });
+    let far = std::time::Instant::now() + Duration::from_secs(60);
+    while batch.len() < 2 {
+        let delivery = queue.receive_deadline(far).expect("b is ready");
+        batch.push(delivery);
+    }
+    queue.ack_batch(batch.drain(..)).unwrap();
+    assert_eq!(queue.stats().acked, 2);
 }

@@ -131,7 +131,7 @@ impl<C: Clock> Queue<C> {
         &self.region.sections().shared.ready_signal
     }
 
-    /// Publishers waiting for a free slot sleep on it (see [`FullPolicy::Block`]).
+    /// Publishers waiting for a free slot sleep on it (see [`publish`](Self::publish)).
     pub(crate) fn room_signal(&self) -> &Signal {
         &self.region.sections().shared.room_signal
     }

@@ -94,9 +94,7 @@ impl Queue<MonotonicClock> {
     pub fn create_file(path: &Path, config: QueueConfig) -> Result<Self, ShmError> {
         config.validate()?;
         let layout =
-            Layout::new(config.shape(), header::HEADER_BYTES).map_err(|_| ConfigError {
-                problem: "capacity * max_payload is larger than memory can hold",
-            })?;
+            Layout::new(config.shape(), header::HEADER_BYTES).map_err(|_| ConfigError::TooLarge)?;
         let temporary = temporary_path(path);
         let file = OpenOptions::new()
             .read(true)

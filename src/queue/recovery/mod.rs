@@ -448,7 +448,7 @@ mod tests {
 
         let (woken_ready, woken_room) = (ready.wake_ups(), room.wake_ups());
         for _ in 0..3 {
-            newcomer.publish(b"no one to wake").unwrap();
+            newcomer.try_publish(b"no one to wake").unwrap();
             newcomer.try_receive().unwrap().ack().unwrap();
         }
         assert_eq!(
@@ -505,7 +505,7 @@ mod tests {
 
         let looked = survivor.registrations_now(); // the sweep's look at who is alive
         let newcomer = Queue::open_file(&segment.0).unwrap();
-        newcomer.publish(b"held").unwrap();
+        newcomer.try_publish(b"held").unwrap();
         let delivery = newcomer.try_receive().unwrap(); // pins its slot
         let mut sweep = Sweep::default();
         survivor.drop_pins_none_of_these_hold(&looked, &mut sweep);
@@ -526,7 +526,7 @@ mod tests {
     fn a_dead_pin_beside_a_live_one_is_dropped_once_the_live_one_is_gone() {
         let segment = TempSegment::new("kept-pin");
         let (survivor, victim) = survivor_and_victim(&segment, Duration::from_millis(20), 4);
-        survivor.publish_with(b"m", with_id(1)).unwrap();
+        survivor.try_publish_with(b"m", with_id(1)).unwrap();
         std::mem::forget(victim.try_receive().unwrap()); // killed holding it
         let again = survivor
             .receive_timeout(Duration::from_secs(5))
@@ -550,7 +550,7 @@ mod tests {
         assert_ne!(recovered & KEPT_PINS, 0, "the sweep kept a pin");
         again.ack().unwrap(); // the live pin goes; the dead one holds the freed slot
         survivor.recover_if_needed(survivor.now()); // not a liveness check: no sweep
-        let full = (0..4).all(|n| survivor.publish_with(b"f", with_id(10 + n)).is_ok());
+        let full = (0..4).all(|n| survivor.try_publish_with(b"f", with_id(10 + n)).is_ok());
         assert!(!full, "the dead pin still holds its slot");
         while let Some(delivery) = survivor.try_receive() {
             delivery.ack().unwrap();
@@ -563,9 +563,9 @@ mod tests {
             .load(Ordering::Acquire);
         assert_eq!(recovered & KEPT_PINS, 0, "recovered for good");
         for n in 0..4 {
-            survivor.publish_with(b"f", with_id(20 + n)).unwrap();
+            survivor.try_publish_with(b"f", with_id(20 + n)).unwrap();
         }
-        assert!(survivor.publish(b"x").is_err(), "exactly the capacity");
+        assert!(survivor.try_publish(b"x").is_err(), "exactly the capacity");
     }
 
     /// A process killed in the middle of each operation leaves each of the things recovery
@@ -580,15 +580,17 @@ mod tests {
         victim.cut_publish_short(MessageId(100));
 
         // 2. Killed between popping a ready token and leasing its message.
-        survivor.publish_with(b"token lost", with_id(1)).unwrap();
+        survivor
+            .try_publish_with(b"token lost", with_id(1))
+            .unwrap();
         pop(victim.ready()).expect("the token of message 1");
 
         // 3. Killed holding a delivery (leased, payload pinned).
-        survivor.publish_with(b"held", with_id(2)).unwrap();
+        survivor.try_publish_with(b"held", with_id(2)).unwrap();
         std::mem::forget(victim.try_receive().unwrap());
 
         // 4. Killed mid-nack (Settling).
-        survivor.publish_with(b"settling", with_id(3)).unwrap();
+        survivor.try_publish_with(b"settling", with_id(3)).unwrap();
         let delivery = victim.try_receive().unwrap();
         let settling = delivery.slot;
         let leased = victim.store().load(settling).unwrap();
@@ -599,7 +601,9 @@ mod tests {
             .unwrap();
 
         // 5. Killed between marking a lease timer due and linking it.
-        survivor.publish_with(b"timer lost", with_id(4)).unwrap();
+        survivor
+            .try_publish_with(b"timer lost", with_id(4))
+            .unwrap();
         let (slot, _) = split(pop(victim.ready()).unwrap());
         let ready = victim.store().load(slot).unwrap();
         assert!(!ready.lease_timer, "a fresh slot has no timer yet");
@@ -624,7 +628,7 @@ mod tests {
                 meta.due_at.store(u64::MAX / 2, Ordering::Relaxed);
             }
         }
-        survivor.publish_with(b"taking", with_id(5)).unwrap();
+        survivor.try_publish_with(b"taking", with_id(5)).unwrap();
         let (slot, _) = split(pop(victim.ready()).unwrap());
         let ready = victim.store().load(slot).unwrap();
         victim.mark_pin(slot);
@@ -636,7 +640,7 @@ mod tests {
 
         // 7. Killed dead-lettering an expired message found on receive: taken from Ready
         //    into Taken, with no lease timer (a fresh slot has none).
-        survivor.publish_with(b"dying", with_id(6)).unwrap();
+        survivor.try_publish_with(b"dying", with_id(6)).unwrap();
         let (slot, generation_bits) = split(pop(victim.ready()).unwrap());
         let ready = victim.store().load(slot).unwrap();
         assert_eq!(ready.generation as u8, generation_bits);
@@ -651,7 +655,7 @@ mod tests {
             ttl: Some(Duration::from_nanos(1)),
             ..with_id(7)
         };
-        survivor.publish_with(b"expired", dying_now).unwrap();
+        survivor.try_publish_with(b"expired", dying_now).unwrap();
         let (slot, _) = split(pop(victim.ready()).unwrap());
         let ready = victim.store().load(slot).unwrap();
         victim
@@ -702,12 +706,14 @@ mod tests {
         );
 
         // The killed publish never returned Ok: its id may be published again.
-        survivor.publish_with(b"retried", with_id(100)).unwrap();
+        survivor.try_publish_with(b"retried", with_id(100)).unwrap();
         survivor.try_receive().unwrap().ack().unwrap();
         // And no slot leaked: the queue fills to its capacity.
         for n in 0..8 {
-            survivor.publish_with(b"fill", with_id(200 + n)).unwrap();
+            survivor
+                .try_publish_with(b"fill", with_id(200 + n))
+                .unwrap();
         }
-        assert!(survivor.publish(b"one too many").is_err());
+        assert!(survivor.try_publish(b"one too many").is_err());
     }
 }

@@ -144,16 +144,18 @@ mod tests {
         };
         let queue_time_before = {
             let before = Queue::create_file(&path, config).unwrap();
-            before.publish_with(b"held", with(1, None, None)).unwrap();
+            before
+                .try_publish_with(b"held", with(1, None, None))
+                .unwrap();
             std::mem::forget(before.try_receive().unwrap()); // its consumer dies
             before
-                .publish_with(b"long ttl", with(2, Some(2 * HOUR), None))
+                .try_publish_with(b"long ttl", with(2, Some(2 * HOUR), None))
                 .unwrap();
             before
-                .publish_with(b"delayed", with(3, None, Some(MINUTE)))
+                .try_publish_with(b"delayed", with(3, None, Some(MINUTE)))
                 .unwrap();
             before
-                .publish_with(b"short ttl", with(4, Some(30 * MINUTE), None))
+                .try_publish_with(b"short ttl", with(4, Some(30 * MINUTE), None))
                 .unwrap();
             before.cut_publish_short(MessageId(5));
             let now = before.now();
@@ -200,10 +202,12 @@ mod tests {
         let stats = after.stats();
         assert_eq!((stats.ready, stats.delayed, stats.in_flight), (0, 0, 0));
         assert!(matches!(
-            after.publish_with(b"again", with(2, None, None)),
+            after.try_publish_with(b"again", with(2, None, None)),
             Err(PublishError::Duplicate { .. })
         ));
-        after.publish_with(b"retried", with(5, None, None)).unwrap();
+        after
+            .try_publish_with(b"retried", with(5, None, None))
+            .unwrap();
 
         // A second opener on this boot attaches as usual.
         let other = Queue::open_file(&path).unwrap();
