@@ -64,7 +64,12 @@ pub use queue::{
 };
 pub use ring::{CapacityError, Full, Ring, RingMemoryError, TokenRing, TokenRingError};
 
-/// The README's example is compiled and run as a doc test, so it stays true.
+/// The README's examples are compiled and run as doc tests, so they stay true.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+/// So is ARCHITECTURE.md's.
+#[cfg(doctest)]
+#[doc = include_str!("../ARCHITECTURE.md")]
+struct ArchitectureDoctests;

@@ -70,8 +70,8 @@ pub(crate) fn prefetch_read<T>(place: &T) {
 /// for a CPU that has it (`-C target-feature=+prfchw`, unstable): a default build silently
 /// gets a read prefetch instead. So it is issued here directly, where the CPU reports it
 /// (every x86-64 CPU since Intel Broadwell and AMD K8); elsewhere a read prefetch it is.
-/// Measured on this project's machine, publish -> receive -> ack at one producer and one
-/// consumer: 4.28-4.33 M msg/s with the read prefetch, 4.70-4.81 with `PREFETCHW`.
+/// With it, publish -> receive -> ack moves more messages (figures: benches/README.md,
+/// *Measurements behind the code's choices*).
 #[inline(always)]
 pub(crate) fn prefetch_write<T>(place: &T) {
     #[cfg(all(target_arch = "x86_64", not(loom), not(miri)))]

@@ -16,8 +16,9 @@ pub(crate) struct Padded(pub(crate) AtomicU64);
 ///
 /// Why: Miri retags a reference over every byte it covers, each time one is made. The
 /// participants section is 132 KiB (64 entries of 264 words, mostly pin marks), and the
-/// reference to it that every queue operation made cost each operation about 60 ms under
-/// Miri, where CI then spent 15 minutes on the queue's unit tests. Compiled, this is the
+/// reference to it that every queue operation made slowed each operation under Miri so
+/// much that CI's run of the queue's unit tests took far too long (figures:
+/// benches/README.md, *Measurements behind the code's choices*). Compiled, this is the
 /// same code as a slice.
 pub(crate) struct Table<'r, T> {
     elements: NonNull<[T]>,

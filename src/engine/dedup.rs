@@ -26,14 +26,13 @@
 //! stripe's first cache lines, which a publish prefetches ([`DedupWindow::prefetch`])
 //! before it does its other work.
 //!
-//! A table for a million ids is tens of megabytes: a record is a miss to memory (about
-//! 150 ns on the machine we measure on), longer than the rest of a publish, so the
-//! prefetch at the start of a publish hides only part of it. A queue's publish therefore
-//! also prefetches the stripe of the id two after the caller's: publishers that number
-//! their messages find their stripe loaded (on an earlier host a single-thread publish
-//! took 200 ns with the early prefetch alone, 148 ns guessing the next id; on the AMD
-//! EPYC host, 106-113 ns guessing the next id and 91-95 guessing two ahead, since a
-//! publish there takes about as long as the miss; random ids: about 200 ns either way).
+//! A table for a million ids is tens of megabytes: a record is a miss to memory, longer
+//! than the rest of a publish, so the prefetch at the start of a publish hides only part
+//! of it. A queue's publish therefore also prefetches the stripe of the id two after the
+//! caller's: publishers that number their messages find their stripe loaded. Two ahead,
+//! not the next, since a publish takes about as long as the miss; ids that look random
+//! gain nothing either way (figures: benches/README.md, *Measurements behind the code's
+//! choices*).
 //!
 //! So an id is decided in exactly one place, its stripe, under its lock: two publishers of
 //! one id can never both be accepted, and memory never grows.
@@ -340,8 +339,9 @@ impl<'r> DedupTable<'r> {
     /// Starts loading `id`'s stripe, about to be recorded (so fetched for writing): its
     /// first three lines, which hold the lock, the length and entries 0-10. A stripe's
     /// length stays near the most ids it held live at once (a full table holds eight per
-    /// stripe on average, some stripes more), so a record often scans into the third line
-    /// (one thread, numbered ids: a publish 149 -> 139-144 ns with the third line too).
+    /// stripe on average, some stripes more), so a record often scans into the third line,
+    /// and loading it too makes a publish cheaper (figures: benches/README.md,
+    /// *Measurements behind the code's choices*).
     #[inline]
     pub(crate) fn prefetch(&self, id: MessageId) {
         if let Some(stripe) = self.stripe(id) {

@@ -135,12 +135,13 @@ impl<'r> IndexRing<'r> {
 
     /// Moves `cursor` past `position`, whose slot CAS we just made, unless someone already
     /// did. A load and a plain store, not a CAS: in an uncontended push or pop the cursor
-    /// CAS cost as much as the slot CAS, a locked instruction each (one thread: a publish
-    /// 146 -> 141 ns, a receive 83 -> 77, an ack 38 -> 33). The price is that a cursor can
-    /// move back: if others move it on between our load and our store, we set it back to
-    /// `position + 1`. Every position before that is done all the same, which is all a
-    /// cursor promises, and whoever reads it next finds the slot there moved on by whole
-    /// turns and jumps the cursor forward again (see `push` and `pop`).
+    /// CAS cost as much as the slot CAS, a locked instruction each, and dropping it makes
+    /// every publish, receive and ack cheaper (figures: benches/README.md, *Measurements
+    /// behind the code's choices*). The price is that a cursor can move back: if others
+    /// move it on between our load and our store, we set it back to `position + 1`. Every
+    /// position before that is done all the same, which is all a cursor promises, and
+    /// whoever reads it next finds the slot there moved on by whole turns and jumps the
+    /// cursor forward again (see `push` and `pop`).
     ///
     /// A thread stopped between the load and the store (SIGSTOP) while the ring turns on
     /// by 2^31 positions or more sets the cursor back further than a 32-bit `seq` can show:

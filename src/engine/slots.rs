@@ -207,8 +207,8 @@ pub(crate) struct Meta {
     /// them, before the id is recorded for dedup): tells crash recovery whether a slot left
     /// in `Writing` has its id recorded under `published_at`. On the first line with the
     /// word: on the second, the consumers' cores took that line away (adjacent-line
-    /// prefetch pairs it with the first) and every publish waited to get it back (probe,
-    /// 1/1: 6% more messages with the field on the first line).
+    /// prefetch pairs it with the first) and every publish waited to get it back
+    /// (figures: benches/README.md, *Measurements behind the code's choices*).
     pub(crate) written_at_generation: AtomicU64,
     /// Dead-letter time as Unix nanoseconds.
     pub(crate) dead_unix: AtomicU64,

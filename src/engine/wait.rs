@@ -36,9 +36,9 @@
 //!
 //! A woken thread may wait a while for a core (on a busy machine, a scheduler tick), and
 //! until it has counted itself out, every publish that only asked "is anyone asleep?"
-//! made a wake-up system call for it again: with 2 publishers and 2 blocking receivers on
-//! 2 cores, about 60 calls per sleep, 0.26 per message, which cost the pair a quarter of
-//! its rate (see `benches/README.md`). Now the first waker after an arming takes the bit
+//! made a wake-up system call for it again: where threads outnumber cores, many calls per
+//! sleep, which cost a large part of the rate (figures: benches/README.md, *Measurements
+//! behind the code's choices*). Now the first waker after an arming takes the bit
 //! with its CAS and makes the one call; the others find the bit clear and pass, until a
 //! sleeper arms again.
 //!
@@ -93,7 +93,8 @@ impl Signal {
     /// before the push whenever the sleeper's look missed the token (C++20
     /// [atomics.order] p4.3), so this load sees the sleeper's arming (or a later wake-up
     /// of it: see the module docs): no fence of ours is needed. A fence here (`lock or` on
-    /// x86) after every ack's push cost one producer and one consumer 20% of their rate.
+    /// x86) after every ack's push cost a producer and a consumer a good part of their
+    /// rate (figures: benches/README.md, *Measurements behind the code's choices*).
     ///
     /// One case the language's rule leaves to the hardware: a sleeper's look that stops at
     /// an earlier position, pushed by a pusher killed between its CAS and its notify, and
@@ -313,7 +314,8 @@ mod loom_models {
     }
 
     /// Two sleepers and two wakers, one value each. (Four threads: at most two preemptions,
-    /// 45 s; three took 11 minutes.)
+    /// since three make the model far too slow to run; figures: benches/README.md,
+    /// *Measurements behind the code's choices*.)
     #[test]
     fn two_sleepers_never_sleep_through_two_pushes() {
         sleepers_against(&[push_one, push_one], 2, 2, Some(2));

@@ -439,8 +439,9 @@ impl<C: Clock> std::fmt::Debug for Delivery<'_, C> {
 }
 
 // A `Delivery` is moved by value (out of `try_receive`, into a `Vec`, to a worker): at up
-// to 128 bytes a move is a few vector stores, beyond that a call to `memcpy` (3% of the
-// instructions of a publish-receive-ack, measured).
+// to 128 bytes a move is a few vector stores, beyond that a call to `memcpy`, a visible
+// share of a publish-receive-ack's instructions (figures: benches/README.md,
+// *Measurements behind the code's choices*).
 const _: () =
     assert!(std::mem::size_of::<Delivery<'static, crate::base::clock::MonotonicClock>>() <= 128);
 

@@ -575,7 +575,8 @@ mod loom_models {
     #[test]
     fn a_twin_token_holder_that_loses_the_race_to_dead_letter_writes_nothing() {
         // Two preemptions: the losing write needs only one (after the loser read the slot
-        // as ready), and three take CI's loom step past a quarter of an hour.
+        // as ready), and three make CI's loom step far too long (figures:
+        // benches/README.md, *Measurements behind the code's choices*).
         let mut builder = loom::model::Builder::new();
         builder.preemption_bound = Some(2);
         builder.check(|| {

@@ -175,10 +175,9 @@ impl<C: Clock> Queue<C> {
     /// messages (a producer's sequence, the counter in a Snowflake id), and a single
     /// publish then finds its stripe loaded by the one before the one before. Not the
     /// next id's: a publish takes about as long as a miss to memory, so that stripe would
-    /// still be on its way (one thread, a publish: 106-113 ns guessing one ahead, 91-95
-    /// guessing two; in the bench, one per call, 7-15% more messages). A wrong guess costs
-    /// a read from memory that no one waits for. (A batch prefetches each message's own
-    /// stripe as it admits it.)
+    /// still be on its way (figures: benches/README.md, *Measurements behind the code's
+    /// choices*). A wrong guess costs a read from memory that no one waits for. (A batch
+    /// prefetches each message's own stripe as it admits it.)
     #[inline]
     pub(super) fn prefetch_dedup_stripe(&self, options: &PublishOptions, and_next: bool) {
         if let (Some(id), Some(dedup)) = (options.id, self.dedup()) {
@@ -299,9 +298,9 @@ impl<C: Clock> Queue<C> {
                 // The slot's header and payload were last written by a consumer, on another
                 // core: the claim waits for them. The next publish will most likely claim
                 // the next free token's slot, so its lines start moving here, a whole
-                // publish ahead (probe, two producers and two consumers: 3.1-3.2 -> 3.7-3.8
-                // M msg/s; one and one: within the noise). A wrong guess costs a prefetch no
-                // one waits for.
+                // publish ahead, which pays off with two producers and two consumers
+                // (figures: benches/README.md, *Measurements behind the code's choices*).
+                // A wrong guess costs a prefetch no one waits for.
                 if let Some(next) = self.free().peek() {
                     self.store().prefetch(split(next).0);
                 }

@@ -1174,8 +1174,9 @@ fn a_receiver_naps_while_a_due_timer_run_is_held_elsewhere() {
     });
     let readings = held.expect("the run lock was free");
     // 20 µs of looks every half microsecond, then about 50 naps of a tick: under 200
-    // readings (169 measured). Looking again at once made it 1,777 here, where a futex
-    // wait of zero still takes the kernel's timer slack (50 µs); more on a faster machine.
+    // readings. Looking again at once made it many times that here, where a futex wait
+    // of zero still takes the kernel's timer slack (50 µs); more on a faster machine
+    // (figures: benches/README.md, *Measurements behind the code's choices*).
     assert!(readings < 600, "{readings} clock readings in 50 ms");
     // Once the run is free, the timer runs and the message comes.
     assert_eq!(queue.try_receive().unwrap().payload(), b"later");

@@ -10,10 +10,9 @@ use crate::liveness::SleepsOn;
 use crate::queue::Queue;
 
 /// How long a waiting receiver keeps looking for a message before it sleeps (see
-/// `look_while_spinning`): twice what a futex wake-up costs (about 10 µs on the machine we
-/// measure on). Longer spins take CPU from other threads where there are more busy threads
-/// than cores (measured with 50 µs: the tour's 6 processes on 2 cores saw their p99 grow
-/// from 3.4-3.6 ms to 4.7-5.2 ms).
+/// `look_while_spinning`): twice what a futex wake-up costs. Longer spins take CPU from
+/// other threads where there are more busy threads than cores, and their tail latency
+/// grows (figures: benches/README.md, *Measurements behind the code's choices*).
 pub(super) const SPIN_BUDGET: Duration = Duration::from_micros(20);
 
 /// How often a waiting receiver looks while it spins.
@@ -25,25 +24,26 @@ pub(super) const HOLD_BACK: Duration = Duration::from_micros(10);
 
 /// The first part of a wait: `look` every [`LOOK_INTERVAL`] for [`SPIN_BUDGET`] (or
 /// `timeout`, if shorter), awake. A message that comes within that time is found within
-/// a look interval, where a sleeper would take a futex wake-up (about 10 µs, measured)
-/// and its publisher a wake system call.
+/// a look interval, where a sleeper would take a futex wake-up (many look intervals) and
+/// its publisher a wake system call.
 ///
 /// Why not look as often as possible: each look reads the ready ring's next slot, the
 /// very cache line the next publish writes, so a receiver that looks more often than
 /// messages come takes that line from the publisher before every publish, and the
 /// publisher, the slower side, pays a transfer between cores each time. Looking every
-/// half microsecond (longer than a publish takes between two busy cores, 200-350 ns)
-/// lets the publisher of a busy stream run ahead; the price is up to one interval (plus
-/// a look) of delay for a message that comes while the receiver waits. See
-/// `benches/README.md` for the figures.
+/// half microsecond (longer than a publish takes between two busy cores) lets the
+/// publisher of a busy stream run ahead; the price is up to one interval (plus a look)
+/// of delay for a message that comes while the receiver waits (figures:
+/// benches/README.md, *Measurements behind the code's choices*).
 ///
 /// Why not `sched_yield` between looks, so that where threads outnumber cores the thread
-/// we wait for may run: it did raise two publishers and two blocking receivers on two
-/// cores from 2.2-2.7 to 3.0-3.4 M msg/s, but a yielding receiver lets every other
-/// runnable thread take its core for a time slice, and is not running when its message
-/// comes. The tour (six processes on two cores) saw its p50 from publish to delivery go
-/// from 19-32 µs to 1.28-1.33 ms. A receiver that spins, or sleeps on the futex and is
-/// woken, is there when the message comes.
+/// we wait for may run: it did raise the rate of two publishers and two blocking
+/// receivers on two cores, but a yielding receiver lets every other runnable thread take
+/// its core for a time slice, and is not running when its message comes: the tour (six
+/// processes on two cores) saw its p50 from publish to delivery go from microseconds to
+/// milliseconds (figures: benches/README.md, *Measurements behind the code's choices*).
+/// A receiver that spins, or sleeps on the futex and is woken, is there when the message
+/// comes.
 ///
 /// The caller has looked once already, at `started`.
 pub(super) fn look_while_spinning<T>(
@@ -96,9 +96,8 @@ impl<C: Clock> Queue<C> {
     /// free (an eighth of the queue, at most 64). Claiming each slot as soon as a consumer
     /// frees it keeps both on the same free-ring word and slot lines, handing them back and
     /// forth between cores for every message; waiting for a run lets the consumer free
-    /// slots while the publisher then fills them. Measured (probe, one publisher and one
-    /// consumer, both waiting in the queue): 5.0-5.4 M msg/s claiming at once, 6.4-6.6
-    /// with the run.
+    /// slots while the publisher then fills them, and moves more messages (figures:
+    /// benches/README.md, *Measurements behind the code's choices*).
     #[cold]
     #[inline(never)]
     pub(super) fn wait_for_room(&self, timeout: Duration) -> Option<(u32, u32)> {
@@ -146,8 +145,8 @@ impl<C: Clock> Queue<C> {
         mut look: impl FnMut() -> Option<T>,
     ) -> Option<T> {
         // Most calls find something at once: the first look reads no clock (a clock read
-        // costs a receive a third more: 21 ns against 55-60 for the rest of it). The
-        // timeout counts from just after it.
+        // is a large part of a receive's cost; figures: benches/README.md, *Measurements
+        // behind the code's choices*). The timeout counts from just after it.
         if let Some(found) = look() {
             return Some(found);
         }
