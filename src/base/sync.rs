@@ -1,7 +1,7 @@
 //! The loom facade: every atomic, cell, spin hint and thread the engine uses comes from here.
 //!
 //! Built normally, these are the `std` (and crossbeam) types. Built with `--cfg loom`, they are
-//! loom's model-checked versions, so the loom tests in `loom-tests/` explore the interleavings
+//! loom's model-checked versions, so the `loom_models` modules explore the interleavings
 //! of the very code that ships. Nothing in the crate may import `std::sync::atomic`,
 //! `std::cell::UnsafeCell` or `std::thread` directly.
 
@@ -146,4 +146,53 @@ fn prefetch<T, const HINT: i32>(place: &T) {
     }
     #[cfg(not(all(target_arch = "x86_64", not(loom), not(miri))))]
     let _ = place;
+}
+
+/// How every loom model in the crate runs (as tokio's `loom::model` wrapper): one place that
+/// sets loom up, so each model is a small story beside the code it checks (a `loom_models`
+/// module): spawn two or three threads, race one pair of operations, assert one invariant.
+/// `LOOM_MAX_PREEMPTIONS` (CI: 3) bounds the interleavings, as loom reads it.
+#[cfg(all(test, loom))]
+pub(crate) mod model {
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+
+    /// Room for the spins of a consumer that waits out a ring slot claimed but not yet
+    /// published: they take more branches than loom's default allows.
+    const MAX_BRANCHES: usize = 100_000;
+
+    fn builder(preemptions: Option<usize>) -> loom::model::Builder {
+        let mut builder = loom::model::Builder::new();
+        builder.max_branches = MAX_BRANCHES;
+        if preemptions.is_some() {
+            builder.preemption_bound = preemptions;
+        }
+        builder
+    }
+
+    /// Runs `story` over every interleaving loom reaches.
+    pub(crate) fn check(story: impl Fn() + Sync + Send + 'static) {
+        builder(None).check(story);
+    }
+
+    /// [`check`] with at most `preemptions` preemptions, for a model too large for the
+    /// bound the others run at (its docs say why fewer still find the race).
+    pub(crate) fn check_bounded(preemptions: usize, story: impl Fn() + Sync + Send + 'static) {
+        builder(Some(preemptions)).check(story);
+    }
+
+    /// [`check`], returning every outcome `story` reported, so that a model can assert the
+    /// interesting ones occurred: one that stops exploring its race then fails.
+    pub(crate) fn explore<T: Ord + Send + 'static>(
+        story: impl Fn() -> T + Sync + Send + 'static,
+    ) -> BTreeSet<T> {
+        let outcomes = std::sync::Arc::new(Mutex::new(BTreeSet::new()));
+        let sink = outcomes.clone();
+        builder(None).check(move || {
+            let outcome = story();
+            sink.lock().unwrap().insert(outcome);
+        });
+        let seen = std::mem::take(&mut *outcomes.lock().unwrap());
+        seen
+    }
 }

@@ -615,3 +615,38 @@ mod tests {
         assert_eq!(all, (0..ids).collect::<Vec<_>>());
     }
 }
+
+/// Loom model of the dedup window: two publishers racing with one id, exactly one accepted.
+#[cfg(all(test, loom))]
+mod loom_models {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::base::sync::model::explore;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    #[test]
+    fn two_publishers_with_the_same_id_exactly_one_is_accepted() {
+        let seen = explore(|| {
+            let dedup = Arc::new(DedupWindow::new(Duration::from_secs(1), 32).unwrap());
+            let id = MessageId(77);
+            let publishers: Vec<_> = (0..2)
+                .map(|_| {
+                    let dedup = dedup.clone();
+                    thread::spawn(move || dedup.record(id, 10))
+                })
+                .collect();
+            let results: Vec<_> = publishers.into_iter().map(|p| p.join().unwrap()).collect();
+            let accepted = results.iter().filter(|r| r.is_ok()).count();
+            assert_eq!(accepted, 1, "exactly one publish of the id: {results:?}");
+            assert!(results.contains(&Err(DedupError::Duplicate { id })));
+            // And the id stays remembered for the rest of the window.
+            assert!(dedup.record(id, 11).is_err());
+            results[0].is_ok()
+        });
+        // Either publisher may be the one accepted.
+        assert_eq!(seen, BTreeSet::from([false, true]));
+    }
+}

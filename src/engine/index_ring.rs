@@ -863,7 +863,7 @@ mod loom_models {
 
     #[test]
     fn two_pushers_one_popper_lose_and_duplicate_nothing() {
-        loom::model(|| {
+        crate::base::sync::model::check(|| {
             let words = shared(2);
             let pushers: Vec<_> = [1u32, 2]
                 .into_iter()
@@ -889,7 +889,7 @@ mod loom_models {
 
     #[test]
     fn two_poppers_take_each_value_once_across_a_wrap() {
-        loom::model(|| {
+        crate::base::sync::model::check(|| {
             let words = shared(1);
             let ring0 = ring(&words);
             assert!(ring0.try_push(1).unwrap());
@@ -919,7 +919,7 @@ mod loom_models {
 
     #[test]
     fn a_batch_pop_racing_a_pop_and_a_push_takes_each_value_once_in_order() {
-        loom::model(|| {
+        crate::base::sync::model::check(|| {
             let words = shared(3);
             let ring0 = ring(&words);
             assert_eq!(ring0.try_push_many(&[1, 2]).unwrap(), 2);
@@ -954,7 +954,7 @@ mod loom_models {
 
     #[test]
     fn a_batch_push_racing_a_push_and_a_pop_loses_nothing() {
-        loom::model(|| {
+        crate::base::sync::model::check(|| {
             let words = shared(3);
             let ring0 = ring(&words);
             assert!(ring0.try_push(1).unwrap());
@@ -1000,7 +1000,7 @@ mod loom_models {
 
     #[test]
     fn a_pusher_stopping_after_its_cas_blocks_neither_pushers_nor_poppers() {
-        loom::model(|| {
+        crate::base::sync::model::check(|| {
             let words = shared(2);
             let stopped = {
                 let words = words.clone();
@@ -1033,7 +1033,7 @@ mod loom_models {
     /// no push may report full, nothing lost or doubled, 2 before 3; afterwards exactly 3 fit.
     #[test]
     fn tail_set_back_by_a_racing_pusher() {
-        loom::model(|| {
+        crate::base::sync::model::check(|| {
             let words = shared(3);
             let a = {
                 let words = words.clone();
@@ -1077,7 +1077,7 @@ mod loom_models {
     /// came before it, three values were pushed before it began); B's pops are in order.
     #[test]
     fn head_set_back_by_a_racing_popper() {
-        loom::model(|| {
+        crate::base::sync::model::check(|| {
             let words = shared(3);
             assert_eq!(ring(&words).try_push_many(&[1, 2]).unwrap(), 2);
             let a = {
@@ -1118,7 +1118,7 @@ mod loom_models {
     /// by whole turns, so B's pops must jump it (done_through > 0).
     #[test]
     fn head_set_back_whole_turns_capacity_one() {
-        loom::model(|| {
+        crate::base::sync::model::check(|| {
             let words = shared(1);
             assert!(ring(&words).try_push(1).unwrap());
             let a = {
@@ -1142,7 +1142,7 @@ mod loom_models {
     /// `tail` back by whole turns.
     #[test]
     fn tail_set_back_whole_turns_capacity_one() {
-        loom::model(|| {
+        crate::base::sync::model::check(|| {
             let words = shared(1);
             let a = {
                 let words = words.clone();

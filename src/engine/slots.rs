@@ -764,7 +764,7 @@ mod loom_models {
         let outcomes =
             std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
         let sink = outcomes.clone();
-        loom::model(move || {
+        crate::base::sync::model::check(move || {
             let owned = Arc::new(OwnedStore::new(1, 0));
             let store = owned.store();
             publish(&store, 0, 0, b"");
@@ -794,7 +794,7 @@ mod loom_models {
 
     #[test]
     fn two_receivers_race_for_one_message() {
-        loom::model(|| {
+        crate::base::sync::model::check(|| {
             let owned = Arc::new(OwnedStore::new(1, 0));
             let store = owned.store();
             publish(&store, 0, 0, b"");

@@ -342,11 +342,7 @@ mod loom_models {
         fn ring(words: &OwnedWords) -> IndexRing<'_> {
             IndexRing::attach(&words.head, &words.tail, &words.slots)
         }
-        let mut builder = loom::model::Builder::new();
-        if preemptions.is_some() {
-            builder.preemption_bound = preemptions;
-        }
-        builder.check(move || {
+        let story = move || {
             let shared = Arc::new((Signal::default(), OwnedWords::new(2), AtomicU64::new(0)));
             shared.1.ring();
             let wakers: Vec<_> = pushes
@@ -388,7 +384,11 @@ mod loom_models {
                 0,
                 "counted out"
             );
-        });
+        };
+        match preemptions {
+            Some(bound) => crate::base::sync::model::check_bounded(bound, story),
+            None => crate::base::sync::model::check(story),
+        }
     }
 }
 

@@ -597,7 +597,7 @@ mod loom_models {
 
     #[test]
     fn an_insert_racing_a_run_is_not_lost() {
-        loom::model(|| {
+        crate::base::sync::model::check(|| {
             // Timers due at ticks 2 and 1 are inserted while a run at tick 2 goes on; a
             // third timer, far out, sits in a coarse bucket the run detaches and re-files.
             // One more run then picks up whatever overflowed.

@@ -33,6 +33,9 @@
 mod owned;
 mod token;
 
+#[cfg(all(test, loom))]
+mod loom_models;
+
 pub use owned::{Full, Ring};
 pub use token::{RingMemoryError, TokenRing, TokenRingError};
 

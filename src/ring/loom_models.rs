@@ -1,34 +1,16 @@
 //! Loom models of the ring: each races one pair of operations and checks one invariant,
-//! over every interleaving loom reaches (bounded by LOOM_MAX_PREEMPTIONS).
+//! over every interleaving loom reaches (see `base::sync::model`).
 //!
 //! Every raced operation runs in a spawned thread; the model's main thread only sets up,
 //! joins and checks. Each model also records which outcomes it saw and asserts that the
 //! interesting ones occurred, so a model that stops exploring the race fails.
-#![cfg(loom)]
 
 use std::collections::BTreeSet;
-use std::sync::Mutex;
 
-use ackring::ring::Full;
-use ackring::{Ring, TokenRing};
+use super::{Full, Ring, TokenRing};
+use crate::base::sync::model::explore;
 use loom::sync::Arc;
 use loom::thread;
-
-/// Runs `f` under loom and returns the set of outcome labels it reported over all runs.
-/// Consumers spin (yielding) while a producer that claimed a slot has not yet published it;
-/// such waits take more branches than loom's default allows.
-fn explore<T: Ord + Send + 'static>(f: impl Fn() -> T + Sync + Send + 'static) -> BTreeSet<T> {
-    let outcomes = std::sync::Arc::new(Mutex::new(BTreeSet::new()));
-    let sink = outcomes.clone();
-    let mut builder = loom::model::Builder::new();
-    builder.max_branches = 100_000;
-    builder.check(move || {
-        let outcome = f();
-        sink.lock().unwrap().insert(outcome);
-    });
-    let seen = std::mem::take(&mut *outcomes.lock().unwrap());
-    seen
-}
 
 /// Pops everything left, in order.
 fn drain(ring: &Ring<u32>) -> Vec<u32> {

@@ -1,1 +1,0 @@
-//! Nothing here: the models live in `tests/`.
