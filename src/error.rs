@@ -3,6 +3,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::base::id::MessageId;
 
@@ -216,4 +217,108 @@ pub struct BatchPublishError {
 pub struct BatchAckError {
     /// The messages whose lease was lost, in batch order.
     pub lost: Vec<MessageId>,
+}
+
+/// Why an id was not recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DedupError {
+    /// The id was accepted less than one window ago.
+    #[error("message id {id} was already published within the dedup window")]
+    Duplicate {
+        /// The repeated id.
+        id: MessageId,
+    },
+    /// The id's stripe holds only ids younger than the window.
+    #[error(
+        "the dedup window is full ({capacity} ids remembered); \
+         create the queue with a larger dedup capacity or a shorter window"
+    )]
+    Full {
+        /// How many ids the window can remember.
+        capacity: usize,
+    },
+}
+
+/// A dedup window that cannot remember anything, or cannot be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "a dedup window needs a non-zero duration and a capacity from 1 to 2^32 ids that \
+     fits in memory, got {window:?} and {capacity}"
+)]
+pub struct DedupConfigError {
+    /// The window asked for.
+    pub window: Duration,
+    /// The capacity asked for.
+    pub capacity: usize,
+}
+
+/// A push into a full ring: the item is handed back, nothing in the ring was overwritten.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Full<T>(pub T);
+
+impl<T> Full<T> {
+    /// The item that did not fit.
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T> std::fmt::Debug for Full<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Full(..)")
+    }
+}
+
+impl<T> std::fmt::Display for Full<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the ring is full; retry after a consumer pops, or use a larger capacity")
+    }
+}
+
+impl<T> std::error::Error for Full<T> {}
+
+/// A ring capacity outside `1..=`[`MAX_CAPACITY`](crate::ring::MAX_CAPACITY).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("ring capacity must be between 1 and {max}, got {requested}", max = u32::MAX)]
+pub struct CapacityError {
+    /// The capacity that was asked for.
+    pub requested: usize,
+}
+
+/// Why a token-ring operation did nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRingError {
+    /// The ring holds `capacity` tokens; pop some first.
+    #[error("the token ring is full")]
+    Full,
+    /// The ring holds no token.
+    #[error("the token ring is empty")]
+    Empty,
+    /// A cursor in the ring's memory points outside its slots: the memory was overwritten.
+    #[error("the token ring's memory is corrupt: a cursor points outside its slots")]
+    Corrupt,
+}
+
+/// Why memory could not hold a token ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RingMemoryError {
+    /// The capacity is 0 or too large.
+    #[error(transparent)]
+    Capacity(#[from] CapacityError),
+    /// The memory does not start at a multiple of [`TokenRing::ALIGN`](crate::TokenRing::ALIGN).
+    #[error("ring memory at {address:#x} is not aligned to {required} bytes")]
+    Misaligned {
+        /// Where the memory starts.
+        address: usize,
+        /// The alignment it needs.
+        required: usize,
+    },
+    /// The memory is shorter than [`TokenRing::bytes_needed`](crate::TokenRing::bytes_needed).
+    #[error("ring memory of {provided} bytes is too small: {needed} bytes are needed")]
+    TooSmall {
+        /// Bytes needed for the capacity.
+        needed: usize,
+        /// Bytes given.
+        provided: usize,
+    },
 }

@@ -52,6 +52,7 @@ use std::time::Duration;
 
 use crate::base::id::{mix64, MessageId};
 use crate::base::sync::{prefetch_read, prefetch_write, AtomicU64, Backoff, Ordering};
+pub use crate::error::{DedupConfigError, DedupError};
 use crate::liveness::Participants;
 
 /// Entries per stripe: 32 entries of 16 bytes, eight cache lines.
@@ -78,39 +79,6 @@ const FORGOTTEN: u64 = 0;
 #[inline]
 fn expiry(now: u64, window_nanos: u64) -> u64 {
     now.saturating_add(window_nanos)
-}
-
-/// Why an id was not recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum DedupError {
-    /// The id was accepted less than one window ago.
-    #[error("message id {id} was already published within the dedup window")]
-    Duplicate {
-        /// The repeated id.
-        id: MessageId,
-    },
-    /// The id's stripe holds only ids younger than the window.
-    #[error(
-        "the dedup window is full ({capacity} ids remembered); \
-         create the queue with a larger dedup capacity or a shorter window"
-    )]
-    Full {
-        /// How many ids the window can remember.
-        capacity: usize,
-    },
-}
-
-/// A dedup window that cannot remember anything, or cannot be had.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "a dedup window needs a non-zero duration and a capacity from 1 to 2^32 ids that \
-     fits in memory, got {window:?} and {capacity}"
-)]
-pub struct DedupConfigError {
-    /// The window asked for.
-    pub window: Duration,
-    /// The capacity asked for.
-    pub capacity: usize,
 }
 
 /// One remembered id.

@@ -36,8 +36,9 @@ mod token;
 #[cfg(all(test, loom))]
 mod loom_models;
 
-pub use owned::{Full, Ring};
-pub use token::{RingMemoryError, TokenRing, TokenRingError};
+pub use crate::error::{CapacityError, Full, RingMemoryError, TokenRingError};
+pub use owned::Ring;
+pub use token::TokenRing;
 
 use std::mem::size_of;
 use std::ops::Deref;
@@ -50,14 +51,6 @@ pub const MAX_CAPACITY: usize = u32::MAX as usize;
 /// Bytes of the line pair a cursor owns: the adjacent-line prefetcher moves 64-byte lines in
 /// pairs, so two cursors closer than this still contend.
 pub(crate) const LINE_PAIR: usize = 128;
-
-/// A ring capacity outside `1..=MAX_CAPACITY`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("ring capacity must be between 1 and {MAX_CAPACITY}, got {requested}")]
-pub struct CapacityError {
-    /// The capacity that was asked for.
-    pub requested: usize,
-}
 
 /// Storage of one slot's value. Access is arbitrated by the slot's stamp, not by this type.
 pub(crate) trait SlotValue {

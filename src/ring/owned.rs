@@ -3,7 +3,7 @@
 use std::fmt;
 use std::mem::MaybeUninit;
 
-use super::{one_lap_for, CapacityError, ClaimError, Cursors, RawRing, Slot, SlotValue};
+use super::{one_lap_for, CapacityError, ClaimError, Cursors, Full, RawRing, Slot, SlotValue};
 use crate::base::sync::UnsafeCell;
 
 /// A slot's value for an owned ring: possibly-uninitialized `T`, accessed by the claimant.
@@ -175,31 +175,6 @@ impl<T> fmt::Debug for Ring<T> {
             .finish_non_exhaustive()
     }
 }
-
-/// A push into a full ring: the item is handed back, nothing in the ring was overwritten.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Full<T>(pub T);
-
-impl<T> Full<T> {
-    /// The item that did not fit.
-    pub fn into_inner(self) -> T {
-        self.0
-    }
-}
-
-impl<T> fmt::Debug for Full<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Full(..)")
-    }
-}
-
-impl<T> fmt::Display for Full<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the ring is full; retry after a consumer pops, or use a larger capacity")
-    }
-}
-
-impl<T> std::error::Error for Full<T> {}
 
 #[cfg(test)]
 mod tests {

@@ -25,7 +25,10 @@
 
 use std::mem::{align_of, size_of};
 
-use super::{one_lap_for, ClaimError, Cursors, RawRing, Slot, SlotValue, LINE_PAIR};
+use super::{
+    one_lap_for, ClaimError, Cursors, RawRing, RingMemoryError, Slot, SlotValue, TokenRingError,
+    LINE_PAIR,
+};
 use crate::base::sync::{AtomicU64, Ordering};
 
 /// The fixed part of a token ring in memory. Every byte belongs to a field (no compiler
@@ -66,44 +69,6 @@ impl SlotValue for AtomicU64 {
     unsafe fn take(&self) -> u64 {
         self.load(Ordering::Relaxed)
     }
-}
-
-/// Why a token-ring operation did nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum TokenRingError {
-    /// The ring holds `capacity` tokens; pop some first.
-    #[error("the token ring is full")]
-    Full,
-    /// The ring holds no token.
-    #[error("the token ring is empty")]
-    Empty,
-    /// A cursor in the ring's memory points outside its slots: the memory was overwritten.
-    #[error("the token ring's memory is corrupt: a cursor points outside its slots")]
-    Corrupt,
-}
-
-/// Why memory could not hold a token ring.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum RingMemoryError {
-    /// The capacity is 0 or too large.
-    #[error(transparent)]
-    Capacity(#[from] super::CapacityError),
-    /// The memory does not start at a multiple of [`TokenRing::ALIGN`].
-    #[error("ring memory at {address:#x} is not aligned to {required} bytes")]
-    Misaligned {
-        /// Where the memory starts.
-        address: usize,
-        /// The alignment it needs.
-        required: usize,
-    },
-    /// The memory is shorter than [`TokenRing::bytes_needed`].
-    #[error("ring memory of {provided} bytes is too small: {needed} bytes are needed")]
-    TooSmall {
-        /// Bytes needed for the capacity.
-        needed: usize,
-        /// Bytes given.
-        provided: usize,
-    },
 }
 
 /// A bounded lock-free MPMC ring of `u64` tokens living in memory the caller provides, e.g.
