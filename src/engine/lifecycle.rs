@@ -35,6 +35,7 @@ use super::slots::{MessageStore, State, TransitionError, Word};
 impl MessageStore<'_> {
     /// `Free(g) -> Writing(g)`: a publisher takes a free slot to write a message into it,
     /// under its owner tag (recovery frees the slot if it dies there).
+    #[inline]
     pub(crate) fn claim(
         &self,
         slot: u32,
@@ -53,6 +54,7 @@ impl MessageStore<'_> {
     /// `Writing(g) -> Ready(g) | Delayed(g)`: the publisher hands the written message on.
     /// (Only its pins, from deliveries of the slot's previous message, and its lease-timer
     /// bit, cleared by the ticker, can change meanwhile.)
+    #[inline]
     pub(crate) fn hand_on(
         &self,
         slot: u32,
@@ -66,6 +68,7 @@ impl MessageStore<'_> {
     }
 
     /// `Writing(g) -> Free(g+1)`: the publisher gives the slot up unpublished.
+    #[inline]
     pub(crate) fn abandon(&self, slot: u32, generation: u32) -> Result<Word, TransitionError> {
         self.transition_from(slot, State::Writing, generation, |w| Some(w.freed()))
     }
@@ -80,6 +83,7 @@ impl MessageStore<'_> {
     /// success, the `bool` says whether the bit was clear, so the caller links the timer.
     ///
     /// [`lease`]: Self::lease
+    #[inline]
     pub(crate) fn take_to_lease(
         &self,
         slot: u32,
@@ -114,6 +118,7 @@ impl MessageStore<'_> {
 
     /// `Ready(g) | Dead(g) -> Taken(g+1)`: someone takes the slot to write its fields (a
     /// death's reason, a redrive's reset). Returns the new generation.
+    #[inline]
     pub(crate) fn take(
         &self,
         slot: u32,
@@ -135,6 +140,7 @@ impl MessageStore<'_> {
 
     /// `Taken(g) -> Leased(g)`, the lease's fields written; `version` is the lease's first
     /// version (a ticker that read an older word fails its CAS).
+    #[inline]
     pub(crate) fn lease(
         &self,
         slot: u32,
@@ -152,6 +158,7 @@ impl MessageStore<'_> {
 
     /// `Taken(g) | Settling(g) -> Dead(g)`: the owner files the message as a dead letter,
     /// its reason written.
+    #[inline]
     pub(crate) fn kill(
         &self,
         slot: u32,
@@ -168,6 +175,7 @@ impl MessageStore<'_> {
     }
 
     /// `Taken(g) -> Ready(g)`: a redriven letter, its attempts reset, queued again.
+    #[inline]
     pub(crate) fn revive(&self, slot: u32, generation: u32) -> Result<Word, TransitionError> {
         self.transition_from(slot, State::Taken, generation, |w| {
             Some(Word {
@@ -178,6 +186,7 @@ impl MessageStore<'_> {
     }
 
     /// `Leased(g) -> Free(g+1)` with the acker's pin dropped in the same CAS.
+    #[inline]
     pub(crate) fn ack(&self, slot: u32, receipt: u32) -> Result<Word, TransitionError> {
         self.transition_from(slot, State::Leased, receipt, |w| {
             Some(Word {
@@ -190,6 +199,7 @@ impl MessageStore<'_> {
     /// `Leased(g) -> Settling(g)`: the leaseholder starts a nack, reject or extend; from
     /// here the lease cannot run out under it. The version bits hold its owner tag
     /// meanwhile; returns the lease's version, for [`extended`](Self::extended).
+    #[inline]
     pub(crate) fn begin_settle(
         &self,
         slot: u32,
@@ -210,6 +220,7 @@ impl MessageStore<'_> {
 
     /// `Settling(g) -> Ready(g) | Delayed(g)`: a nack's retry, queued now or after a
     /// backoff.
+    #[inline]
     pub(crate) fn finish_settle(
         &self,
         slot: u32,
@@ -224,6 +235,7 @@ impl MessageStore<'_> {
 
     /// `Settling(g) -> Leased(g)` after an extend wrote the new deadline: the version moves
     /// past the lease's, so a ticker that read the old deadline fails its CAS.
+    #[inline]
     pub(crate) fn extended(
         &self,
         slot: u32,
@@ -242,6 +254,7 @@ impl MessageStore<'_> {
     /// `Leased(g) -> Ready(g)`, the lease timer leaving the wheel: the ticker takes back a
     /// lease that ran out. The CAS expects the exact word the ticker judged (`seen`), so a
     /// lease extended or settled meanwhile makes it look again.
+    #[inline]
     pub(crate) fn lease_ran_out(&self, slot: u32, seen: Word) -> Result<Word, TransitionError> {
         debug_assert_eq!(seen.state, State::Leased);
         self.transition(slot, seen, |w| {
@@ -255,6 +268,7 @@ impl MessageStore<'_> {
 
     /// The lease timer leaves the wheel from a slot that is no longer leased (exact word,
     /// as [`lease_ran_out`](Self::lease_ran_out)).
+    #[inline]
     pub(crate) fn unlink_lease_timer(
         &self,
         slot: u32,
@@ -269,6 +283,7 @@ impl MessageStore<'_> {
     }
 
     /// `Delayed(g) -> Ready(g)`: a delay or backoff ended.
+    #[inline]
     pub(crate) fn due(&self, slot: u32, generation: u32) -> Result<Word, TransitionError> {
         self.transition_from(slot, State::Delayed, generation, |w| {
             Some(Word {
@@ -280,6 +295,7 @@ impl MessageStore<'_> {
 
     /// `Ready(g) | Dead(g) -> Free(g+1)`, pins kept: an expired message dropped, a dead
     /// letter popped or discarded.
+    #[inline]
     pub(crate) fn free(
         &self,
         slot: u32,
@@ -291,6 +307,7 @@ impl MessageStore<'_> {
     }
 
     /// One more pin on a slot in `state` at `generation`, to copy its message out.
+    #[inline]
     pub(crate) fn pin(
         &self,
         slot: u32,
@@ -306,6 +323,7 @@ impl MessageStore<'_> {
     }
 
     /// Recovery: a dead owner's `Writing(g)` (exact word) `-> Free(g+1)`.
+    #[inline]
     pub(crate) fn free_abandoned(&self, slot: u32, seen: Word) -> Result<Word, TransitionError> {
         debug_assert_eq!(seen.state, State::Writing);
         self.transition(slot, seen, |w| Some(w.freed()))
@@ -315,6 +333,7 @@ impl MessageStore<'_> {
     /// the lease-timer bit set, for the caller to link: the lease runs out and the message
     /// comes back. Not the lease's old version: a ticker holding that word re-reads the
     /// deadline (which the dead owner may have moved).
+    #[inline]
     pub(crate) fn undo(&self, slot: u32, seen: Word) -> Result<Word, TransitionError> {
         debug_assert!(matches!(seen.state, State::Taken | State::Settling));
         self.transition(slot, seen, |w| {
@@ -328,6 +347,7 @@ impl MessageStore<'_> {
     }
 
     /// Recovery: every pin of the exact word `seen` dropped (no live participant holds one).
+    #[inline]
     pub(crate) fn drop_pins(&self, slot: u32, seen: Word) -> Result<Word, TransitionError> {
         self.transition(slot, seen, |w| Some(Word { pins: 0, ..w }))
     }
