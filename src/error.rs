@@ -86,8 +86,26 @@ pub enum ShmError {
         /// The path refused.
         path: PathBuf,
     },
+    /// The segment is not this user's alone (see [`Sharing`](crate::shm::Sharing)): another
+    /// user may have made it first under the name, or may keep write access to it.
+    #[error(
+        "the queue segment at {path} is owned by uid {owner} with mode {mode:o}: a segment \
+         is opened only if this user owns it and it grants nothing to others (and to its \
+         group only when opened with Sharing::Group); remove it if it is not yours"
+    )]
+    NotOwned {
+        /// The segment's path.
+        path: PathBuf,
+        /// Its owner's uid.
+        owner: u32,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// The name cannot name a segment.
-    #[error("invalid segment name {name:?}: use 1 to 200 characters, no '/' and no NUL")]
+    #[error(
+        "invalid segment name {name:?}: use 1 to 200 bytes of UTF-8, no '/' or NUL, and not \
+         '.' or '..'"
+    )]
     InvalidName {
         /// The name given.
         name: String,

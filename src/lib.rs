@@ -63,6 +63,8 @@ pub use queue::{
     QueueBuilder, QueueConfig, ReadyMessage, RetryBackoff, Stats, LEASE_RAN_OUT,
 };
 pub use ring::{CapacityError, Full, Ring, RingMemoryError, TokenRing, TokenRingError};
+#[cfg(not(loom))]
+pub use shm::Sharing;
 
 /// The README's examples are compiled and run as doc tests, so they stay true.
 #[cfg(doctest)]

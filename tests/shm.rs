@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ackring::shm::segment_path;
 use ackring::ShmError;
-use ackring::{Queue, QueueConfig};
+use ackring::{Queue, QueueConfig, Sharing};
 
 /// A segment name unique to this process and test.
 fn name(test: &str) -> String {
@@ -94,12 +94,27 @@ fn names_that_exist_do_not_exist_or_are_invalid_are_typed_errors() {
         Queue::open_shm(&format!("{name}-missing")),
         Err(ShmError::NotFound { .. })
     ));
-    for bad in ["", "a/b", "nul\0", &"x".repeat(201)] {
-        assert!(matches!(
-            Queue::open_shm(bad),
-            Err(ShmError::InvalidName { .. })
-        ));
+    // `.` and `..` would name /dev/shm/ackring.. and ackring..., files any user can make;
+    // the limit counts bytes: 100 two-byte characters fit, 101 do not.
+    for bad in [
+        "",
+        "a/b",
+        "nul\0",
+        ".",
+        "..",
+        &"x".repeat(201),
+        &"é".repeat(101),
+    ] {
+        assert!(
+            matches!(Queue::open_shm(bad), Err(ShmError::InvalidName { .. })),
+            "{bad:?}"
+        );
     }
+    assert!(segment_path(&"é".repeat(100)).is_ok());
+    assert!(
+        segment_path("...").is_ok(),
+        "only the two special names are refused"
+    );
     let mut bad_config = small_config();
     bad_config.max_attempts = 0;
     assert!(matches!(
@@ -157,6 +172,17 @@ fn valid_segment_bytes(name: &str) -> (PathBuf, Vec<u8>) {
     let path = segment_path(name).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     (path, bytes)
+}
+
+/// Sets the header's checksum (word 46) for its other words, as a creator does: XXH3-64 of
+/// the header's 384 bytes with words 3 (`initialized`) and 46 as zero (the format page,
+/// `src/layout/header.rs`).
+fn reseal(bytes: &mut [u8]) {
+    let mut header = bytes[..384].to_vec();
+    header[3 * 8..4 * 8].fill(0);
+    header[46 * 8..47 * 8].fill(0);
+    let checksum = xxhash_rust::xxh3::xxh3_64(&header);
+    bytes[46 * 8..47 * 8].copy_from_slice(&checksum.to_le_bytes());
 }
 
 /// Writes `bytes` as the segment and opens it.
@@ -256,6 +282,7 @@ fn corrupt_segments_are_refused_with_what_is_wrong() {
     let rebooted = open_bytes(&path, &{
         let mut b = good.clone();
         word(&mut b, 42, 0x1234);
+        reseal(&mut b); // a real reboot leaves a whole header (see the next test)
         b
     });
     assert!(rebooted.is_ok(), "{rebooted:?}");
@@ -263,12 +290,131 @@ fn corrupt_segments_are_refused_with_what_is_wrong() {
     let elsewhere = open_bytes(&path, &{
         let mut b = good.clone();
         word(&mut b, 45, 0x1234);
+        reseal(&mut b);
         b
     });
     assert!(
         matches!(&elsewhere, Err(ShmError::Incompatible { what }) if what.contains("pid namespace")),
         "{elsewhere:?}"
     );
+}
+
+#[test]
+fn a_segment_another_user_owns_or_can_write_is_refused() {
+    // Any local user can create /dev/shm/ackring.NAME first (name squatting), or leave a
+    // segment others can write: opening one would consume forged messages.
+    let name = name("owner");
+    let _cleanup = Cleanup(name.clone());
+    Queue::create_shm(&name, small_config()).unwrap();
+    let path = segment_path(&name).unwrap();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(
+        meta.mode() & 0o777,
+        0o600,
+        "created private whatever the umask"
+    );
+    let chmod = |mode: u32| {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    for mode in [0o644, 0o606, 0o660, 0o666] {
+        chmod(mode);
+        let opened = Queue::open_shm(&name);
+        assert!(
+            matches!(&opened, Err(ShmError::NotOwned { mode: m, .. }) if *m == mode),
+            "mode {mode:o}: {opened:?}"
+        );
+    }
+    // Opted in: the group may share it, others still may not.
+    chmod(0o660);
+    assert!(Queue::open_shm_with(&name, Sharing::Group).is_ok());
+    chmod(0o664);
+    assert!(matches!(
+        Queue::open_shm_with(&name, Sharing::Group),
+        Err(ShmError::NotOwned { .. })
+    ));
+    chmod(0o600);
+    assert!(Queue::open_shm(&name).is_ok());
+    // Another owner: only root can hand a file to another user, so only root tries it.
+    if is_root() {
+        std::os::unix::fs::chown(&path, Some(54_321), Some(54_321)).unwrap();
+        let opened = Queue::open_shm(&name);
+        assert!(
+            matches!(&opened, Err(ShmError::NotOwned { owner: 54_321, .. })),
+            "{opened:?}"
+        );
+        assert!(
+            Queue::open_shm_with(&name, Sharing::Group).is_err(),
+            "not our group"
+        );
+    } else {
+        println!("not root: the other-owner case is skipped");
+    }
+}
+
+#[test]
+fn a_group_segment_is_created_0660_and_opens_shared() {
+    let name = name("group");
+    let _cleanup = Cleanup(name.clone());
+    let queue = Queue::builder(8, 16)
+        .create_shm_with(&name, Sharing::Group)
+        .unwrap();
+    queue.publish(b"for the group").unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(segment_path(&name).unwrap()).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o660);
+    assert!(matches!(
+        Queue::open_shm(&name),
+        Err(ShmError::NotOwned { .. })
+    ));
+    let opened = Queue::open_shm_with(&name, Sharing::Group).unwrap();
+    assert_eq!(opened.try_receive().unwrap().payload(), b"for the group");
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn every_single_bit_flip_of_a_header_is_refused_with_a_typed_error() {
+    // Before the checksum, a flip of the dead-letter capacity's low bit (4 -> 5) opened:
+    // section rounding gave the same offsets, and every dead letter was then discarded.
+    let name = name("bitflips");
+    let _cleanup = Cleanup(name.clone());
+    let (path, good) = valid_segment_bytes(&name);
+    let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let mut opened = Vec::new();
+    for (byte, &original) in good.iter().enumerate().take(384) {
+        for bit in 0..8 {
+            use std::io::{Seek, SeekFrom, Write};
+            let mut flip = |value: u8| {
+                file.seek(SeekFrom::Start(byte as u64)).unwrap();
+                file.write_all(&[value]).unwrap();
+            };
+            flip(original ^ (1 << bit));
+            if Queue::open_shm(&name).is_ok() {
+                opened.push((byte, bit));
+            }
+            flip(original);
+        }
+    }
+    assert!(
+        opened.is_empty(),
+        "opened with (byte, bit) flipped: {opened:?}"
+    );
+    assert!(
+        Queue::open_shm(&name).is_ok(),
+        "the unflipped header still opens"
+    );
+    // And a resealed header whose reserved word is not zero is refused too.
+    let mut reserved = good.clone();
+    reserved[47 * 8] = 1;
+    reseal(&mut reserved);
+    assert!(matches!(
+        open_bytes(&path, &reserved),
+        Err(ShmError::Corrupt { .. })
+    ));
 }
 
 #[test]

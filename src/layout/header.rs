@@ -25,6 +25,13 @@
 //! | 41..44  | created (Unix ns), boot id (2 words) |                             |
 //! | 44      | participant entries | this build's                                 |
 //! | 45      | pid namespace   | the opener's (its `/proc/self/ns/pid` inode), unless rebooted since |
+//! | 46      | checksum        | XXH3-64 of the header's 384 bytes read as little-endian words, with words 3 and 46 as zero |
+//! | 47      | reserved        | zero (the checksum covers it)                    |
+//!
+//! The checksum makes any change to a header after it was written (a bit flipped by a
+//! buggy neighbour, a torn rewrite) a typed error on open, rather than a segment that
+//! opens with, say, a different dead-letter capacity that rounds to the same layout. It is
+//! no seal: a process with write access can recompute it.
 
 use std::time::Duration;
 
@@ -48,7 +55,7 @@ const BYTE_ORDER: u64 = 0x0102_0304_0506_0708;
 const INITIALIZED: u64 = 0x494e_4954_4445_4f4e; // "INITDEON"
 /// The hash of ids shared through the segment: xxh3-64 for keys, splitmix64 for stripes.
 const HASH_ALGORITHM: u64 = 1;
-pub(crate) const WORDS: usize = 46;
+pub(crate) const WORDS: usize = 48;
 /// Bytes of the header; the region starts here.
 pub(crate) const HEADER_BYTES: usize = (WORDS * 8).next_multiple_of(SECTION_ALIGN);
 
@@ -75,6 +82,8 @@ pub(super) mod at {
     pub(in crate::layout) const BOOT_ID: usize = 42;
     pub(in crate::layout) const PARTICIPANTS: usize = 44;
     pub(in crate::layout) const PID_NAMESPACE: usize = 45;
+    pub(in crate::layout) const CHECKSUM: usize = 46;
+    pub(in crate::layout) const RESERVED: usize = 47;
 }
 
 /// The header's words in a mapped segment.
@@ -104,6 +113,23 @@ fn spans(layout: &Layout) -> [Span; 11] {
         layout.wheel_next,
         layout.dedup,
     ]
+}
+
+/// The checksum of a header given as its bytes (little-endian words): XXH3-64 of them
+/// with `initialized` and the checksum itself as zero.
+fn checksum_of(mut bytes: [u8; WORDS * 8]) -> u64 {
+    bytes[at::INITIALIZED * 8..][..8].fill(0);
+    bytes[at::CHECKSUM * 8..][..8].fill(0);
+    xxhash_rust::xxh3::xxh3_64(&bytes)
+}
+
+/// Sets the checksum of the header at the start of `segment` (for tests that patch a
+/// header as a process of another boot would have left it).
+#[cfg(all(test, not(loom), not(miri)))]
+pub(crate) fn reseal(segment: &mut [u8]) {
+    let header: [u8; WORDS * 8] = segment[..WORDS * 8].try_into().expect("a whole header");
+    let checksum = checksum_of(header);
+    segment[at::CHECKSUM * 8..][..8].copy_from_slice(&checksum.to_le_bytes());
 }
 
 const NONE: u64 = u64::MAX;
@@ -171,6 +197,7 @@ impl<'s> Header<'s> {
         self.set(at::BOOT_ID, host.boot_id[0]);
         self.set(at::BOOT_ID + 1, host.boot_id[1]);
         self.set(at::PID_NAMESPACE, host.pid_namespace);
+        self.set(at::CHECKSUM, self.checksum());
     }
 
     /// Marks the segment ready: the last store of its creation (release: whoever sees it
@@ -185,6 +212,16 @@ impl<'s> Header<'s> {
         self.words[at::PID_NAMESPACE].store(host.pid_namespace, Ordering::Release);
         self.words[at::BOOT_ID].store(host.boot_id[0], Ordering::Release);
         self.words[at::BOOT_ID + 1].store(host.boot_id[1], Ordering::Release);
+        self.words[at::CHECKSUM].store(self.checksum(), Ordering::Release);
+    }
+
+    /// What the checksum word should hold for the other words (see the table).
+    pub(crate) fn checksum(&self) -> u64 {
+        let mut bytes = [0u8; WORDS * 8];
+        for (index, chunk) in bytes.chunks_exact_mut(8).enumerate() {
+            chunk.copy_from_slice(&self.get(index).to_le_bytes());
+        }
+        checksum_of(bytes)
     }
 
     /// The boot id the segment was created under (or last rebased to).
@@ -219,6 +256,15 @@ impl<'s> Header<'s> {
         }
         if self.words[at::INITIALIZED].load(Ordering::Acquire) != INITIALIZED {
             return Err(corrupt("the segment was never completely initialized"));
+        }
+        if self.get(at::RESERVED) != 0 {
+            return Err(corrupt("a reserved header word is not zero"));
+        }
+        if self.get(at::CHECKSUM) != self.checksum() {
+            return Err(corrupt(
+                "the header's checksum does not match its words (a header changed after it \
+                 was written)",
+            ));
         }
         if self.get(at::HEADER_BYTES) != HEADER_BYTES as u64
             || self.get(at::WHEEL) != ((LEVELS as u64) << 32 | BUCKETS as u64)

@@ -14,7 +14,7 @@
 //!  0          HEADER_BYTES (384)
 //!  ┌──────────┬────────┬──────────┬──────────────┬──────────────┬──────────┬───────────
 //!  │ header   │ shared │ counters │ participants │ slot headers │ payloads │ free ring
-//!  │ 46 words │ 1      │ 16       │ 64           │ capacity     │ lines    │ 2×capacity
+//!  │ 48 words │ 1      │ 16       │ 64           │ capacity     │ lines    │ 2×capacity
 //!  └──────────┴────────┴──────────┴──────────────┴──────────────┴──────────┴───────────
 //!   ──────────┬───────────┬────────────────┬─────────────┬────────────┬──────────────┐
 //!   ready ring│ dead ring │ wheel heads    │ wheel next  │ dedup      │ (end: total  │
@@ -33,7 +33,7 @@
 //!
 //! | section        | element (bytes)          | written by                                   |
 //! |----------------|--------------------------|----------------------------------------------|
-//! | header         | 46 words (384)           | the creator, once; the first opener after a reboot rewrites the boot id and pid namespace under the file's lock |
+//! | header         | 48 words (384)           | the creator, once, checksum last but for `initialized`; the first opener after a reboot rewrites the boot id, pid namespace and checksum under the file's lock |
 //! | `shared`       | `SharedWords` (2176)     | see below                                    |
 //! | `counters`     | `CounterStripe` (128)    | every participant, on the stripe its thread hashes to (add only) |
 //! | `participants` | `Participant` (2112)     | `occupant`: a registrant's or reaper's CAS; `epoch`, `scheduling`, `sleeping`, `pin_marks`: the registered process only |
@@ -90,7 +90,8 @@ pub(crate) mod shared;
 /// The segment format's version, in the header's second word. History: 8, sleepers arm
 /// the futex word; 9, a receive takes its slot before writing the lease, and recovery's
 /// `recovered` word carries a flag; 10, a slot taken to write its fields is in the new
-/// state `Taken` (`Settling` is only a lease being changed).
+/// state `Taken` (`Settling` is only a lease being changed), the full policy's header
+/// words are reserved, and the header carries a checksum.
 #[cfg_attr(loom, allow(dead_code))] // read by `header`, which loom builds leave out
 pub(crate) const FORMAT_VERSION: u64 = 10;
 
@@ -123,7 +124,7 @@ const _: () = {
     assert!(size_of::<PayloadLine>() == 64 && align_of::<PayloadLine>() == 64);
     assert!(size_of::<AtomicU64>() == 8 && align_of::<AtomicU64>() == 8);
     assert!(size_of::<Stripe>() == 576 && align_of::<Stripe>() == 64);
-    assert!(header::HEADER_BYTES == 384 && header::WORDS == 46);
+    assert!(header::HEADER_BYTES == 384 && header::WORDS == 48);
     // No section type may need more alignment than a section start gives it.
     assert!(region::SECTION_ALIGN == 128);
 };

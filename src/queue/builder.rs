@@ -5,14 +5,12 @@ use std::time::Duration;
 
 use crate::base::clock::{Clock, MonotonicClock};
 use crate::error::ConfigError;
-#[cfg(not(loom))]
-use crate::error::ShmError;
 use crate::layout::config::{ExpiryPolicy, QueueConfig, RetryBackoff};
 use crate::queue::Queue;
 
 /// A queue's configuration being built: start from [`Queue::builder`], change what differs
 /// from the defaults, and finish with [`build`](Self::build),
-/// [`create_shm`](Self::create_shm) or [`create_file`](Self::create_file). Every setting
+/// `create_shm` or `create_file` (in `shm`, for a queue other processes share). Every setting
 /// is checked when the queue is made; a bad one is a [`ConfigError`] naming it.
 ///
 /// ```
@@ -133,23 +131,5 @@ impl QueueBuilder {
     /// [`ConfigError`] naming the first invalid setting.
     pub fn build_with_clock<C: Clock>(self, clock: C) -> Result<Queue<C>, ConfigError> {
         Queue::with_clock(self.config, clock)
-    }
-
-    /// A queue in the new shared-memory segment `name` (see [`Queue::create_shm`]).
-    ///
-    /// # Errors
-    /// As [`Queue::create_shm`].
-    #[cfg(not(loom))]
-    pub fn create_shm(self, name: &str) -> Result<Queue, ShmError> {
-        Queue::create_shm(name, self.config)
-    }
-
-    /// A queue in the new file `path`, which outlives a reboot (see [`Queue::create_file`]).
-    ///
-    /// # Errors
-    /// As [`Queue::create_file`].
-    #[cfg(not(loom))]
-    pub fn create_file(self, path: &std::path::Path) -> Result<Queue, ShmError> {
-        Queue::create_file(path, self.config)
     }
 }

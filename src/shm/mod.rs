@@ -35,24 +35,71 @@ use crate::layout::header;
 use crate::layout::memory::Mapping;
 use crate::layout::region::{Layout, Region};
 use crate::liveness::host::Host;
-use crate::queue::{Attach, ConfigError, Queue, QueueConfig};
+use crate::queue::{Attach, ConfigError, Queue, QueueBuilder, QueueConfig};
 
 /// Where named segments live.
 const SHM_DIR: &str = "/dev/shm";
 /// Prefix of a named segment's file.
 const PREFIX: &str = "ackring.";
 
+/// The longest segment name, in bytes (UTF-8), so that the file name with its prefix
+/// stays well within a file system's 255.
+const MAX_NAME_BYTES: usize = 200;
+
 /// The path of the named segment `name`.
 ///
 /// # Errors
-/// [`ShmError::InvalidName`] for an empty or overlong name or one with `/` or NUL.
+/// [`ShmError::InvalidName`] for an empty name, one over 200 bytes (UTF-8), one with `/`
+/// or NUL, and `.` or `..`.
 pub fn segment_path(name: &str) -> Result<PathBuf, ShmError> {
-    if name.is_empty() || name.len() > 200 || name.contains(['/', '\0']) {
+    if name.is_empty()
+        || name.len() > MAX_NAME_BYTES
+        || name.contains(['/', '\0'])
+        || name == "."
+        || name == ".."
+    {
         return Err(ShmError::InvalidName {
             name: name.to_owned(),
         });
     }
     Ok(Path::new(SHM_DIR).join(format!("{PREFIX}{name}")))
+}
+
+/// Who besides its owner may use a segment: checked when a process opens one, so that a
+/// segment another user made first under the name (any local user can create a file in
+/// `/dev/shm`), or one that lets another user write, is refused rather than used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Sharing {
+    /// This user's alone (the default): created with mode 0600; opened only if this
+    /// process's effective user owns it and it grants nothing to group or others.
+    #[default]
+    Private,
+    /// Also the file's group, for processes of several users: created with mode 0660;
+    /// opened if this process's effective user owns it or its group is this process's
+    /// effective group, and it grants nothing to others.
+    Group,
+}
+
+impl Sharing {
+    fn mode(self) -> u32 {
+        match self {
+            Sharing::Private => 0o600,
+            Sharing::Group => 0o660,
+        }
+    }
+
+    /// Whether a file of `owner`, `group` and `mode` may be opened under this sharing.
+    fn allows(self, owner: u32, group: u32, mode: u32) -> bool {
+        let user = rustix::process::geteuid().as_raw();
+        match self {
+            Sharing::Private => owner == user && mode & 0o077 == 0,
+            Sharing::Group => {
+                let in_group = group == rustix::process::getegid().as_raw();
+                (owner == user || in_group) && mode & 0o007 == 0
+            }
+        }
+    }
 }
 
 impl Queue<MonotonicClock> {
@@ -66,14 +113,26 @@ impl Queue<MonotonicClock> {
         Self::create_file(&segment_path(name)?, config)
     }
 
-    /// Opens the queue in the named segment `NAME`.
+    /// Opens the queue in the named segment `NAME`, if this process's effective user owns
+    /// it and it grants nothing to group or others ([`Sharing::Private`]; see
+    /// [`open_shm_with`](Self::open_shm_with) to share one with a group).
     ///
     /// # Errors
-    /// [`ShmError::NotFound`], [`ShmError::PermissionDenied`], and, for a segment that is
-    /// not a valid queue of this build's format, [`ShmError::Version`],
-    /// [`ShmError::Incompatible`] or [`ShmError::Corrupt`] saying what is wrong.
+    /// [`ShmError::NotFound`], [`ShmError::PermissionDenied`], [`ShmError::NotOwned`], and,
+    /// for a segment that is not a valid queue of this build's format,
+    /// [`ShmError::Version`], [`ShmError::Incompatible`] or [`ShmError::Corrupt`] saying
+    /// what is wrong.
     pub fn open_shm(name: &str) -> Result<Self, ShmError> {
         Self::open_file(&segment_path(name)?)
+    }
+
+    /// [`open_shm`](Self::open_shm) of a segment shared as `sharing` says.
+    ///
+    /// # Errors
+    /// As [`open_shm`](Self::open_shm); [`ShmError::NotOwned`] if the segment's owner or
+    /// mode is not what `sharing` allows.
+    pub fn open_shm_with(name: &str, sharing: Sharing) -> Result<Self, ShmError> {
+        Self::open_file_with(&segment_path(name)?, sharing)
     }
 
     /// Removes the named segment. Processes that have it open keep using it until they drop
@@ -92,6 +151,15 @@ impl Queue<MonotonicClock> {
     /// # Errors
     /// As [`create_shm`](Self::create_shm).
     pub fn create_file(path: &Path, config: QueueConfig) -> Result<Self, ShmError> {
+        Self::create_file_with(path, config, Sharing::Private)
+    }
+
+    /// [`create_file`](Self::create_file), shared as `sharing` says (its mode).
+    pub(crate) fn create_file_with(
+        path: &Path,
+        config: QueueConfig,
+        sharing: Sharing,
+    ) -> Result<Self, ShmError> {
         config.validate()?;
         let layout =
             Layout::new(config.shape(), header::HEADER_BYTES).map_err(|_| ConfigError::TooLarge)?;
@@ -104,6 +172,10 @@ impl Queue<MonotonicClock> {
             .open(&temporary)
             .map_err(|e| ShmError::from_io(e, &temporary))?;
         let made = (|| {
+            // The exact mode, whatever the umask (it may only take bits away, and a group
+            // segment needs its group's).
+            rustix::fs::fchmod(&file, rustix::fs::Mode::from_raw_mode(sharing.mode()))
+                .map_err(|e| ShmError::from_io(e.into(), &temporary))?;
             // Reserve the memory now: a sparse file on a full tmpfs would fail later, with
             // SIGBUS at the first touch of a page, instead of with an error here.
             rustix::fs::fallocate(
@@ -135,19 +207,36 @@ impl Queue<MonotonicClock> {
     /// # Errors
     /// As [`open_shm`](Self::open_shm).
     pub fn open_file(path: &Path) -> Result<Self, ShmError> {
+        Self::open_file_with(path, Sharing::Private)
+    }
+
+    /// [`open_file`](Self::open_file) of a file shared as `sharing` says.
+    ///
+    /// # Errors
+    /// As [`open_shm_with`](Self::open_shm_with).
+    pub fn open_file_with(path: &Path, sharing: Sharing) -> Result<Self, ShmError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(path)
             .map_err(|e| ShmError::from_io(e, path))?;
-        let is_file = file
-            .metadata()
-            .map_err(|e| ShmError::from_io(e, path))?
-            .is_file();
-        if !is_file {
+        let metadata = file.metadata().map_err(|e| ShmError::from_io(e, path))?;
+        if !metadata.is_file() {
             return Err(ShmError::Corrupt {
                 what: "not a regular file",
+            });
+        }
+        // Before anything is read from it: the file is as private as it should be.
+        let (owner, group, mode) = {
+            use std::os::unix::fs::MetadataExt;
+            (metadata.uid(), metadata.gid(), metadata.mode() & 0o7777)
+        };
+        if !sharing.allows(owner, group, mode) {
+            return Err(ShmError::NotOwned {
+                path: path.to_path_buf(),
+                owner,
+                mode,
             });
         }
         let mapping = Mapping::map(&file, path)?;
@@ -223,4 +312,31 @@ fn temporary_path(path: &Path) -> PathBuf {
         .file_name()
         .map_or_else(|| "segment".into(), |n| n.to_string_lossy().into_owned());
     path.with_file_name(format!(".{name}.{}.{nanos}.creating", std::process::id()))
+}
+
+impl QueueBuilder {
+    /// A queue in the new shared-memory segment `name` (see [`Queue::create_shm`]).
+    ///
+    /// # Errors
+    /// As [`Queue::create_shm`].
+    pub fn create_shm(self, name: &str) -> Result<Queue, ShmError> {
+        self.create_shm_with(name, Sharing::Private)
+    }
+
+    /// [`create_shm`](Self::create_shm), shared as `sharing` says (mode 0600, or 0660 for
+    /// [`Sharing::Group`]).
+    ///
+    /// # Errors
+    /// As [`Queue::create_shm`].
+    pub fn create_shm_with(self, name: &str, sharing: Sharing) -> Result<Queue, ShmError> {
+        Queue::create_file_with(&segment_path(name)?, self.into_config(), sharing)
+    }
+
+    /// A queue in the new file `path`, which outlives a reboot (see [`Queue::create_file`]).
+    ///
+    /// # Errors
+    /// As [`Queue::create_file`].
+    pub fn create_file(self, path: &Path) -> Result<Queue, ShmError> {
+        Queue::create_file_with(path, self.into_config(), Sharing::Private)
+    }
 }

@@ -120,12 +120,16 @@ mod tests {
         }
     }
 
-    /// Another boot id in the segment's header: the host "rebooted".
+    /// Another boot id in the segment's header: the host "rebooted" (and the header is
+    /// whole, its checksum right, as a real reboot leaves it).
     fn fake_reboot(path: &Path) {
+        let mut segment = std::fs::read(path).unwrap();
+        let at = header::BOOT_ID_WORD * 8;
+        segment[at..at + 16].fill(0xab);
+        header::reseal(&mut segment);
         let mut file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-        file.seek(SeekFrom::Start(header::BOOT_ID_WORD as u64 * 8))
-            .unwrap();
-        file.write_all(&[0xab; 16]).unwrap();
+        file.seek(SeekFrom::Start(0)).unwrap();
+        file.write_all(&segment[..header::HEADER_BYTES]).unwrap();
     }
 
     /// A queue left by a "previous boot" (boot id patched; its clock witness an hour
