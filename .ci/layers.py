@@ -29,8 +29,6 @@ TEST_MODULE = re.compile(
 )
 MOD_OPEN = re.compile(r"\s*(pub(\([^)]*\))?\s+)?mod\s+\w+\s*\{")
 CRATE_PATH = re.compile(r"\bcrate::(\w+)")
-# `use crate::{a::x, b::y}` names several top-level modules at once.
-CRATE_GROUP = re.compile(r"\bcrate::\{([^}]*)\}")
 
 
 def layer_of(path, src):
@@ -60,6 +58,50 @@ def code_lines(text):
         i += 1
 
 
+def module_path(path, src):
+    """The module path of a file: src/queue/recovery/mod.rs -> [queue, recovery]."""
+    parts = os.path.relpath(path, src)[: -len(".rs")].split(os.sep)
+    if parts[-1] in ("mod", "lib"):
+        parts = parts[:-1]
+    return parts
+
+
+def use_targets(tree):
+    """The first segment of every path in a use tree (`a::b`, `{a, b::{c}}`)."""
+    targets, depth, start = [], 0, 0
+    tree = tree.strip()
+    if tree.startswith("{") and tree.endswith("}"):
+        inner = tree[1:-1]
+        for i, char in enumerate(inner + ","):
+            if char == "{":
+                depth += 1
+            elif char == "}":
+                depth -= 1
+            elif char == "," and depth == 0:
+                part = inner[start:i].strip()
+                if part:
+                    targets.append(re.split(r"::|\s", part)[0])
+                start = i + 1
+        return targets
+    return [re.split(r"::|\s|;", tree)[0]]
+
+
+def statement_targets(statement, own_module):
+    """Top-level modules a `use` statement names, resolving `crate::` and `super::`."""
+    body = re.sub(r"^\s*(pub(\([^)]*\))?\s+)?use\s+", "", statement).rstrip(";").strip()
+    if body.startswith("crate::"):
+        return use_targets(body[len("crate::"):])
+    if body.startswith("super::"):
+        module = list(own_module)
+        while body.startswith("super::"):
+            body = body[len("super::"):]
+            module = module[:-1]
+        if module:
+            return [module[0]]
+        return use_targets(body)
+    return []
+
+
 def main():
     src = sys.argv[1] if len(sys.argv) > 1 else "src"
     problems = []
@@ -74,32 +116,24 @@ def main():
                 continue
             with open(path, encoding="utf-8") as f:
                 text = f.read()
-            for number, line in code_lines(text):
-                targets = set(CRATE_PATH.findall(line))
-                for group in CRATE_GROUP.findall(line):
-                    targets |= {part.strip().split("::")[0] for part in group.split(",")}
-                for target in targets:
-                    if target == own or not target:
-                        continue
-                    if target not in RANKS:
-                        # A name re-exported at the crate root (e.g. `crate::Queue`):
-                        # only the root itself and the binary may lean on those.
-                        if own not in ("lib", "bin"):
-                            problems.append(
-                                f"{path}:{number}: uses `crate::{target}`, a root re-export;"
-                                " import it from its layer"
-                            )
-                        continue
-                    if RANKS[target] > RANKS[own]:
-                        problems.append(
-                            f"{path}:{number}: `{own}` (rank {RANKS[own]}) imports"
-                            f" `{target}` (rank {RANKS[target]}): imports go only downward"
-                        )
-                    elif RANKS[target] == RANKS[own]:
-                        problems.append(
-                            f"{path}:{number}: `{own}` imports `{target}`, on the same rank"
-                            f" ({RANKS[own]}): neither may import the other"
-                        )
+            own_module = module_path(path, src)
+            lines = list(code_lines(text))
+            # `use` statements, joined across lines (rustfmt breaks long groups).
+            statement, first = None, 0
+            for number, line in lines:
+                if statement is None and re.match(r"\s*(pub(\([^)]*\))?\s+)?use\s", line):
+                    statement, first = "", number
+                if statement is not None:
+                    statement += " " + line.strip()
+                    if ";" in line:
+                        for target in statement_targets(statement, own_module):
+                            check(path, first, own, target, problems)
+                        statement = None
+            for number, line in lines:
+                if re.match(r"\s*(pub(\([^)]*\))?\s+)?use\s", line):
+                    continue  # checked as a whole statement above
+                for target in set(CRATE_PATH.findall(line)):
+                    check(path, number, own, target, problems)
     for problem in problems:
         print(problem)
     if problems:
@@ -107,6 +141,31 @@ def main():
         return 1
     print("layer check: every import goes downward")
     return 0
+
+
+def check(path, number, own, target, problems):
+    """Records a problem if module `own` may not import top-level module `target`."""
+    if target == own or not target or target in ("self", "super"):
+        return
+    if target not in RANKS:
+        # A name re-exported at the crate root (e.g. `crate::Queue`): only the root
+        # itself and the binary may lean on those.
+        if own not in ("lib", "bin"):
+            problems.append(
+                f"{path}:{number}: uses `crate::{target}`, a root re-export;"
+                " import it from its layer"
+            )
+        return
+    if RANKS[target] > RANKS[own]:
+        problems.append(
+            f"{path}:{number}: `{own}` (rank {RANKS[own]}) imports"
+            f" `{target}` (rank {RANKS[target]}): imports go only downward"
+        )
+    elif RANKS[target] == RANKS[own]:
+        problems.append(
+            f"{path}:{number}: `{own}` imports `{target}`, on the same rank"
+            f" ({RANKS[own]}): neither may import the other"
+        )
 
 
 if __name__ == "__main__":

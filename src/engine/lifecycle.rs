@@ -34,7 +34,11 @@ use super::slots::{MessageStore, State, TransitionError, Word};
 
 impl MessageStore<'_> {
     /// `Free(g) -> Writing(g)`: a publisher takes a free slot to write a message into it,
-    /// under its owner tag (recovery frees the slot if it dies there).
+    /// under its owner tag (recovery frees the slot if it dies there). Only an unpinned
+    /// one: a free slot's token goes to the free ring when its last pin is dropped, so a
+    /// token of a pinned one is a stale copy (one crash recovery pushed, whose 8
+    /// generation bits came round again), and a delivery still reads the slot's payload
+    /// and fields.
     #[inline]
     pub(crate) fn claim(
         &self,
@@ -43,7 +47,7 @@ impl MessageStore<'_> {
         owner: u16,
     ) -> Result<Word, TransitionError> {
         self.transition_from(slot, State::Free, generation, |w| {
-            Some(Word {
+            (w.pins == 0).then_some(Word {
                 state: State::Writing,
                 version: owner,
                 ..w

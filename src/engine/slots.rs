@@ -182,7 +182,7 @@ pub(crate) const REASON_BYTES: usize = 120;
 const REASON_WORDS: usize = REASON_BYTES / 8;
 
 /// A message's fields. Written by whoever holds the slot (the publisher in `Writing`,
-/// whoever took it into `Settling`) *before* the word CAS that hands the slot on, and read
+/// whoever took it into `Taken` or `Settling`) *before* the word CAS that hands the slot on, and read
 /// after acquiring the word. They are relaxed atomics, so a reader racing a writer sees an
 /// old or new value, never undefined behaviour; readers that must be consistent re-check
 /// the word afterwards. No one writes them without holding the slot: a token can have a

@@ -25,13 +25,15 @@
 //! | 41..44  | created (Unix ns), boot id (2 words) |                             |
 //! | 44      | participant entries | this build's                                 |
 //! | 45      | pid namespace   | the opener's (its `/proc/self/ns/pid` inode), unless rebooted since |
-//! | 46      | checksum        | XXH3-64 of the header's 384 bytes read as little-endian words, with words 3 and 46 as zero |
+//! | 46      | checksum        | XXH3-64 of the header's 384 bytes read as little-endian words, with words 3, 42, 43, 45 and 46 as zero |
 //! | 47      | reserved        | zero (the checksum covers it)                    |
 //!
-//! The checksum makes any change to a header after it was written (a bit flipped by a
-//! buggy neighbour, a torn rewrite) a typed error on open, rather than a segment that
-//! opens with, say, a different dead-letter capacity that rounds to the same layout. It is
-//! no seal: a process with write access can recompute it.
+//! The checksum makes any change to a header's fixed words after they were written (a bit
+//! flipped by a buggy neighbour) a typed error on open, rather than a segment that opens
+//! with, say, a different dead-letter capacity that rounds to the same layout. The host
+//! words are not in it: a rebase after a reboot rewrites them one by one, and one cut short
+//! must be redone by the next opener, not refused for good. It is no seal: a process with
+//! write access can recompute it.
 
 use std::time::Duration;
 
@@ -116,20 +118,21 @@ fn spans(layout: &Layout) -> [Span; 11] {
 }
 
 /// The checksum of a header given as its bytes (little-endian words): XXH3-64 of them
-/// with `initialized` and the checksum itself as zero.
+/// with `initialized`, the host words and the checksum itself as zero. The host words
+/// (boot id, pid namespace) are left out because the first opener after a reboot rewrites
+/// them, word by word: a rebase cut short must stay a header the next opener can rebase,
+/// not one it refuses for good. They are checked against the host instead.
 fn checksum_of(mut bytes: [u8; WORDS * 8]) -> u64 {
-    bytes[at::INITIALIZED * 8..][..8].fill(0);
-    bytes[at::CHECKSUM * 8..][..8].fill(0);
+    for word in [
+        at::INITIALIZED,
+        at::BOOT_ID,
+        at::BOOT_ID + 1,
+        at::PID_NAMESPACE,
+        at::CHECKSUM,
+    ] {
+        bytes[word * 8..][..8].fill(0);
+    }
     xxhash_rust::xxh3::xxh3_64(&bytes)
-}
-
-/// Sets the checksum of the header at the start of `segment` (for tests that patch a
-/// header as a process of another boot would have left it).
-#[cfg(all(test, not(loom), not(miri)))]
-pub(crate) fn reseal(segment: &mut [u8]) {
-    let header: [u8; WORDS * 8] = segment[..WORDS * 8].try_into().expect("a whole header");
-    let checksum = checksum_of(header);
-    segment[at::CHECKSUM * 8..][..8].copy_from_slice(&checksum.to_le_bytes());
 }
 
 const NONE: u64 = u64::MAX;
@@ -212,7 +215,6 @@ impl<'s> Header<'s> {
         self.words[at::PID_NAMESPACE].store(host.pid_namespace, Ordering::Release);
         self.words[at::BOOT_ID].store(host.boot_id[0], Ordering::Release);
         self.words[at::BOOT_ID + 1].store(host.boot_id[1], Ordering::Release);
-        self.words[at::CHECKSUM].store(self.checksum(), Ordering::Release);
     }
 
     /// What the checksum word should hold for the other words (see the table).

@@ -33,7 +33,7 @@
 //!
 //! | section        | element (bytes)          | written by                                   |
 //! |----------------|--------------------------|----------------------------------------------|
-//! | header         | 48 words (384)           | the creator, once, checksum last but for `initialized`; the first opener after a reboot rewrites the boot id, pid namespace and checksum under the file's lock |
+//! | header         | 48 words (384)           | the creator, once, checksum last but for `initialized`; the first opener after a reboot rewrites the boot id and pid namespace (outside the checksum) under the file's lock |
 //! | `shared`       | `SharedWords` (2176)     | see below                                    |
 //! | `counters`     | `CounterStripe` (128)    | every participant, on the stripe its thread hashes to (add only) |
 //! | `participants` | `Participant` (2112)     | `occupant`: a registrant's or reaper's CAS; `epoch`, `scheduling`, `sleeping`, `pin_marks`: the registered process only |

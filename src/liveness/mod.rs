@@ -33,7 +33,7 @@
 //!
 //! # Owner tags
 //!
-//! A slot in a state only its owner may leave (`Writing`, `Settling`) carries a 16-bit
+//! A slot in a state only its owner may leave (`Writing`, `Taken`, `Settling`) carries a 16-bit
 //! [`OwnerTag`] of the owner's registration in its state word, so recovery can tell an owner
 //! that died there from one still at work.
 

@@ -1,5 +1,5 @@
-//! Publishing: admitting a message (size, TTL, dedup), claiming a free slot (or
-//! waiting for one, per the full policy), writing it, and making it ready or delayed.
+//! Publishing: admitting a message (size, TTL, dedup), claiming a free slot (or waiting
+//! for one, as the call says), writing it, and making it ready or delayed.
 
 use std::time::{Duration, Instant};
 

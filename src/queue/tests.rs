@@ -1342,3 +1342,18 @@ fn waiting_receives_find_what_comes_and_deadlines_give_up() {
     queue.ack_batch(batch.drain(..)).unwrap();
     assert_eq!(queue.stats().acked, 2);
 }
+
+#[test]
+#[cfg(all(not(loom), not(miri)))]
+fn a_stale_free_token_does_not_claim_a_slot_a_delivery_still_pins() {
+    // A free slot's token goes to the free ring only with its last pin dropped, so a token
+    // that finds the slot pinned is a stale copy (crash recovery pushes copies, and 8
+    // generation bits come round again): claiming would rewrite a payload still read.
+    let (queue, _) = queue(1);
+    let free = queue.store().load(0).unwrap();
+    let pinned = crate::engine::slots::Word { pins: 1, ..free };
+    queue.store().force(0, free, pinned).unwrap();
+    assert_eq!(queue.claim_token(token(0, free.generation)), None);
+    queue.store().force(0, pinned, free).unwrap();
+    assert!(queue.claim_token(token(0, free.generation)).is_some());
+}

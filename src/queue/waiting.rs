@@ -104,7 +104,7 @@ impl<C: Clock> Queue<C> {
         let started = std::time::Instant::now();
         let run = (self.config.capacity as usize / 8).clamp(1, 64);
         self.wait_until(SleepsOn::Room, timeout, || {
-            if started.elapsed() < HOLD_BACK && self.free().len() < run {
+            if started.elapsed() < HOLD_BACK.min(timeout / 2) && self.free().len() < run {
                 return None;
             }
             self.claim_free_slot().or_else(|| {

@@ -261,7 +261,9 @@ impl Queue<MonotonicClock> {
         // find the new boot id).
         let locked = before_reboot(&head) && {
             lock_exclusive(&file).map_err(|e| ShmError::from_io(e, path))?;
-            true // unlocked when `file` closes, at the end
+            // Unlocked below once attached; on an error return, when the last reference
+            // to the open file goes (the descriptor, and the mapping if made).
+            true
         };
         let attach = if locked && before_reboot(&head) {
             Attach::AfterReboot
@@ -288,6 +290,12 @@ impl Queue<MonotonicClock> {
             .ok_or(ShmError::TooManyParticipants)?;
         if attach == Attach::AfterReboot {
             queue.adopt_host(&host); // last: the segment is this boot's now
+        }
+        if locked {
+            // Now, not when `file` closes: the mapping keeps the open file (and so its
+            // `flock`) for as long as this queue lives, and the openers waiting on the lock
+            // would wait as long.
+            let _ = rustix::fs::flock(&file, rustix::fs::FlockOperation::Unlock);
         }
         Ok(queue)
     }

@@ -7,8 +7,8 @@
 //! | left behind                                         | repaired by                               |
 //! |-----------------------------------------------------|-------------------------------------------|
 //! | a slot in `Writing` (publish never returned `Ok`)   | freed; its id forgotten by dedup if it was recorded |
-//! | a slot in `Settling` (a nack, reject or extend)     | back to `Leased`: its lease runs out as if never settled |
-//! | a slot in `Settling` (a lease being taken, a message being dead-lettered by a receive or a timer run, or redriven) | back to `Leased`, its lease timer linked: its lease runs out at the deadline written, or, if none was, at the deadline this message's last lease, delay or backoff left (at once if that has passed), and the message comes back (or, past its TTL, is dead-lettered then) |
+//! | a slot in `Settling` (a nack, release, reject or extend) | back to `Leased`: its lease runs out as if never settled |
+//! | a slot in `Taken` (a lease being taken, a message being dead-lettered by a receive or a timer run, or redriven) | back to `Leased`, its lease timer linked: its lease runs out at the deadline written, or, if none was, at the deadline this message's last lease, delay or backoff left (at once if that has passed), and the message comes back (or, past its TTL, is dead-lettered then) |
 //! | a token popped and never acted on, or a slot moved and its token never pushed (`Ready`, `Free`, `Dead`) | the token pushed again |
 //! | a timer marked in a slot word and never linked, or linked in a list a dying ticker had detached | the node linked again |
 //! | payload pins of its `Delivery`s                      | dropped                                   |
