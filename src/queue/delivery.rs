@@ -8,7 +8,7 @@ use crate::base::clock::{nanos, Clock, MonotonicClock};
 use crate::base::id::MessageId;
 use crate::base::sync::Ordering;
 use crate::engine::counters::Counter;
-use crate::engine::slots::State;
+use crate::engine::slots::{Meta, State};
 use crate::engine::wheel::Timer;
 use crate::error::SettleError;
 use crate::queue::dead_letters::DeadReason;
@@ -176,8 +176,9 @@ impl<'q, C: Clock> Delivery<'q, C> {
         }
         // SAFETY: the region is this process's (`copied` is set for every shared one). The
         // lease transition that created this delivery pinned the slot after acquiring the
-        // publisher's release, and the pin is dropped only in `Drop`, so the slot is not
-        // reused (rewritten) while `self` lives; the length is clamped.
+        // publisher's release, and the pin is dropped only when `self` is consumed (an ack's
+        // CAS, or `Drop`), so the slot is not reused (rewritten) while this borrow of `self`
+        // lives; the length is clamped.
         unsafe { self.queue.store().payload(self.slot, self.payload_len) }
     }
 
@@ -309,11 +310,8 @@ impl<'q, C: Clock> Delivery<'q, C> {
         // The receive counted this delivery as an attempt: uncount it.
         meta.attempts
             .store(u64::from(self.attempt.saturating_sub(1)), Ordering::Relaxed);
-        self.finish_settling(State::Ready);
         self.queue.counters().bump(Counter::Released);
-        let now = self.queue.now();
-        self.queue
-            .ready_or_expired(self.slot, meta, self.receipt, now);
+        self.requeue_now(meta);
         Ok(())
     }
 
@@ -334,12 +332,7 @@ impl<'q, C: Clock> Delivery<'q, C> {
         meta.set_reason(error);
         let wait = nanos(delay.unwrap_or_else(|| self.queue.retry_wait(self.attempt)));
         if wait == 0 {
-            // Queued at once, unless its TTL ran out meanwhile (dead-lettered, as a timer
-            // ending a backoff would).
-            self.finish_settling(State::Ready);
-            let now = self.queue.now();
-            self.queue
-                .ready_or_expired(self.slot, meta, self.receipt, now);
+            self.requeue_now(meta);
         } else {
             let due = self.queue.now().saturating_add(wait);
             meta.due_at.store(due, Ordering::Relaxed);
@@ -399,6 +392,15 @@ impl<'q, C: Clock> Delivery<'q, C> {
             .store()
             .begin_settle(self.slot, self.receipt, self.queue.owner_tag.0)
             .map_err(|_| self.lease_lost())
+    }
+
+    /// `Settling -> Ready`, queued at the back at once, unless its TTL ran out meanwhile
+    /// (then dead-lettered or dropped, as a timer ending a backoff would).
+    fn requeue_now(&self, meta: &Meta) {
+        self.finish_settling(State::Ready);
+        let now = self.queue.now();
+        self.queue
+            .ready_or_expired(self.slot, meta, self.receipt, now);
     }
 
     fn finish_settling(&self, to: State) {
