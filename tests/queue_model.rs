@@ -17,9 +17,12 @@
 //! retry's due time. Each payload carries the message's serial number, so the model follows every message.
 //! The model also follows the order of the ready and dead queues: a receive takes the
 //! oldest live ready message, and a dead-letter pop the oldest dead letter. Messages made
-//! ready by one timer run have no promised order among themselves, so each queue is kept
-//! as a sequence of groups, ordered between groups, unordered within one. A timer run
-//! also takes expired messages off the head of the ready queue, up to the first live one.
+//! ready by one timer run go in the order of their deadlines, ties in the order those were
+//! set (a lease taken, a delay or backoff begun; an extend keeps its place). Each queue is
+//! kept as a sequence of groups, ordered between groups, unordered within one: the only
+//! groups of more than one are dead letters rejected or expired at the head in one step.
+//! A timer run also takes expired messages off the head of the ready queue, up to the
+//! first live one.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -177,6 +180,14 @@ struct Message {
     place: Where,
     attempts: u32,
     expires_at: u64,
+    /// When its latest deadline was set (a lease taken, a delay or backoff begun).
+    ticket: u64,
+}
+
+/// A ticket for a deadline being set (from the model's count).
+fn ticket(count: &mut u64) -> u64 {
+    *count += 1;
+    *count
 }
 
 #[derive(Default)]
@@ -189,6 +200,7 @@ struct Model {
     ids: Vec<MessageId>,
     next_serial: u64,
     next_lease: u64,
+    next_ticket: u64,
     /// The ready queue, oldest group first (see the top of the file).
     ready: Vec<Vec<u64>>,
     /// The dead-letter queue, oldest group first.
@@ -266,6 +278,7 @@ impl Model {
     ) {
         let serial = self.next_serial;
         self.next_serial += 1;
+        let ticket = ticket(&mut self.next_ticket);
         let place = match delay_ms {
             Some(d) => Where::Delayed { due: now + d * MS },
             None => {
@@ -281,6 +294,7 @@ impl Model {
                 place,
                 attempts: 0,
                 expires_at,
+                ticket,
             },
         );
         if let Some(id) = id {
@@ -308,28 +322,28 @@ impl Model {
     }
 
     /// Moves the due leases and delays to ready, as the queue's timer run does: at the
-    /// tail, as one group (a run makes them ready in no promised order); those whose TTL
-    /// ran out meanwhile are dead-lettered instead, as one group.
+    /// tail, one by one, by deadline, ties by ticket; those whose TTL ran out meanwhile
+    /// are dead-lettered instead, in the same order.
     fn sweep(&mut self, now: u64) {
-        let (mut ready, mut expired) = (Vec::new(), Vec::new());
+        let mut due: Vec<(u64, u64, u64)> = Vec::new();
         for (&serial, message) in &mut self.messages {
             match message.place {
-                Where::Delayed { due } | Where::Leased { due, .. } if due <= now => {
+                Where::Delayed { due: at } | Where::Leased { due: at, .. } if at <= now => {
                     message.place = Where::Ready;
-                    if now >= message.expires_at {
-                        expired.push(serial);
-                    } else {
-                        ready.push(serial);
-                    }
+                    due.push((at, message.ticket, serial));
                 }
                 _ => {}
             }
         }
-        if !ready.is_empty() {
-            self.ready.push(ready);
+        due.sort_unstable();
+        for (_, _, serial) in due {
+            if now >= self.messages[&serial].expires_at {
+                self.expired += 1;
+                self.kill(vec![serial]);
+            } else {
+                self.ready.push(vec![serial]);
+            }
         }
-        self.expired += expired.len() as u64;
-        self.kill(expired);
     }
 
     /// After its timers, a run takes the messages past their TTL off the head of the ready
@@ -507,6 +521,7 @@ fn check_receive<'q>(
         let lease = model.next_lease;
         model.next_lease += 1;
         message.place = Where::Leased { lease, due };
+        message.ticket = ticket(&mut model.next_ticket);
         held.push(Held {
             delivery,
             serial,
@@ -828,6 +843,7 @@ fn run(ops: Vec<Op>) {
                                 model.ready_or_expired(serial, now);
                             } else {
                                 message.place = Where::Delayed { due: now + ms * MS };
+                                message.ticket = ticket(&mut model.next_ticket);
                             }
                         }
                     }
@@ -846,6 +862,7 @@ fn run(ops: Vec<Op>) {
                                 message.place = Where::Delayed {
                                     due: now + backoff_ms(message.attempts) * MS,
                                 };
+                                message.ticket = ticket(&mut model.next_ticket);
                             }
                         }
                     }

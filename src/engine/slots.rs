@@ -173,6 +173,35 @@ pub(crate) struct SlotHeader {
     meta: Meta,
 }
 
+/// Each field of a slot header with its byte offset and, where a word packs two values,
+/// how (the layout's fingerprint covers this list: `layout::tests`).
+#[cfg(all(test, not(loom)))]
+pub(crate) const HEADER_FIELDS: [(&str, usize); 11] = {
+    use std::mem::offset_of;
+    [
+        ("state word", offset_of!(SlotHeader, word)),
+        ("id", offset_of!(SlotHeader, meta.id)),
+        ("payload_len", offset_of!(SlotHeader, meta.payload_len)),
+        (
+            "attempts (low 32) | ticket (high 32)",
+            offset_of!(SlotHeader, meta.attempts_ticket),
+        ),
+        ("published_at", offset_of!(SlotHeader, meta.published_at)),
+        ("expires_at", offset_of!(SlotHeader, meta.expires_at)),
+        ("due_at", offset_of!(SlotHeader, meta.due_at)),
+        (
+            "written_at_generation",
+            offset_of!(SlotHeader, meta.written_at_generation),
+        ),
+        ("dead_unix", offset_of!(SlotHeader, meta.dead_unix)),
+        ("dead_reason", offset_of!(SlotHeader, meta.dead_reason)),
+        (
+            "reason_len, then the reason",
+            offset_of!(SlotHeader, meta.reason_len),
+        ),
+    ]
+};
+
 // The fields every message uses share the first line with the word (see `SlotHeader`).
 #[cfg(not(loom))]
 const _: () = assert!(std::mem::offset_of!(SlotHeader, meta.written_at_generation) < 64);
@@ -193,8 +222,10 @@ const REASON_WORDS: usize = REASON_BYTES / 8;
 pub(crate) struct Meta {
     pub(crate) id: AtomicU64,
     pub(crate) payload_len: AtomicU64,
-    /// Deliveries so far (the attempt number of the latest one).
-    pub(crate) attempts: AtomicU64,
+    /// Low half: deliveries so far (the attempt number of the latest one). High half: the
+    /// ticket taken when `due_at` was last set afresh, which orders timers of one deadline
+    /// (see `queue::timers`). One word, so both stay on the first line. Use the methods.
+    attempts_ticket: AtomicU64,
     /// Publish time on the queue's clock (nanoseconds). Readers show it as Unix time
     /// (`Queue::unix_time`), rather than the publisher storing both: a field more would
     /// spill the hot fields onto a second line.
@@ -219,6 +250,38 @@ pub(crate) struct Meta {
 }
 
 impl Meta {
+    /// Deliveries so far (the attempt number of the latest one).
+    pub(crate) fn attempts(&self) -> u32 {
+        self.attempts_ticket.load(Ordering::Relaxed) as u32
+    }
+
+    /// Sets the attempts, keeping the ticket.
+    pub(crate) fn set_attempts(&self, attempts: u32) {
+        let word = self.attempts_ticket.load(Ordering::Relaxed);
+        let word = word & !u64::from(u32::MAX) | u64::from(attempts);
+        self.attempts_ticket.store(word, Ordering::Relaxed);
+    }
+
+    /// The ticket taken with the latest deadline set afresh.
+    pub(crate) fn ticket(&self) -> u32 {
+        (self.attempts_ticket.load(Ordering::Relaxed) >> 32) as u32
+    }
+
+    /// Sets the attempts and a new deadline with its ticket (a lease taken): one store each.
+    pub(crate) fn set_attempts_and_due(&self, attempts: u32, due: u64, ticket: u32) {
+        let word = u64::from(ticket) << 32 | u64::from(attempts);
+        self.attempts_ticket.store(word, Ordering::Relaxed);
+        self.due_at.store(due, Ordering::Relaxed);
+    }
+
+    /// Sets a new deadline (a lease taken, a delay or a backoff begun), with its ticket.
+    pub(crate) fn set_due(&self, due: u64, ticket: u32) {
+        let word = self.attempts_ticket.load(Ordering::Relaxed);
+        let word = u64::from(ticket) << 32 | word & u64::from(u32::MAX);
+        self.attempts_ticket.store(word, Ordering::Relaxed);
+        self.due_at.store(due, Ordering::Relaxed);
+    }
+
     /// Stores error text, cut to `REASON_BYTES` at a char boundary.
     pub(crate) fn set_reason(&self, text: &str) {
         let mut len = text.len().min(REASON_BYTES);

@@ -28,6 +28,15 @@
 //!   cursor and walks what it detached. Detached lists are push-only stacks taken whole by
 //!   a swap, so there is no ABA.
 //!
+//! # Order
+//!
+//! Lists are stacks and a run walks many, so a walk meets nodes in no useful order; yet
+//! what a run hands on should come out oldest first, as a queue promises. So the owner
+//! gives each node it finds due an [`Order`] key (the queue: its deadline, then the ticket
+//! it took when it set that deadline), and the run sorts by it before handing them on.
+//! (The wheel could not keep such a ticket itself: a node stays linked across its slot's
+//! reuse, see `queue::timers`.)
+//!
 //! Memory ordering: a pusher writes its node's `next` and then releases it with the head
 //! CAS; the ticker's swap acquires every push before it (the pushes are RMWs, so they form
 //! one release sequence), after which the `next` words are plain reads.
@@ -118,8 +127,18 @@ fn unpack(head: u64) -> (u32, u32) {
     ((head >> 32) as u32, head as u32)
 }
 
-/// Hands back what to do with a fired node: `Some(deadline)` schedules it again.
-pub(crate) type Refire = Option<u64>;
+/// Where a due node goes among those one run hands on: the lowest first.
+pub(crate) type Order = (u64, u64);
+
+/// What the owner of a fired node makes of it.
+pub(crate) enum Fired<T> {
+    /// Not due yet (a coarse bucket, or a deadline moved on): asked again at this deadline.
+    Again(u64),
+    /// Due: `T` is handed on once the run has walked every list, in [`Order`].
+    Due(Order, T),
+    /// Out of the wheel, nothing to hand on.
+    Done,
+}
 
 /// A hierarchical timing wheel of nodes (see the module docs): a view of region words.
 #[derive(Clone, Copy)]
@@ -352,17 +371,29 @@ impl<'r> Wheel<'r> {
 
     /// Runs the wheel up to `now` unless it is not due or another thread is running it:
     /// every node whose bucket has come (or that overflowed) is passed to `fire` with
-    /// `now`, and scheduled again at the deadline `fire` returns, if any.
+    /// `now`, and scheduled again if it says [`Fired::Again`]. What it says is
+    /// [`Fired::Due`] goes to `due` afterwards, in [`Order`], still within the run (so no
+    /// later run overtakes it).
     /// Returns whether this call ran the wheel.
     #[inline]
-    pub(crate) fn advance(&self, now: u64, fire: impl FnMut(u32, u64) -> Refire) -> bool {
+    pub(crate) fn advance<T>(
+        &self,
+        now: u64,
+        fire: impl FnMut(u32, u64) -> Fired<T>,
+        due: impl FnMut(T),
+    ) -> bool {
         // Inlined up to here: most calls come between two ticks and stop at this compare.
-        self.is_due(now) && self.run(now, fire)
+        self.is_due(now) && self.run(now, fire, due)
     }
 
     /// [`advance`](Self::advance) once a tick has passed: takes the run lock and runs.
     #[inline(never)]
-    fn run(&self, now: u64, mut fire: impl FnMut(u32, u64) -> Refire) -> bool {
+    fn run<T>(
+        &self,
+        now: u64,
+        mut fire: impl FnMut(u32, u64) -> Fired<T>,
+        mut due: impl FnMut(T),
+    ) -> bool {
         let now_tick = now / self.tick_nanos;
         if !self.try_lock(now_tick) {
             return false;
@@ -391,8 +422,13 @@ impl<'r> Wheel<'r> {
             .cursor
             .0
             .store(now_tick.saturating_add(1), Ordering::Release);
+        let mut handed = Vec::new();
         for first in detached {
-            self.walk(first, now, &mut fire);
+            self.walk(first, now, &mut fire, &mut handed);
+        }
+        handed.sort_by_key(|&(order, _)| order);
+        for (_, item) in handed {
+            due(item);
         }
         self.words.ticking.0.store(0, Ordering::Release);
         true
@@ -400,7 +436,13 @@ impl<'r> Wheel<'r> {
 
     /// Fires every node of a detached list. A corrupt link ends the walk (and a list longer
     /// than the node count is cut there), so bad memory cannot make it run wild.
-    fn walk(&self, first: u32, now: u64, fire: &mut impl FnMut(u32, u64) -> Refire) {
+    fn walk<T>(
+        &self,
+        first: u32,
+        now: u64,
+        fire: &mut impl FnMut(u32, u64) -> Fired<T>,
+        handed: &mut Vec<(Order, T)>,
+    ) {
         let mut node = first;
         for _ in 0..self.next.len() {
             let Some(link) = self.next.get(node as usize) else {
@@ -409,8 +451,10 @@ impl<'r> Wheel<'r> {
             // Read the link before firing: once fired, the node's owner may schedule it
             // again, rewriting its link.
             let following = link.load(Ordering::Relaxed) as u32;
-            if let Some(deadline) = fire(node, now) {
-                self.schedule(node, deadline);
+            match fire(node, now) {
+                Fired::Again(deadline) => self.schedule(node, deadline),
+                Fired::Due(order, item) => handed.push((order, item)),
+                Fired::Done => {}
             }
             node = following;
         }
@@ -449,16 +493,20 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Runs the wheel at `now`, recording which nodes fired; fired nodes are done.
+    /// Runs the wheel at `now`, recording which nodes fired, in the order handed on
+    /// (by deadline, ties by node); fired nodes are done.
     fn fire_at(wheel: &Wheel, now: u64, deadlines: &[u64], fired: &mut Vec<(u32, u64)>) {
-        wheel.advance(now, |node, now| {
-            let deadline = deadlines[node as usize];
-            if deadline > now {
-                return Some(deadline); // early (a coarse bucket): ask again
-            }
-            fired.push((node, now));
-            None
-        });
+        wheel.advance(
+            now,
+            |node, now| {
+                let deadline = deadlines[node as usize];
+                if deadline > now {
+                    return Fired::Again(deadline); // early (a coarse bucket): ask again
+                }
+                Fired::Due((deadline, u64::from(node)), node)
+            },
+            |node| fired.push((node, now)),
+        );
     }
 
     #[test]
@@ -473,8 +521,40 @@ mod tests {
         for now in (0..=1_000).step_by(10) {
             fire_at(&wheel, now, &deadlines, &mut fired);
         }
-        fired.sort_by_key(|&(node, at)| (at, node)); // same-tick timers come in no set order
         assert_eq!(fired, [(2, 0), (0, 30), (1, 30), (3, 1_000)]);
+    }
+
+    #[test]
+    fn what_one_run_hands_on_comes_in_the_owners_order_from_every_list() {
+        let owned = OwnedWheel::new(6, 1, 0);
+        let wheel = owned.wheel();
+        // 0 is filed at level 1 (70 ticks out), 1 and 2 at level 0 once the cursor has
+        // moved on, 1 before 0 is cascaded down onto the same bucket, 2 after it; 3 goes
+        // to overflow (scheduled for a tick already run); 4 and 5 at 69. The owner's order
+        // is its deadline, then the order of these calls (as the queue's tickets).
+        let deadlines = [70, 70, 70, 70, 69, 69];
+        let mut fired = Vec::new();
+        let mut run = |now| {
+            wheel.advance(
+                now,
+                |node, now| match deadlines[node as usize] {
+                    deadline if deadline > now => Fired::Again(deadline),
+                    deadline => Fired::Due((deadline, [0, 1, 2, 5, 4, 3][node as usize]), node),
+                },
+                |node| fired.push(node),
+            )
+        };
+        wheel.schedule(0, 70);
+        run(10);
+        wheel.schedule(1, 70);
+        run(64); // cascades 0 onto 1's bucket
+        wheel.schedule(2, 70);
+        wheel.schedule(5, 69);
+        wheel.schedule(4, 69);
+        run(65);
+        wheel.schedule(3, 0);
+        run(70);
+        assert_eq!(fired, [5, 4, 0, 1, 2, 3]);
     }
 
     #[test]
@@ -512,9 +592,10 @@ mod tests {
     fn a_run_is_not_due_again_within_its_tick() {
         let owned = OwnedWheel::new(1, 10, 0);
         let wheel = owned.wheel();
-        assert!(wheel.advance(5, |_, _| None));
+        assert!(wheel.advance(5, |_, _| Fired::<()>::Done, |_| {}));
         assert!(!wheel.is_due(9));
-        assert!(!wheel.advance(9, |_, _| unreachable!("nothing scheduled")));
+        let unscheduled = |_, _| -> Fired<()> { unreachable!("nothing scheduled") };
+        assert!(!wheel.advance(9, unscheduled, |_| {}));
         assert!(wheel.is_due(10));
     }
 
@@ -527,19 +608,13 @@ mod tests {
         // Make a cycle: 1 -> 0 -> 1 ...
         wheel.next[0].store(1, Ordering::Relaxed);
         let mut fired = 0;
-        wheel.advance(1, |_, _| {
-            fired += 1;
-            None
-        });
+        wheel.advance(1, |_, _| Fired::Due((0, 0), ()), |()| fired += 1);
         assert_eq!(fired, 2, "the walk stops after as many nodes as exist");
         wheel.next[0].store(77, Ordering::Relaxed); // out of range
         wheel.schedule(0, 2);
         wheel.next[0].store(77, Ordering::Relaxed);
         let mut fired = 0;
-        wheel.advance(2, |_, _| {
-            fired += 1;
-            None
-        });
+        wheel.advance(2, |_, _| Fired::Due((0, 0), ()), |()| fired += 1);
         assert_eq!(fired, 1);
     }
 
@@ -567,6 +642,12 @@ mod tests {
                 now += step;
                 fire_at(&wheel, now, &deadlines, &mut fired);
                 runs.push(now);
+            }
+            // Each run hands back by deadline, ties in the order scheduled (node order).
+            for run in fired.chunk_by(|a, b| a.1 == b.1) {
+                let keys: Vec<(u64, u32)> =
+                    run.iter().map(|&(node, _)| (deadlines[node as usize], node)).collect();
+                prop_assert!(keys.is_sorted(), "out of order in one run: {:?}", keys);
             }
             fired.sort_unstable();
             prop_assert_eq!(fired.len(), deadlines.len(), "every timer fired once");
@@ -616,24 +697,30 @@ mod loom_models {
                 let owned = owned.clone();
                 thread::spawn(move || {
                     let mut fired = Vec::new();
-                    owned.wheel().advance(2, |node, now| {
-                        let deadline = [2, 1, 70][node as usize];
-                        if deadline > now {
-                            return Some(deadline);
-                        }
-                        fired.push(node);
-                        None
-                    });
+                    owned.wheel().advance(
+                        2,
+                        |node, now| {
+                            let deadline = [2, 1, 70][node as usize];
+                            if deadline > now {
+                                return Fired::Again(deadline);
+                            }
+                            Fired::Due((deadline, 0), node)
+                        },
+                        |node| fired.push(node),
+                    );
                     fired
                 })
             };
             inserter.join().unwrap();
             let mut fired = ticker.join().unwrap();
-            wheel.advance(3, |node, _| {
-                assert_ne!(node, 2, "the far timer is not due");
-                fired.push(node);
-                None
-            });
+            wheel.advance(
+                3,
+                |node, _| {
+                    assert_ne!(node, 2, "the far timer is not due");
+                    Fired::Due((0, 0), node)
+                },
+                |node| fired.push(node),
+            );
             fired.sort_unstable();
             assert_eq!(fired, [0, 1], "both inserted timers fired, exactly once");
         });

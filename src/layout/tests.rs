@@ -11,13 +11,13 @@ use super::FORMAT_VERSION;
 use crate::base::sync::AtomicU64;
 use crate::engine::counters::{CounterStripe, COUNTERS, STRIPES};
 use crate::engine::dedup::{Stripe, ENTRIES_PER_STRIPE};
-use crate::engine::slots::{PayloadLine, SlotHeader, State, REASON_BYTES};
+use crate::engine::slots::{PayloadLine, SlotHeader, State, HEADER_FIELDS, REASON_BYTES};
 use crate::engine::wheel::{BUCKETS, LEVELS};
 use crate::liveness::{Participant, PARTICIPANTS, PIN_MARKS};
 
 /// Each format version's layout fingerprint. Append a line for a new version; never edit
 /// one: a segment of that version exists somewhere with exactly that layout.
-const PINNED: &[(u64, u64)] = &[(10, 0xe732_b4d1_6d1d_50ec)];
+const PINNED: &[(u64, u64)] = &[(10, 0xe732_b4d1_6d1d_50ec), (11, 0x8be1_ee39_f119_c744)];
 
 /// Everything two builds must agree on to share a segment, as text: the header's word
 /// indices, the engine's constants, the size and alignment of every section's element,
@@ -112,6 +112,9 @@ fn description() -> String {
     ];
     for state in states {
         writeln!(text, "state {state:?}: {}", state as u8).unwrap();
+    }
+    for (field, offset) in HEADER_FIELDS {
+        writeln!(text, "slot header field {field}: at {offset}").unwrap();
     }
     let shape = Shape {
         capacity: 1000,

@@ -201,7 +201,7 @@ impl<C: Clock> Queue<C> {
             let Some(taken) = self.take(slot, State::Dead, generation) else {
                 continue;
             };
-            meta.attempts.store(0, Ordering::Relaxed);
+            meta.set_attempts(0);
             let revived = self.store().revive(slot, taken);
             self.invariant(revived.is_ok(), "only the taker moves a slot it took");
             if let Ok(word) = revived {

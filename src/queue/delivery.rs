@@ -8,7 +8,7 @@ use crate::base::clock::{nanos, Clock, MonotonicClock};
 use crate::base::id::MessageId;
 use crate::base::sync::Ordering;
 use crate::engine::counters::Counter;
-use crate::engine::slots::{Meta, State};
+use crate::engine::slots::State;
 use crate::engine::wheel::Timer;
 use crate::error::SettleError;
 use crate::queue::dead_letters::DeadReason;
@@ -308,10 +308,9 @@ impl<'q, C: Clock> Delivery<'q, C> {
         let _lease_version = self.begin_settling()?;
         let meta = self.queue.store().meta(self.slot).expect("in range");
         // The receive counted this delivery as an attempt: uncount it.
-        meta.attempts
-            .store(u64::from(self.attempt.saturating_sub(1)), Ordering::Relaxed);
+        meta.set_attempts(self.attempt.saturating_sub(1));
         self.queue.counters().bump(Counter::Released);
-        self.requeue_now(meta);
+        self.requeue_now();
         Ok(())
     }
 
@@ -332,10 +331,10 @@ impl<'q, C: Clock> Delivery<'q, C> {
         meta.set_reason(error);
         let wait = nanos(delay.unwrap_or_else(|| self.queue.retry_wait(self.attempt)));
         if wait == 0 {
-            self.requeue_now(meta);
+            self.requeue_now();
         } else {
             let due = self.queue.now().saturating_add(wait);
-            meta.due_at.store(due, Ordering::Relaxed);
+            meta.set_due(due, super::timers::take_ticket());
             self.queue.begin_scheduling();
             self.finish_settling(State::Delayed);
             self.queue.schedule_timer(self.slot, Timer::Delay, due);
@@ -396,11 +395,10 @@ impl<'q, C: Clock> Delivery<'q, C> {
 
     /// `Settling -> Ready`, queued at the back at once, unless its TTL ran out meanwhile
     /// (then dead-lettered or dropped, as a timer ending a backoff would).
-    fn requeue_now(&self, meta: &Meta) {
+    fn requeue_now(&self) {
         self.finish_settling(State::Ready);
         let now = self.queue.now();
-        self.queue
-            .ready_or_expired(self.slot, meta, self.receipt, now);
+        self.queue.ready_or_expired(self.slot, self.receipt, now);
     }
 
     fn finish_settling(&self, to: State) {

@@ -110,7 +110,7 @@ impl<C: Clock> Queue<C> {
         let copy = Snapshot {
             id: MessageId(meta.id.load(Ordering::Relaxed)),
             payload,
-            attempts: meta.attempts.load(Ordering::Relaxed) as u32,
+            attempts: meta.attempts(),
             published_at: meta.published_at.load(Ordering::Relaxed),
             dead_unix: meta.dead_unix.load(Ordering::Relaxed),
             dead_reason: meta.dead_reason.load(Ordering::Relaxed),

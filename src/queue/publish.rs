@@ -239,7 +239,7 @@ impl<C: Clock> Queue<C> {
         }
         meta.payload_len
             .store(message.payload.len() as u64, Ordering::Relaxed);
-        meta.attempts.store(0, Ordering::Relaxed);
+        meta.set_attempts(0);
         let expires_at = message
             .ttl
             .map_or(u64::MAX, |ttl| now.saturating_add(nanos(ttl)));
@@ -249,7 +249,7 @@ impl<C: Clock> Queue<C> {
         let delay = message.delay.map_or(0, nanos);
         if delay > 0 {
             let due = now.saturating_add(delay);
-            meta.due_at.store(due, Ordering::Relaxed);
+            meta.set_due(due, super::timers::take_ticket());
             self.begin_scheduling();
             self.move_slot(slot, generation, State::Delayed);
             self.schedule_timer(slot, Timer::Delay, due);

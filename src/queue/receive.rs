@@ -73,7 +73,7 @@ impl<C: Clock> Queue<C> {
             self.expire(slot, generation);
             return Lease::Skipped;
         }
-        let delivered = meta.attempts.load(Ordering::Relaxed);
+        let delivered = u64::from(meta.attempts());
         if delivered >= u64::from(self.config.max_attempts) {
             // Every allowed delivery's lease ran out (its consumers too slow, or killed,
             // perhaps by this very message): dead, not delivered once too often.
@@ -132,8 +132,7 @@ impl<C: Clock> Queue<C> {
                 return Lease::Skipped; // a stale token: whoever moved the slot on owns it
             }
         };
-        meta.attempts.store(attempt, Ordering::Relaxed);
-        meta.due_at.store(due, Ordering::Relaxed);
+        meta.set_attempts_and_due(attempt as u32, due, super::timers::take_ticket());
         let leased = self.store().lease(slot, taken, seen.version);
         self.invariant(leased.is_ok(), "only the taker moves a slot it is leasing");
         if schedule_lease_timer {

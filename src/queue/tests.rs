@@ -324,6 +324,91 @@ fn nack_with_delay_retries_after_its_delay_not_the_backoff() {
     assert_eq!(queue.stats().nacked, 2);
 }
 
+/// Receives every ready message (acking it), returning their payloads in order.
+fn drain(queue: &Queue<ManualClock>) -> Vec<String> {
+    std::iter::from_fn(|| queue.try_receive())
+        .map(|delivery| {
+            let text = String::from_utf8(delivery.payload().to_vec()).unwrap();
+            delivery.ack().unwrap();
+            text
+        })
+        .collect()
+}
+
+const ABCD: [&str; 4] = ["a", "b", "c", "d"];
+
+#[test]
+fn equal_delays_come_out_oldest_first_and_so_do_their_dead_letters() {
+    let (queue, clock) = queue(8);
+    let delay = Duration::from_millis(10);
+    for (text, ttl) in ABCD.iter().zip([None, Some(5), None, Some(5)]) {
+        let options = PublishOptions {
+            delay: Some(delay),
+            ttl: ttl.map(Duration::from_millis),
+            ..PublishOptions::default()
+        };
+        queue.try_publish_with(text.as_bytes(), options).unwrap();
+    }
+    for text in ["e", "f"] {
+        let options = PublishOptions {
+            delay: Some(delay),
+            ..PublishOptions::default()
+        };
+        queue.try_publish_with(text.as_bytes(), options).unwrap();
+    }
+    clock.advance(delay);
+    queue.tick();
+    assert_eq!(drain(&queue), ["a", "c", "e", "f"]);
+    let dead: Vec<_> = std::iter::from_fn(|| queue.pop_dead_letter())
+        .map(|letter| letter.payload)
+        .collect();
+    assert_eq!(dead, [b"b".to_vec(), b"d".to_vec()]);
+}
+
+#[test]
+fn equal_backoffs_after_nacks_in_order_come_out_in_that_order() {
+    let (queue, clock) = queue(8);
+    for text in ABCD {
+        queue.try_publish(text.as_bytes()).unwrap();
+    }
+    let held: Vec<_> = std::iter::from_fn(|| queue.try_receive()).collect();
+    for delivery in held {
+        delivery.nack("later").unwrap();
+    }
+    clock.advance(queue.retry_wait(1));
+    assert_eq!(drain(&queue), ABCD);
+}
+
+#[test]
+fn leases_running_out_in_one_tick_come_back_oldest_first() {
+    let (queue, clock) = queue(8);
+    for text in ABCD {
+        queue.try_publish(text.as_bytes()).unwrap();
+    }
+    // Received at the same instant, then in a later tick, out of step: ordered by
+    // deadline, ties by when each was received.
+    let first: Vec<_> = std::iter::from_fn(|| queue.try_receive()).take(2).collect();
+    clock.advance(Duration::from_micros(100)); // the same 1 ms tick
+    let second: Vec<_> = std::iter::from_fn(|| queue.try_receive()).collect();
+    let lease = queue.config().visibility_timeout;
+    clock.advance(lease);
+    std::mem::forget((first, second)); // their consumers went quiet
+    assert_eq!(drain(&queue), ABCD);
+}
+
+#[test]
+fn a_lease_timer_left_linked_from_a_slots_last_message_keeps_the_new_lease_in_order() {
+    let (queue, clock) = queue(2);
+    queue.try_publish(b"x").unwrap();
+    queue.try_receive().unwrap().ack().unwrap(); // slot 0's lease node stays linked
+    queue.try_publish(b"z").unwrap(); // slot 1
+    queue.try_publish(b"y").unwrap(); // slot 0 again
+    let held: Vec<_> = std::iter::from_fn(|| queue.try_receive()).collect();
+    clock.advance(queue.config().visibility_timeout);
+    std::mem::forget(held);
+    assert_eq!(drain(&queue), ["z", "y"]);
+}
+
 #[test]
 fn nack_with_no_delay_queues_at_the_back_at_once() {
     let (queue, _) = queue(4);

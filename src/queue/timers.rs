@@ -4,7 +4,7 @@
 use crate::base::clock::Clock;
 use crate::base::sync::Ordering;
 use crate::engine::slots::{Meta, State, TransitionError};
-use crate::engine::wheel::{node, split_node, Refire, Timer};
+use crate::engine::wheel::{node, split_node, Fired, Order, Timer};
 use crate::queue::slot_moves::split;
 use crate::queue::waiting::Change;
 use crate::queue::Queue;
@@ -24,6 +24,23 @@ pub(super) enum Verdict {
     Expired(u32),
     /// The token's slot moved on.
     Stale,
+}
+
+/// A ticket for a deadline being set (a lease taken, a delay or backoff begun): this
+/// thread's next. Equal deadlines go ready in ticket order, so in the order one thread set
+/// them. A shared count would order threads too, but it cost every receive an atomic add
+/// on a line all consumers write (benches/README.md); and ties between threads need
+/// deadlines equal to the nanosecond, which on a real clock only calls at the same moment
+/// give, with no order to keep.
+pub(crate) fn take_ticket() -> u32 {
+    thread_local! {
+        static TICKETS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+    TICKETS.with(|tickets| {
+        let ticket = tickets.get().wrapping_add(1);
+        tickets.set(ticket);
+        ticket
+    })
 }
 
 impl<C: Clock> Queue<C> {
@@ -51,15 +68,20 @@ impl<C: Clock> Queue<C> {
     }
 
     /// Runs the wheel if a tick has passed and no one else is running it; returns whether
-    /// this call ran it.
+    /// this call ran it. The messages it makes ready go to the tail in the order of their
+    /// deadlines, ties in the order their timers were set (the wheel sorts them).
     #[inline]
     pub(super) fn run_timers(&self, now: u64) -> bool {
         let mut relinked = false;
-        let ran = self.wheel().advance(now, |node, now| {
-            let again = self.fire(node, now);
-            relinked |= again.is_some();
-            again
-        });
+        let ran = self.wheel().advance(
+            now,
+            |node, now| {
+                let fired = self.fire(node, now);
+                relinked |= matches!(fired, Fired::Again(_));
+                fired
+            },
+            |(slot, generation)| self.ready_or_expired(slot, generation, now),
+        );
         if ran {
             // A sleeper that looked at the timers while this run held some of them
             // detached did not see them: wake it to look again (`wait`'s protocol).
@@ -114,14 +136,23 @@ impl<C: Clock> Queue<C> {
     }
 
     /// A timer node came due (or early: a coarse bucket). Acts on the slot if its deadline
-    /// has passed; otherwise returns the deadline to be asked again at.
-    pub(super) fn fire(&self, node: u32, now: u64) -> Refire {
+    /// has passed (a message made ready is handed back, to be queued in order); otherwise
+    /// returns the deadline to be asked again at.
+    pub(super) fn fire(&self, node: u32, now: u64) -> Fired<(u32, u32)> {
         let (slot, timer) = split_node(node);
-        let meta = self.store().meta(slot).ok()?;
+        let Ok(meta) = self.store().meta(slot) else {
+            return Fired::Done;
+        };
         match timer {
             Timer::Lease => self.fire_lease(slot, meta, now),
             Timer::Delay => self.fire_delay(slot, meta, now),
         }
+    }
+
+    /// Where a message made ready goes among those of its run: by deadline, ties by the
+    /// ticket taken when it was set (read while the message is ours, not queued yet).
+    fn order(meta: &Meta, due: u64) -> Order {
+        (due, u64::from(meta.ticket()))
     }
 
     /// The lease node: an expired lease goes back to ready at the lease's generation (so
@@ -129,57 +160,59 @@ impl<C: Clock> Queue<C> {
     /// again at its deadline; for a slot no longer leased the node leaves the wheel. Every
     /// decision is one CAS on the exact word it read, so a lease extended or settled
     /// meanwhile (version, state) makes it look again.
-    pub(super) fn fire_lease(&self, slot: u32, meta: &Meta, now: u64) -> Refire {
+    pub(super) fn fire_lease(&self, slot: u32, meta: &Meta, now: u64) -> Fired<(u32, u32)> {
         loop {
-            let word = self.store().load(slot).ok()?;
+            let Ok(word) = self.store().load(slot) else {
+                return Fired::Done;
+            };
             if !word.lease_timer {
-                return None; // the bit says the node is not ours to fire (corrupt memory)
+                return Fired::Done; // the bit says the node is not ours (corrupt memory)
             }
+            let due = meta.due_at.load(Ordering::Relaxed);
             let moved = match word.state {
-                State::Leased => {
-                    let due = meta.due_at.load(Ordering::Relaxed);
-                    if due > now {
-                        return Some(due);
-                    }
-                    self.store().lease_ran_out(slot, word)
-                }
+                State::Leased if due > now => return Fired::Again(due),
+                State::Leased => self.store().lease_ran_out(slot, word),
                 // Its holder is mid-settle, or its taker mid-write: look again next tick.
-                State::Settling | State::Taken => return Some(now.saturating_add(1)),
+                State::Settling | State::Taken => return Fired::Again(now.saturating_add(1)),
                 _ => self.store().unlink_lease_timer(slot, word),
             };
-            match moved {
-                Ok(moved) => {
-                    if word.state == State::Leased {
-                        self.ready_or_expired(slot, meta, moved.generation, now);
-                    }
-                    return None;
+            return match moved {
+                Ok(moved) if word.state == State::Leased => {
+                    Fired::Due(Self::order(meta, due), (slot, moved.generation))
                 }
+                Ok(_) => Fired::Done,
                 Err(TransitionError::Stale(_)) => continue,
-                Err(_) => return None,
-            }
+                Err(_) => Fired::Done,
+            };
         }
     }
 
     /// The delay node: a finished delay or backoff makes the message ready.
-    pub(super) fn fire_delay(&self, slot: u32, meta: &Meta, now: u64) -> Refire {
-        let word = self.store().load(slot).ok()?;
+    pub(super) fn fire_delay(&self, slot: u32, meta: &Meta, now: u64) -> Fired<(u32, u32)> {
+        let Ok(word) = self.store().load(slot) else {
+            return Fired::Done;
+        };
         if word.state != State::Delayed {
-            return None; // only this node moves a slot out of Delayed: a corrupt link
+            return Fired::Done; // only this node moves a slot out of Delayed: a corrupt link
         }
         let due = meta.due_at.load(Ordering::Relaxed);
         if due > now {
-            return Some(due);
+            return Fired::Again(due);
         }
-        let ready = self.store().due(slot, word.generation).ok()?;
-        self.ready_or_expired(slot, meta, ready.generation, now);
-        None
+        match self.store().due(slot, word.generation) {
+            Ok(ready) => Fired::Due(Self::order(meta, due), (slot, ready.generation)),
+            Err(_) => Fired::Done,
+        }
     }
 
     /// A message a timer just made ready (its lease, delay or backoff ended): queued at
     /// the tail, or, if its TTL ran out meanwhile, dead-lettered (or dropped) at once
     /// rather than left to wait in the queue for a receive to meet it. Its token is not
     /// queued yet, so no one else holds it (if we die here, recovery queues it).
-    pub(super) fn ready_or_expired(&self, slot: u32, meta: &Meta, generation: u32, now: u64) {
+    pub(super) fn ready_or_expired(&self, slot: u32, generation: u32, now: u64) {
+        let Ok(meta) = self.store().meta(slot) else {
+            return;
+        };
         if now >= meta.expires_at.load(Ordering::Relaxed) {
             self.expire(slot, generation);
         } else {

@@ -608,7 +608,7 @@ mod tests {
         let ready = victim.store().load(slot).unwrap();
         assert!(!ready.lease_timer, "a fresh slot has no timer yet");
         let meta = victim.store().meta(slot).unwrap();
-        meta.attempts.store(1, Ordering::Relaxed);
+        meta.set_attempts(1);
         meta.due_at.store(victim.now(), Ordering::Relaxed);
         let leased = Word {
             state: State::Leased,
