@@ -130,6 +130,33 @@ pub enum ShmError {
         /// What is wrong.
         what: &'static str,
     },
+    /// The file system has no room to back the segment's memory (creating it, or opening
+    /// one whose file has holes): touching a page without backing would raise `SIGBUS`.
+    #[error("no space left on the file system to back the queue segment at {path}")]
+    NoSpace {
+        /// The segment's path.
+        path: PathBuf,
+    },
+    /// The segment's header names another boot of the host, yet processes registered in
+    /// it still run: not a reboot (a corrupt or forged boot id), so nothing was reset.
+    #[error(
+        "the queue segment at {path} says it is from another boot, yet processes registered          in it still run (pids {pids:?}): refused, and nothing was reset"
+    )]
+    NotRebooted {
+        /// The segment's path.
+        path: PathBuf,
+        /// The registered processes found running.
+        pids: Vec<u32>,
+    },
+    /// Another process held the segment's file lock for longer than an opener waits for
+    /// it (a process rebasing a segment after a reboot holds it for moments).
+    #[error("the queue segment at {path} stayed locked by another process for {waited:?}")]
+    Locked {
+        /// The segment's path.
+        path: PathBuf,
+        /// How long the opener waited.
+        waited: std::time::Duration,
+    },
     /// Every entry of the segment's participant table is held by a live handle.
     #[error("the queue segment already has the most attached handles it can hold")]
     TooManyParticipants,
@@ -154,6 +181,7 @@ impl ShmError {
             io::ErrorKind::NotFound => Self::NotFound { path },
             io::ErrorKind::AlreadyExists => Self::AlreadyExists { path },
             io::ErrorKind::PermissionDenied => Self::PermissionDenied { path },
+            io::ErrorKind::StorageFull => Self::NoSpace { path },
             _ => Self::Io { path, source },
         }
     }

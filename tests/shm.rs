@@ -166,6 +166,87 @@ fn a_file_backed_queue_keeps_its_messages_across_close_and_open() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Punches a hole over all of `path` past its first page (its blocks go; it reads zeros).
+fn punch_past_first_page(path: &std::path::Path) {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    let len = file.metadata().unwrap().len() as libc::off_t;
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: a valid open descriptor and a range within the file; no memory is passed.
+    let punched = unsafe { libc::fallocate(file.as_raw_fd(), mode, 4096, len - 4096) };
+    assert_eq!(punched, 0, "{}", std::io::Error::last_os_error());
+}
+
+/// Bytes of backing store the file at `path` has, and its size.
+fn backed_and_size(path: &std::path::Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::metadata(path).unwrap();
+    (metadata.blocks() * 512, metadata.len())
+}
+
+#[test]
+fn opening_a_file_with_holes_backs_them_first() {
+    let name = name("holes");
+    let _cleanup = Cleanup(name.clone());
+    drop(Queue::create_shm(&name, small_config()).unwrap());
+    let path = segment_path(&name).unwrap();
+    punch_past_first_page(&path);
+    let (backed, size) = backed_and_size(&path);
+    assert!(
+        backed < size,
+        "the hole is there: {backed} of {size} bytes backed"
+    );
+    drop(Queue::open_shm(&name).unwrap());
+    let (backed, size) = backed_and_size(&path);
+    assert!(backed >= size, "backed on open: {backed} of {size} bytes");
+}
+
+/// Unmounts (and removes) a scratch mount point when dropped.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn opening_a_file_with_holes_on_a_full_file_system_is_a_typed_error_not_sigbus() {
+    if !is_root() {
+        eprintln!("skipped: mounting a small tmpfs takes root");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("ackring-full-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&dir)
+        .status();
+    if !mounted.is_ok_and(|status| status.success()) {
+        let _ = std::fs::remove_dir(&dir);
+        eprintln!("skipped: cannot mount a tmpfs here (a container without CAP_SYS_ADMIN?)");
+        return;
+    }
+    let _unmount = Mounted(dir.clone());
+    let path = dir.join("queue");
+    drop(Queue::create_file(&path, small_config()).unwrap());
+    punch_past_first_page(&path);
+    // Fill the file system: a write past the end fails once it is full.
+    let mut filler = std::fs::File::create(dir.join("filler")).unwrap();
+    let chunk = vec![1u8; 64 * 1024];
+    while std::io::Write::write_all(&mut filler, &chunk).is_ok() {}
+    drop(filler);
+    // Without the check, registering in the participant table (a page in the hole)
+    // raised SIGBUS and this test process died.
+    match Queue::open_file(&path) {
+        Err(ShmError::NoSpace { path: at }) => assert_eq!(at, path),
+        other => panic!("expected NoSpace, got {:?}", other.map(|_| "a queue")),
+    }
+    std::fs::remove_file(dir.join("filler")).unwrap();
+    drop(Queue::open_file(&path).expect("room again: opens"));
+}
+
 /// A valid segment's bytes, written by `create_shm` and read back.
 fn valid_segment_bytes(name: &str) -> (PathBuf, Vec<u8>) {
     Queue::create_shm(name, small_config()).unwrap();

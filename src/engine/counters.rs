@@ -12,7 +12,9 @@ use std::cell::Cell;
 use crate::base::id::mix64;
 use crate::base::sync::{AtomicU64, Ordering};
 
-/// A snapshot of a queue: gauges (scanned) and counters (since creation).
+/// A snapshot of a queue: gauges (scanned, exact) and counters (since creation). A process
+/// killed mid-operation can leave each counter off, either way, by at most the operations
+/// it had under way (the README's *What it promises*).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {

@@ -652,6 +652,17 @@ mod tests {
         );
     }
 
+    /// A forged entry naming a running process (this one) with start time 0 ("not
+    /// known") does not pass for it: it would hold its locks and leases for ever.
+    #[test]
+    #[cfg(not(miri))]
+    fn a_start_time_of_zero_never_matches_a_running_process() {
+        let forged = Occupant::new(std::process::id(), None).in_registration(1);
+        assert_eq!(forged.started(), 0);
+        assert!(!forged.runs());
+        assert!(process::this_process().runs(), "the real identity does");
+    }
+
     #[test]
     fn this_process_registers_is_alive_and_leaves() {
         let entries = table(2);

@@ -55,8 +55,10 @@ impl Occupant {
     }
 
     /// Whether this process runs: its pid names a running process that started at its
-    /// start time (at any time, when that was not known). A free entry, a garbage pid or a
-    /// later process with the pid does not. When `/proc` cannot tell, it is taken to run:
+    /// start time. A free entry, a garbage pid, a later process with the pid, or a start
+    /// time that was not known (0) while `/proc` knows the pid's does not: else one word
+    /// naming pid 1 with start time 0, written into a segment, would hold whatever it
+    /// claims (a lock, a lease) for ever. When `/proc` cannot tell, it is taken to run:
     /// a live process judged dead would lose its entry, leases and locks, while a dead one
     /// judged alive is only reaped at a later look.
     pub(super) fn runs(self) -> bool {
@@ -66,7 +68,7 @@ impl Occupant {
         }
         match look_up(pid) {
             Seen::Running { start_time } => {
-                self.started() == 0 || self.started() == Self::new(pid, Some(start_time)).started()
+                self.started() != 0 && self.started() == Self::new(pid, Some(start_time)).started()
             }
             Seen::Gone => false,
             Seen::Unknown => true,
@@ -76,9 +78,12 @@ impl Occupant {
 
 /// This process's identity, read afresh (never cached: a forked child has its own pid and
 /// start time, and a failed read must not stick).
+/// A start time it cannot read (a `/proc` failing now, as with no file descriptors left)
+/// is asked again a few times: others would judge a registration without one dead.
 pub(super) fn this_process() -> Occupant {
     let pid = std::process::id();
-    Occupant::new(pid, look_up(pid).start_time())
+    let start_time = (0..3).find_map(|_| look_up(pid).start_time());
+    Occupant::new(pid, start_time)
 }
 
 /// What `/proc` says of a pid.

@@ -19,15 +19,20 @@
 //! the ring, store, wheel and dedup modules). A bad segment is an [`ShmError`], never
 //! undefined behaviour, a panic or a hang.
 //!
+//! Before mapping, opening makes sure every page of the file has backing store (create
+//! reserves it; a file copied sparse or with holes punched may have lost it): a page
+//! without it, touched on a full file system, raises `SIGBUS`. Full, it is
+//! [`ShmError::NoSpace`] instead.
+//!
 //! One thing no check can catch: a process with write access that shrinks the file after
 //! it was mapped (`ftruncate`). Touching the pages past the new end then raises `SIGBUS`
 //! in every process that maps it, as with any shared mapping of a file. The segment's
 //! mode (0600) limits that to processes of the same user.
 
 use std::fs::{File, OpenOptions};
-use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::base::clock::MonotonicClock;
 use crate::error::ShmError;
@@ -35,6 +40,7 @@ use crate::layout::header;
 use crate::layout::memory::Mapping;
 use crate::layout::region::{Layout, Region};
 use crate::liveness::host::Host;
+use crate::liveness::Participants;
 use crate::queue::{Attach, ConfigError, Queue, QueueBuilder, QueueConfig};
 
 /// Where named segments live.
@@ -176,15 +182,7 @@ impl Queue<MonotonicClock> {
             // segment needs its group's).
             rustix::fs::fchmod(&file, rustix::fs::Mode::from_raw_mode(sharing.mode()))
                 .map_err(|e| ShmError::from_io(e.into(), &temporary))?;
-            // Reserve the memory now: a sparse file on a full tmpfs would fail later, with
-            // SIGBUS at the first touch of a page, instead of with an error here.
-            rustix::fs::fallocate(
-                &file,
-                rustix::fs::FallocateFlags::empty(),
-                0,
-                layout.size as u64,
-            )
-            .map_err(|e| ShmError::from_io(e.into(), &temporary))?;
+            reserve(&file, layout.size as u64, &temporary)?;
             let mapping = Mapping::map(&file, &temporary)?;
             let head = mapping.header()?;
             head.write(&config, &layout, &Host::current());
@@ -239,6 +237,12 @@ impl Queue<MonotonicClock> {
                 mode,
             });
         }
+        {
+            use std::os::unix::fs::MetadataExt;
+            if metadata.blocks().saturating_mul(512) < metadata.len() {
+                reserve(&file, metadata.len(), path)?; // holes: back them, or fail here
+            }
+        }
         let mapping = Mapping::map(&file, path)?;
         let head = mapping.header()?;
         let (config, layout) = head.read(mapping.len())?;
@@ -260,7 +264,7 @@ impl Queue<MonotonicClock> {
         // file's lock so that no other opener attaches meanwhile (those wait here, then
         // find the new boot id).
         let locked = before_reboot(&head) && {
-            lock_exclusive(&file).map_err(|e| ShmError::from_io(e, path))?;
+            lock_exclusive(&file, path)?;
             // Unlocked below once attached; on an error return, when the last reference
             // to the open file goes (the descriptor, and the mapping if made).
             true
@@ -286,6 +290,18 @@ impl Queue<MonotonicClock> {
         let region = Region::in_mapping(mapping, &layout).map_err(|_| ShmError::Corrupt {
             what: "the segment is smaller than its layout",
         })?;
+        if attach == Attach::AfterReboot {
+            // A reboot ended every process of the old boot. One still running with the
+            // identity it registered means the boot id lies: resetting would take its
+            // leases and registration from under it.
+            let pids = Participants::new(region.sections().participants).live_pids();
+            if !pids.is_empty() {
+                return Err(ShmError::NotRebooted {
+                    path: path.to_path_buf(),
+                    pids,
+                });
+            }
+        }
         let queue = Queue::on_region(config, region, MonotonicClock, attach)
             .ok_or(ShmError::TooManyParticipants)?;
         if attach == Attach::AfterReboot {
@@ -301,12 +317,37 @@ impl Queue<MonotonicClock> {
     }
 }
 
-/// Waits for the exclusive `flock` on `file` (retrying when a signal interrupts).
-fn lock_exclusive(file: &File) -> io::Result<()> {
+/// Gives every page of the file's first `len` bytes backing store now: on a full file
+/// system, a page without it fails at its first touch, with `SIGBUS`, rather than here.
+fn reserve(file: &File, len: u64, path: &Path) -> Result<(), ShmError> {
+    rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len)
+        .map_err(|e| ShmError::from_io(e.into(), path))
+}
+
+/// How long an opener waits for the file lock: its holder rebases the segment after a
+/// reboot, which takes moments; a process that holds it longer is stuck or hostile.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Takes the exclusive `flock` on `file`, waiting at most [`LOCK_WAIT`] (`flock` has no
+/// timed wait: it is tried without blocking, with naps growing to 10 ms).
+fn lock_exclusive(file: &File, path: &Path) -> Result<(), ShmError> {
+    let give_up = Instant::now() + LOCK_WAIT;
+    let mut nap = Duration::from_micros(50);
     loop {
-        match rustix::fs::flock(file, rustix::fs::FlockOperation::LockExclusive) {
-            Err(rustix::io::Errno::INTR) => continue,
-            done => return done.map_err(io::Error::from),
+        match rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) if Instant::now() < give_up => {
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(Duration::from_millis(10));
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                return Err(ShmError::Locked {
+                    path: path.to_path_buf(),
+                    waited: LOCK_WAIT,
+                })
+            }
+            Err(error) => return Err(ShmError::from_io(error.into(), path)),
         }
     }
 }

@@ -106,6 +106,7 @@ mod tests {
 
     use super::*;
     use crate::base::id::MessageId;
+    use crate::error::ShmError;
     use crate::layout::header;
     use crate::queue::{DeadReason, PublishError, PublishOptions, QueueConfig};
 
@@ -128,6 +129,50 @@ mod tests {
         file.seek(SeekFrom::Start(header::BOOT_ID_WORD as u64 * 8))
             .unwrap();
         file.write_all(&[0xab; 16]).unwrap();
+    }
+
+    /// A boot id rewritten under a live queue (a corrupt or forged header) is no reboot:
+    /// the opener is refused, naming the process still running, and the live consumer's
+    /// lease is untouched.
+    #[test]
+    fn a_rewritten_boot_id_under_a_live_process_resets_nothing() {
+        let path = std::env::temp_dir().join(format!("ackring-noboot-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let live = Queue::create_file(&path, QueueConfig::new(8, 32)).unwrap();
+        live.try_publish(b"held").unwrap();
+        let delivery = live.try_receive().unwrap();
+        fake_reboot(&path);
+        match Queue::open_file(&path) {
+            Err(ShmError::NotRebooted { pids, .. }) => {
+                assert_eq!(pids, [std::process::id()]);
+            }
+            other => panic!("expected NotRebooted, got {:?}", other.map(|_| "a queue")),
+        }
+        delivery.ack().expect("the lease was not taken back");
+        assert_eq!(live.attached_pids(), [std::process::id()]);
+        drop(live);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// The file lock a rebasing opener takes, held by some other process for good: the
+    /// next opener gives up after its bound, with the typed error.
+    #[test]
+    fn an_opener_waits_a_bounded_time_for_a_held_file_lock() {
+        let path = std::env::temp_dir().join(format!("ackring-locked-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        drop(Queue::create_file(&path, QueueConfig::new(8, 32)).unwrap());
+        fake_reboot(&path);
+        // Its own open file description: `flock` conflicts with another one in this process.
+        let holder = std::fs::File::open(&path).unwrap();
+        rustix::fs::flock(&holder, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        let started = std::time::Instant::now();
+        match Queue::open_file(&path) {
+            Err(ShmError::Locked { waited, .. }) => assert!(started.elapsed() >= waited),
+            other => panic!("expected Locked, got {:?}", other.map(|_| "a queue")),
+        }
+        drop(holder);
+        drop(Queue::open_file(&path).expect("the lock is free: rebased and opened"));
+        let _ = std::fs::remove_file(&path);
     }
 
     /// A queue left by a "previous boot" (boot id patched; its clock witness an hour
