@@ -223,6 +223,18 @@ pub enum PublishError {
     /// The TTL is zero: the message would expire before anyone could receive it.
     #[error("the message's TTL is zero: it would expire before delivery")]
     AlreadyExpired,
+    /// A live process has held the lock of the id's part of the dedup window for longer
+    /// than a publish waits ([`DedupError::Locked`]): it is stopped or stuck.
+    #[error(
+        "process {pid} has held a lock of the dedup window for over {waited:?} (stopped or \
+         stuck?); nothing was published"
+    )]
+    DedupLocked {
+        /// The holder's pid (0 if it could not be told).
+        pid: u32,
+        /// How long the publish waited.
+        waited: Duration,
+    },
 }
 
 /// Why settling a delivery failed.
@@ -282,6 +294,18 @@ pub enum DedupError {
     Full {
         /// How many ids the window can remember.
         capacity: usize,
+    },
+    /// A live process has held the lock of the id's part of the window for longer than a
+    /// record waits: it is stopped (SIGSTOP, a debugger) or stuck. Nothing was recorded.
+    #[error(
+        "process {pid} has held a lock of the dedup window for over {waited:?} (stopped or \
+         stuck?); nothing was recorded"
+    )]
+    Locked {
+        /// The holder's pid (0 if it could not be told).
+        pid: u32,
+        /// How long the record waited.
+        waited: Duration,
     },
 }
 

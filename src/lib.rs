@@ -60,7 +60,7 @@ pub use error::{
 };
 pub use queue::{
     DeadLetter, DeadReason, Delivery, ExpiryPolicy, OwnedDelivery, PublishOptions, Queue,
-    QueueBuilder, QueueConfig, ReadyMessage, RetryBackoff, Stats, LEASE_RAN_OUT,
+    QueueBuilder, QueueConfig, ReadyMessage, RetryBackoff, StalledHolder, Stats, LEASE_RAN_OUT,
 };
 pub use ring::{CapacityError, Full, Ring, RingMemoryError, TokenRing, TokenRingError};
 #[cfg(not(loom))]

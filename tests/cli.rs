@@ -77,3 +77,41 @@ fn stat_peek_dlq_and_redrive_show_and_change_a_live_queue() {
     let (ok, _, _) = ackring(&["stat"]);
     assert!(!ok, "a name or --file is required");
 }
+
+/// A creation file named as a creator that has exited would name it (pid, start time,
+/// nanoseconds), in `dir`, for the final name `for_name`.
+fn left_by_a_killed_creator(dir: &std::path::Path, for_name: &str) -> std::path::PathBuf {
+    let mut creator = Command::new("true").spawn().unwrap();
+    let pid = creator.id();
+    creator.wait().unwrap();
+    let path = dir.join(format!(".{for_name}.{pid}.4242.17.creating"));
+    std::fs::write(&path, vec![0u8; 4096]).unwrap();
+    path
+}
+
+#[test]
+fn reclaim_lists_and_removes_what_killed_creators_left() {
+    let dir = std::env::temp_dir().join(format!("ackring-reclaim-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let stale = left_by_a_killed_creator(&dir, "queue");
+    let unrelated = dir.join(".queue.notes");
+    std::fs::write(&unrelated, b"kept").unwrap();
+    let dir_arg = dir.to_str().unwrap();
+
+    let (ok, listed, _) = ackring(&["reclaim", "--dir", dir_arg, "--dry-run"]);
+    assert!(ok, "{listed}");
+    assert!(listed.contains(stale.to_str().unwrap()), "{listed}");
+    assert!(
+        listed.contains("1 stale creation file(s) found"),
+        "{listed}"
+    );
+    assert!(stale.exists(), "a dry run removes nothing");
+
+    let (ok, removed, _) = ackring(&["reclaim", "--dir", dir_arg]);
+    assert!(
+        ok && removed.contains("1 stale creation file(s) removed"),
+        "{removed}"
+    );
+    assert!(!stale.exists() && unrelated.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -247,6 +247,37 @@ fn opening_a_file_with_holes_on_a_full_file_system_is_a_typed_error_not_sigbus()
     drop(Queue::open_file(&path).expect("room again: opens"));
 }
 
+/// This process's start time (`/proc/self/stat` field 22).
+fn own_start_time() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    after_name.split(' ').nth(19).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_creation_file_of_a_killed_creator_is_reclaimed_by_the_next_create_of_its_name() {
+    let name = name("reclaim");
+    let _cleanup = Cleanup(name.clone());
+    let dir = std::path::Path::new(ackring::shm::SHM_DIR);
+    let mut creator = Command::new("true").spawn().unwrap();
+    let dead_pid = creator.id();
+    creator.wait().unwrap();
+    let left = dir.join(format!(".ackring.{name}.{dead_pid}.4242.17.creating"));
+    std::fs::write(&left, vec![0u8; 8192]).unwrap();
+    // One of a creator still at work (this process) is not touched.
+    let me = std::process::id();
+    let busy = dir.join(format!(
+        ".ackring.{name}.{me}.{}.18.creating",
+        own_start_time()
+    ));
+    std::fs::write(&busy, b"in the making").unwrap();
+
+    drop(Queue::create_shm(&name, small_config()).unwrap());
+    assert!(!left.exists(), "reclaimed");
+    assert!(busy.exists(), "its creator runs");
+    std::fs::remove_file(&busy).unwrap();
+}
+
 /// A valid segment's bytes, written by `create_shm` and read back.
 fn valid_segment_bytes(name: &str) -> (PathBuf, Vec<u8>) {
     Queue::create_shm(name, small_config()).unwrap();
@@ -550,6 +581,9 @@ fn child() {
         return; // not a child: nothing to do
     };
     let parts: Vec<&str> = role.split(':').collect();
+    if let ["squat" | "trespass", name] = parts[..] {
+        return as_another_user(parts[0], name);
+    }
     let queue = Queue::open_shm(parts[1]).unwrap();
     match parts[0] {
         "produce" => {
@@ -576,6 +610,74 @@ fn child() {
         }
         other => panic!("unknown child role {other}"),
     }
+}
+
+/// The uid and gid another user's process runs as (`nobody`'s).
+const OTHER_USER: u32 = 65_534;
+
+/// Becomes another user, then squats the name (creates it first, readable and writable
+/// by anyone, as a squatter would) or trespasses (opens the owner's segment). Prints what
+/// happened.
+fn as_another_user(role: &str, name: &str) {
+    // SAFETY: plain system calls on this process's credentials; no memory is passed.
+    let dropped = unsafe { libc::setgid(OTHER_USER) == 0 && libc::setuid(OTHER_USER) == 0 };
+    assert!(dropped, "{}", std::io::Error::last_os_error());
+    if role == "squat" {
+        let queue = Queue::create_shm(name, small_config()).unwrap();
+        let path = segment_path(name).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        std::mem::forget(queue);
+        println!("SQUATTED");
+    } else {
+        println!("OPENED {:?}", Queue::open_shm(name).map(|_| ()));
+    }
+}
+
+/// Runs a child as another user (root only) and returns what it printed.
+fn run_as_another_user(role: &str, name: &str) -> String {
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
+        .env("ACKRING_CHILD", format!("{role}:{name}"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn a_process_of_another_user_can_neither_squat_a_name_nor_open_a_private_segment() {
+    if !is_root() {
+        println!("skipped: becoming another user takes root");
+        return;
+    }
+    // Another user's process made the name first, open to all.
+    let squatted = name("squatted");
+    let _cleanup = Cleanup(squatted.clone());
+    assert!(run_as_another_user("squat", &squatted).contains("SQUATTED"));
+    assert!(matches!(
+        Queue::create_shm(&squatted, small_config()),
+        Err(ShmError::AlreadyExists { .. })
+    ));
+    let opened = Queue::open_shm(&squatted);
+    assert!(
+        matches!(
+            &opened,
+            Err(ShmError::NotOwned {
+                owner: OTHER_USER,
+                mode: 0o666,
+                ..
+            })
+        ),
+        "{opened:?}"
+    );
+    // Ours, private: the other user's process cannot open it.
+    let ours = name("ours");
+    let _cleanup_ours = Cleanup(ours.clone());
+    let queue = Queue::create_shm(&ours, small_config()).unwrap();
+    let tried = run_as_another_user("trespass", &ours);
+    assert!(tried.contains("OPENED Err(PermissionDenied"), "{tried}");
+    drop(queue);
 }
 
 fn spawn_child(role: &str) -> std::process::Child {

@@ -1,13 +1,14 @@
 //! Opening a hostile segment: a valid segment image, patched byte by byte as the input
 //! says (header fields, offsets, ring words, slot words, dedup stripes... anything), then
 //! opened and, if it opens, used. Every outcome must be an error or working operations:
-//! never a panic, a hang or undefined behaviour.
+//! never a panic, a hang or undefined behaviour. (`.ci/run` gives each input a timeout:
+//! a hang fails the run.)
 #![no_main]
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use ackring::Queue;
+use ackring::{MessageId, PublishOptions, Queue};
 use libfuzzer_sys::fuzz_target;
 
 /// A valid segment's bytes, and a scratch path to write patched copies to.
@@ -66,7 +67,12 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     for round in 0..8 {
-        let _ = queue.try_publish(&[round; 8]);
+        // Ids too, so the dedup stripes (and their locks) are used; some of them twice.
+        let options = PublishOptions {
+            id: (round % 4 != 3).then_some(MessageId(u64::from(round % 3))),
+            ..PublishOptions::default()
+        };
+        let _ = queue.try_publish_with(&[round; 8], options);
         if let Some(delivery) = queue.try_receive() {
             let _ = delivery.payload().len();
             let _ = if round % 2 == 0 {

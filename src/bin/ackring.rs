@@ -49,6 +49,16 @@ enum Command {
         #[arg(short = 'n', long, default_value_t = 20)]
         limit: usize,
     },
+    /// Removes the files that creators killed mid-create left (hidden, full size), in
+    /// /dev/shm or the directory given, and lists them.
+    Reclaim {
+        /// The directory of file-backed queues to look in, instead of /dev/shm.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Only list them.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -112,6 +122,13 @@ fn run(command: Command) -> Result<(), ackring::ShmError> {
                 "recoveries   {}   (crashed processes cleaned up after)",
                 s.recoveries
             );
+            if let Some(stalled) = s.timers_stalled {
+                println!(
+                    "timers       STALLED: pid {} has held the timer run for {:.1?} (stopped or \
+                     stuck?); delays, retries, leases and TTLs wait for it",
+                    stalled.pid, stalled.held_for
+                );
+            }
             let others: Vec<String> = queue
                 .attached_pids()
                 .into_iter()
@@ -161,6 +178,30 @@ fn run(command: Command) -> Result<(), ackring::ShmError> {
                     preview(&message.payload)
                 );
             }
+        }
+        Command::Reclaim { dir, dry_run } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(ackring::shm::SHM_DIR));
+            let stale = if dry_run {
+                ackring::shm::stale_creations(&dir, None)?
+            } else {
+                ackring::shm::reclaim_stale_creations(&dir, None)?
+            };
+            for file in &stale {
+                println!(
+                    "{} {}  {} bytes, for {}, its creator (pid {}) gone",
+                    if dry_run { "stale" } else { "removed" },
+                    file.path.display(),
+                    file.bytes,
+                    file.for_name,
+                    file.pid
+                );
+            }
+            let how = if dry_run {
+                "found (--dry-run: kept)"
+            } else {
+                "removed"
+            };
+            println!("{} stale creation file(s) {how}", stale.len());
         }
     }
     Ok(())

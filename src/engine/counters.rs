@@ -55,6 +55,21 @@ pub struct Stats {
     /// Crash-recovery sweeps that repaired something a killed process left (shared memory
     /// only; see `Queue::open_shm`).
     pub recoveries: u64,
+    /// A live process that has held the timing wheel's run lock for over 100 ms (a run
+    /// takes microseconds): stopped (SIGSTOP, a debugger) or stuck. Until it lets go, no
+    /// delay, backoff or lease ends and no TTL is enforced at the head of the queue; ready
+    /// messages are still delivered. (A dead holder's lock is broken by the next run.)
+    pub timers_stalled: Option<StalledHolder>,
+}
+
+/// A process holding a lock for long (see [`Stats::timers_stalled`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StalledHolder {
+    /// Its pid (0 if it could not be told).
+    pub pid: u32,
+    /// How long it has held the lock.
+    pub held_for: std::time::Duration,
 }
 
 /// What a counter counts (an index into a stripe).

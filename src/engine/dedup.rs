@@ -48,7 +48,7 @@
 //! The lock word holds 0 (free) or the holder's id (1 in-process for now), so a shared-memory
 //! queue can break a lock whose holder died; a torn entry then reads as expired or empty.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::base::id::{mix64, MessageId};
 use crate::base::sync::{prefetch_read, prefetch_write, AtomicU64, Backoff, Ordering};
@@ -70,6 +70,11 @@ const HELD_IN_PROCESS: u64 = 1;
 
 /// Tries at a held stripe lock between looks at whether its holder is alive.
 const SPINS_BEFORE_CHECK: u32 = 1 << 10;
+
+/// How long a record waits for a stripe lock that a live process of a shared queue holds:
+/// a holder keeps it for nanoseconds, so one that keeps it this long is stopped (SIGSTOP,
+/// a debugger) or stuck, and waiting on would hang every publish of an id on the stripe.
+pub(crate) const LOCK_PATIENCE: Duration = Duration::from_secs(1);
 
 /// `expires_at` of a forgotten entry: expired at any time (no clock reads below 0).
 const FORGOTTEN: u64 = 0;
@@ -120,16 +125,20 @@ impl Stripe {
     /// Runs `f` holding the stripe lock as `holder`, with the entries and how many are in
     /// use. A lock held through [`SPINS_BEFORE_CHECK`] tries by a holder that `alive` says
     /// is gone (a killed process, or a value no holder writes) is taken over; its entries
-    /// may then be torn, which reads as an old id or expiry, never as anything unsafe.
+    /// may then be torn, which reads as an old id or expiry, never as anything unsafe. A
+    /// live holder is waited on for `patience` at most (`None`: as long as it lives;
+    /// zero: not at all), then `Err` names it.
     #[inline]
     fn locked<R>(
         &self,
         holder: u64,
         alive: impl Fn(u64) -> bool,
+        patience: Option<Duration>,
         f: impl FnOnce(&[Entry; ENTRIES_PER_STRIPE], &AtomicU64) -> R,
-    ) -> R {
+    ) -> Result<R, u64> {
         let backoff = Backoff::new();
         let mut tries = 0u32;
+        let mut since = None;
         loop {
             match self
                 .lock
@@ -138,15 +147,28 @@ impl Stripe {
                 Ok(_) => break,
                 Err(current) => {
                     tries = tries.wrapping_add(1);
-                    if tries.is_multiple_of(SPINS_BEFORE_CHECK)
-                        && current != 0
-                        && !alive(current)
-                        && self
-                            .lock
-                            .compare_exchange(current, holder, Ordering::Acquire, Ordering::Relaxed)
-                            .is_ok()
-                    {
-                        break;
+                    let look = tries.is_multiple_of(SPINS_BEFORE_CHECK)
+                        || patience == Some(Duration::ZERO);
+                    if look && current != 0 {
+                        if !alive(current)
+                            && self
+                                .lock
+                                .compare_exchange(
+                                    current,
+                                    holder,
+                                    Ordering::Acquire,
+                                    Ordering::Relaxed,
+                                )
+                                .is_ok()
+                        {
+                            break;
+                        }
+                        if let Some(patience) = patience {
+                            let since = *since.get_or_insert_with(Instant::now);
+                            if since.elapsed() >= patience {
+                                return Err(current);
+                            }
+                        }
                     }
                     backoff.snooze();
                 }
@@ -154,7 +176,7 @@ impl Stripe {
         }
         let result = f(&self.entries, &self.len);
         self.lock.store(0, Ordering::Release);
-        result
+        Ok(result)
     }
 }
 
@@ -248,7 +270,8 @@ impl DedupWindow {
     /// Forgets `id` if it was recorded at `recorded_at`, so a publish that failed after
     /// recording (say, the queue was full) can be retried without being called a duplicate.
     pub fn forget(&self, id: MessageId, recorded_at: u64) {
-        self.table().forget(id, recorded_at);
+        // In-process holders always finish: waited on as long as they take.
+        let _ = self.table().forget(id, recorded_at, None);
     }
 }
 
@@ -281,6 +304,29 @@ impl<'r> DedupTable<'r> {
             Some(participants) => participants.is_alive(holder),
             None => holder == HELD_IN_PROCESS,
         }
+    }
+
+    /// How long a record waits for a live holder: a queue's for [`LOCK_PATIENCE`] (its
+    /// holders may be other processes); a standalone window's threads always finish.
+    fn patience(&self) -> Option<Duration> {
+        self.participants.map(|_| LOCK_PATIENCE)
+    }
+
+    /// The error for a stripe lock `holder` kept past our patience.
+    fn locked_error(&self, holder: u64) -> DedupError {
+        let pid = self.participants.and_then(|p| p.pid_of(holder));
+        DedupError::Locked {
+            pid: pid.unwrap_or(0),
+            waited: LOCK_PATIENCE,
+        }
+    }
+
+    /// Writes `holder` into `id`'s stripe lock (0 frees it), as a holder stopped mid-record
+    /// leaves it.
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn hold_stripe_of(&self, id: MessageId, holder: u64) {
+        let stripe = self.stripe(id).expect("dedup on");
+        stripe.lock.store(holder, Ordering::Relaxed);
     }
 
     /// After a reboot (see `queue::reboot`; no other process attached): frees every
@@ -336,9 +382,10 @@ impl<'r> DedupTable<'r> {
         let Some(stripe) = self.stripe(id) else {
             return Ok(()); // no stripes: dedup is off
         };
-        stripe.locked(
+        let recorded = stripe.locked(
             self.holder,
             |h| self.holder_alive(h),
+            self.patience(),
             |entries, len| {
                 let used = in_use(len);
                 let mut reusable = None;
@@ -372,27 +419,38 @@ impl<'r> DedupTable<'r> {
                 len.store(kept as u64, Ordering::Relaxed);
                 Ok(())
             },
-        )
+        );
+        recorded.unwrap_or_else(|holder| Err(self.locked_error(holder)))
     }
 
-    pub(crate) fn forget(&self, id: MessageId, recorded_at: u64) {
+    /// Forgets `id` if it was recorded at `recorded_at`, waiting for a live holder of its
+    /// stripe as `patience` says; `false` if it gave up (the id is still remembered).
+    pub(crate) fn forget(
+        &self,
+        id: MessageId,
+        recorded_at: u64,
+        patience: Option<Duration>,
+    ) -> bool {
         let expires_at = expiry(recorded_at, self.window_nanos);
         let Some(stripe) = self.stripe(id) else {
-            return;
+            return true;
         };
-        stripe.locked(
-            self.holder,
-            |h| self.holder_alive(h),
-            |entries, len| {
-                let recorded = entries[..in_use(len)].iter().find(|entry| {
-                    entry.id.load(Ordering::Relaxed) == id.0
-                        && entry.expires_at.load(Ordering::Relaxed) == expires_at
-                });
-                if let Some(entry) = recorded {
-                    entry.expires_at.store(FORGOTTEN, Ordering::Relaxed);
-                }
-            },
-        );
+        stripe
+            .locked(
+                self.holder,
+                |h| self.holder_alive(h),
+                patience,
+                |entries, len| {
+                    let recorded = entries[..in_use(len)].iter().find(|entry| {
+                        entry.id.load(Ordering::Relaxed) == id.0
+                            && entry.expires_at.load(Ordering::Relaxed) == expires_at
+                    });
+                    if let Some(entry) = recorded {
+                        entry.expires_at.store(FORGOTTEN, Ordering::Relaxed);
+                    }
+                },
+            )
+            .is_ok()
     }
 }
 

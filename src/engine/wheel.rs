@@ -75,6 +75,10 @@ pub(crate) const BUCKETS: usize = 1 << BITS;
 /// The end of a list.
 const NIL: u32 = u32::MAX;
 
+/// Nanoseconds past which a run lock's holder is not running a wheel any more: a run takes
+/// micro- to milliseconds.
+const LONG_RUN: u64 = 100_000_000;
+
 /// Which of a slot's two timers a node is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Timer {
@@ -214,6 +218,17 @@ impl<'r> Wheel<'r> {
         }
     }
 
+    /// The run lock's holder and for how many nanoseconds it has held it at `now`, if that
+    /// is over [`LONG_RUN`] (a stopped or stuck process, or a dead one not yet replaced).
+    pub(crate) fn stalled(&self, now: u64) -> Option<(u64, u64)> {
+        let current = self.words.ticking.0.load(Ordering::Relaxed);
+        let taken_at = current & 0xffff_ffff;
+        let now_tick = (now / self.tick_nanos) & 0xffff_ffff;
+        let held = now_tick.wrapping_sub(taken_at) & 0xffff_ffff;
+        let held_nanos = held.saturating_mul(self.tick_nanos);
+        (current != 0 && held_nanos > LONG_RUN).then_some((current >> 32, held_nanos))
+    }
+
     /// Takes the run lock at `now_tick`: free, or held for over 100 ms by a holder that is
     /// no longer alive (a ticker killed mid-run; the timers it had detached are linked again
     /// by crash recovery, see `queue::recovery`).
@@ -225,8 +240,7 @@ impl<'r> Wheel<'r> {
             Err(current) => {
                 let taken_at = current & 0xffff_ffff;
                 let held_ticks = (now_tick & 0xffff_ffff).wrapping_sub(taken_at) & 0xffff_ffff;
-                // A run takes micro- to milliseconds; 100 ms is long past any live run.
-                let long = (100_000_000 / self.tick_nanos).max(2);
+                let long = (LONG_RUN / self.tick_nanos).max(2);
                 let holder = current >> 32;
                 // Only a lock held long is worth asking about: liveness reads `/proc`.
                 let dead = || match self.participants {

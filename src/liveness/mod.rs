@@ -489,6 +489,11 @@ impl<'r> Participants<'r> {
         entry.occupant.store(exited_process().0, Ordering::Release);
     }
 
+    /// The pid of the registration `token`'s process, while it holds its entry.
+    pub(crate) fn pid_of(&self, token: u64) -> Option<u32> {
+        self.entry(token).map(|entry| Occupant::read(entry).pid())
+    }
+
     /// The pids of the live participants.
     pub(crate) fn live_pids(&self) -> Vec<u32> {
         self.entries
@@ -498,6 +503,25 @@ impl<'r> Participants<'r> {
             .filter(|&token| self.is_alive(token))
             .filter_map(|token| Some(Occupant::read(self.entry(token)?).pid()))
             .collect()
+    }
+}
+
+#[cfg(not(loom))]
+/// This process's pid and start time (clock ticks after boot; 0 if it could not be read),
+/// for names that say who made a file.
+pub(crate) fn this_process_identity() -> (u32, u64) {
+    let pid = std::process::id();
+    (pid, process::look_up(pid).start_time().unwrap_or(0))
+}
+
+#[cfg(not(loom))]
+/// Whether the process `pid` that started at `start_time` may still run (for a start time
+/// of 0, not known: whether any process has the pid). When `/proc` cannot tell: yes.
+pub(crate) fn may_run(pid: u32, start_time: u64) -> bool {
+    match process::look_up(pid) {
+        process::Seen::Running { start_time: now } => start_time == 0 || now == start_time,
+        process::Seen::Gone => false,
+        process::Seen::Unknown => true,
     }
 }
 

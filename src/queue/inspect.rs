@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use crate::base::clock::Clock;
 use crate::base::id::MessageId;
 use crate::base::sync::Ordering;
-use crate::engine::counters::Stats;
+use crate::engine::counters::{StalledHolder, Stats};
 use crate::engine::slots::State;
 use crate::liveness::SleepsOn;
 use crate::queue::{system_time, Queue};
@@ -145,6 +145,13 @@ impl<C: Clock> Queue<C> {
             dead: stats.dead,
             sleeping_receivers: self.participants().sleepers(SleepsOn::Ready),
             sleeping_publishers: self.participants().sleepers(SleepsOn::Room),
+            timers_stalled: self
+                .wheel()
+                .stalled(self.now())
+                .map(|(holder, held)| StalledHolder {
+                    pid: self.participants().pid_of(holder).unwrap_or(0),
+                    held_for: std::time::Duration::from_nanos(held),
+                }),
             ..self.counters().snapshot()
         }
     }

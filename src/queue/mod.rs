@@ -56,7 +56,7 @@ mod slot_moves;
 mod timers;
 mod waiting;
 
-pub use crate::engine::counters::Stats;
+pub use crate::engine::counters::{StalledHolder, Stats};
 pub use crate::error::{BatchAckError, BatchPublishError, ConfigError, PublishError, SettleError};
 pub use crate::layout::config::{ExpiryPolicy, QueueConfig, RetryBackoff};
 pub use builder::QueueBuilder;

@@ -234,6 +234,7 @@ impl<C: Clock> Queue<C> {
                         PublishError::Duplicate { id }
                     }
                     DedupError::Full { capacity } => PublishError::DedupFull { capacity },
+                    DedupError::Locked { pid, waited } => PublishError::DedupLocked { pid, waited },
                 });
             }
         }

@@ -392,7 +392,7 @@ fn leases_running_out_in_one_tick_come_back_oldest_first() {
     let second: Vec<_> = std::iter::from_fn(|| queue.try_receive()).collect();
     let lease = queue.config().visibility_timeout;
     clock.advance(lease);
-    std::mem::forget((first, second)); // their consumers went quiet
+    first.into_iter().chain(second).for_each(std::mem::forget); // their consumers went quiet
     assert_eq!(drain(&queue), ABCD);
 }
 
@@ -405,8 +405,45 @@ fn a_lease_timer_left_linked_from_a_slots_last_message_keeps_the_new_lease_in_or
     queue.try_publish(b"y").unwrap(); // slot 0 again
     let held: Vec<_> = std::iter::from_fn(|| queue.try_receive()).collect();
     clock.advance(queue.config().visibility_timeout);
-    std::mem::forget(held);
+    held.into_iter().for_each(std::mem::forget);
     assert_eq!(drain(&queue), ["z", "y"]);
+}
+
+#[test]
+fn a_publish_gives_up_on_a_dedup_stripe_a_live_holder_keeps_and_names_it() {
+    let (queue, _) = queue(4);
+    let dedup = queue.dedup().unwrap();
+    dedup.hold_stripe_of(MessageId(7), queue.participant); // alive, stopped mid-record
+    assert_eq!(
+        queue.try_publish_with(b"x", id(7)),
+        Err(PublishError::DedupLocked {
+            pid: std::process::id(),
+            waited: crate::engine::dedup::LOCK_PATIENCE,
+        })
+    );
+    assert_eq!(queue.stats().published, 0);
+    dedup.hold_stripe_of(MessageId(7), 0);
+    queue
+        .try_publish_with(b"x", id(7))
+        .expect("let go: published");
+}
+
+#[test]
+fn a_stalled_timer_run_shows_in_stats_and_ready_messages_still_go() {
+    let (queue, clock) = queue(4);
+    queue.try_publish(b"ready").unwrap();
+    assert_eq!(queue.stats().timers_stalled, None);
+    let seen = queue.wheel().with_run_lock(queue.now(), || {
+        clock.advance(Duration::from_millis(250)); // its holder stopped meanwhile
+        let delivered = queue.try_receive().map(|d| d.payload().to_vec());
+        (queue.stats().timers_stalled, delivered)
+    });
+    let (stalled, delivered) = seen.expect("the run lock was free");
+    let stalled = stalled.expect("shown as stalled");
+    assert_eq!(stalled.pid, std::process::id());
+    assert!(stalled.held_for >= Duration::from_millis(250));
+    assert_eq!(delivered.as_deref(), Some(&b"ready"[..]));
+    assert_eq!(queue.stats().timers_stalled, None, "let go");
 }
 
 #[test]

@@ -8,7 +8,9 @@
 //! `initialized` word last. Only then does it hard-link the file under its final name, which
 //! fails if the name exists. So no process can ever open a half-made segment, and of two
 //! processes creating one name at once exactly one succeeds (the other gets
-//! [`ShmError::AlreadyExists`]).
+//! [`ShmError::AlreadyExists`]). The file's name carries its creator's pid and start time,
+//! so one left by a creator killed halfway is reclaimed: by the next create of the name,
+//! or by [`reclaim_stale_creations`] (`ackring reclaim`).
 //!
 //! # Opening, untrusted
 //!
@@ -41,10 +43,14 @@ use crate::layout::memory::Mapping;
 use crate::layout::region::{Layout, Region};
 use crate::liveness::host::Host;
 use crate::liveness::Participants;
+use creating::temporary_path;
+pub use creating::{reclaim_stale_creations, stale_creations, StaleCreation};
+
+mod creating;
 use crate::queue::{Attach, ConfigError, Queue, QueueBuilder, QueueConfig};
 
 /// Where named segments live.
-const SHM_DIR: &str = "/dev/shm";
+pub const SHM_DIR: &str = "/dev/shm";
 /// Prefix of a named segment's file.
 const PREFIX: &str = "ackring.";
 
@@ -169,6 +175,16 @@ impl Queue<MonotonicClock> {
         config.validate()?;
         let layout =
             Layout::new(config.shape(), header::HEADER_BYTES).map_err(|_| ConfigError::TooLarge)?;
+        // What creators of this name killed mid-create left (best effort: a directory we
+        // cannot list fails the create below anyway).
+        if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            let _ = reclaim_stale_creations(dir, name.to_str());
+        }
         let temporary = temporary_path(path);
         let file = OpenOptions::new()
             .read(true)
@@ -350,17 +366,6 @@ fn lock_exclusive(file: &File, path: &Path) -> Result<(), ShmError> {
             Err(error) => return Err(ShmError::from_io(error.into(), path)),
         }
     }
-}
-
-/// A private name next to `path` for a segment under construction.
-fn temporary_path(path: &Path) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let name = path
-        .file_name()
-        .map_or_else(|| "segment".into(), |n| n.to_string_lossy().into_owned());
-    path.with_file_name(format!(".{name}.{}.{nanos}.creating", std::process::id()))
 }
 
 impl QueueBuilder {

@@ -64,9 +64,10 @@ use crate::queue::Queue;
 /// `/proc` entry per participant).
 pub(crate) const LIVENESS_INTERVAL: Duration = Duration::from_millis(100);
 
-/// How long a sweep waits for live participants to finish linking timers before it gives
-/// up for now (it is tried again on the next tick).
-const SCHEDULERS_WAIT: Duration = Duration::from_millis(20);
+/// How long a sweep waits for live participants to finish linking timers before it leaves
+/// the timers for a later sweep: a stretch takes nanoseconds, and the sweep holds the
+/// wheel's run lock, so a stopped process must not make every timer run wait.
+const SCHEDULERS_WAIT: Duration = Duration::from_micros(200);
 
 /// What one sweep did (for tests and the counters).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -77,14 +78,19 @@ pub(crate) struct Sweep {
     pub(crate) timers_relinked: usize,
     pub(crate) pins_dropped: usize,
     /// Slots whose pins a dead participant and a live one may both hold: the pins are one
-    /// count, so none is dropped, and the sweep is tried again (see `KEPT_PINS`).
+    /// count, so none is dropped, and the sweep is tried again (see `LEFT_SOME`).
     pub(crate) pins_kept: usize,
+    /// Repairs left for a later sweep because a live process was in the way: a publish
+    /// cut short whose id's dedup stripe it holds, or the timers, while it was linking one
+    /// (see `LEFT_SOME`).
+    pub(crate) deferred: usize,
 }
 
-/// Set in `recovered` by a sweep that kept pins (`Sweep::pins_kept`): the deaths it counts
-/// are recovered but for those, and the sweep is tried again at each liveness check (not
-/// at each tick: a live delivery may keep a slot ambiguous for as long as its lease).
-const KEPT_PINS: u64 = 1 << 63;
+/// Set in `recovered` by a sweep that left something (`Sweep::pins_kept`,
+/// `Sweep::deferred`): the deaths it counts are recovered but for those, and the sweep is
+/// tried again at each liveness check (not at each tick: a live delivery may keep a slot
+/// ambiguous for as long as its lease, and a stopped process may keep a lock for good).
+const LEFT_SOME: u64 = 1 << 63;
 
 impl<C: Clock> Queue<C> {
     pub(super) fn recovery_words(&self) -> &RecoveryWords {
@@ -131,29 +137,36 @@ impl<C: Clock> Queue<C> {
         }
         let deaths = words.deaths.0.load(Ordering::Acquire);
         let recovered = words.recovered.0.load(Ordering::Acquire);
-        let kept_pins = recovered & KEPT_PINS != 0;
-        if deaths != recovered & !KEPT_PINS || (kept_pins && checked) {
-            let swept = self.wheel().with_run_lock(now, || self.sweep(now));
-            if let Some(Some(sweep)) = swept {
-                let mark = if sweep.pins_kept > 0 { KEPT_PINS } else { 0 };
-                words.recovered.0.store(deaths | mark, Ordering::Release);
-                if sweep != Sweep::default() {
-                    self.counters()
-                        .bump(crate::engine::counters::Counter::Recoveries);
-                }
+        let left_some = recovered & LEFT_SOME != 0;
+        if deaths != recovered & !LEFT_SOME || (left_some && checked) {
+            if let Some(sweep) = self.wheel().with_run_lock(now, || self.sweep(now)) {
+                self.note_swept(deaths, &sweep);
             }
         }
     }
 
+    /// Records a sweep that started from `deaths` (see `LEFT_SOME`).
+    pub(super) fn note_swept(&self, deaths: u64, sweep: &Sweep) {
+        let left = sweep.pins_kept > 0 || sweep.deferred > 0;
+        let mark = if left { LEFT_SOME } else { 0 };
+        let recovered = &self.recovery_words().recovered.0;
+        recovered.store(deaths | mark, Ordering::Release);
+        if *sweep != Sweep::default() {
+            self.counters()
+                .bump(crate::engine::counters::Counter::Recoveries);
+        }
+    }
+
     /// Repairs what dead participants left (see the module docs). Call it holding the
-    /// wheel's run lock. `None` if it must be tried again (live schedulers kept busy).
-    pub(crate) fn sweep(&self, now: u64) -> Option<Sweep> {
+    /// wheel's run lock. What live processes were in the way of is counted in
+    /// `Sweep::deferred`, to be tried again.
+    pub(crate) fn sweep(&self, now: u64) -> Sweep {
         let mut sweep = Sweep::default();
         self.release_dead_owners(&mut sweep, false);
         self.drop_dead_pins(&mut sweep);
-        self.relink_timers(now, &mut sweep)?;
+        self.relink_timers(now, &mut sweep);
         self.restore_tokens(&mut sweep);
-        Some(sweep)
+        sweep
     }
 
     /// Slots in `Writing` or `Settling` whose owner is dead (all of them with
@@ -178,12 +191,19 @@ impl<C: Clock> Queue<C> {
                         meta.id.load(Ordering::Relaxed),
                         meta.published_at.load(Ordering::Relaxed),
                     );
+                    // Forgotten first, without waiting: this runs under the wheel's run lock,
+                    // and a live process stopped holding the id's stripe would stop every
+                    // timer with us. Locked, the slot waits for a later sweep.
+                    let forgotten = written != u64::from(word.generation)
+                        || self.dedup().is_none_or(|dedup| {
+                            let id = crate::base::id::MessageId(id);
+                            dedup.forget(id, published_at, Some(Duration::ZERO))
+                        });
+                    if !forgotten {
+                        sweep.deferred += 1;
+                        continue;
+                    }
                     if let Ok(freed) = store.free_abandoned(slot, word) {
-                        if written == u64::from(word.generation) {
-                            if let Some(dedup) = self.dedup() {
-                                dedup.forget(crate::base::id::MessageId(id), published_at);
-                            }
-                        }
                         self.release_if_unpinned(slot, freed);
                         sweep.writing_freed += 1;
                     }
@@ -261,7 +281,7 @@ impl<C: Clock> Queue<C> {
     }
 
     /// Timer nodes a slot word says are in the wheel but no list holds.
-    fn relink_timers(&self, now: u64, sweep: &mut Sweep) -> Option<()> {
+    fn relink_timers(&self, now: u64, sweep: &mut Sweep) {
         let store = self.store();
         let mut marked = Vec::new();
         for slot in 0..store.capacity() {
@@ -281,7 +301,8 @@ impl<C: Clock> Queue<C> {
         for token in participants.live() {
             while !participants.scheduling_idle(token) {
                 if Instant::now() >= give_up {
-                    return None;
+                    sweep.deferred += 1;
+                    return;
                 }
                 std::thread::yield_now();
             }
@@ -298,7 +319,6 @@ impl<C: Clock> Queue<C> {
         if sweep.timers_relinked > 0 {
             self.notify(Change::TimersMoved); // sleepers decided their naps without these
         }
-        Some(())
     }
 
     /// Tokens missing from their ring.
@@ -547,7 +567,7 @@ mod tests {
             .recovered
             .0
             .load(Ordering::Acquire);
-        assert_ne!(recovered & KEPT_PINS, 0, "the sweep kept a pin");
+        assert_ne!(recovered & LEFT_SOME, 0, "the sweep kept a pin");
         again.ack().unwrap(); // the live pin goes; the dead one holds the freed slot
         survivor.recover_if_needed(survivor.now()); // not a liveness check: no sweep
         let full = (0..4).all(|n| survivor.try_publish_with(b"f", with_id(10 + n)).is_ok());
@@ -561,11 +581,76 @@ mod tests {
             .recovered
             .0
             .load(Ordering::Acquire);
-        assert_eq!(recovered & KEPT_PINS, 0, "recovered for good");
+        assert_eq!(recovered & LEFT_SOME, 0, "recovered for good");
         for n in 0..4 {
             survivor.try_publish_with(b"f", with_id(20 + n)).unwrap();
         }
         assert!(survivor.try_publish(b"x").is_err(), "exactly the capacity");
+    }
+
+    /// A live process stopped between marking a timer due and linking it: a sweep waits
+    /// for it only briefly, leaves the timers for later, and is not run again at every
+    /// tick (it made every timer run wait), only at each liveness check, until it can
+    /// finish.
+    #[test]
+    fn a_stuck_scheduling_mark_defers_the_timers_to_the_liveness_checks() {
+        let segment = TempSegment::new("marks");
+        let (survivor, victim) = survivor_and_victim(&segment, Duration::from_secs(30), 8);
+        victim.cut_publish_short(MessageId(5));
+        let token = victim.participant;
+        std::mem::forget(victim);
+        survivor.participants().forge_dead(token);
+        survivor.begin_scheduling(); // and stopped there
+        let check_liveness_now = || {
+            let next_check = &survivor.recovery_words().next_check.0;
+            next_check.store(0, Ordering::Relaxed);
+            survivor.recover_if_needed(survivor.now());
+        };
+        let recovered = || {
+            survivor
+                .recovery_words()
+                .recovered
+                .0
+                .load(Ordering::Acquire)
+        };
+        check_liveness_now();
+        assert_ne!(recovered() & LEFT_SOME, 0, "the timers were left for later");
+        let recoveries = survivor.stats().recoveries;
+        survivor.recover_if_needed(survivor.now()); // a tick, not a check: no sweep
+        assert_eq!(survivor.stats().recoveries, recoveries);
+        survivor.end_scheduling();
+        check_liveness_now();
+        assert_eq!(recovered() & LEFT_SOME, 0, "recovered for good");
+    }
+
+    /// A publish cut short whose id's dedup stripe a live process holds (stopped
+    /// mid-record): the sweep, under the run lock, does not wait for it. It leaves that
+    /// slot for a later sweep, which frees it and forgets the id once the holder lets go.
+    #[test]
+    fn a_sweep_leaves_a_stripe_a_live_process_holds_for_a_later_sweep() {
+        let segment = TempSegment::new("stripe");
+        let (survivor, victim) = survivor_and_victim(&segment, Duration::from_secs(30), 8);
+        let id = MessageId(100);
+        victim.cut_publish_short(id);
+        let dedup = survivor.dedup().unwrap();
+        dedup.hold_stripe_of(id, survivor.participant); // live, and stopped mid-record
+        let token = victim.participant;
+        std::mem::forget(victim);
+        survivor.participants().forge_dead(token);
+        assert_eq!(survivor.participants().reap_dead(), 1);
+        let now = survivor.now();
+        let started = Instant::now();
+        let sweep = survivor.wheel().with_run_lock(now, || survivor.sweep(now));
+        let sweep = sweep.expect("the run lock is free");
+        assert!(started.elapsed() < crate::engine::dedup::LOCK_PATIENCE);
+        assert_eq!((sweep.writing_freed, sweep.deferred), (0, 1));
+        dedup.hold_stripe_of(id, 0); // it lets go
+        let sweep = survivor.wheel().with_run_lock(now, || survivor.sweep(now));
+        let sweep = sweep.expect("the run lock is free");
+        assert_eq!((sweep.writing_freed, sweep.deferred), (1, 0));
+        survivor
+            .try_publish_with(b"retried", with_id(100))
+            .expect("the id of the publish cut short was forgotten");
     }
 
     /// A process killed in the middle of each operation leaves each of the things recovery
@@ -672,8 +757,7 @@ mod tests {
         let sweep = survivor
             .wheel()
             .with_run_lock(now, || survivor.sweep(now))
-            .expect("the run lock is free")
-            .expect("no live scheduler in the way");
+            .expect("the run lock is free");
         assert_eq!(
             sweep,
             Sweep {
@@ -683,6 +767,7 @@ mod tests {
                 timers_relinked: 4,
                 pins_dropped: 3,
                 pins_kept: 0,
+                deferred: 0,
             }
         );
 

@@ -92,8 +92,8 @@ impl<C: Clock> Queue<C> {
         // Should the sweep not finish, the deaths noted make the next ticker sweep again.
         self.note_deaths(1);
         let deaths = shared.recovery.deaths.0.load(Ordering::Acquire);
-        if let Some(Some(_)) = self.wheel().with_run_lock(now, || self.sweep(now)) {
-            shared.recovery.recovered.0.store(deaths, Ordering::Release);
+        if let Some(sweep) = self.wheel().with_run_lock(now, || self.sweep(now)) {
+            self.note_swept(deaths, &sweep);
         }
     }
 }
