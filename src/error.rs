@@ -189,6 +189,7 @@ impl ShmError {
 
 /// Why a publish was refused. Nothing was enqueued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PublishError {
     /// The payload is larger than the queue's `max_payload`.
     #[error("payload of {len} bytes exceeds the queue's max_payload of {max} bytes")]
@@ -279,6 +280,7 @@ pub struct BatchAckError {
 
 /// Why an id was not recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DedupError {
     /// The id was accepted less than one window ago.
     #[error("message id {id} was already published within the dedup window")]

@@ -84,7 +84,9 @@ fn left_by_a_killed_creator(dir: &std::path::Path, for_name: &str) -> std::path:
     let mut creator = Command::new("true").spawn().unwrap();
     let pid = creator.id();
     creator.wait().unwrap();
-    let path = dir.join(format!(".{for_name}.{pid}.4242.17.creating"));
+    use std::os::unix::fs::MetadataExt;
+    let namespace = std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino());
+    let path = dir.join(format!(".{for_name}.{namespace}.{pid}.4242.17.creating"));
     std::fs::write(&path, vec![0u8; 4096]).unwrap();
     path
 }

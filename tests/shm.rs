@@ -247,6 +247,12 @@ fn opening_a_file_with_holes_on_a_full_file_system_is_a_typed_error_not_sigbus()
     drop(Queue::open_file(&path).expect("room again: opens"));
 }
 
+/// This process's pid namespace (the inode of `/proc/self/ns/pid`).
+fn pid_namespace() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino())
+}
+
 /// This process's start time (`/proc/self/stat` field 22).
 fn own_start_time() -> u64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
@@ -262,20 +268,29 @@ fn a_creation_file_of_a_killed_creator_is_reclaimed_by_the_next_create_of_its_na
     let mut creator = Command::new("true").spawn().unwrap();
     let dead_pid = creator.id();
     creator.wait().unwrap();
-    let left = dir.join(format!(".ackring.{name}.{dead_pid}.4242.17.creating"));
+    let ns = pid_namespace();
+    let left = dir.join(format!(".ackring.{name}.{ns}.{dead_pid}.4242.17.creating"));
     std::fs::write(&left, vec![0u8; 8192]).unwrap();
-    // One of a creator still at work (this process) is not touched.
+    // One of a creator still at work (this process) is not touched, nor one of a creator
+    // in another pid namespace (its pid means another process here).
     let me = std::process::id();
     let busy = dir.join(format!(
-        ".ackring.{name}.{me}.{}.18.creating",
+        ".ackring.{name}.{ns}.{me}.{}.18.creating",
         own_start_time()
     ));
     std::fs::write(&busy, b"in the making").unwrap();
+    let foreign = dir.join(format!(
+        ".ackring.{name}.{}.{dead_pid}.1.19.creating",
+        ns + 1
+    ));
+    std::fs::write(&foreign, b"not ours to judge").unwrap();
 
     drop(Queue::create_shm(&name, small_config()).unwrap());
     assert!(!left.exists(), "reclaimed");
     assert!(busy.exists(), "its creator runs");
+    assert!(foreign.exists(), "another pid namespace's");
     std::fs::remove_file(&busy).unwrap();
+    std::fs::remove_file(&foreign).unwrap();
 }
 
 /// A valid segment's bytes, written by `create_shm` and read back.
@@ -619,8 +634,13 @@ const OTHER_USER: u32 = 65_534;
 /// by anyone, as a squatter would) or trespasses (opens the owner's segment). Prints what
 /// happened.
 fn as_another_user(role: &str, name: &str) {
-    // SAFETY: plain system calls on this process's credentials; no memory is passed.
-    let dropped = unsafe { libc::setgid(OTHER_USER) == 0 && libc::setuid(OTHER_USER) == 0 };
+    // SAFETY: plain system calls on this process's credentials; the only memory passed
+    // is a null list of no supplementary groups (root's are dropped too).
+    let dropped = unsafe {
+        libc::setgroups(0, std::ptr::null()) == 0
+            && libc::setgid(OTHER_USER) == 0
+            && libc::setuid(OTHER_USER) == 0
+    };
     assert!(dropped, "{}", std::io::Error::last_os_error());
     if role == "squat" {
         let queue = Queue::create_shm(name, small_config()).unwrap();

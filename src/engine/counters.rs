@@ -57,8 +57,9 @@ pub struct Stats {
     pub recoveries: u64,
     /// A live process that has held the timing wheel's run lock for over 100 ms (a run
     /// takes microseconds): stopped (SIGSTOP, a debugger) or stuck. Until it lets go, no
-    /// delay, backoff or lease ends and no TTL is enforced at the head of the queue; ready
-    /// messages are still delivered. (A dead holder's lock is broken by the next run.)
+    /// delay, backoff or lease ends and no TTL is enforced at the head of the queue;
+    /// messages already in the ready queue are still delivered (not those the stalled run
+    /// was making ready). A dead holder's lock is broken by the next run.
     pub timers_stalled: Option<StalledHolder>,
 }
 

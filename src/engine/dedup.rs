@@ -126,8 +126,8 @@ impl Stripe {
     /// use. A lock held through [`SPINS_BEFORE_CHECK`] tries by a holder that `alive` says
     /// is gone (a killed process, or a value no holder writes) is taken over; its entries
     /// may then be torn, which reads as an old id or expiry, never as anything unsafe. A
-    /// live holder is waited on for `patience` at most (`None`: as long as it lives;
-    /// zero: not at all), then `Err` names it.
+    /// live holder is waited on for `patience` at most after the first look at it (`None`:
+    /// as long as it lives), then `Err` names it.
     #[inline]
     fn locked<R>(
         &self,
@@ -147,9 +147,7 @@ impl Stripe {
                 Ok(_) => break,
                 Err(current) => {
                     tries = tries.wrapping_add(1);
-                    let look = tries.is_multiple_of(SPINS_BEFORE_CHECK)
-                        || patience == Some(Duration::ZERO);
-                    if look && current != 0 {
+                    if tries.is_multiple_of(SPINS_BEFORE_CHECK) && current != 0 {
                         if !alive(current)
                             && self
                                 .lock
@@ -264,7 +262,8 @@ impl DedupWindow {
     /// [`DedupError::Duplicate`] if `id` was recorded less than one window before `now`;
     /// [`DedupError::Full`] if its stripe holds only live ids.
     pub fn record(&self, id: MessageId, now: u64) -> Result<(), DedupError> {
-        self.table().record(id, now)
+        // In-process holders always finish: waited on as long as they take.
+        self.table().record(id, now, None)
     }
 
     /// Forgets `id` if it was recorded at `recorded_at`, so a publish that failed after
@@ -306,18 +305,12 @@ impl<'r> DedupTable<'r> {
         }
     }
 
-    /// How long a record waits for a live holder: a queue's for [`LOCK_PATIENCE`] (its
-    /// holders may be other processes); a standalone window's threads always finish.
-    fn patience(&self) -> Option<Duration> {
-        self.participants.map(|_| LOCK_PATIENCE)
-    }
-
-    /// The error for a stripe lock `holder` kept past our patience.
-    fn locked_error(&self, holder: u64) -> DedupError {
+    /// The error for a stripe lock `holder` kept past `waited`.
+    fn locked_error(&self, holder: u64, waited: Duration) -> DedupError {
         let pid = self.participants.and_then(|p| p.pid_of(holder));
         DedupError::Locked {
             pid: pid.unwrap_or(0),
-            waited: LOCK_PATIENCE,
+            waited,
         }
     }
 
@@ -377,7 +370,14 @@ impl<'r> DedupTable<'r> {
     }
 
     #[inline]
-    pub(crate) fn record(&self, id: MessageId, now: u64) -> Result<(), DedupError> {
+    /// Records `id` at `now`, waiting for a live holder of its stripe as `patience` says
+    /// (see `Stripe::locked`).
+    pub(crate) fn record(
+        &self,
+        id: MessageId,
+        now: u64,
+        patience: Option<Duration>,
+    ) -> Result<(), DedupError> {
         let expires_at = expiry(now, self.window_nanos);
         let Some(stripe) = self.stripe(id) else {
             return Ok(()); // no stripes: dedup is off
@@ -385,7 +385,7 @@ impl<'r> DedupTable<'r> {
         let recorded = stripe.locked(
             self.holder,
             |h| self.holder_alive(h),
-            self.patience(),
+            patience,
             |entries, len| {
                 let used = in_use(len);
                 let mut reusable = None;
@@ -420,7 +420,8 @@ impl<'r> DedupTable<'r> {
                 Ok(())
             },
         );
-        recorded.unwrap_or_else(|holder| Err(self.locked_error(holder)))
+        recorded
+            .unwrap_or_else(|holder| Err(self.locked_error(holder, patience.unwrap_or_default())))
     }
 
     /// Forgets `id` if it was recorded at `recorded_at`, waiting for a live holder of its

@@ -489,9 +489,33 @@ impl<'r> Participants<'r> {
         entry.occupant.store(exited_process().0, Ordering::Release);
     }
 
+    /// Registers the process `pid` (not this one) as if it had opened the queue; returns
+    /// its token.
+    #[cfg(all(test, not(loom), not(miri)))]
+    pub(crate) fn register_other(&self, pid: u32) -> u64 {
+        let who = Occupant::new(pid, process::look_up(pid).start_time());
+        let mut entries = self.entries.iter().enumerate();
+        entries
+            .find_map(|(index, entry)| {
+                let replaced = Self::take(entry, who)?;
+                Some(Self::complete(index, entry, replaced).token)
+            })
+            .expect("a free entry")
+    }
+
     /// The pid of the registration `token`'s process, while it holds its entry.
     pub(crate) fn pid_of(&self, token: u64) -> Option<u32> {
         self.entry(token).map(|entry| Occupant::read(entry).pid())
+    }
+
+    /// The pids of the participants `/proc` shows running with the identity they
+    /// registered ([`live_pids`](Self::live_pids) also counts those it cannot tell of).
+    pub(crate) fn seen_running_pids(&self) -> Vec<u32> {
+        self.tokens()
+            .filter_map(|token| self.entry(token).map(Occupant::read))
+            .filter(|occupant| *occupant != Occupant::FREE && occupant.seen_running())
+            .map(Occupant::pid)
+            .collect()
     }
 
     /// The pids of the live participants.

@@ -58,7 +58,9 @@ impl Occupant {
     /// start time. A free entry, a garbage pid, a later process with the pid, or a start
     /// time that was not known (0) while `/proc` knows the pid's does not: else one word
     /// naming pid 1 with start time 0, written into a segment, would hold whatever it
-    /// claims (a lock, a lease) for ever. When `/proc` cannot tell, it is taken to run:
+    /// claims (a lock, a lease) for ever. (One forged with a live process's true start time
+    /// still passes: waits on locks are bounded for that.) When `/proc` cannot tell, it is
+    /// taken to run:
     /// a live process judged dead would lose its entry, leases and locks, while a dead one
     /// judged alive is only reaped at a later look.
     pub(super) fn runs(self) -> bool {
@@ -73,6 +75,16 @@ impl Occupant {
             Seen::Gone => false,
             Seen::Unknown => true,
         }
+    }
+}
+
+impl Occupant {
+    /// Whether `/proc` shows this process running, with its start time: unlike
+    /// [`runs`](Self::runs), "cannot tell" is no.
+    pub(super) fn seen_running(self) -> bool {
+        let started = self.started();
+        matches!(look_up(self.pid()), Seen::Running { start_time }
+            if started != 0 && started == Self::new(self.pid(), Some(start_time)).started())
     }
 }
 

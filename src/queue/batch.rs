@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::base::clock::Clock;
 use crate::base::id::MessageId;
 use crate::engine::counters::Counter;
+use crate::engine::dedup::LOCK_PATIENCE;
 use crate::engine::index_ring::IndexRing;
 use crate::error::{BatchAckError, BatchPublishError, PublishError, SettleError};
 use crate::liveness::SleepsOn;
@@ -143,7 +144,9 @@ impl<C: Clock> Queue<C> {
             let mut readied = 0;
             let mut published_now = 0;
             for index in 0..claimed {
-                match self.fill(slots[index], &outgoing[index], now) {
+                // Batches wait for room as long as it takes, or not at all.
+                let patience = wait.map_or(Duration::ZERO, |_| LOCK_PATIENCE);
+                match self.fill(slots[index], &outgoing[index], now, patience) {
                     Ok(token) => {
                         if let Some(token) = token {
                             ready[readied] = token;

@@ -7,7 +7,7 @@ use crate::base::clock::{nanos, Clock};
 use crate::base::id::MessageId;
 use crate::base::sync::Ordering;
 use crate::engine::counters::Counter;
-use crate::engine::dedup::DedupError;
+use crate::engine::dedup::{DedupError, LOCK_PATIENCE};
 use crate::engine::slots::State;
 use crate::engine::wheel::Timer;
 use crate::error::PublishError;
@@ -134,13 +134,22 @@ impl<C: Clock> Queue<C> {
         let mut now = self.now();
         self.run_timers(now);
         let message = self.outgoing(payload, options, ttl);
+        // Only a timed wait reads the clock for what is left of it for the id's stripe.
+        let give_up = wait
+            .filter(|&wait| wait > Duration::ZERO && wait < LOCK_PATIENCE)
+            .and_then(|wait| Instant::now().checked_add(wait));
         let Some(claimed) = self.claim_free_slot_or_wait(&mut now, wait) else {
             return Err(PublishError::Full {
                 capacity: self.config.capacity,
             });
         };
+        let patience = match (wait, give_up) {
+            (_, Some(give_up)) => give_up.saturating_duration_since(Instant::now()),
+            (None, None) => Duration::ZERO,
+            (Some(wait), None) => wait.min(LOCK_PATIENCE),
+        };
         // A delayed message's timer woke the sleepers in `fill`; a ready one wakes them here.
-        if let Some(ready) = self.fill(claimed, &message, now)? {
+        if let Some(ready) = self.fill(claimed, &message, now, patience)? {
             self.push_ready_token(ready);
         }
         self.counters().bump(Counter::Published);
@@ -211,11 +220,14 @@ impl<C: Clock> Queue<C> {
     /// delayed. A ready message's token is returned for the caller to push to the ready
     /// ring (then to wake sleepers), so a batch can push its tokens together. On a dedup
     /// refusal the slot is freed again and nothing is queued.
+    /// A live process holding the id's dedup stripe is waited on for `patience` after a
+    /// first look (the caller's own time left, at most `LOCK_PATIENCE`).
     pub(super) fn fill(
         &self,
         (slot, generation): (u32, u32),
         message: &Outgoing<'_>,
         now: u64,
+        patience: Duration,
     ) -> Result<Option<u32>, PublishError> {
         let meta = self.store().meta(slot).expect("claimed slots are in range");
         meta.id.store(message.id.0, Ordering::Relaxed);
@@ -226,7 +238,7 @@ impl<C: Clock> Queue<C> {
         // The id is recorded only with a slot in hand, so "duplicate" is never said of an id
         // whose first publish then failed for want of room.
         if let (true, Some(dedup)) = (message.remembered, self.dedup()) {
-            if let Err(error) = dedup.record(message.id, now) {
+            if let Err(error) = dedup.record(message.id, now, Some(patience)) {
                 self.abandon_claim((slot, generation));
                 return Err(match error {
                     DedupError::Duplicate { id } => {

@@ -397,30 +397,79 @@ fn leases_running_out_in_one_tick_come_back_oldest_first() {
 }
 
 #[test]
-fn a_lease_timer_left_linked_from_a_slots_last_message_keeps_the_new_lease_in_order() {
+fn lease_timers_left_linked_from_the_slots_last_messages_keep_the_new_leases_in_order() {
     let (queue, clock) = queue(2);
-    queue.try_publish(b"x").unwrap();
-    queue.try_receive().unwrap().ack().unwrap(); // slot 0's lease node stays linked
-    queue.try_publish(b"z").unwrap(); // slot 1
-    queue.try_publish(b"y").unwrap(); // slot 0 again
+    // Each slot's lease node stays linked after its ack: slot 0's pushed first, then 1's.
+    for text in ["w", "x"] {
+        queue.try_publish(text.as_bytes()).unwrap();
+        queue.try_receive().unwrap().ack().unwrap();
+    }
+    // Slot 0 and then slot 1 again, leased in that order, at the same instant: their nodes
+    // are not linked anew, and a walk of the stack meets slot 1's first.
+    queue.try_publish(b"y").unwrap();
+    queue.try_publish(b"z").unwrap();
     let held: Vec<_> = std::iter::from_fn(|| queue.try_receive()).collect();
     clock.advance(queue.config().visibility_timeout);
     held.into_iter().for_each(std::mem::forget);
-    assert_eq!(drain(&queue), ["z", "y"]);
+    assert_eq!(drain(&queue), ["y", "z"]);
+}
+
+/// A real process stopped (SIGSTOP), as a debugger or a job-control stop leaves one:
+/// alive, and not letting go of anything it holds. Killed when dropped.
+#[cfg(not(miri))]
+struct Stopped(std::process::Child);
+
+#[cfg(not(miri))]
+impl Stopped {
+    fn new() -> Self {
+        let child = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        let pid = libc::pid_t::try_from(child.id()).unwrap();
+        // SAFETY: kill takes no memory; the pid is our own child's, not yet waited for.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        Self(child)
+    }
+
+    /// Registers it in `queue`'s participant table, as if it had opened the queue.
+    fn register_in(&self, queue: &Queue<ManualClock>) -> u64 {
+        queue.participants().register_other(self.0.id())
+    }
+}
+
+#[cfg(not(miri))]
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]
-fn a_publish_gives_up_on_a_dedup_stripe_a_live_holder_keeps_and_names_it() {
+#[cfg(not(miri))]
+fn a_publish_gives_up_on_a_dedup_stripe_a_stopped_process_holds_and_names_it() {
     let (queue, _) = queue(4);
+    let stopped = Stopped::new();
+    let holder = stopped.register_in(&queue);
     let dedup = queue.dedup().unwrap();
-    dedup.hold_stripe_of(MessageId(7), queue.participant); // alive, stopped mid-record
+    dedup.hold_stripe_of(MessageId(7), holder); // stopped mid-record
+                                                // A call that never waits does not wait for it either; a timed one, its time.
     assert_eq!(
         queue.try_publish_with(b"x", id(7)),
         Err(PublishError::DedupLocked {
-            pid: std::process::id(),
-            waited: crate::engine::dedup::LOCK_PATIENCE,
+            pid: stopped.0.id(),
+            waited: Duration::ZERO,
         })
     );
+    let timeout = Duration::from_millis(30);
+    match queue.publish_timeout(b"x", id(7), timeout) {
+        Err(PublishError::DedupLocked { pid, waited }) => {
+            assert_eq!(pid, stopped.0.id());
+            assert!(waited <= timeout, "{waited:?}");
+        }
+        other => panic!("expected DedupLocked, got {other:?}"),
+    }
     assert_eq!(queue.stats().published, 0);
     dedup.hold_stripe_of(MessageId(7), 0);
     queue
@@ -429,21 +478,37 @@ fn a_publish_gives_up_on_a_dedup_stripe_a_live_holder_keeps_and_names_it() {
 }
 
 #[test]
-fn a_stalled_timer_run_shows_in_stats_and_ready_messages_still_go() {
+#[cfg(not(miri))]
+fn a_timer_run_a_stopped_process_holds_shows_in_stats_and_ready_messages_still_go() {
     let (queue, clock) = queue(4);
     queue.try_publish(b"ready").unwrap();
+    let delayed = PublishOptions {
+        delay: Some(Duration::from_millis(10)),
+        ..PublishOptions::default()
+    };
+    queue.try_publish_with(b"delayed", delayed).unwrap();
     assert_eq!(queue.stats().timers_stalled, None);
-    let seen = queue.wheel().with_run_lock(queue.now(), || {
-        clock.advance(Duration::from_millis(250)); // its holder stopped meanwhile
-        let delivered = queue.try_receive().map(|d| d.payload().to_vec());
-        (queue.stats().timers_stalled, delivered)
-    });
-    let (stalled, delivered) = seen.expect("the run lock was free");
-    let stalled = stalled.expect("shown as stalled");
-    assert_eq!(stalled.pid, std::process::id());
+    let stopped = Stopped::new();
+    let holder = stopped.register_in(&queue);
+    // It took the run lock at this tick, then stopped.
+    let ticking = &queue.region.sections().shared.wheel.ticking.0;
+    let tick = queue.now() / queue.tick_nanos;
+    ticking.store(holder << 32 | (tick & 0xffff_ffff), Ordering::Relaxed);
+    clock.advance(Duration::from_millis(250));
+    let stalled = queue.stats().timers_stalled.expect("shown as stalled");
+    assert_eq!(stalled.pid, stopped.0.id());
     assert!(stalled.held_for >= Duration::from_millis(250));
-    assert_eq!(delivered.as_deref(), Some(&b"ready"[..]));
-    assert_eq!(queue.stats().timers_stalled, None, "let go");
+    let delivered = queue.try_receive().expect("a ready message still goes");
+    assert_eq!(delivered.payload(), b"ready");
+    delivered.ack().unwrap();
+    assert!(
+        queue.try_receive().is_none(),
+        "no timer runs: the delay never ends"
+    );
+    drop(stopped); // killed: the next run breaks its lock
+    queue.tick();
+    assert_eq!(queue.stats().timers_stalled, None);
+    assert_eq!(queue.try_receive().unwrap().payload(), b"delayed");
 }
 
 #[test]

@@ -205,6 +205,7 @@ impl Queue<MonotonicClock> {
             let region = Region::in_mapping(mapping, &layout).map_err(|_| ShmError::Corrupt {
                 what: "the new segment is smaller than its layout",
             })?;
+            own_identity_readable()?;
             let queue = Queue::on_region(config, region, MonotonicClock, Attach::Fresh)
                 .ok_or(ShmError::TooManyParticipants)?;
             queue.finish_segment();
@@ -253,15 +254,22 @@ impl Queue<MonotonicClock> {
                 mode,
             });
         }
-        {
+        // Holes: the header's page is backed before it is read, the rest once the header
+        // has said how large the segment is (so a sparse file of any size under the name
+        // is refused before it can fill the file system).
+        let sparse = {
             use std::os::unix::fs::MetadataExt;
-            if metadata.blocks().saturating_mul(512) < metadata.len() {
-                reserve(&file, metadata.len(), path)?; // holes: back them, or fail here
-            }
+            metadata.blocks().saturating_mul(512) < metadata.len()
+        };
+        if sparse {
+            reserve(&file, metadata.len().min(header::HEADER_BYTES as u64), path)?;
         }
         let mapping = Mapping::map(&file, path)?;
         let head = mapping.header()?;
         let (config, layout) = head.read(mapping.len())?;
+        if sparse {
+            reserve(&file, layout.size as u64, path)?;
+        }
         let host = Host::current();
         let host_boot = host.boot_id;
         if host_boot == [0, 0] && head.boot_id() != [0, 0] {
@@ -307,10 +315,11 @@ impl Queue<MonotonicClock> {
             what: "the segment is smaller than its layout",
         })?;
         if attach == Attach::AfterReboot {
-            // A reboot ended every process of the old boot. One still running with the
-            // identity it registered means the boot id lies: resetting would take its
-            // leases and registration from under it.
-            let pids = Participants::new(region.sections().participants).live_pids();
+            // A reboot ended every process of the old boot. One that `/proc` shows running
+            // with the identity it registered means the boot id lies: resetting would take
+            // its leases and registration from under it. (One `/proc` cannot tell of, as
+            // under `hidepid`, does not stop a real reboot.)
+            let pids = Participants::new(region.sections().participants).seen_running_pids();
             if !pids.is_empty() {
                 return Err(ShmError::NotRebooted {
                     path: path.to_path_buf(),
@@ -318,6 +327,7 @@ impl Queue<MonotonicClock> {
                 });
             }
         }
+        own_identity_readable()?;
         let queue = Queue::on_region(config, region, MonotonicClock, attach)
             .ok_or(ShmError::TooManyParticipants)?;
         if attach == Attach::AfterReboot {
@@ -340,9 +350,29 @@ fn reserve(file: &File, len: u64, path: &Path) -> Result<(), ShmError> {
         .map_err(|e| ShmError::from_io(e.into(), path))
 }
 
+/// The processes of a segment tell a live registration from a dead one by pid and start
+/// time (`/proc/PID/stat`), and one registered without its start time would be judged dead
+/// by the others, losing its leases and locks. So a process that cannot read its own (out
+/// of file descriptors, say) does not attach. (Without `/proc` at all, every process is
+/// taken to run, and it may.)
+fn own_identity_readable() -> Result<(), ShmError> {
+    if crate::liveness::this_process_identity().1 != 0 {
+        return Ok(());
+    }
+    let stat = Path::new("/proc/self/stat");
+    match std::fs::read_to_string(stat) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            Err(ShmError::from_io(error, stat))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// How long an opener waits for the file lock: its holder rebases the segment after a
-/// reboot, which takes moments; a process that holds it longer is stuck or hostile.
-const LOCK_WAIT: Duration = Duration::from_secs(2);
+/// reboot, a sweep of every slot (well under a second for a million slots); a process that
+/// holds it longer is stuck or hostile.
+/// (This crate's own tests wait less: one waits it out.)
+const LOCK_WAIT: Duration = Duration::from_secs(if cfg!(test) { 1 } else { 10 });
 
 /// Takes the exclusive `flock` on `file`, waiting at most [`LOCK_WAIT`] (`flock` has no
 /// timed wait: it is tried without blocking, with naps growing to 10 ms).
