@@ -316,7 +316,7 @@ impl<'r> DedupTable<'r> {
 
     /// Writes `holder` into `id`'s stripe lock (0 frees it), as a holder stopped mid-record
     /// leaves it.
-    #[cfg(all(test, not(loom)))]
+    #[cfg(test)]
     pub(crate) fn hold_stripe_of(&self, id: MessageId, holder: u64) {
         let stripe = self.stripe(id).expect("dedup on");
         stripe.lock.store(holder, Ordering::Relaxed);

@@ -491,7 +491,7 @@ impl<'r> Participants<'r> {
 
     /// Registers the process `pid` (not this one) as if it had opened the queue; returns
     /// its token.
-    #[cfg(all(test, not(loom), not(miri)))]
+    #[cfg(all(test, not(miri)))]
     pub(crate) fn register_other(&self, pid: u32) -> u64 {
         let who = Occupant::new(pid, process::look_up(pid).start_time());
         let mut entries = self.entries.iter().enumerate();
@@ -510,6 +510,7 @@ impl<'r> Participants<'r> {
 
     /// The pids of the participants `/proc` shows running with the identity they
     /// registered ([`live_pids`](Self::live_pids) also counts those it cannot tell of).
+    #[cfg(not(loom))]
     pub(crate) fn seen_running_pids(&self) -> Vec<u32> {
         self.tokens()
             .filter_map(|token| self.entry(token).map(Occupant::read))

@@ -78,6 +78,7 @@ impl Occupant {
     }
 }
 
+#[cfg(not(loom))]
 impl Occupant {
     /// Whether `/proc` shows this process running, with its start time: unlike
     /// [`runs`](Self::runs), "cannot tell" is no.
