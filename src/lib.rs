@@ -58,6 +58,8 @@ pub use engine::dedup::{DedupConfigError, DedupError, DedupWindow};
 pub use error::{
     BatchAckError, BatchPublishError, ConfigError, PublishError, SettleError, ShmError,
 };
+#[cfg(all(feature = "async", not(loom)))]
+pub use queue::asynchronous::{Deliveries, Publish, Receive, ReceiveBatch};
 pub use queue::{
     DeadLetter, DeadReason, Delivery, ExpiryPolicy, OwnedDelivery, PublishOptions, Queue,
     QueueBuilder, QueueConfig, ReadyMessage, RetryBackoff, StalledHolder, Stats, LEASE_RAN_OUT,

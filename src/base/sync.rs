@@ -10,6 +10,8 @@ mod imp {
     pub(crate) use crossbeam_utils::Backoff;
     pub(crate) use std::hint::spin_loop as spin_hint;
     pub(crate) use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+    #[cfg(feature = "async")]
+    pub(crate) use std::sync::{Mutex, MutexGuard};
 
     /// `std::cell::UnsafeCell` behind loom's closure API, so call sites read the same under both.
     #[derive(Debug)]
@@ -33,6 +35,7 @@ mod imp {
 mod imp {
     pub(crate) use loom::cell::UnsafeCell;
     pub(crate) use loom::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+    pub(crate) use loom::sync::{Mutex, MutexGuard};
     /// Under loom a spin hint is a yield, so the model checker can schedule the thread we
     /// wait for.
     pub(crate) use loom::thread::yield_now as spin_hint;

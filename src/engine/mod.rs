@@ -8,4 +8,6 @@ pub(crate) mod index_ring;
 mod lifecycle;
 pub(crate) mod slots;
 pub(crate) mod wait;
+#[cfg(any(feature = "async", loom))]
+pub(crate) mod wakers;
 pub(crate) mod wheel;

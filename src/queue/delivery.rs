@@ -118,7 +118,7 @@ impl<C: Clock> Queue<C> {
 
 impl<'q, C: Clock> Delivery<'q, C> {
     /// The same lease, holding `queue` (its own queue) instead of a borrow.
-    fn into_owned(mut self, queue: Arc<Queue<C>>) -> OwnedDelivery<C> {
+    pub(super) fn into_owned(mut self, queue: Arc<Queue<C>>) -> OwnedDelivery<C> {
         debug_assert!(std::ptr::eq(&*self.queue, &*queue));
         let owned = Delivery {
             queue: Handle::Shared(queue),

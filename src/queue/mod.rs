@@ -44,6 +44,8 @@
 //! such death, which a queue without consumers would pile up past the ring's room; and
 //! with no cancel, a slot's node may still wait for an earlier message's later deadline.
 
+#[cfg(all(feature = "async", not(loom)))]
+pub mod asynchronous;
 mod batch;
 mod builder;
 mod dead_letters;
@@ -165,6 +167,9 @@ pub struct Queue<C: Clock = MonotonicClock> {
     /// opened after a reboot (see `reboot`). Read once when attaching: it changes only
     /// while no other handle is attached.
     clock_base: u64,
+    /// This handle's async waiters (see `asynchronous`).
+    #[cfg(all(feature = "async", not(loom)))]
+    waiters: asynchronous::AsyncWaiters,
 }
 
 impl Queue<MonotonicClock> {
@@ -219,6 +224,8 @@ impl<C: Clock> Queue<C> {
             clock_base,
             clock,
             config,
+            #[cfg(all(feature = "async", not(loom)))]
+            waiters: asynchronous::AsyncWaiters::default(),
         };
         match attach {
             Attach::Fresh => queue.lay_out(),

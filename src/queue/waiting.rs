@@ -115,14 +115,30 @@ impl<C: Clock> Queue<C> {
     }
 
     /// Tells whoever may be waiting that `change` happened: the one place a change wakes
-    /// sleepers (today the region's futex signals, shared with other processes; an async
-    /// waker list would hang here too).
+    /// sleepers: the region's futex signals, shared with other processes, and this
+    /// handle's async waiters (feature `async`).
     #[inline]
     pub(super) fn notify(&self, change: Change) {
         match change {
-            Change::Pushed(Wakes::Receivers) => self.ready_signal().notify_after_push(),
-            Change::Pushed(Wakes::Publishers) => self.room_signal().notify_after_push(),
-            Change::TimersMoved => self.ready_signal().notify(),
+            Change::Pushed(Wakes::Receivers) => {
+                self.ready_signal().notify_after_push();
+                #[cfg(all(feature = "async", not(loom)))]
+                self.waiters.ready.wake_all();
+            }
+            Change::Pushed(Wakes::Publishers) => {
+                self.room_signal().notify_after_push();
+                #[cfg(all(feature = "async", not(loom)))]
+                self.waiters.room.wake_all();
+            }
+            // The bridge of async waiters runs the timers: in a segment it sleeps on the
+            // ready signal; a heap queue's naps until the next timer.
+            Change::TimersMoved => {
+                self.ready_signal().notify();
+                #[cfg(all(feature = "async", not(loom)))]
+                if self.trusted {
+                    self.waiters.timers_moved();
+                }
+            }
         }
     }
 

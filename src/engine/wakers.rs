@@ -1,0 +1,196 @@
+//! The async waiters of this process: wakers that a change wakes, as the futex signal
+//! (`wait`) wakes sleeping threads, and by the same protocol.
+//!
+//! | waiter (a future's poll)                     | waker (after a push)                      |
+//! |----------------------------------------------|-------------------------------------------|
+//! | 1. look (a try-receive); found: ready        | a. push the token (a SeqCst CAS)          |
+//! | 2. register its waker, then a SeqCst fence   | b. if anyone is registered: take them all, and wake them |
+//! | 3. look again; found: deregister, ready      |                                           |
+//! | 4. pending                                   |                                           |
+//!
+//! The fence after 2 and the push's SeqCst CAS are in one total order. If the push comes
+//! first, the look in 3 sees it; if the fence does, b's SeqCst load sees the registration.
+//! So a registered waiter either finds the change or is woken (`loom_models` checks it,
+//! and finds the lost wake-up without the look in 3). The list is process-local memory:
+//! another process's push reaches it through the futex (see `queue::asynchronous`).
+//!
+//! Registering and waking take a lock; a push with no one registered reads one word.
+
+use std::task::Waker;
+
+use crate::base::sync::{fence, AtomicU64, Mutex, Ordering};
+
+/// Registered wakers, each under a key its future keeps.
+#[derive(Default)]
+pub(crate) struct WakerList {
+    /// How many are registered: all a push with no one waiting reads.
+    waiting: AtomicU64,
+    /// The next key, and the registrations.
+    wakers: Mutex<(u64, Vec<(u64, Waker)>)>,
+}
+
+#[cfg_attr(loom, allow(dead_code))] // loom models only register and wake
+impl WakerList {
+    /// Registers `waker` (under `key`'s registration if it is still in the list, else a
+    /// new one, whose key goes to `key`). The caller must look again afterwards (step 3).
+    pub(crate) fn register(&self, key: &mut Option<u64>, waker: &Waker) {
+        {
+            let mut guard = self.lock();
+            let (next, wakers) = &mut *guard;
+            match key.and_then(|key| wakers.iter_mut().find(|(k, _)| *k == key)) {
+                Some((_, registered)) => registered.clone_from(waker),
+                None => {
+                    *next += 1;
+                    *key = Some(*next);
+                    wakers.push((*next, waker.clone()));
+                    self.waiting.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+        fence(Ordering::SeqCst); // orders the registration before the caller's look
+    }
+
+    /// Withdraws `key`'s registration, if it is still in the list (a future that found
+    /// what it looked for, or was dropped).
+    pub(crate) fn deregister(&self, key: &mut Option<u64>) {
+        let Some(key) = key.take() else {
+            return;
+        };
+        let mut guard = self.lock();
+        let wakers = &mut guard.1;
+        if let Some(index) = wakers.iter().position(|(k, _)| *k == key) {
+            wakers.swap_remove(index);
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Wakes every registered waker (each then polls again, and registers again if it
+    /// still finds nothing), after the caller's push. That push's SeqCst CAS orders it
+    /// before the load here (see the module docs); other callers fence first.
+    #[inline]
+    pub(crate) fn wake_all(&self) {
+        #[cfg(loom)]
+        fence(Ordering::SeqCst); // loom models SeqCst accesses as AcqRel (see `wait`)
+        if self.waiting.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        self.wake_all_registered();
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn wake_all_registered(&self) {
+        let woken = {
+            let mut guard = self.lock();
+            let woken = std::mem::take(&mut guard.1);
+            self.waiting.fetch_sub(woken.len() as u64, Ordering::SeqCst);
+            woken
+        };
+        // Outside the lock: a waker may run its task's poll here, which registers again.
+        for (_, waker) in woken {
+            waker.wake();
+        }
+    }
+
+    /// How many wakers are registered.
+    pub(crate) fn waiting(&self) -> u64 {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    fn lock(&self) -> crate::base::sync::MutexGuard<'_, (u64, Vec<(u64, Waker)>)> {
+        // A panic while holding the lock (a waker's clone) leaves the list whole.
+        self.wakers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn registered_wakers_are_woken_once_and_deregistered_ones_not() {
+        let list = WakerList::default();
+        let (a, b) = (
+            Arc::new(Count(AtomicUsize::new(0))),
+            Arc::new(Count(AtomicUsize::new(0))),
+        );
+        let (mut key_a, mut key_b) = (None, None);
+        list.register(&mut key_a, &Waker::from(a.clone()));
+        list.register(&mut key_a, &Waker::from(a.clone())); // again: the same registration
+        list.register(&mut key_b, &Waker::from(b.clone()));
+        assert_eq!(list.waiting(), 2);
+        list.deregister(&mut key_b);
+        assert_eq!((list.waiting(), key_b), (1, None));
+        list.wake_all();
+        list.wake_all();
+        let woken = |count: &Count| count.0.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!((woken(&a), woken(&b)), (1, 0));
+        assert_eq!(list.waiting(), 0);
+        list.deregister(&mut key_a); // already woken and removed: nothing to do
+        assert_eq!(list.waiting(), 0);
+    }
+}
+
+/// Loom model of a waiter registering while a pusher pushes and wakes. Run from the repo
+/// root: `RUSTFLAGS="--cfg loom" cargo test --lib --release loom_models`.
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use loom::sync::atomic::AtomicBool;
+    use loom::sync::Arc;
+    use loom::thread;
+    use std::task::Wake;
+
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    // `Wake` wants `std::sync::Arc`: the flag inside is loom's.
+    fn waker(flag: &std::sync::Arc<Flag>) -> Waker {
+        Waker::from(flag.clone())
+    }
+
+    #[test]
+    fn a_waiter_registering_while_a_push_wakes_finds_the_push_or_is_woken() {
+        crate::base::sync::model::check(|| {
+            let list = Arc::new(WakerList::default());
+            let pushed = Arc::new(AtomicU64::new(0));
+            let pusher = {
+                let (list, pushed) = (list.clone(), pushed.clone());
+                thread::spawn(move || {
+                    // A push: a SeqCst RMW, as an index ring's slot CAS.
+                    pushed.fetch_add(1, Ordering::SeqCst);
+                    list.wake_all();
+                })
+            };
+            let flag = std::sync::Arc::new(Flag(AtomicBool::new(false)));
+            let mut key = None;
+            let found = pushed.load(Ordering::SeqCst) > 0 || {
+                list.register(&mut key, &waker(&flag));
+                pushed.load(Ordering::SeqCst) > 0 // the look again
+            };
+            pusher.join().unwrap();
+            assert!(
+                found || flag.0.load(Ordering::SeqCst),
+                "a pending waiter was neither woken nor saw the push"
+            );
+        });
+    }
+}

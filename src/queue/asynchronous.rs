@@ -1,0 +1,376 @@
+//! Async receive and publish (feature `async`): futures and a stream that any executor
+//! can poll (tokio, async-std, smol, a hand-rolled `block_on`), on a queue shared as an
+//! `Arc`, in one process or across processes.
+//!
+//! # How a waiting future is woken
+//!
+//! A future that finds nothing registers its waker with the queue handle's waker list
+//! (`engine::wakers`) and looks again, so a push either is seen by that look or wakes it.
+//! A push in this process wakes the list directly, from `Queue::notify`. While any future
+//! of the handle waits, one *bridge* thread runs the timers, as a sleeping receiver would
+//! (they end delays, backoffs and leases); it is started by the first waiting future and
+//! ends once none waits (within 100 ms).
+//!
+//! - In a heap queue only this process pushes: the bridge naps until the next timer, and
+//!   a timer scheduled meanwhile unparks it. It never arms the futex, which would make
+//!   every publish pay a wake-up call.
+//! - In a shared segment a push by another process only touches the futex, which has no
+//!   file descriptor to hand to an executor: the bridge sleeps on it as an ordinary
+//!   sleeper (counted in `Stats::sleeping_receivers`; killed with its process, uncounted
+//!   when its registration is reaped) and wakes the list. Room another process frees is
+//!   noticed by the bridge within 1 ms (the room signal is a second futex, and a thread
+//!   sleeps on one); this process's acks wake waiting publishes directly.
+//!
+//! Figures against tokio's and flume's channels: benches/README.md (`benches/async.rs`).
+//!
+//! # Cancel safety
+//!
+//! A future takes a message only inside a `poll` that then returns it: dropped while
+//! pending, it holds no lease and has taken nothing, so a `select!` with a timeout around
+//! [`Queue::receive_async`] loses no message. A waiting publish has written nothing until
+//! the `poll` that returns `Ready`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use crate::base::clock::{Clock, MonotonicClock};
+use crate::base::id::MessageId;
+use crate::base::sync::{AtomicU64, Mutex, Ordering};
+use crate::engine::wakers::WakerList;
+use crate::error::PublishError;
+use crate::liveness::SleepsOn;
+use crate::queue::{OwnedDelivery, PublishOptions, Queue};
+
+/// How long the bridge sleeps at most between looks at whether any future still waits.
+const BRIDGE_NAP: Duration = Duration::from_millis(100);
+
+/// How often the bridge looks for room another process freed, while a publish waits.
+const ROOM_POLL: Duration = Duration::from_millis(1);
+
+/// A queue handle's async waiters (process-local).
+#[derive(Default)]
+pub(crate) struct AsyncWaiters {
+    /// Futures waiting for a message.
+    pub(crate) ready: WakerList,
+    /// Futures waiting for room.
+    pub(crate) room: WakerList,
+    /// 1 while a bridge thread runs.
+    bridge: AtomicU64,
+    /// The bridge thread of a heap queue, for a timer scheduled meanwhile to unpark it.
+    thread: Mutex<Option<std::thread::Thread>>,
+}
+
+impl AsyncWaiters {
+    /// Wakes a heap queue's bridge, napping until the timer it knew of: a timer was
+    /// scheduled, perhaps earlier.
+    pub(crate) fn timers_moved(&self) {
+        if self.bridge.load(Ordering::SeqCst) == 1 {
+            let thread = self
+                .thread
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(thread) = thread.as_ref() {
+                thread.unpark();
+            }
+        }
+    }
+}
+
+impl<C: Clock + Send + Sync + 'static> Queue<C> {
+    /// Receives the oldest ready message, waiting as long as it takes, as a future.
+    ///
+    /// Cancel safe: dropped before it is ready, it has taken nothing (see the module
+    /// docs of `queue::asynchronous`).
+    ///
+    /// ```
+    /// # #[cfg(feature = "async")] {
+    /// use std::sync::Arc;
+    /// use ackring::{Queue, QueueConfig};
+    ///
+    /// let queue = Arc::new(Queue::new(QueueConfig::new(64, 256))?);
+    /// queue.publish(b"resize image 7")?;
+    /// let delivery = block_on(queue.receive_async());
+    /// assert_eq!(delivery.payload(), b"resize image 7");
+    /// delivery.ack()?;
+    /// # }
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    /// #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn receive_async(self: &Arc<Self>) -> Receive<C> {
+        Receive {
+            queue: Arc::clone(self),
+            key: None,
+        }
+    }
+
+    /// The ready messages as a stream of owned deliveries (each may move into a spawned
+    /// task), oldest first, waiting for more as long as it takes: it never ends.
+    pub fn deliveries(self: &Arc<Self>) -> Deliveries<C> {
+        Deliveries {
+            receive: self.receive_async(),
+        }
+    }
+
+    /// Receives up to `max` ready messages into `out` (appended, oldest first), waiting
+    /// as long as it takes for the first; resolves to how many (0 only if `max` is 0).
+    /// Cancel safe, as [`receive_async`](Self::receive_async).
+    pub fn receive_batch_async<'a>(
+        self: &'a Arc<Self>,
+        out: &'a mut Vec<OwnedDelivery<C>>,
+        max: usize,
+    ) -> ReceiveBatch<'a, C> {
+        ReceiveBatch {
+            queue: self,
+            out,
+            max,
+            key: None,
+        }
+    }
+
+    /// Publishes `payload` with `options`, waiting for room in a full queue as long as it
+    /// takes, as a future. Dropped before it is ready, it has published nothing.
+    ///
+    /// # Errors
+    /// As [`try_publish_with`](Self::try_publish_with), but never
+    /// [`PublishError::Full`].
+    pub fn publish_async<'a>(
+        self: &'a Arc<Self>,
+        payload: &'a [u8],
+        options: PublishOptions,
+    ) -> Publish<'a, C> {
+        Publish {
+            queue: self,
+            payload,
+            options,
+            key: None,
+        }
+    }
+
+    /// Starts the bridge thread unless one runs (see the module docs).
+    fn start_bridge(self: &Arc<Self>) {
+        if self.waiters.bridge.swap(1, Ordering::SeqCst) == 1 {
+            return;
+        }
+        let queue = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("ackring-async".into())
+            .spawn(move || queue.bridge());
+        if spawned.is_err() {
+            // No thread to be had: pushes of this process still wake the futures, and
+            // the next one to register tries again.
+            self.waiters.bridge.store(0, Ordering::SeqCst);
+        }
+    }
+
+    /// The bridge thread: sleeps on the ready signal (running the timers, as a sleeping
+    /// receiver does) and wakes the waiting futures at each change, until none waits.
+    fn bridge(&self) {
+        let waiters = &self.waiters;
+        *waiters
+            .thread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(std::thread::current());
+        loop {
+            if self.trusted {
+                self.nap_for_timers();
+            } else {
+                self.carry_wake_ups();
+            }
+            if waiters.ready.waiting() == 0 && waiters.room.waiting() == 0 {
+                waiters.bridge.store(0, Ordering::SeqCst);
+                // A future that registered after the look above found the bridge running
+                // and started none: keep going for it (unless it started another).
+                let waiting = waiters.ready.waiting() > 0 || waiters.room.waiting() > 0;
+                if !waiting || waiters.bridge.swap(1, Ordering::SeqCst) == 1 {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A heap queue's bridge: only this process pushes, and its pushes wake the futures
+    /// directly (`notify`). So it only runs the timers, napping until the next is due
+    /// without arming the futex, which would make every publish pay a wake-up call; a
+    /// timer scheduled meanwhile unparks it (`AsyncWaiters::timers_moved`).
+    fn nap_for_timers(&self) {
+        let now = self.now();
+        self.run_timers(now);
+        let until_due = self.wheel().next_due().map(|due| due.saturating_sub(now));
+        // At least a tick: a timer already due is being run by another thread.
+        let nap = until_due
+            .map_or(BRIDGE_NAP, Duration::from_nanos)
+            .clamp(self.config.timer_tick, BRIDGE_NAP);
+        std::thread::park_timeout(nap);
+    }
+
+    /// A shared segment's bridge: sleeps on the ready signal as a receiver would (running
+    /// the timers), and wakes the futures when another process (or this one) made a
+    /// message ready; looks for room freed by another process every [`ROOM_POLL`].
+    fn carry_wake_ups(&self) {
+        let waiters = &self.waiters;
+        let seen = self.ready_signal().wake_ups();
+        let nap = if waiters.room.waiting() > 0 {
+            ROOM_POLL
+        } else {
+            BRIDGE_NAP
+        };
+        let changed = self.wait_until(SleepsOn::Ready, nap, || {
+            // Timers end delays, backoffs and leases: what they make ready wakes the
+            // futures through `notify`, as any push of this process does.
+            self.run_timers(self.now());
+            // A change since `seen` (a wake-up), or a message that came while we were
+            // not armed yet: the futures look. None waiting: nothing to do.
+            let changed = self.ready_signal().wake_ups() != seen || self.ready().len() > 0;
+            let none_waits = waiters.ready.waiting() == 0 && waiters.room.waiting() == 0;
+            (changed || none_waits).then_some(changed)
+        });
+        if changed == Some(true) {
+            waiters.ready.wake_all();
+        }
+        // Room another process made wakes no one here: the waiting publishes look.
+        waiters.room.wake_all();
+    }
+}
+
+/// The future of [`Queue::receive_async`].
+#[must_use = "futures do nothing unless polled"]
+pub struct Receive<C: Clock + Send + Sync + 'static = MonotonicClock> {
+    queue: Arc<Queue<C>>,
+    /// Its registration in the waker list, while it waits.
+    key: Option<u64>,
+}
+
+impl<C: Clock + Send + Sync + 'static> Receive<C> {
+    /// One poll: a delivery, or registered to be woken (steps 1 to 4 of `engine::wakers`).
+    fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<OwnedDelivery<C>> {
+        let waiters = &self.queue.waiters.ready;
+        for look in 0..2 {
+            if let Some(delivery) = self.queue.try_receive_owned() {
+                waiters.deregister(&mut self.key);
+                return Poll::Ready(delivery);
+            }
+            if look == 0 {
+                waiters.register(&mut self.key, cx.waker());
+                self.queue.start_bridge();
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl<C: Clock + Send + Sync + 'static> Future for Receive<C> {
+    type Output = OwnedDelivery<C>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.poll_receive(cx)
+    }
+}
+
+impl<C: Clock + Send + Sync + 'static> Drop for Receive<C> {
+    fn drop(&mut self) {
+        self.queue.waiters.ready.deregister(&mut self.key);
+    }
+}
+
+/// The stream of [`Queue::deliveries`]: never ends.
+#[must_use = "streams do nothing unless polled"]
+pub struct Deliveries<C: Clock + Send + Sync + 'static = MonotonicClock> {
+    receive: Receive<C>,
+}
+
+impl<C: Clock + Send + Sync + 'static> futures_core::Stream for Deliveries<C> {
+    type Item = OwnedDelivery<C>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.receive.poll_receive(cx).map(Some)
+    }
+}
+
+/// The future of [`Queue::receive_batch_async`].
+#[must_use = "futures do nothing unless polled"]
+pub struct ReceiveBatch<'a, C: Clock + Send + Sync + 'static = MonotonicClock> {
+    queue: &'a Arc<Queue<C>>,
+    out: &'a mut Vec<OwnedDelivery<C>>,
+    max: usize,
+    key: Option<u64>,
+}
+
+impl<C: Clock + Send + Sync + 'static> Future for ReceiveBatch<'_, C> {
+    type Output = usize;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+        let this = &mut *self;
+        if this.max == 0 {
+            return Poll::Ready(0);
+        }
+        let waiters = &this.queue.waiters.ready;
+        for look in 0..2 {
+            let mut batch = Vec::new();
+            let got = this.queue.try_receive_batch(&mut batch, this.max);
+            if got > 0 {
+                let owned = batch
+                    .into_iter()
+                    .map(|delivery| delivery.into_owned(Arc::clone(this.queue)));
+                this.out.extend(owned);
+                waiters.deregister(&mut this.key);
+                return Poll::Ready(got);
+            }
+            if look == 0 {
+                waiters.register(&mut this.key, cx.waker());
+                this.queue.start_bridge();
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl<C: Clock + Send + Sync + 'static> Drop for ReceiveBatch<'_, C> {
+    fn drop(&mut self) {
+        self.queue.waiters.ready.deregister(&mut self.key);
+    }
+}
+
+/// The future of [`Queue::publish_async`].
+#[must_use = "futures do nothing unless polled"]
+pub struct Publish<'a, C: Clock + Send + Sync + 'static = MonotonicClock> {
+    queue: &'a Arc<Queue<C>>,
+    payload: &'a [u8],
+    options: PublishOptions,
+    key: Option<u64>,
+}
+
+impl<C: Clock + Send + Sync + 'static> Future for Publish<'_, C> {
+    type Output = Result<MessageId, PublishError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let waiters = &this.queue.waiters.room;
+        for look in 0..2 {
+            match this.queue.try_publish_with(this.payload, this.options) {
+                Err(PublishError::Full { .. }) if look == 0 => {
+                    waiters.register(&mut this.key, cx.waker());
+                    this.queue.start_bridge();
+                }
+                Err(PublishError::Full { .. }) => return Poll::Pending,
+                done => {
+                    waiters.deregister(&mut this.key);
+                    return Poll::Ready(done);
+                }
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl<C: Clock + Send + Sync + 'static> Drop for Publish<'_, C> {
+    fn drop(&mut self) {
+        self.queue.waiters.room.deregister(&mut self.key);
+    }
+}

@@ -1,0 +1,301 @@
+//! Async receive and publish on a tokio multi-thread runtime: every message acked once by
+//! many tasks, cancel safety (futures dropped mid-wait, `select!` with timeouts), a
+//! publisher waiting for room, an idle wait that burns no CPU, and an async consumer
+//! process woken by a synchronous publisher process.
+//!
+//! Child processes are this test binary run again with `ACKRING_ASYNC_CHILD` set: the
+//! `child` test then plays the role it names.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Waker};
+use std::time::Duration;
+
+use ackring::{PublishError, PublishOptions, Queue, QueueConfig};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_time()
+        .build()
+        .unwrap()
+}
+
+fn heap_queue(capacity: u32) -> Arc<Queue> {
+    Arc::new(Queue::new(QueueConfig::new(capacity, 64)).unwrap())
+}
+
+#[test]
+fn many_tasks_receive_and_ack_every_message_once() {
+    const MESSAGES: u64 = 20_000;
+    let queue = heap_queue(256);
+    let producer = {
+        let queue = Arc::clone(&queue);
+        std::thread::spawn(move || {
+            for n in 0..MESSAGES {
+                queue.publish(&n.to_le_bytes()).unwrap();
+            }
+        })
+    };
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let acked = runtime().block_on(async {
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (queue, done) = (Arc::clone(&queue), Arc::clone(&done));
+                tokio::spawn(async move {
+                    let mut mine = Vec::new();
+                    while done.load(std::sync::atomic::Ordering::SeqCst) < MESSAGES {
+                        let wait =
+                            tokio::time::timeout(Duration::from_millis(50), queue.receive_async());
+                        let Ok(delivery) = wait.await else {
+                            continue; // others took the rest meanwhile: look at the count
+                        };
+                        let n = u64::from_le_bytes(delivery.payload().try_into().unwrap());
+                        // Settled in another task: an owned delivery moves.
+                        tokio::spawn(async move { delivery.ack() })
+                            .await
+                            .unwrap()
+                            .unwrap();
+                        done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        mine.push(n);
+                    }
+                    mine
+                })
+            })
+            .collect();
+        let mut acked = Vec::new();
+        for task in tasks {
+            acked.extend(task.await.unwrap());
+        }
+        acked
+    });
+    producer.join().unwrap();
+    let distinct: HashSet<u64> = acked.iter().copied().collect();
+    assert_eq!(acked.len() as u64, MESSAGES, "each acked once");
+    assert_eq!(distinct.len() as u64, MESSAGES);
+    let stats = queue.stats();
+    assert_eq!(
+        (stats.acked, stats.redelivered, stats.in_flight),
+        (MESSAGES, 0, 0)
+    );
+}
+
+#[test]
+fn receives_cancelled_by_timeouts_lose_nothing_and_hold_no_lease() {
+    const MESSAGES: u64 = 300;
+    let queue = heap_queue(64);
+    let producer = {
+        let queue = Arc::clone(&queue);
+        std::thread::spawn(move || {
+            for n in 0..MESSAGES {
+                queue.publish(&n.to_le_bytes()).unwrap();
+                if n % 8 == 0 {
+                    std::thread::sleep(Duration::from_millis(3)); // gaps: waits pend
+                }
+            }
+        })
+    };
+    let (received, cancelled) = runtime().block_on(async {
+        let (mut received, mut cancelled) = (Vec::new(), 0u32);
+        while (received.len() as u64) < MESSAGES {
+            tokio::select! {
+                delivery = queue.receive_async() => {
+                    received.push(u64::from_le_bytes(delivery.payload().try_into().unwrap()));
+                    delivery.ack().unwrap();
+                }
+                () = tokio::time::sleep(Duration::from_millis(1)) => cancelled += 1,
+            }
+        }
+        (received, cancelled)
+    });
+    producer.join().unwrap();
+    assert_eq!(
+        received,
+        (0..MESSAGES).collect::<Vec<_>>(),
+        "all, in order, once"
+    );
+    assert!(cancelled > 0, "some waits were cancelled");
+    let stats = queue.stats();
+    assert_eq!(
+        (stats.delivered, stats.acked, stats.in_flight),
+        (MESSAGES, MESSAGES, 0)
+    );
+    assert!(queue.try_receive().is_none());
+}
+
+#[test]
+fn a_receive_dropped_while_pending_takes_nothing() {
+    let queue = heap_queue(8);
+    let mut cx = Context::from_waker(Waker::noop());
+    for _ in 0..100 {
+        let mut pending = pin!(queue.receive_async());
+        assert!(pending.as_mut().poll(&mut cx).is_pending());
+    } // each dropped pending
+    queue.publish(b"kept").unwrap();
+    let delivery = queue.try_receive().expect("not taken by a dropped future");
+    assert_eq!((delivery.payload(), delivery.attempt()), (&b"kept"[..], 1));
+}
+
+#[test]
+fn a_publisher_task_waits_for_room_until_an_ack_frees_a_slot() {
+    let queue = heap_queue(2);
+    queue.publish(b"a").unwrap();
+    queue.publish(b"b").unwrap();
+    runtime().block_on(async {
+        let publisher = {
+            let queue = Arc::clone(&queue);
+            tokio::spawn(async move { queue.publish_async(b"c", PublishOptions::default()).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await; // it has found the queue full
+        assert!(!publisher.is_finished(), "a full queue makes it wait");
+        queue.try_receive().unwrap().ack().unwrap();
+        publisher
+            .await
+            .unwrap()
+            .expect("published once room was made");
+    });
+    let payloads: Vec<Vec<u8>> = std::iter::from_fn(|| queue.try_receive())
+        .map(|d| {
+            let p = d.payload().to_vec();
+            d.ack().unwrap();
+            p
+        })
+        .collect();
+    assert_eq!(payloads, [b"b".to_vec(), b"c".to_vec()]);
+    // Refusals other than Full come back at once.
+    let big = [0u8; 65];
+    let refused = runtime().block_on(queue.publish_async(&big, PublishOptions::default()));
+    assert!(matches!(refused, Err(PublishError::PayloadTooLarge { .. })));
+}
+
+#[test]
+fn a_delayed_message_reaches_a_waiting_future_with_no_other_caller() {
+    let queue = heap_queue(8);
+    let delayed = PublishOptions {
+        delay: Some(Duration::from_millis(30)),
+        ..PublishOptions::default()
+    };
+    queue.publish_with(b"later", delayed).unwrap();
+    // Only the bridge runs the timers now.
+    let delivery = runtime().block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), queue.receive_async())
+            .await
+            .expect("woken when the delay ended")
+    });
+    assert_eq!(delivery.payload(), b"later");
+}
+
+/// CPU time this process has used so far.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage writes the struct we pass; it has no other preconditions.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, &mut usage), 0);
+        usage
+    };
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// Sixteen futures wait on an empty queue for 500 ms; returns the CPU time this process
+/// used meanwhile (run alone in a child process: other tests' threads would count).
+fn cpu_of_idle_waiters() -> Duration {
+    let queue = heap_queue(8);
+    let runtime = runtime();
+    let waiting: Vec<_> = (0..16)
+        .map(|_| {
+            let queue = Arc::clone(&queue);
+            runtime.spawn(async move { queue.receive_async().await.ack() })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(50)); // they are all waiting by now
+    let before = cpu_time();
+    std::thread::sleep(Duration::from_millis(500));
+    let used = cpu_time() - before;
+    for n in 0..16u8 {
+        queue.publish(&[n]).unwrap();
+    }
+    runtime.block_on(async {
+        for task in waiting {
+            task.await.unwrap().unwrap();
+        }
+    });
+    assert_eq!(queue.stats().acked, 16);
+    used
+}
+
+#[test]
+fn idle_async_receivers_burn_no_cpu() {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
+        .env("ACKRING_ASYNC_CHILD", "idle")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{said}");
+    let micros: u64 = said
+        .lines()
+        .find_map(|line| line.split("IDLE CPU ").nth(1))
+        .and_then(|rest| rest.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no figure in {said}"));
+    let used = Duration::from_micros(micros);
+    assert!(
+        used < Duration::from_millis(50),
+        "idle waiters used {used:?} of CPU in 500 ms"
+    );
+}
+
+#[test]
+fn child() {
+    let Ok(role) = std::env::var("ACKRING_ASYNC_CHILD") else {
+        return; // not a child: nothing to do
+    };
+    if role == "idle" {
+        println!("IDLE CPU {}", cpu_of_idle_waiters().as_micros());
+        return;
+    }
+    let (name, count) = role.split_once(':').unwrap();
+    let count: u64 = count.parse().unwrap();
+    let queue = Arc::new(Queue::open_shm(name).unwrap());
+    let got = runtime().block_on(async {
+        let mut got = Vec::new();
+        while (got.len() as u64) < count {
+            let delivery = queue.receive_async().await;
+            got.push(u64::from_le_bytes(delivery.payload().try_into().unwrap()));
+            delivery.ack().unwrap();
+        }
+        got
+    });
+    assert_eq!(got, (0..count).collect::<Vec<_>>());
+    println!("RECEIVED {count}");
+}
+
+#[test]
+fn an_async_consumer_process_is_woken_by_a_publisher_process() {
+    const MESSAGES: u64 = 200;
+    let name = format!("test-{}-async", std::process::id());
+    let queue = Queue::create_shm(&name, QueueConfig::new(64, 64)).unwrap();
+    let consumer = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
+        .env("ACKRING_ASYNC_CHILD", format!("{name}:{MESSAGES}"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for n in 0..MESSAGES {
+        queue.publish(&n.to_le_bytes()).unwrap();
+        if n % 10 == 0 {
+            // Gaps, so the consumer's futures wait and are woken across the processes.
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let output = consumer.wait_with_output().unwrap();
+    let _ = Queue::unlink_shm(&name);
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{said}");
+    assert!(said.contains(&format!("RECEIVED {MESSAGES}")), "{said}");
+    assert_eq!(queue.stats().acked, MESSAGES);
+}
