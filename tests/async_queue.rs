@@ -170,21 +170,35 @@ fn a_publisher_task_waits_for_room_until_an_ack_frees_a_slot() {
     assert!(matches!(refused, Err(PublishError::PayloadTooLarge { .. })));
 }
 
-#[test]
-fn a_delayed_message_reaches_a_waiting_future_with_no_other_caller() {
-    let queue = heap_queue(8);
+/// Publishes a message delayed 30 ms and awaits it: with no other caller, only the
+/// bridge runs the timers that end the delay.
+fn a_delayed_message_reaches_a_waiting_future(queue: &Arc<Queue>) {
     let delayed = PublishOptions {
         delay: Some(Duration::from_millis(30)),
         ..PublishOptions::default()
     };
     queue.publish_with(b"later", delayed).unwrap();
-    // Only the bridge runs the timers now.
     let delivery = runtime().block_on(async {
         tokio::time::timeout(Duration::from_secs(5), queue.receive_async())
             .await
             .expect("woken when the delay ended")
     });
     assert_eq!(delivery.payload(), b"later");
+}
+
+#[test]
+fn a_delayed_message_reaches_a_waiting_future_with_no_other_caller() {
+    a_delayed_message_reaches_a_waiting_future(&heap_queue(8));
+}
+
+#[test]
+fn a_timer_tick_longer_than_the_bridges_nap_still_ends_delays() {
+    // The bridge naps at most 100 ms; a tick of 200 ms once made its nap computation panic.
+    let queue = Queue::builder(8, 64)
+        .timer_tick(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    a_delayed_message_reaches_a_waiting_future(&Arc::new(queue));
 }
 
 /// CPU time this process has used so far.

@@ -34,19 +34,23 @@ impl WakerList {
     /// Registers `waker` (under `key`'s registration if it is still in the list, else a
     /// new one, whose key goes to `key`). The caller must look again afterwards (step 3).
     pub(crate) fn register(&self, key: &mut Option<u64>, waker: &Waker) {
-        {
+        // A waker replaced is dropped after the lock: dropping one runs executor code,
+        // which may drop a future that deregisters.
+        let _replaced = {
             let mut guard = self.lock();
             let (next, wakers) = &mut *guard;
             match key.and_then(|key| wakers.iter_mut().find(|(k, _)| *k == key)) {
-                Some((_, registered)) => registered.clone_from(waker),
+                Some((_, registered)) if registered.will_wake(waker) => None,
+                Some((_, registered)) => Some(std::mem::replace(registered, waker.clone())),
                 None => {
                     *next += 1;
                     *key = Some(*next);
                     wakers.push((*next, waker.clone()));
                     self.waiting.fetch_add(1, Ordering::SeqCst);
+                    None
                 }
             }
-        }
+        };
         fence(Ordering::SeqCst); // orders the registration before the caller's look
     }
 
@@ -56,12 +60,15 @@ impl WakerList {
         let Some(key) = key.take() else {
             return;
         };
-        let mut guard = self.lock();
-        let wakers = &mut guard.1;
-        if let Some(index) = wakers.iter().position(|(k, _)| *k == key) {
-            wakers.swap_remove(index);
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
-        }
+        let _removed = {
+            let mut guard = self.lock();
+            let wakers = &mut guard.1;
+            let index = wakers.iter().position(|(k, _)| *k == key);
+            index.map(|index| {
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
+                wakers.swap_remove(index)
+            })
+        }; // dropped after the lock, as in `register`
     }
 
     /// Wakes every registered waker (each then polls again, and registers again if it

@@ -9,7 +9,7 @@
 //! A push in this process wakes the list directly, from `Queue::notify`. While any future
 //! of the handle waits, one *bridge* thread runs the timers, as a sleeping receiver would
 //! (they end delays, backoffs and leases); it is started by the first waiting future and
-//! ends once none waits (within 100 ms).
+//! ends once none has waited for 100 ms.
 //!
 //! - In a heap queue only this process pushes: the bridge naps until the next timer, and
 //!   a timer scheduled meanwhile unparks it. It never arms the futex, which would make
@@ -131,6 +131,7 @@ impl<C: Clock + Send + Sync + 'static> Queue<C> {
             out,
             max,
             key: None,
+            done: false,
         }
     }
 
@@ -150,6 +151,7 @@ impl<C: Clock + Send + Sync + 'static> Queue<C> {
             payload,
             options,
             key: None,
+            done: false,
         }
     }
 
@@ -163,27 +165,50 @@ impl<C: Clock + Send + Sync + 'static> Queue<C> {
             .name("ackring-async".into())
             .spawn(move || queue.bridge());
         if spawned.is_err() {
-            // No thread to be had: pushes of this process still wake the futures, and
-            // the next one to register tries again.
+            // No thread to be had: the futures look again (and try to start one again).
             self.waiters.bridge.store(0, Ordering::SeqCst);
+            self.waiters.ready.wake_all();
+            self.waiters.room.wake_all();
         }
     }
 
     /// The bridge thread: sleeps on the ready signal (running the timers, as a sleeping
     /// receiver does) and wakes the waiting futures at each change, until none waits.
     fn bridge(&self) {
+        /// Marks the bridge stopped however it ends (a panic too): the next waiting
+        /// future starts another.
+        struct Running<'w>(&'w AsyncWaiters);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.bridge.store(0, Ordering::SeqCst);
+                }
+            }
+        }
         let waiters = &self.waiters;
+        let _running = Running(waiters);
         *waiters
             .thread
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(std::thread::current());
+        // Futures woken register again only once they have polled: the bridge stops only
+        // when none has waited for a whole nap, not each time it has just woken them all.
+        let mut idle_since = None;
         loop {
             if self.trusted {
                 self.nap_for_timers();
             } else {
                 self.carry_wake_ups();
             }
-            if waiters.ready.waiting() == 0 && waiters.room.waiting() == 0 {
+            if waiters.ready.waiting() > 0 || waiters.room.waiting() > 0 {
+                idle_since = None;
+                continue;
+            }
+            if idle_since
+                .get_or_insert_with(std::time::Instant::now)
+                .elapsed()
+                >= BRIDGE_NAP
+            {
                 waiters.bridge.store(0, Ordering::SeqCst);
                 // A future that registered after the look above found the bridge running
                 // and started none: keep going for it (unless it started another).
@@ -206,7 +231,8 @@ impl<C: Clock + Send + Sync + 'static> Queue<C> {
         // At least a tick: a timer already due is being run by another thread.
         let nap = until_due
             .map_or(BRIDGE_NAP, Duration::from_nanos)
-            .clamp(self.config.timer_tick, BRIDGE_NAP);
+            .max(self.config.timer_tick)
+            .min(BRIDGE_NAP);
         std::thread::park_timeout(nap);
     }
 
@@ -225,13 +251,12 @@ impl<C: Clock + Send + Sync + 'static> Queue<C> {
             // Timers end delays, backoffs and leases: what they make ready wakes the
             // futures through `notify`, as any push of this process does.
             self.run_timers(self.now());
-            // A change since `seen` (a wake-up), or a message that came while we were
-            // not armed yet: the futures look. None waiting: nothing to do.
-            let changed = self.ready_signal().wake_ups() != seen || self.ready().len() > 0;
-            let none_waits = waiters.ready.waiting() == 0 && waiters.room.waiting() == 0;
-            (changed || none_waits).then_some(changed)
+            // A change since `seen` (a wake-up), or, while futures wait for one, a
+            // message that came before we were armed: they look.
+            let came = waiters.ready.waiting() > 0 && self.ready().len() > 0;
+            (self.ready_signal().wake_ups() != seen || came).then_some(())
         });
-        if changed == Some(true) {
+        if changed.is_some() {
             waiters.ready.wake_all();
         }
         // Room another process made wakes no one here: the waiting publishes look.
@@ -300,6 +325,8 @@ pub struct ReceiveBatch<'a, C: Clock + Send + Sync + 'static = MonotonicClock> {
     out: &'a mut Vec<OwnedDelivery<C>>,
     max: usize,
     key: Option<u64>,
+    /// Resolved: polled again, it would take more leases.
+    done: bool,
 }
 
 impl<C: Clock + Send + Sync + 'static> Future for ReceiveBatch<'_, C> {
@@ -307,7 +334,9 @@ impl<C: Clock + Send + Sync + 'static> Future for ReceiveBatch<'_, C> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
         let this = &mut *self;
+        assert!(!this.done, "ReceiveBatch polled after it resolved");
         if this.max == 0 {
+            this.done = true;
             return Poll::Ready(0);
         }
         let waiters = &this.queue.waiters.ready;
@@ -320,6 +349,7 @@ impl<C: Clock + Send + Sync + 'static> Future for ReceiveBatch<'_, C> {
                     .map(|delivery| delivery.into_owned(Arc::clone(this.queue)));
                 this.out.extend(owned);
                 waiters.deregister(&mut this.key);
+                this.done = true;
                 return Poll::Ready(got);
             }
             if look == 0 {
@@ -344,6 +374,8 @@ pub struct Publish<'a, C: Clock + Send + Sync + 'static = MonotonicClock> {
     payload: &'a [u8],
     options: PublishOptions,
     key: Option<u64>,
+    /// Resolved: polled again, it would publish a second time.
+    done: bool,
 }
 
 impl<C: Clock + Send + Sync + 'static> Future for Publish<'_, C> {
@@ -351,6 +383,7 @@ impl<C: Clock + Send + Sync + 'static> Future for Publish<'_, C> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
+        assert!(!this.done, "Publish polled after it resolved");
         let waiters = &this.queue.waiters.room;
         for look in 0..2 {
             match this.queue.try_publish_with(this.payload, this.options) {
@@ -359,9 +392,10 @@ impl<C: Clock + Send + Sync + 'static> Future for Publish<'_, C> {
                     this.queue.start_bridge();
                 }
                 Err(PublishError::Full { .. }) => return Poll::Pending,
-                done => {
+                result => {
                     waiters.deregister(&mut this.key);
-                    return Poll::Ready(done);
+                    this.done = true;
+                    return Poll::Ready(result);
                 }
             }
         }
