@@ -372,6 +372,28 @@ impl<'r> IndexRing<'r> {
         (seq_of(current) == head as u32 && value_of(current) != EMPTY).then(|| value_of(current))
     }
 
+    /// Whether the ring holds a value, taking nothing: unlike `len`, it sees a push whose
+    /// pusher has not yet moved `tail` (one in another process, just before a sleeper
+    /// armed its signal). It walks from `head` past slots already popped (a lagging
+    /// `head`) to the first slot not popped: a value there, or none in the ring. SeqCst
+    /// loads: a sleeper calls it after arming, against a pusher's SeqCst slot CAS followed
+    /// by its load of the armed bit. A corrupt slot reads as empty.
+    #[cfg_attr(not(feature = "async"), allow(dead_code))] // the async bridge's look
+    pub(crate) fn holds_value(&self) -> bool {
+        let cap = self.slots.len() as u64;
+        let mut position = self.head.load(Ordering::SeqCst);
+        for _ in 0..cap {
+            let current = self.slot(position).load(Ordering::SeqCst);
+            let popped_here =
+                seq_of(current) == position.wrapping_add(cap) as u32 && value_of(current) == EMPTY;
+            if !popped_here {
+                return seq_of(current) == position as u32 && value_of(current) != EMPTY;
+            }
+            position = position.wrapping_add(1);
+        }
+        false
+    }
+
     /// Takes the oldest value, `Ok(None)` if the ring is empty.
     #[inline]
     pub(crate) fn try_pop(&self) -> Result<Option<u32>, Corrupt> {
@@ -502,6 +524,28 @@ impl OwnedWords {
 mod tests {
     use super::*;
     use std::collections::VecDeque;
+
+    #[test]
+    fn holds_value_sees_a_push_before_tail_moves_and_walks_past_a_lagging_head() {
+        let words = OwnedWords::new(4);
+        let ring = words.ring();
+        assert!(!ring.holds_value(), "empty");
+        assert!(ring.push_and_stop(1), "pushed, tail not moved");
+        assert_eq!(ring.len(), 0, "the cursors do not show it yet");
+        assert!(ring.holds_value(), "the slot does");
+        assert_eq!(ring.try_pop(), Ok(Some(1)));
+        assert!(!ring.holds_value(), "popped");
+        // Popped without moving head, then a push behind it: head lags by one.
+        assert!(ring.try_push(2).unwrap());
+        assert!(ring.try_push(3).unwrap());
+        assert_eq!(
+            ring.pop(false, |_| true).map(|p| p.map(|(_, v)| v)),
+            Ok(Some(2))
+        );
+        assert!(ring.holds_value(), "3 waits behind the popped slot at head");
+        assert_eq!(ring.try_pop(), Ok(Some(3)));
+        assert!(!ring.holds_value(), "empty again, across a lagging head");
+    }
 
     #[test]
     fn a_conditional_pop_takes_the_oldest_value_only_if_wanted() {

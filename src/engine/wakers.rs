@@ -112,6 +112,51 @@ impl WakerList {
     }
 }
 
+/// Whether a helper thread runs for a waker list's waiters (the async bridge), handed
+/// between the waiters that start one and the helper that stops when none waits.
+///
+/// | waiter (after `WakerList::register`)       | helper, having seen none waiting          |
+/// |--------------------------------------------|-------------------------------------------|
+/// | `claim`: swap to 1; was 0: start a helper  | `stop_unless`: swap to 0, look at waiters |
+/// | was 1: one runs, and sees the registration | one waits: swap to 1; was 0: go on        |
+///
+/// Every change of the word is a swap, so they are in one modification order. If the
+/// waiter's claim comes before the stop, the stop reads it and so sees the registration
+/// made before it: the helper goes on. Otherwise the claim reads the stop's 0 and starts
+/// one. Never both: the helper's second swap then reads the claim's 1 (`loom_models`
+/// checks it, and finds the stranded waiter without the look).
+#[derive(Default)]
+pub(crate) struct Helper {
+    running: AtomicU64,
+}
+
+#[cfg_attr(loom, allow(dead_code))] // loom models only claim and stop
+impl Helper {
+    /// A waiter, registered: whether it must start a helper (none runs).
+    pub(crate) fn claim(&self) -> bool {
+        self.running.swap(1, Ordering::SeqCst) == 0
+    }
+
+    /// The helper: stops, unless a waiter registered meanwhile that found it running
+    /// (`waiting` says whether any waits); returns whether it must go on.
+    pub(crate) fn stop_unless(&self, waiting: impl Fn() -> bool) -> bool {
+        // A swap, not a store: the argument needs the stop to read a claim before it.
+        self.running.swap(0, Ordering::SeqCst);
+        waiting() && self.claim()
+    }
+
+    /// A helper ends abnormally (a panic), or could not be started: the next waiter
+    /// starts another.
+    pub(crate) fn release(&self) {
+        self.running.store(0, Ordering::SeqCst);
+    }
+
+    /// Whether a helper runs (or is being started).
+    pub(crate) fn is_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst) == 1
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -172,6 +217,33 @@ mod loom_models {
     // `Wake` wants `std::sync::Arc`: the flag inside is loom's.
     fn waker(flag: &std::sync::Arc<Flag>) -> Waker {
         Waker::from(flag.clone())
+    }
+
+    #[test]
+    fn a_waiter_registering_while_the_helper_stops_has_exactly_one_helper() {
+        crate::base::sync::model::check(|| {
+            let list = Arc::new(WakerList::default());
+            let helper = Arc::new(Helper::default());
+            assert!(helper.claim(), "a helper runs");
+            let running = {
+                let (list, helper) = (list.clone(), helper.clone());
+                thread::spawn(move || {
+                    // Its idle look found no waiter (or it would go on at once).
+                    list.waiting() > 0 || helper.stop_unless(|| list.waiting() > 0)
+                })
+            };
+            let flag = std::sync::Arc::new(Flag(AtomicBool::new(false)));
+            let mut key = None;
+            list.register(&mut key, &waker(&flag));
+            let started = helper.claim();
+            let goes_on = running.join().unwrap();
+            assert!(
+                started || goes_on,
+                "a registered waiter was left with no helper"
+            );
+            assert!(!(started && goes_on), "two helpers run");
+            assert!(helper.is_running());
+        });
     }
 
     #[test]

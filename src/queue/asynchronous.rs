@@ -38,8 +38,8 @@ use std::time::Duration;
 
 use crate::base::clock::{Clock, MonotonicClock};
 use crate::base::id::MessageId;
-use crate::base::sync::{AtomicU64, Mutex, Ordering};
-use crate::engine::wakers::WakerList;
+use crate::base::sync::Mutex;
+use crate::engine::wakers::{Helper, WakerList};
 use crate::error::PublishError;
 use crate::liveness::SleepsOn;
 use crate::queue::{OwnedDelivery, PublishOptions, Queue};
@@ -57,8 +57,8 @@ pub(crate) struct AsyncWaiters {
     pub(crate) ready: WakerList,
     /// Futures waiting for room.
     pub(crate) room: WakerList,
-    /// 1 while a bridge thread runs.
-    bridge: AtomicU64,
+    /// Whether a bridge thread runs.
+    bridge: Helper,
     /// The bridge thread of a heap queue, for a timer scheduled meanwhile to unpark it.
     thread: Mutex<Option<std::thread::Thread>>,
 }
@@ -67,7 +67,7 @@ impl AsyncWaiters {
     /// Wakes a heap queue's bridge, napping until the timer it knew of: a timer was
     /// scheduled, perhaps earlier.
     pub(crate) fn timers_moved(&self) {
-        if self.bridge.load(Ordering::SeqCst) == 1 {
+        if self.bridge.is_running() {
             let thread = self
                 .thread
                 .lock()
@@ -157,7 +157,7 @@ impl<C: Clock + Send + Sync + 'static> Queue<C> {
 
     /// Starts the bridge thread unless one runs (see the module docs).
     fn start_bridge(self: &Arc<Self>) {
-        if self.waiters.bridge.swap(1, Ordering::SeqCst) == 1 {
+        if !self.waiters.bridge.claim() {
             return;
         }
         let queue = Arc::clone(self);
@@ -166,7 +166,7 @@ impl<C: Clock + Send + Sync + 'static> Queue<C> {
             .spawn(move || queue.bridge());
         if spawned.is_err() {
             // No thread to be had: the futures look again (and try to start one again).
-            self.waiters.bridge.store(0, Ordering::SeqCst);
+            self.waiters.bridge.release();
             self.waiters.ready.wake_all();
             self.waiters.room.wake_all();
         }
@@ -181,7 +181,7 @@ impl<C: Clock + Send + Sync + 'static> Queue<C> {
         impl Drop for Running<'_> {
             fn drop(&mut self) {
                 if std::thread::panicking() {
-                    self.0.bridge.store(0, Ordering::SeqCst);
+                    self.0.bridge.release();
                 }
             }
         }
@@ -209,11 +209,10 @@ impl<C: Clock + Send + Sync + 'static> Queue<C> {
                 .elapsed()
                 >= BRIDGE_NAP
             {
-                waiters.bridge.store(0, Ordering::SeqCst);
                 // A future that registered after the look above found the bridge running
                 // and started none: keep going for it (unless it started another).
-                let waiting = waiters.ready.waiting() > 0 || waiters.room.waiting() > 0;
-                if !waiting || waiters.bridge.swap(1, Ordering::SeqCst) == 1 {
+                let waiting = || waiters.ready.waiting() > 0 || waiters.room.waiting() > 0;
+                if !waiters.bridge.stop_unless(waiting) {
                     return;
                 }
             }
@@ -252,8 +251,9 @@ impl<C: Clock + Send + Sync + 'static> Queue<C> {
             // futures through `notify`, as any push of this process does.
             self.run_timers(self.now());
             // A change since `seen` (a wake-up), or, while futures wait for one, a
-            // message that came before we were armed: they look.
-            let came = waiters.ready.waiting() > 0 && self.ready().len() > 0;
+            // message that came before we were armed (its pusher saw no one armed): they
+            // look. Not `len`: the pusher may not have moved the ring's tail yet.
+            let came = waiters.ready.waiting() > 0 && self.ready().holds_value();
             (self.ready_signal().wake_ups() != seen || came).then_some(())
         });
         if changed.is_some() {
