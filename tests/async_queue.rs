@@ -1,7 +1,8 @@
 //! Async receive and publish on a tokio multi-thread runtime: every message acked once by
 //! many tasks, cancel safety (futures dropped mid-wait, `select!` with timeouts), a
 //! publisher waiting for room, an idle wait that burns no CPU, and an async consumer
-//! process woken by a synchronous publisher process.
+//! process woken by a synchronous publisher process, and one killed with SIGKILL while
+//! its tasks hold deliveries and wait.
 //!
 //! Child processes are this test binary run again with `ACKRING_ASYNC_CHILD` set: the
 //! `child` test then plays the role it names.
@@ -272,6 +273,9 @@ fn child() {
         println!("IDLE CPU {}", cpu_of_idle_waiters().as_micros());
         return;
     }
+    if let Some(name) = role.strip_prefix("hold:") {
+        hold_and_wait(name);
+    }
     let (name, count) = role.split_once(':').unwrap();
     let count: u64 = count.parse().unwrap();
     let queue = Arc::new(Queue::open_shm(name).unwrap());
@@ -312,4 +316,102 @@ fn an_async_consumer_process_is_woken_by_a_publisher_process() {
     assert!(output.status.success(), "{said}");
     assert!(said.contains(&format!("RECEIVED {MESSAGES}")), "{said}");
     assert_eq!(queue.stats().acked, MESSAGES);
+}
+
+/// Deliveries held by the killed process's tasks, and how many of its tasks wait.
+const HELD: u64 = 8;
+const WAITING_TASKS: usize = 4;
+
+/// The killed child: tasks take every message and hold it, others wait for more; says
+/// HOLDING once every message is held, then waits to be killed.
+fn hold_and_wait(name: &str) -> ! {
+    let queue = Arc::new(Queue::open_shm(name).unwrap());
+    let runtime = runtime();
+    let (held, holding) = std::sync::mpsc::channel();
+    for _ in 0..HELD as usize + WAITING_TASKS {
+        let (queue, held) = (Arc::clone(&queue), held.clone());
+        runtime.spawn(async move {
+            let delivery = queue.receive_async().await;
+            held.send(()).unwrap();
+            std::future::pending::<()>().await;
+            drop(delivery); // never reached: the lease stays taken until the kill
+        });
+    }
+    for _ in 0..HELD {
+        holding.recv().unwrap();
+    }
+    println!("HOLDING");
+    loop {
+        std::thread::park();
+    }
+}
+
+#[test]
+fn a_killed_async_consumer_process_leaves_its_leases_to_run_out_and_no_sleeper() {
+    let name = format!("test-{}-async-kill", std::process::id());
+    let queue = Queue::builder(64, 64)
+        .visibility_timeout(Duration::from_millis(300))
+        .create_shm(&name)
+        .unwrap();
+    for n in 0..HELD {
+        queue.publish(&n.to_le_bytes()).unwrap();
+    }
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
+        .env("ACKRING_ASYNC_CHILD", format!("hold:{name}"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = String::new();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    while !said.contains("HOLDING") {
+        let line = lines
+            .next()
+            .expect("the child ended before holding")
+            .unwrap();
+        said.push_str(&line);
+    }
+    // Its waiting tasks have a bridge thread asleep on the segment's futex.
+    let give_up = std::time::Instant::now() + Duration::from_secs(10);
+    while queue.stats().sleeping_receivers != 1 {
+        assert!(std::time::Instant::now() < give_up, "{:?}", queue.stats());
+        std::thread::yield_now();
+    }
+    assert_eq!(queue.stats().in_flight, HELD);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    // Every held message comes back once its lease runs out, once, on its second attempt.
+    let mut back = HashSet::new();
+    while back.len() < HELD as usize {
+        let delivery = queue
+            .receive_timeout(Duration::from_secs(5))
+            .expect("a killed process's lease came back");
+        assert_eq!(delivery.attempt(), 2);
+        let n = u64::from_le_bytes(delivery.payload().try_into().unwrap());
+        assert!(back.insert(n), "{n} delivered twice");
+        delivery.ack().unwrap();
+    }
+    assert!(queue.try_receive().is_none());
+
+    // The dead bridge is no longer counted asleep once a liveness check has seen it, and
+    // costs the survivors no wake-up call.
+    let give_up = std::time::Instant::now() + Duration::from_secs(5);
+    while queue.stats().sleeping_receivers != 0 {
+        assert!(std::time::Instant::now() < give_up, "{:?}", queue.stats());
+        queue.tick(); // runs the timers, and with them the liveness check
+    }
+    let before = queue.wake_up_calls();
+    for n in 0..3u64 {
+        queue.publish(&n.to_le_bytes()).unwrap();
+        queue.try_receive().unwrap().ack().unwrap();
+    }
+    let after = queue.wake_up_calls();
+    assert!(
+        after.0.wrapping_sub(before.0) <= 1,
+        "publishes with no one asleep woke someone: {before:?} -> {after:?}"
+    );
+    let stats = queue.stats();
+    let _ = Queue::unlink_shm(&name);
+    assert_eq!((stats.acked, stats.in_flight), (HELD + 3, 0), "{stats:?}");
 }
