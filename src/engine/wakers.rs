@@ -87,13 +87,23 @@ impl WakerList {
     #[cold]
     #[inline(never)]
     fn wake_all_registered(&self) {
-        let woken = {
-            let mut guard = self.lock();
-            let woken = std::mem::take(&mut guard.1);
-            self.waiting.fetch_sub(woken.len() as u64, Ordering::SeqCst);
-            woken
-        };
-        // Outside the lock: a waker may run its task's poll here, which registers again.
+        let mut guard = self.lock();
+        let wakers = &mut guard.1;
+        // Most often one waits: popped, the list keeps its buffer for the next register,
+        // where taking the list would free it and the next register allocate anew.
+        if wakers.len() == 1 {
+            let one = wakers.pop();
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            drop(guard);
+            // Outside the lock: a waker may run its task's poll here, which registers again.
+            if let Some((_, waker)) = one {
+                waker.wake();
+            }
+            return;
+        }
+        let woken = std::mem::take(wakers);
+        self.waiting.fetch_sub(woken.len() as u64, Ordering::SeqCst);
+        drop(guard);
         for (_, waker) in woken {
             waker.wake();
         }
@@ -193,6 +203,14 @@ mod tests {
         assert_eq!(list.waiting(), 0);
         list.deregister(&mut key_a); // already woken and removed: nothing to do
         assert_eq!(list.waiting(), 0);
+        // Two at once, then one again (the list kept its buffer).
+        list.register(&mut key_a, &Waker::from(a.clone()));
+        list.register(&mut key_b, &Waker::from(b.clone()));
+        list.wake_all();
+        assert_eq!((woken(&a), woken(&b), list.waiting()), (2, 1, 0));
+        list.register(&mut key_b, &Waker::from(b.clone()));
+        list.wake_all();
+        assert_eq!((woken(&a), woken(&b), list.waiting()), (2, 2, 0));
     }
 }
 

@@ -50,8 +50,10 @@ const BRIDGE_NAP: Duration = Duration::from_millis(100);
 /// How often the bridge looks for room another process freed, while a publish waits.
 const ROOM_POLL: Duration = Duration::from_millis(1);
 
-/// A queue handle's async waiters (process-local).
+/// A queue handle's async waiters (process-local). On cache lines of their own: waiting
+/// futures write them, while a publish in another thread reads the handle's other fields.
 #[derive(Default)]
+#[repr(align(128))]
 pub(crate) struct AsyncWaiters {
     /// Futures waiting for a message.
     pub(crate) ready: WakerList,

@@ -140,6 +140,9 @@ fn system_time(unix_nanos: u64) -> SystemTime {
 /// assert_eq!(queue.stats().acked, 1);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+// Aligned so that in an `Arc` the counts, which each async receive and owned delivery
+// write, do not share a cache line with the fields every publish reads.
+#[repr(align(128))]
 pub struct Queue<C: Clock = MonotonicClock> {
     config: QueueConfig,
     /// All shared state: slots, rings, wheel, dedup table, counters (see `region`).
