@@ -20,8 +20,9 @@ RANKS = {
     "layout": 4,
     "queue": 5,
     "shm": 6,
-    "lib": 7,
-    "bin": 7,
+    "bridge": 7,
+    "lib": 8,
+    "bin": 8,
 }
 
 TEST_MODULE = re.compile(

@@ -39,6 +39,8 @@
 //! ```
 
 mod base;
+#[cfg(all(feature = "nats", not(loom)))]
+pub mod bridge;
 mod engine;
 pub mod error;
 mod layout;

@@ -58,6 +58,38 @@ fn two_handles_on_one_segment_share_the_queue() {
 }
 
 #[test]
+fn a_queue_has_one_identity_in_every_handle_and_its_own() {
+    let (first, second) = (name("identity-1"), name("identity-2"));
+    let _cleanup = (Cleanup(first.clone()), Cleanup(second.clone()));
+    let creator = Queue::create_shm(&first, small_config()).unwrap();
+    let identity = creator.identity();
+    assert_eq!(Queue::open_shm(&first).unwrap().identity(), identity);
+    drop(creator);
+    assert_eq!(
+        Queue::open_shm(&first).unwrap().identity(),
+        identity,
+        "reopened"
+    );
+    let other = Queue::create_shm(&second, small_config()).unwrap();
+    let heap = (
+        Queue::new(small_config()).unwrap(),
+        Queue::new(small_config()).unwrap(),
+    );
+    let all = [
+        identity,
+        other.identity(),
+        heap.0.identity(),
+        heap.1.identity(),
+    ];
+    for (i, a) in all.iter().enumerate() {
+        assert_ne!(*a as u64, 0, "the random half is never zero");
+        for b in &all[i + 1..] {
+            assert_ne!(a, b, "two queues, one identity");
+        }
+    }
+}
+
+#[test]
 fn a_window_and_ttl_of_584_years_or_more_survive_the_header() {
     // Such durations saturate to u64::MAX nanoseconds, once the header's word for "none":
     // the segment was made, and then no one could open it.
@@ -538,12 +570,12 @@ fn every_single_bit_flip_of_a_header_is_refused_with_a_typed_error() {
         Queue::open_shm(&name).is_ok(),
         "the unflipped header still opens"
     );
-    // And a resealed header whose reserved word is not zero is refused too.
-    let mut reserved = good.clone();
-    reserved[47 * 8] = 1;
-    reseal(&mut reserved);
+    // And a resealed header whose instance word is zero is refused too.
+    let mut no_instance = good.clone();
+    no_instance[47 * 8..48 * 8].fill(0);
+    reseal(&mut no_instance);
     assert!(matches!(
-        open_bytes(&path, &reserved),
+        open_bytes(&path, &no_instance),
         Err(ShmError::Corrupt { .. })
     ));
 }

@@ -56,6 +56,19 @@ pub(crate) fn mix64(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// A random word, distinct per call and per process (not for cryptography).
+pub(crate) fn random_word() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState's keys are random per process and distinct per call.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let time = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    mix64(random ^ time ^ u64::from(std::process::id()).rotate_left(32))
+}
+
 /// Sequence numbers a thread takes from an [`IdSource`] at a time.
 const ID_BLOCK: u64 = 1 << 12;
 
@@ -80,16 +93,8 @@ pub(crate) struct IdSource {
 impl IdSource {
     /// A source with a fresh random seed.
     pub(crate) fn new() -> Self {
-        use std::hash::{BuildHasher, Hasher};
-        // RandomState's keys are random per process and distinct per call.
-        let random = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish();
-        let time = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
         Self {
-            seed: mix64(random ^ time ^ u64::from(std::process::id()).rotate_left(32)),
+            seed: random_word(),
             next_block: AtomicU64::new(0),
         }
     }

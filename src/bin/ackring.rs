@@ -5,6 +5,7 @@
 //! ackring dlq NAME         dead letters with their reasons
 //! ackring redrive NAME     put every dead letter back on the ready queue
 //! ackring peek NAME        ready messages, left in the queue
+//! ackring bridge out|in    forward to / take from NATS JetStream (feature `nats`)
 //! ```
 //! NAME is a segment under /dev/shm (as given to `Queue::create_shm`); `--file PATH`
 //! names a file-backed queue instead.
@@ -59,6 +60,63 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Bridges the queue to NATS JetStream until Ctrl-C, printing counts each second.
+    #[cfg(feature = "nats")]
+    Bridge {
+        #[command(subcommand)]
+        direction: Direction,
+    },
+}
+
+#[cfg(feature = "nats")]
+#[derive(Subcommand)]
+enum Direction {
+    /// Forwards the queue's messages to a subject of a stream (acked once stored).
+    Out {
+        #[command(flatten)]
+        target: Target,
+        /// The stream that captures the subject.
+        #[arg(long)]
+        stream: String,
+        /// The subject to publish to.
+        #[arg(long)]
+        subject: String,
+        /// The NATS server.
+        #[arg(long, default_value = "127.0.0.1:4222")]
+        nats: String,
+        /// Publishes awaiting JetStream's ack at once.
+        #[arg(long, default_value_t = 256)]
+        window: usize,
+        /// How long a publish waits for JetStream's ack before the message is nacked.
+        #[arg(long, default_value_t = 5000)]
+        ack_timeout_ms: u64,
+        /// Named in each message's Ackring-Origin header [default: the host's name].
+        #[arg(long)]
+        origin: Option<String>,
+    },
+    /// Publishes a stream's messages into the queue, through a durable consumer.
+    In {
+        #[command(flatten)]
+        target: Target,
+        /// The stream to read.
+        #[arg(long)]
+        stream: String,
+        /// The durable consumer's name (created if missing).
+        #[arg(long)]
+        consumer: String,
+        /// The NATS server.
+        #[arg(long, default_value = "127.0.0.1:4222")]
+        nats: String,
+        /// Only messages on subjects matching this (when the consumer is created).
+        #[arg(long, default_value = "")]
+        filter: String,
+        /// How long the broker waits for an ack before delivering again, in seconds.
+        #[arg(long, default_value_t = 30)]
+        ack_wait_secs: u64,
+        /// While the queue is full: how long a message waits for room, then is held back.
+        #[arg(long, default_value_t = 100)]
+        full_delay_ms: u64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -92,7 +150,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> Result<(), ackring::ShmError> {
+fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
     match command {
         Command::Stat(target) => {
             let queue = target.open()?;
@@ -203,8 +261,112 @@ fn run(command: Command) -> Result<(), ackring::ShmError> {
             };
             println!("{} stale creation file(s) {how}", stale.len());
         }
+        #[cfg(feature = "nats")]
+        Command::Bridge { direction } => bridge::run(direction)?,
     }
     Ok(())
+}
+
+#[cfg(feature = "nats")]
+mod bridge {
+    use std::future::Future;
+    use std::io::Write;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use ackring::bridge::{Inbound, InboundConfig, Outbound, OutboundConfig};
+    use tokio::signal::unix::{signal, SignalKind};
+
+    use super::Direction;
+
+    /// Runs a bridge until Ctrl-C or SIGTERM, printing its counts every second. Prints
+    /// "ready" once connected and checked.
+    pub(super) fn run(direction: Direction) -> Result<(), Box<dyn std::error::Error>> {
+        let runtime = tokio::runtime::Runtime::new()?;
+        runtime.block_on(async {
+            // First, so that a stop that comes while connecting stops it cleanly.
+            let stopped = stopped()?;
+            match direction {
+                Direction::Out {
+                    target,
+                    stream,
+                    subject,
+                    nats,
+                    window,
+                    ack_timeout_ms,
+                    origin,
+                } => {
+                    let queue = Arc::new(target.open()?);
+                    let client = async_nats::connect(nats).await?;
+                    let mut config = OutboundConfig::new(stream, subject);
+                    config.window = window;
+                    config.ack_timeout = Duration::from_millis(ack_timeout_ms);
+                    if let Some(origin) = origin {
+                        config.origin = origin;
+                    }
+                    let bridge = Outbound::start(queue, client, config).await?;
+                    ready();
+                    let show = || format!("{:?}", bridge.counts());
+                    let counts = report(show, bridge.run(stopped)).await;
+                    println!("stopped: {counts:?}");
+                }
+                Direction::In {
+                    target,
+                    stream,
+                    consumer,
+                    nats,
+                    filter,
+                    ack_wait_secs,
+                    full_delay_ms,
+                } => {
+                    let queue = Arc::new(target.open()?);
+                    let client = async_nats::connect(nats).await?;
+                    let mut config = InboundConfig::new(stream, consumer);
+                    config.filter_subject = filter;
+                    config.ack_wait = Duration::from_secs(ack_wait_secs);
+                    config.full_delay = Duration::from_millis(full_delay_ms);
+                    let bridge = Inbound::start(queue, client, config).await?;
+                    ready();
+                    let show = || format!("{:?}", bridge.counts());
+                    let counts = report(show, bridge.run(stopped)).await?;
+                    println!("stopped: {counts:?}");
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn ready() {
+        println!("ready");
+        let _ = std::io::stdout().flush();
+    }
+
+    /// Resolves at Ctrl-C or SIGTERM; the handlers are set up at once.
+    fn stopped() -> std::io::Result<impl Future<Output = ()>> {
+        let (mut interrupt, mut terminate) = (
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        );
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        })
+    }
+
+    /// Awaits `bridge`, printing `show()` every second meanwhile.
+    async fn report<T>(show: impl Fn() -> String, bridge: impl Future<Output = T>) -> T {
+        let mut bridge = std::pin::pin!(bridge);
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        every.tick().await; // the first tick is now
+        loop {
+            tokio::select! {
+                done = &mut bridge => return done,
+                _ = every.tick() => println!("{}", show()),
+            }
+        }
+    }
 }
 
 /// "401 dead letter(s), the first 20 shown" (or just the count when all are shown).

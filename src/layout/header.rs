@@ -26,7 +26,7 @@
 //! | 44      | participant entries | this build's                                 |
 //! | 45      | pid namespace   | the opener's (its `/proc/self/ns/pid` inode), unless rebooted since |
 //! | 46      | checksum        | XXH3-64 of the header's 384 bytes read as little-endian words, with words 3, 42, 43, 45 and 46 as zero |
-//! | 47      | reserved        | zero (the checksum covers it)                    |
+//! | 47      | instance        | random, not zero: with `created`, the queue's identity |
 //!
 //! The checksum makes any change to a header's fixed words after they were written (a bit
 //! flipped by a buggy neighbour) a typed error on open, rather than a segment that opens
@@ -85,7 +85,7 @@ pub(super) mod at {
     pub(in crate::layout) const PARTICIPANTS: usize = 44;
     pub(in crate::layout) const PID_NAMESPACE: usize = 45;
     pub(in crate::layout) const CHECKSUM: usize = 46;
-    pub(in crate::layout) const RESERVED: usize = 47;
+    pub(in crate::layout) const INSTANCE: usize = 47;
 }
 
 /// The header's words in a mapped segment.
@@ -197,6 +197,7 @@ impl<'s> Header<'s> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, nanos);
         self.set(at::CREATED, created);
+        self.set(at::INSTANCE, crate::base::id::random_word().max(1));
         self.set(at::BOOT_ID, host.boot_id[0]);
         self.set(at::BOOT_ID + 1, host.boot_id[1]);
         self.set(at::PID_NAMESPACE, host.pid_namespace);
@@ -234,6 +235,12 @@ impl<'s> Header<'s> {
         ]
     }
 
+    /// The queue's identity: the time it was created and its random instance word.
+    pub(crate) fn identity(&self) -> u128 {
+        let word = |at: usize| u128::from(self.words[at].load(Ordering::Acquire));
+        word(at::CREATED) << 64 | word(at::INSTANCE)
+    }
+
     /// The pid namespace of the segment's processes (0: unknown).
     pub(crate) fn pid_namespace(&self) -> u64 {
         self.words[at::PID_NAMESPACE].load(Ordering::Acquire)
@@ -259,8 +266,8 @@ impl<'s> Header<'s> {
         if self.words[at::INITIALIZED].load(Ordering::Acquire) != INITIALIZED {
             return Err(corrupt("the segment was never completely initialized"));
         }
-        if self.get(at::RESERVED) != 0 {
-            return Err(corrupt("a reserved header word is not zero"));
+        if self.get(at::INSTANCE) == 0 {
+            return Err(corrupt("the header's instance word is zero"));
         }
         if self.get(at::CHECKSUM) != self.checksum() {
             return Err(corrupt(

@@ -92,9 +92,10 @@ pub(crate) mod shared;
 /// `recovered` word carries a flag; 10, a slot taken to write its fields is in the new
 /// state `Taken` (`Settling` is only a lease being changed), the full policy's header
 /// words are reserved, and the header carries a checksum; 11, a slot's attempts word carries the
-/// ticket of its latest deadline in its high half.
+/// ticket of its latest deadline in its high half; 12, the header's last word, reserved
+/// before, is a random instance word, part of the queue's identity.
 #[cfg_attr(loom, allow(dead_code))] // read by `header`, which loom builds leave out
-pub(crate) const FORMAT_VERSION: u64 = 11;
+pub(crate) const FORMAT_VERSION: u64 = 12;
 
 /// The size and alignment of every type laid in a section, as the table above gives them:
 /// a change fails here, at compile time, until this page (and the version) follow it.

@@ -17,7 +17,11 @@ use crate::liveness::{Participant, PARTICIPANTS, PIN_MARKS};
 
 /// Each format version's layout fingerprint. Append a line for a new version; never edit
 /// one: a segment of that version exists somewhere with exactly that layout.
-const PINNED: &[(u64, u64)] = &[(10, 0xe732_b4d1_6d1d_50ec), (11, 0x8be1_ee39_f119_c744)];
+const PINNED: &[(u64, u64)] = &[
+    (10, 0xe732_b4d1_6d1d_50ec),
+    (11, 0x8be1_ee39_f119_c744),
+    (12, 0xfd70_7107_a5de_f289),
+];
 
 /// Everything two builds must agree on to share a segment, as text: the header's word
 /// indices, the engine's constants, the size and alignment of every section's element,
@@ -43,7 +47,7 @@ fn description() -> String {
         ("participants", at::PARTICIPANTS),
         ("pid namespace", at::PID_NAMESPACE),
         ("checksum", at::CHECKSUM),
-        ("reserved", at::RESERVED),
+        ("instance", at::INSTANCE),
     ];
     for (name, index) in header_words {
         writeln!(text, "header word {name}: {index}").unwrap();

@@ -199,6 +199,17 @@ impl<'q, C: Clock> Delivery<'q, C> {
         system_time(self.queue.unix_time(published_at))
     }
 
+    /// When the message expires (its TTL runs out), `None` if it never does.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        // As `published_at`: the pinned slot still holds this message's fields.
+        let expires_at = self
+            .queue
+            .store()
+            .meta(self.slot)
+            .map_or(u64::MAX, |meta| meta.expires_at.load(Ordering::Relaxed));
+        (expires_at != u64::MAX).then(|| system_time(self.queue.unix_time(expires_at)))
+    }
+
     /// When the lease runs out, on the queue's clock (nanoseconds).
     pub fn lease_deadline(&self) -> u64 {
         self.lease_deadline

@@ -70,7 +70,7 @@ pub use publish::PublishOptions;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::base::clock::{nanos, Clock, MonotonicClock};
-use crate::base::id::IdSource;
+use crate::base::id::{random_word, IdSource};
 use crate::base::sync::Ordering;
 use crate::engine::counters::{Counter, Counters};
 use crate::engine::dedup::DedupTable;
@@ -153,6 +153,8 @@ pub struct Queue<C: Clock = MonotonicClock> {
     clock: C,
     /// Generated ids and retry jitter.
     ids: IdSource,
+    /// See [`Queue::identity`].
+    identity: u128,
     /// This handle's entry in the region's participant table (see `participants`).
     participant: u64,
     /// The same, in the 16 bits a slot word keeps of an owner.
@@ -193,7 +195,12 @@ impl<C: Clock> Queue<C> {
     pub fn with_clock(config: QueueConfig, clock: C) -> Result<Self, ConfigError> {
         config.validate()?;
         let region = Region::on_heap(config.shape()).map_err(|_| ConfigError::TooLarge)?;
-        Ok(Self::on_region(config, region, clock, Attach::Fresh).expect("a new region has room"))
+        // As a segment's: the creation time and a random word (see `identity`).
+        let identity = u128::from(unix_nanos()) << 64 | u128::from(random_word().max(1));
+        Ok(
+            Self::on_region(config, region, clock, Attach::Fresh, identity)
+                .expect("a new region has room"),
+        )
     }
 
     /// The queue over `region`, which holds a queue of `config` (validated by the caller);
@@ -204,6 +211,7 @@ impl<C: Clock> Queue<C> {
         region: Region,
         clock: C,
         attach: Attach,
+        identity: u128,
     ) -> Option<Self> {
         let participants = Participants::new(region.sections().participants);
         let recovery_words = &region.sections().shared.recovery;
@@ -222,6 +230,7 @@ impl<C: Clock> Queue<C> {
             dedup_window_nanos: config.dedup_window.map_or(0, nanos),
             region,
             ids: IdSource::new(),
+            identity,
             unix_anchor: unix_nanos(),
             clock_anchor: clock.now_nanos().wrapping_add(clock_base),
             clock_base,
@@ -341,6 +350,15 @@ impl<C: Clock> Queue<C> {
     /// The configuration the queue was built with.
     pub fn config(&self) -> &QueueConfig {
         &self.config
+    }
+
+    /// This queue's identity, unique to it among queues anywhere (with the odds of a random
+    /// 64-bit word): the Unix time it was created, in nanoseconds, in the high half, a
+    /// random word in the low half. The same in every process that opens a shared queue,
+    /// and after a reboot (it is in the segment's header); a heap queue has its own. Use
+    /// it with a message id to name a message beyond this queue (as the NATS bridge does).
+    pub fn identity(&self) -> u128 {
+        self.identity
     }
 
     /// Unix nanoseconds at `at` on the queue's clock (before or after this handle opened).

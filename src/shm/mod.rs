@@ -202,11 +202,12 @@ impl Queue<MonotonicClock> {
             let mapping = Mapping::map(&file, &temporary)?;
             let head = mapping.header()?;
             head.write(&config, &layout, &Host::current());
+            let identity = head.identity();
             let region = Region::in_mapping(mapping, &layout).map_err(|_| ShmError::Corrupt {
                 what: "the new segment is smaller than its layout",
             })?;
             own_identity_readable()?;
-            let queue = Queue::on_region(config, region, MonotonicClock, Attach::Fresh)
+            let queue = Queue::on_region(config, region, MonotonicClock, Attach::Fresh, identity)
                 .ok_or(ShmError::TooManyParticipants)?;
             queue.finish_segment();
             // The name appears only now, fully made; `hard_link` never replaces a file.
@@ -267,6 +268,7 @@ impl Queue<MonotonicClock> {
         let mapping = Mapping::map(&file, path)?;
         let head = mapping.header()?;
         let (config, layout) = head.read(mapping.len())?;
+        let identity = head.identity();
         if sparse {
             reserve(&file, layout.size as u64, path)?;
         }
@@ -328,7 +330,7 @@ impl Queue<MonotonicClock> {
             }
         }
         own_identity_readable()?;
-        let queue = Queue::on_region(config, region, MonotonicClock, attach)
+        let queue = Queue::on_region(config, region, MonotonicClock, attach, identity)
             .ok_or(ShmError::TooManyParticipants)?;
         if attach == Attach::AfterReboot {
             queue.adopt_host(&host); // last: the segment is this boot's now
