@@ -53,8 +53,30 @@ fn names() -> (String, String) {
     (format!("two-hosts-a-{pid}"), format!("two-hosts-b-{pid}"))
 }
 
+/// A bridge process, killed if still running when dropped (an early return).
+struct Bridge(Option<Child>);
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The two segments, removed when dropped.
+struct Segments(String, String);
+
+impl Drop for Segments {
+    fn drop(&mut self) {
+        let _ = (Queue::unlink_shm(&self.0), Queue::unlink_shm(&self.1));
+    }
+}
+
 fn run(url: &str) -> Result<(), Box<dyn std::error::Error>> {
     let (name_a, name_b) = names();
+    let _segments = Segments(name_a.clone(), name_b.clone());
     let a = Queue::builder(4096, 64)
         .visibility_timeout(Duration::from_secs(1))
         .max_attempts(50)
@@ -84,7 +106,7 @@ fn run(url: &str) -> Result<(), Box<dyn std::error::Error>> {
     })?;
     let started = Instant::now();
     let mut outbound = spawn_bridge("out", url, &name_a)?;
-    let mut inbound = spawn_bridge("in", url, &name_b)?;
+    let inbound = spawn_bridge("in", url, &name_b)?;
 
     // Host B: tokio workers; every 97th order fails once, the poison one always.
     let handled = Arc::new(Mutex::new(HashSet::new()));
@@ -130,8 +152,8 @@ fn run(url: &str) -> Result<(), Box<dyn std::error::Error>> {
         while a.stats().published < u64::from(ORDERS / 2) {
             std::thread::sleep(Duration::from_millis(1));
         }
-        outbound.kill()?; // SIGKILL, leases held
-        outbound.wait()?;
+        // SIGKILL, leases held (the old `Bridge` is dropped by the assignment below).
+        outbound.0.as_mut().expect("running").kill()?;
         println!(
             "killed the outbound bridge with SIGKILL after {} orders",
             a.stats().acked
@@ -183,7 +205,6 @@ fn run(url: &str) -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     println!("outbound bridge: {out_said}\ninbound bridge: {in_said}");
-    let _ = (Queue::unlink_shm(&name_a), Queue::unlink_shm(&name_b));
     if lost != 0 || *acked_twice.lock().unwrap() != 0 {
         return Err("lost or acked twice".into());
     }
@@ -200,15 +221,17 @@ fn field(said: &str, name: &str) -> String {
 }
 
 /// This example again, as a bridge process.
-fn spawn_bridge(direction: &str, url: &str, name: &str) -> std::io::Result<Child> {
-    Command::new(std::env::current_exe()?)
+fn spawn_bridge(direction: &str, url: &str, name: &str) -> std::io::Result<Bridge> {
+    let child = Command::new(std::env::current_exe()?)
         .env(ROLE, format!("{direction} {url} {name}"))
         .stdout(Stdio::piped())
-        .spawn()
+        .spawn()?;
+    Ok(Bridge(Some(child)))
 }
 
 /// Stops a bridge process with SIGTERM; returns its last line (its counts).
-fn stop(child: Child) -> Result<String, Box<dyn std::error::Error>> {
+fn stop(mut bridge: Bridge) -> Result<String, Box<dyn std::error::Error>> {
+    let child = bridge.0.take().expect("running");
     // SAFETY: kill has no memory preconditions; the pid is our child's, not yet waited.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let output = child.wait_with_output()?;

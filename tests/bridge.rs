@@ -541,10 +541,11 @@ fn outbound_bridge_killed_50_times_forwards_every_message_once() {
     let subject = format!("{name}.out");
     let producer = std::thread::scope(|scope| {
         let producer = scope.spawn(|| {
+            // Paced over about 4 s, so that kills land while the bridges hold leases.
             for n in 0..MESSAGES {
                 a.publish(&payload(0, n)).unwrap(); // confirmed on A
-                if n % 100 == 0 {
-                    std::thread::sleep(Duration::from_millis(5));
+                if n % 10 == 0 {
+                    std::thread::sleep(Duration::from_millis(20));
                 }
             }
         });
@@ -565,8 +566,14 @@ fn outbound_bridge_killed_50_times_forwards_every_message_once() {
         (0, 0, 0),
         "{stats:?}"
     );
+    let stored = runtime.block_on(stored(&client, &name));
+    println!(
+        "{} deliveries came back to A after kills; JetStream stored {} messages",
+        stats.redelivered,
+        stored.len()
+    );
     let mut times = vec![0u32; MESSAGES as usize];
-    for bytes in runtime.block_on(stored(&client, &name)) {
+    for bytes in stored {
         times[parse(&bytes).1 as usize] += 1;
     }
     let wrong: Vec<_> = times.iter().enumerate().filter(|(_, &t)| t != 1).collect();
@@ -585,17 +592,24 @@ fn inbound_bridge_killed_50_times_delivers_every_message_once() {
     let runtime = runtime();
     let client = runtime.block_on(connect());
     let name = runtime.block_on(stream(&client, "kill_in", Duration::from_secs(120)));
-    runtime.block_on(async {
-        let jetstream = jetstream::new(client.clone());
-        for n in 0..MESSAGES {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", format!("m-{n}"));
-            jetstream
-                .publish_with_headers(format!("{name}.in"), headers, payload(0, n).into())
-                .await
-                .unwrap()
-                .await
-                .unwrap();
+    // Published into the stream over about 4 s, while the bridges are killed.
+    let publisher = runtime.spawn({
+        let (client, name) = (client.clone(), name.clone());
+        async move {
+            let jetstream = jetstream::new(client);
+            for n in 0..MESSAGES {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", format!("m-{n}"));
+                jetstream
+                    .publish_with_headers(format!("{name}.in"), headers, payload(0, n).into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+                if n % 10 == 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
         }
     });
     let consumer = format!("{name}_in");
@@ -629,7 +643,12 @@ fn inbound_bridge_killed_50_times_delivers_every_message_once() {
         ],
         || b.stats().published >= u64::from(MESSAGES) && pending() == 0,
     );
+    runtime.block_on(publisher).unwrap();
     let _ = Queue::unlink_shm(&segment);
+    println!(
+        "B's dedup window absorbed {} redeliveries after kills",
+        b.stats().duplicates
+    );
     let mut times = vec![0u32; MESSAGES as usize];
     while let Some(delivery) = b.try_receive() {
         times[parse(delivery.payload()).1 as usize] += 1;

@@ -254,14 +254,20 @@ fn forward_span(config: &QueueConfig, ack_timeout: Duration) -> (Duration, Durat
 /// A message's headers (see the module docs of `bridge`). Its `Nats-Msg-Id` names the
 /// queue, the id and the publish time: a publisher may give an id again once the queue's
 /// own dedup window has passed, for a new message JetStream must not take for a re-send.
+/// The time is on the queue's clock, the same in every process that re-sends it (each
+/// reads its own wall-clock offset, so the Unix time differs by microseconds).
 fn headers(delivery: &OwnedDelivery, identity: &str, origin: &str) -> HeaderMap {
-    let published = unix_nanos(delivery.published_at());
     let mut headers = HeaderMap::new();
     headers.insert(
         HEADER_MSG_ID,
-        format!("{identity}-{:016x}-{published:x}", delivery.id().0),
+        format!(
+            "{identity}-{:016x}-{:x}",
+            delivery.id().0,
+            delivery.published_nanos()
+        ),
     );
     headers.insert(HEADER_ATTEMPT, delivery.attempt().to_string());
+    let published = unix_nanos(delivery.published_at());
     headers.insert(HEADER_PUBLISHED, published.to_string());
     headers.insert(HEADER_ORIGIN, origin);
     if let Some(expires) = delivery.expires_at() {

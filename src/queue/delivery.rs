@@ -199,6 +199,16 @@ impl<'q, C: Clock> Delivery<'q, C> {
         system_time(self.queue.unix_time(published_at))
     }
 
+    /// When the message was published, on the queue's clock (nanoseconds): the same in
+    /// every process, where each converts it to [`published_at`](Self::published_at)
+    /// with its own reading of the wall clock.
+    pub fn published_nanos(&self) -> u64 {
+        self.queue
+            .store()
+            .meta(self.slot)
+            .map_or(0, |meta| meta.published_at.load(Ordering::Relaxed))
+    }
+
     /// When the message expires (its TTL runs out), `None` if it never does.
     pub fn expires_at(&self) -> Option<SystemTime> {
         // As `published_at`: the pinned slot still holds this message's fields.
