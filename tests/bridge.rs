@@ -644,7 +644,9 @@ fn inbound_bridge_killed_50_times_delivers_every_message_once() {
             "--ack-wait-secs",
             "1",
         ],
-        || b.stats().published >= u64::from(MESSAGES) && pending() == 0,
+        // B's gauge, exact after kills (its `published` counter may be short of a publish
+        // a killed bridge made and did not count).
+        || b.stats().ready >= u64::from(MESSAGES) && pending() == 0,
     );
     runtime.block_on(publisher).unwrap();
     let _ = Queue::unlink_shm(&segment);
@@ -659,7 +661,6 @@ fn inbound_bridge_killed_50_times_delivers_every_message_once() {
     }
     let wrong: Vec<_> = times.iter().enumerate().filter(|(_, &t)| t != 1).collect();
     assert!(wrong.is_empty(), "(message, times delivered): {wrong:?}");
-    assert_eq!(b.stats().published, u64::from(MESSAGES));
 }
 
 /// A `nats-server` of the test's own (JetStream, a store that survives its restarts), on
