@@ -37,6 +37,25 @@ async fn stream(client: &async_nats::Client, name: &str, window: Duration) -> St
     name
 }
 
+/// Publishes `count` test payloads straight into JetStream on `subject`, with ids `m-<n>`,
+/// each acked by it, pausing `pause` after every tenth.
+async fn publish_paced(client: &async_nats::Client, subject: &str, count: u32, pause: Duration) {
+    let jetstream = jetstream::new(client.clone());
+    for n in 0..count {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("m-{n}"));
+        jetstream
+            .publish_with_headers(subject.to_owned(), headers, payload(0, n).into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        if n % 10 == 0 && !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
 /// "Host A"'s queue: few attempts, short leases and backoff (the stream's window must
 /// cover them).
 fn queue_a(capacity: u32) -> Arc<Queue> {
@@ -188,17 +207,7 @@ fn a_full_inbox_pushes_back_and_drains_once_consumed() {
     runtime().block_on(async {
         let client = connect().await;
         let name = stream(&client, "back_pressure", Duration::from_secs(120)).await;
-        let jetstream = jetstream::new(client.clone());
-        for n in 0..MESSAGES {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", format!("m-{n}"));
-            jetstream
-                .publish_with_headers(format!("{name}.x"), headers, payload(0, n).into())
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-        }
+        publish_paced(&client, &format!("{name}.x"), MESSAGES, Duration::ZERO).await;
         let b = queue_b(16);
         let inb = Arc::new(
             Inbound::start(Arc::clone(&b), client.clone(), inbound_config(&name))
@@ -597,22 +606,9 @@ fn inbound_bridge_killed_50_times_delivers_every_message_once() {
     let name = runtime.block_on(stream(&client, "kill_in", Duration::from_secs(120)));
     // Published into the stream over about 4 s, while the bridges are killed.
     let publisher = runtime.spawn({
-        let (client, name) = (client.clone(), name.clone());
+        let (client, subject) = (client.clone(), format!("{name}.in"));
         async move {
-            let jetstream = jetstream::new(client);
-            for n in 0..MESSAGES {
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Nats-Msg-Id", format!("m-{n}"));
-                jetstream
-                    .publish_with_headers(format!("{name}.in"), headers, payload(0, n).into())
-                    .await
-                    .unwrap()
-                    .await
-                    .unwrap();
-                if n % 10 == 0 {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
+            publish_paced(&client, &subject, MESSAGES, Duration::from_millis(20)).await;
         }
     });
     let consumer = format!("{name}_in");
@@ -685,7 +681,7 @@ fn own_server(port: u16, store: &std::path::Path) -> std::process::Child {
 }
 
 #[test]
-fn the_outbound_bridge_rides_out_a_server_restart() {
+fn both_bridges_ride_out_a_server_restart() {
     const MESSAGES: u32 = 3_000;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -714,15 +710,30 @@ fn the_outbound_bridge_rides_out_a_server_restart() {
             .block_on(Outbound::start(Arc::clone(&a), client.clone(), config))
             .unwrap(),
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let b = queue_b(4096);
+    let inb = Arc::new(
+        runtime
+            .block_on(Inbound::start(
+                Arc::clone(&b),
+                client.clone(),
+                inbound_config(&name),
+            ))
+            .unwrap(),
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    };
     let task = {
-        let out = Arc::clone(&out);
-        runtime.spawn(async move {
-            out.run(async {
-                stopped.await.ok();
-            })
-            .await
-        })
+        let (out, until_stopped) = (Arc::clone(&out), until_stopped.clone());
+        runtime.spawn(async move { out.run(until_stopped()).await })
+    };
+    let in_task = {
+        let inb = Arc::clone(&inb);
+        runtime.spawn(async move { inb.run(until_stopped()).await })
     };
     std::thread::scope(|scope| {
         scope.spawn(|| {
@@ -740,17 +751,30 @@ fn the_outbound_bridge_rides_out_a_server_restart() {
         server = own_server(port, &store);
     });
     let give_up = std::time::Instant::now() + Duration::from_secs(60);
-    while a.stats().acked < u64::from(MESSAGES) {
+    while a.stats().acked < u64::from(MESSAGES) || b.stats().ready < u64::from(MESSAGES) {
         assert!(
             std::time::Instant::now() < give_up,
-            "{:?} {:?}",
+            "A {:?} {:?}; B {:?} {:?}",
             a.stats(),
-            out.counts()
+            out.counts(),
+            b.stats(),
+            inb.counts()
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    stop.send(()).unwrap();
+    stop.send(true).unwrap();
     let counts = runtime.block_on(task).unwrap();
+    let in_counts = runtime.block_on(in_task).unwrap().unwrap();
+    let mut on_b = vec![0u32; MESSAGES as usize];
+    while let Some(delivery) = b.try_receive() {
+        on_b[parse(delivery.payload()).1 as usize] += 1;
+        delivery.ack().unwrap();
+    }
+    let wrong: Vec<_> = on_b.iter().enumerate().filter(|(_, &t)| t != 1).collect();
+    assert!(
+        wrong.is_empty(),
+        "(message, times on B): {wrong:?}; {in_counts:?}"
+    );
     let mut times = vec![0u32; MESSAGES as usize];
     for bytes in runtime.block_on(stored(&client, &name)) {
         times[parse(&bytes).1 as usize] += 1;
