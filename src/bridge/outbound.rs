@@ -1,13 +1,13 @@
 //! The outbox: local queue -> JetStream (see the module docs of `bridge`).
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishAckFuture};
 use async_nats::HeaderMap;
-use tokio::task::JoinSet;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use super::{
     unix_nanos, BridgeError, HEADER_ATTEMPT, HEADER_EXPIRES, HEADER_MSG_ID, HEADER_ORIGIN,
@@ -110,7 +110,7 @@ pub struct Outbound {
     client: async_nats::Client,
     jetstream: jetstream::Context,
     config: OutboundConfig,
-    counts: Arc<Counts>,
+    counts: Counts,
 }
 
 impl Outbound {
@@ -165,7 +165,7 @@ impl Outbound {
             client,
             jetstream,
             config,
-            counts: Arc::default(),
+            counts: Counts::default(),
         })
     }
 
@@ -182,12 +182,16 @@ impl Outbound {
     /// messages in its order, as long as none is retried.
     pub async fn run(&self, stop: impl Future<Output = ()>) -> OutboundCounts {
         let identity = format!("{:032x}", self.queue.identity());
-        let lease = self.queue.config().visibility_timeout;
+        // The lease must outlast the wait for the ack: one extend when taken, where the
+        // ack timeout comes near it (a timer per message cost a good part of the rate).
+        let hold = self.config.ack_timeout.saturating_mul(2);
+        let extend = hold > self.queue.config().visibility_timeout;
         let mut stop = std::pin::pin!(stop);
-        let mut in_flight = JoinSet::new();
+        // Polled here, not spawned: a task per message cost a good part of the rate too.
+        let mut in_flight = FuturesUnordered::new();
         loop {
             if in_flight.len() >= self.config.window {
-                let _ = in_flight.join_next().await;
+                in_flight.next().await;
                 continue;
             }
             // While the server is away, take no lease: each would time out and be nacked,
@@ -196,18 +200,22 @@ impl Outbound {
                 tokio::select! {
                     biased;
                     () = &mut stop => break,
-                    Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                    Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
                     () = tokio::time::sleep(RECONNECT_LOOK) => {}
                 }
                 continue;
             }
-            let delivery = tokio::select! {
+            let mut delivery = tokio::select! {
                 biased;
                 () = &mut stop => break,
-                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => continue,
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
                 delivery = self.queue.receive_async() => delivery,
             };
-            // Sent here, in order; the wait for JetStream's ack runs beside the next sends.
+            if extend {
+                // Lost already (an error): the message is delivered again, and re-sent.
+                let _ = delivery.extend(hold);
+            }
+            // Sent here, in order; the waits for JetStream's acks run beside the next sends.
             let sent = self
                 .jetstream
                 .publish_with_headers(
@@ -216,19 +224,15 @@ impl Outbound {
                     bytes::Bytes::copy_from_slice(delivery.payload()),
                 )
                 .await;
-            let counts = Arc::clone(&self.counts);
             match sent {
-                Ok(ack) => {
-                    let ack_timeout = self.config.ack_timeout;
-                    in_flight.spawn(settle(delivery, ack, ack_timeout, lease, counts));
-                }
+                Ok(ack) => in_flight.push(settle(delivery, ack, &self.counts)),
                 Err(error) => {
-                    counts.failed.fetch_add(1, Ordering::Relaxed);
+                    self.counts.failed.fetch_add(1, Ordering::Relaxed);
                     let _ = delivery.nack(&format!("JetStream publish failed: {error}"));
                 }
             }
         }
-        while in_flight.join_next().await.is_some() {}
+        while in_flight.next().await.is_some() {}
         self.counts()
     }
 }
@@ -276,29 +280,11 @@ fn headers(delivery: &OwnedDelivery, identity: &str, origin: &str) -> HeaderMap 
     headers
 }
 
-/// Waits for JetStream's ack of a sent message (extending its lease meanwhile), and
-/// settles it by the outcome.
-async fn settle(
-    mut delivery: OwnedDelivery,
-    ack: PublishAckFuture,
-    ack_timeout: Duration,
-    lease: Duration,
-    counts: Arc<Counts>,
-) {
-    let stored = {
-        let mut ack = std::pin::pin!(tokio::time::timeout(ack_timeout, ack.into_future()));
-        loop {
-            tokio::select! {
-                outcome = &mut ack => break outcome,
-                () = tokio::time::sleep(lease / 2) => {
-                    // Lost already (an error): the message is delivered again, and re-sent.
-                    let _ = delivery.extend(lease);
-                }
-            }
-        }
-    };
-    match stored {
-        Ok(Ok(ack)) => {
+/// Waits for JetStream's ack of a sent message (the context's timeout is the bridge's ack
+/// timeout), and settles the message by the outcome.
+async fn settle(delivery: OwnedDelivery, ack: PublishAckFuture, counts: &Counts) {
+    match ack.await {
+        Ok(ack) => {
             if ack.duplicate {
                 counts.duplicates.fetch_add(1, Ordering::Relaxed);
             }
@@ -307,15 +293,9 @@ async fn settle(
                 Err(_) => counts.lease_lost.fetch_add(1, Ordering::Relaxed),
             };
         }
-        Ok(Err(error)) => {
+        Err(error) => {
             counts.failed.fetch_add(1, Ordering::Relaxed);
             let _ = delivery.nack(&format!("JetStream did not store the message: {error}"));
-        }
-        Err(_) => {
-            counts.failed.fetch_add(1, Ordering::Relaxed);
-            let _ = delivery.nack(&format!(
-                "JetStream did not ack the publish within {ack_timeout:?}"
-            ));
         }
     }
 }
