@@ -329,8 +329,8 @@ fn a_message_rejected_on_b_ends_in_its_dead_letters_not_redelivered() {
 fn windows_too_short_for_the_retries_are_refused() {
     runtime().block_on(async {
         let client = connect().await;
-        // A's queue re-sends up to 2 x (5 s ack timeout + 2 s lease + 100 ms backoff) after
-        // the first attempt.
+        // A's queue re-sends up to 2 x (max(2 s lease, 2 x 5 s ack timeout) + 100 ms
+        // backoff) after the first attempt.
         let name = stream(&client, "short_window", Duration::from_secs(2)).await;
         let refused = Outbound::start(
             queue_a(8),
@@ -346,7 +346,7 @@ fn windows_too_short_for_the_retries_are_refused() {
                 ..
             }) => {
                 assert_eq!(window, Duration::from_secs(2));
-                assert_eq!(needed, Duration::from_millis(14_200));
+                assert_eq!(needed, Duration::from_millis(20_200));
             }
             other => panic!("{:?}", other.err()),
         }
@@ -546,7 +546,8 @@ fn outbound_bridge_killed_50_times_forwards_every_message_once() {
         .unwrap();
     let runtime = runtime();
     let client = runtime.block_on(connect());
-    let name = runtime.block_on(stream(&client, "kill_out", Duration::from_secs(600)));
+    // 99 retries of up to 10 s (twice the CLI's 5 s ack timeout) and 10 ms.
+    let name = runtime.block_on(stream(&client, "kill_out", Duration::from_secs(1200)));
     let subject = format!("{name}.out");
     let producer = std::thread::scope(|scope| {
         let producer = scope.spawn(|| {

@@ -19,8 +19,11 @@
 //! - **At least once across the hop.** A message leaves the local queue (acked) only after
 //!   JetStream stored it, and leaves JetStream's consumer (acked) only after the other
 //!   queue holds it. A bridge killed at any point re-sends or re-delivers, never loses.
-//!   While the server is unreachable the outbound bridge takes no leases, so an outage
-//!   does not use up messages' attempts.
+//!   While the server is unreachable the outbound bridge takes no new leases, so an
+//!   outage uses up at most one attempt of the messages in flight when it began (their
+//!   acks time out and they are nacked). The one exception to "never loses": a message
+//!   whose payload is over the receiving queue's `max_payload` is terminated at the broker
+//!   and counted (`InboundCounts::refused`); give both queues the same `max_payload`.
 //! - **Order:** each direction keeps the order it receives in, until a message is retried:
 //!   a nack, a lease that ran out (a killed bridge), a Nak while the local queue is full
 //!   send that message behind later ones.
@@ -29,8 +32,8 @@
 //!   on the receiving queue.
 //! - **Effectively once for consumers idempotent per id**, within the windows:
 //!   - *Outbound*: JetStream's duplicate window must cover the longest time between a
-//!     message's first and last forward attempt, `(attempts - 1) x (ack timeout + lease +
-//!     backoff)` as the queue is configured; [`Outbound::start`] refuses a stream whose
+//!     message's first and last forward attempt, `(attempts - 1) x (max(lease, 2 x ack
+//!     timeout) + longest backoff)` as the queue is configured; [`Outbound::start`] refuses a stream whose
 //!     window is shorter ([`BridgeError::WindowTooShort`]). A re-send after a bridge was
 //!     down longer than the rest of that window, or after the message waited long behind
 //!     others in the queue, is stored twice.

@@ -89,8 +89,8 @@ impl Counts {
 ///
 /// The stream's duplicate window must cover the queue's retries (see
 /// [`start`](Self::start)): a queue with the defaults (5 attempts, 30 s leases, backoff up
-/// to 60 s) needs 380 s with the default ack timeout, over JetStream's default of 2
-/// minutes, so give the stream a longer `duplicate_window` or the queue fewer attempts.
+/// to 60 s) needs 360 s, over JetStream's default of 2 minutes, so give the stream a
+/// longer `duplicate_window` or the queue fewer attempts.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -241,16 +241,16 @@ impl Outbound {
 const RECONNECT_LOOK: Duration = Duration::from_millis(50);
 
 /// The longest time between a message's first and last forward attempt, and the longest
-/// attempt with its backoff. An attempt waits up to the ack timeout for the ack (the lease
-/// extended meanwhile); a bridge killed just after an extend leaves the lease to run a
-/// visibility timeout more; then the backoff. Not counted: time the message then waits in
-/// the queue behind others, which a backlog adds to each retry.
+/// attempt with its backoff. An attempt holds the lease, the visibility timeout or, where
+/// `run` extends it, twice the ack timeout: a killed bridge leaves it to run out, and a
+/// live one nacks within the ack timeout; then the backoff. Not counted: time the message
+/// then waits in the queue behind others, which a backlog adds to each retry.
 fn forward_span(config: &QueueConfig, ack_timeout: Duration) -> (Duration, Duration) {
     let backoff = match config.backoff {
         RetryBackoff::Fixed(wait) => wait,
         RetryBackoff::Exponential { max, .. } => max,
     };
-    let attempt = ack_timeout + config.visibility_timeout + backoff;
+    let attempt = config.visibility_timeout.max(ack_timeout.saturating_mul(2)) + backoff;
     let retries = config.max_attempts.saturating_sub(1);
     (attempt.saturating_mul(retries), attempt)
 }
