@@ -10,9 +10,10 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Waker};
-use std::time::Duration;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
 
 use ackring::{PublishError, PublishOptions, Queue, QueueConfig};
 
@@ -169,6 +170,87 @@ fn a_publisher_task_waits_for_room_until_an_ack_frees_a_slot() {
     let big = [0u8; 65];
     let refused = runtime().block_on(queue.publish_async(&big, PublishOptions::default()));
     assert!(matches!(refused, Err(PublishError::PayloadTooLarge { .. })));
+}
+
+/// A waker that sets a flag and unparks the thread that made it.
+struct Flag(AtomicBool, std::thread::Thread);
+
+impl Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Ordering::SeqCst);
+        self.1.unpark();
+    }
+}
+
+#[test]
+fn a_publish_waiting_for_room_is_woken_for_a_single_free_slot() {
+    // Acks wake waiting publishes once 8 slots of 64 are free; one slot: the bridge does.
+    a_single_free_slot_wakes_a_waiting_publish(&heap_queue(64));
+    let name = format!("async-one-slot-{}", std::process::id());
+    let segment = Arc::new(Queue::create_shm(&name, QueueConfig::new(64, 64)).unwrap());
+    a_single_free_slot_wakes_a_waiting_publish(&segment);
+    let _ = Queue::unlink_shm(&name);
+}
+
+fn a_single_free_slot_wakes_a_waiting_publish(queue: &Arc<Queue>) {
+    for n in 0..64u8 {
+        queue.publish(&[n]).unwrap();
+    }
+    let flag = Arc::new(Flag(AtomicBool::new(false), std::thread::current()));
+    let waker = Waker::from(Arc::clone(&flag));
+    let mut cx = Context::from_waker(&waker);
+    let mut publish = pin!(queue.publish_async(b"last", PublishOptions::default()));
+    assert!(
+        publish.as_mut().poll(&mut cx).is_pending(),
+        "the queue is full"
+    );
+    queue.try_receive().unwrap().ack().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !flag.0.load(Ordering::SeqCst) && Instant::now() < deadline {
+        std::thread::park_timeout(deadline.saturating_duration_since(Instant::now()));
+    }
+    assert!(
+        flag.0.load(Ordering::SeqCst),
+        "not woken for a single free slot"
+    );
+    assert!(matches!(publish.as_mut().poll(&mut cx), Poll::Ready(Ok(_))));
+    assert_eq!(queue.stats().ready, 64);
+}
+
+#[test]
+fn tasks_that_never_wait_yield_to_the_others() {
+    // One thread: another task runs only when the running one returns to the executor.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let queue = heap_queue(1024);
+    runtime.block_on(async {
+        for side in ["publish", "receive"] {
+            let ran = Arc::new(AtomicBool::new(false));
+            let other = {
+                let ran = Arc::clone(&ran);
+                tokio::spawn(async move { ran.store(true, Ordering::SeqCst) })
+            };
+            // More than a budget of operations, each ready at once.
+            for n in 0..1000u32 {
+                if side == "publish" {
+                    let payload = n.to_le_bytes();
+                    queue
+                        .publish_async(&payload, PublishOptions::default())
+                        .await
+                        .unwrap();
+                } else {
+                    queue.receive_async().await.ack().unwrap();
+                }
+            }
+            assert!(
+                ran.load(Ordering::SeqCst),
+                "{side}: the other task never ran"
+            );
+            other.await.unwrap();
+        }
+    });
+    assert_eq!((queue.stats().acked, queue.stats().ready), (1000, 0));
 }
 
 /// Publishes a message delayed 30 ms and awaits it: with no other caller, only the

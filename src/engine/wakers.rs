@@ -168,13 +168,14 @@ impl Helper {
 }
 
 #[cfg(all(test, not(loom)))]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
     use std::sync::Arc;
     use std::task::Wake;
 
-    struct Count(AtomicUsize);
+    /// A waker that counts its wake-ups.
+    pub(crate) struct Count(pub(crate) AtomicUsize);
 
     impl Wake for Count {
         fn wake(self: Arc<Self>) {

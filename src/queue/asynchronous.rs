@@ -19,7 +19,27 @@
 //!   sleeper (counted in `Stats::sleeping_receivers`; killed with its process, uncounted
 //!   when its registration is reaped) and wakes the list. Room another process frees is
 //!   noticed by the bridge within 1 ms (the room signal is a second futex, and a thread
-//!   sleeps on one); this process's acks wake waiting publishes directly.
+//!   sleeps on one).
+//!
+//! # Waiting for room
+//!
+//! This process's acks wake waiting publishes once a run of slots is free (an eighth of
+//! the queue, at most 64), as a blocking publish holds back for one: woken at each freed
+//! slot, a publisher fills it and waits again, and each round trip costs the acking task
+//! a wake-up of another worker. So that a run that never comes (messages held by leases
+//! or delays) strands no one, the bridge wakes them within [`ROOM_POLL`] of any room.
+//!
+//! # Yielding
+//!
+//! A task whose every receive (or publish) finds a message (or room) would never return
+//! to its executor, and the tasks it wakes would wait: tokio puts a task woken from a
+//! worker in that worker's next-task slot, which other workers do not steal, so a
+//! consumer woken by a producer that never waits would run only once the queue is full,
+//! on the producer's worker, and the two would take turns on one core. So after
+//! [`BUDGET`] operations in a row on a thread with no wait, a poll yields once, as
+//! tokio's own channels do: it wakes its task and returns `Pending`, having taken
+//! nothing (figures: benches/README.md, *Async receive against tokio's and flume's
+//! channels*).
 //!
 //! Figures against tokio's and flume's channels: benches/README.md (`benches/async.rs`).
 //!
@@ -30,6 +50,7 @@
 //! [`Queue::receive_async`] loses no message. A waiting publish has written nothing until
 //! the `poll` that returns `Ready`.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -47,8 +68,37 @@ use crate::queue::{OwnedDelivery, PublishOptions, Queue};
 /// How long the bridge sleeps at most between looks at whether any future still waits.
 const BRIDGE_NAP: Duration = Duration::from_millis(100);
 
-/// How often the bridge looks for room another process freed, while a publish waits.
+/// How often the bridge wakes the publishes that wait for room, while any waits.
 const ROOM_POLL: Duration = Duration::from_millis(1);
+
+/// Ready operations in a row on a thread after which a poll yields (see *Yielding*):
+/// tokio's cooperative budget per task poll.
+const BUDGET: u32 = 128;
+
+thread_local! {
+    /// Ready async operations on this thread since one waited or yielded.
+    static SPENT: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Counts one operation against this thread's budget (see *Yielding*); spent, it wakes
+/// the task and says so: the poll returns `Pending` before it takes anything.
+fn out_of_budget(cx: &Context<'_>) -> bool {
+    SPENT.with(|spent| {
+        let done = spent.get() + 1;
+        if done < BUDGET {
+            spent.set(done);
+            return false;
+        }
+        spent.set(0);
+        cx.waker().wake_by_ref();
+        true
+    })
+}
+
+/// A poll waits: its task returns to the executor, and the count starts again.
+fn waited() {
+    SPENT.with(|spent| spent.set(0));
+}
 
 /// A queue handle's async waiters (process-local). On cache lines of their own: waiting
 /// futures write them, while a publish in another thread reads the handle's other fields.
@@ -224,17 +274,26 @@ impl<C: Clock + Send + Sync + 'static> Queue<C> {
     /// A heap queue's bridge: only this process pushes, and its pushes wake the futures
     /// directly (`notify`). So it only runs the timers, napping until the next is due
     /// without arming the futex, which would make every publish pay a wake-up call; a
-    /// timer scheduled meanwhile unparks it (`AsyncWaiters::timers_moved`).
+    /// timer scheduled meanwhile unparks it (`AsyncWaiters::timers_moved`). While
+    /// publishes wait for room, it wakes them every [`ROOM_POLL`].
     fn nap_for_timers(&self) {
         let now = self.now();
         self.run_timers(now);
         let until_due = self.wheel().next_due().map(|due| due.saturating_sub(now));
+        let longest = if self.waiters.room.waiting() > 0 {
+            ROOM_POLL
+        } else {
+            BRIDGE_NAP
+        };
         // At least a tick: a timer already due is being run by another thread.
         let nap = until_due
-            .map_or(BRIDGE_NAP, Duration::from_nanos)
+            .map_or(longest, Duration::from_nanos)
             .max(self.config.timer_tick)
-            .min(BRIDGE_NAP);
+            .min(longest);
         std::thread::park_timeout(nap);
+        // Acks wake waiting publishes once a run of slots is free: for less, they look
+        // now (see *Waiting for room*).
+        self.waiters.room.wake_all();
     }
 
     /// A shared segment's bridge: sleeps on the ready signal as a receiver would (running
@@ -277,6 +336,9 @@ pub struct Receive<C: Clock + Send + Sync + 'static = MonotonicClock> {
 impl<C: Clock + Send + Sync + 'static> Receive<C> {
     /// One poll: a delivery, or registered to be woken (steps 1 to 4 of `engine::wakers`).
     fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<OwnedDelivery<C>> {
+        if out_of_budget(cx) {
+            return Poll::Pending;
+        }
         let waiters = &self.queue.waiters.ready;
         for look in 0..2 {
             if let Some(delivery) = self.queue.try_receive_owned() {
@@ -288,6 +350,7 @@ impl<C: Clock + Send + Sync + 'static> Receive<C> {
                 self.queue.start_bridge();
             }
         }
+        waited();
         Poll::Pending
     }
 }
@@ -341,6 +404,9 @@ impl<C: Clock + Send + Sync + 'static> Future for ReceiveBatch<'_, C> {
             this.done = true;
             return Poll::Ready(0);
         }
+        if out_of_budget(cx) {
+            return Poll::Pending;
+        }
         let waiters = &this.queue.waiters.ready;
         for look in 0..2 {
             let mut batch = Vec::new();
@@ -359,6 +425,7 @@ impl<C: Clock + Send + Sync + 'static> Future for ReceiveBatch<'_, C> {
                 this.queue.start_bridge();
             }
         }
+        waited();
         Poll::Pending
     }
 }
@@ -386,6 +453,9 @@ impl<C: Clock + Send + Sync + 'static> Future for Publish<'_, C> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         assert!(!this.done, "Publish polled after it resolved");
+        if out_of_budget(cx) {
+            return Poll::Pending;
+        }
         let waiters = &this.queue.waiters.room;
         for look in 0..2 {
             match this.queue.try_publish_with(this.payload, this.options) {
@@ -393,7 +463,10 @@ impl<C: Clock + Send + Sync + 'static> Future for Publish<'_, C> {
                     waiters.register(&mut this.key, cx.waker());
                     this.queue.start_bridge();
                 }
-                Err(PublishError::Full { .. }) => return Poll::Pending,
+                Err(PublishError::Full { .. }) => {
+                    waited();
+                    return Poll::Pending;
+                }
                 result => {
                     waiters.deregister(&mut this.key);
                     this.done = true;
@@ -408,5 +481,38 @@ impl<C: Clock + Send + Sync + 'static> Future for Publish<'_, C> {
 impl<C: Clock + Send + Sync + 'static> Drop for Publish<'_, C> {
     fn drop(&mut self) {
         self.queue.waiters.room.deregister(&mut self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::Waker;
+
+    use crate::engine::wakers::tests::Count;
+    use crate::{Queue, QueueConfig};
+
+    #[test]
+    fn acks_wake_a_waiting_publish_once_a_run_of_slots_is_free() {
+        let queue = Arc::new(Queue::new(QueueConfig::new(64, 8)).unwrap());
+        assert_eq!(queue.room_run(), 8);
+        for n in 0..64u8 {
+            queue.publish(&[n]).unwrap();
+        }
+        // Registered as a pending publish registers, with no bridge to wake it.
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let mut key = None;
+        queue
+            .waiters
+            .room
+            .register(&mut key, &Waker::from(Arc::clone(&count)));
+        let held: Vec<_> = (0..8).map(|_| queue.try_receive().unwrap()).collect();
+        for (free, delivery) in held.into_iter().enumerate() {
+            let woken = count.0.load(Ordering::SeqCst);
+            assert_eq!(woken, 0, "woken with {free} slots free");
+            delivery.ack().unwrap();
+        }
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "woken with a run free");
     }
 }

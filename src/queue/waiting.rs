@@ -102,7 +102,7 @@ impl<C: Clock> Queue<C> {
     #[inline(never)]
     pub(super) fn wait_for_room(&self, timeout: Duration) -> Option<(u32, u32)> {
         let started = std::time::Instant::now();
-        let run = (self.config.capacity as usize / 8).clamp(1, 64);
+        let run = self.room_run();
         self.wait_until(SleepsOn::Room, timeout, || {
             if started.elapsed() < HOLD_BACK.min(timeout / 2) && self.free().len() < run {
                 return None;
@@ -112,6 +112,12 @@ impl<C: Clock> Queue<C> {
                 None
             })
         })
+    }
+
+    /// The run of free slots a publisher waiting for room waits for: an eighth of the
+    /// queue, at most 64 (see [`wait_for_room`](Self::wait_for_room)).
+    pub(super) fn room_run(&self) -> usize {
+        (self.config.capacity as usize / 8).clamp(1, 64)
     }
 
     /// Tells whoever may be waiting that `change` happened: the one place a change wakes
@@ -127,8 +133,13 @@ impl<C: Clock> Queue<C> {
             }
             Change::Pushed(Wakes::Publishers) => {
                 self.room_signal().notify_after_push();
+                // Async publishes are woken once a run of slots is free, for the reason a
+                // blocking one holds back; the bridge wakes them within a millisecond of
+                // any room (`queue::asynchronous`, *Waiting for room*).
                 #[cfg(all(feature = "async", not(loom)))]
-                self.waiters.room.wake_all();
+                if self.waiters.room.waiting() > 0 && self.free().len() >= self.room_run() {
+                    self.waiters.room.wake_all();
+                }
             }
             // The bridge of async waiters runs the timers: in a segment it sleeps on the
             // ready signal; a heap queue's naps until the next timer.
