@@ -188,7 +188,9 @@ impl<C: Clock + Send + Sync + 'static> Queue<C> {
     }
 
     /// Publishes `payload` with `options`, waiting for room in a full queue as long as it
-    /// takes, as a future. Dropped before it is ready, it has published nothing.
+    /// takes, as a future. Dropped before it is ready, it has published nothing. A waiting
+    /// publish is woken once a run of slots is free, or within a millisecond of any room
+    /// (see the module docs, *Waiting for room*).
     ///
     /// # Errors
     /// As [`try_publish_with`](Self::try_publish_with), but never
