@@ -6,9 +6,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ackring::bridge::{BridgeError, Inbound, InboundConfig, Outbound, OutboundConfig};
+use ackring::bridge::{
+    BridgeError, Inbound, InboundConfig, InboundCounts, Outbound, OutboundConfig, OutboundCounts,
+};
 use ackring::{PublishOptions, Queue, RetryBackoff};
 use async_nats::jetstream;
+use tokio::task::JoinHandle;
 
 fn url() -> String {
     std::env::var("ACKRING_NATS_URL").unwrap_or_else(|_| "127.0.0.1:4222".into())
@@ -123,6 +126,32 @@ async fn drain(queue: &Arc<Queue>, count: usize, mut check: impl FnMut(&[u8])) {
     }
 }
 
+/// A bridge's run, stopped once the sender says `true` (or is dropped).
+type Stop = tokio::sync::watch::Sender<bool>;
+
+async fn until_stopped(mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+/// Runs `out` in a task (of the runtime entered) until `stop` says so.
+fn spawn_outbound(out: &Arc<Outbound>, stop: &Stop) -> JoinHandle<OutboundCounts> {
+    let (out, stopped) = (Arc::clone(out), stop.subscribe());
+    tokio::spawn(async move { out.run(until_stopped(stopped)).await })
+}
+
+/// Runs `inb` in a task (of the runtime entered) until `stop` says so.
+fn spawn_inbound(
+    inb: &Arc<Inbound>,
+    stop: &Stop,
+) -> JoinHandle<Result<InboundCounts, BridgeError>> {
+    let (inb, stopped) = (Arc::clone(inb), stop.subscribe());
+    tokio::spawn(async move { inb.run(until_stopped(stopped)).await })
+}
+
+fn stopper() -> Stop {
+    tokio::sync::watch::channel(false).0
+}
+
 #[test]
 fn every_message_crosses_once_in_order_per_producer() {
     const PER_PRODUCER: u32 = 1_000;
@@ -145,27 +174,9 @@ fn every_message_crosses_once_in_order_per_producer() {
         let inb = Inbound::start(Arc::clone(&b), client.clone(), inbound_config(&name))
             .await
             .unwrap();
-        let (stop_out, stopped_out) = tokio::sync::oneshot::channel::<()>();
-        let (stop_in, stopped_in) = tokio::sync::oneshot::channel::<()>();
-        let (out, inb) = (Arc::new(out), Arc::new(inb));
-        let out_task = {
-            let out = Arc::clone(&out);
-            tokio::spawn(async move {
-                out.run(async {
-                    stopped_out.await.ok();
-                })
-                .await
-            })
-        };
-        let in_task = {
-            let inb = Arc::clone(&inb);
-            tokio::spawn(async move {
-                inb.run(async {
-                    stopped_in.await.ok();
-                })
-                .await
-            })
-        };
+        let stop = stopper();
+        let out_task = spawn_outbound(&Arc::new(out), &stop);
+        let in_task = spawn_inbound(&Arc::new(inb), &stop);
         let mut next = HashMap::new();
         drain(&b, 2 * PER_PRODUCER as usize, |bytes| {
             let (producer, n) = parse(bytes);
@@ -174,8 +185,7 @@ fn every_message_crosses_once_in_order_per_producer() {
             *expected += 1;
         })
         .await;
-        stop_out.send(()).unwrap();
-        stop_in.send(()).unwrap();
+        stop.send_replace(true);
         let out_counts = out_task.await.unwrap();
         let in_counts = in_task.await.unwrap().unwrap();
         assert_eq!(
@@ -214,16 +224,8 @@ fn a_full_inbox_pushes_back_and_drains_once_consumed() {
                 .await
                 .unwrap(),
         );
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = {
-            let inb = Arc::clone(&inb);
-            tokio::spawn(async move {
-                inb.run(async {
-                    stopped.await.ok();
-                })
-                .await
-            })
-        };
+        let stop = stopper();
+        let task = spawn_inbound(&inb, &stop);
         // B holds 16 and is full: the bridge pushes back.
         let give_up = tokio::time::Instant::now() + Duration::from_secs(20);
         while inb.counts().pushed_back == 0 {
@@ -237,7 +239,7 @@ fn a_full_inbox_pushes_back_and_drains_once_consumed() {
         })
         .await;
         assert!(seen.iter().all(|&times| times == 1), "{seen:?}");
-        stop.send(()).unwrap();
+        stop.send_replace(true);
         let counts = task.await.unwrap().unwrap();
         assert_eq!(counts.published, u64::from(MESSAGES));
         assert!(counts.pushed_back > 0);
@@ -265,25 +267,9 @@ fn a_message_rejected_on_b_ends_in_its_dead_letters_not_redelivered() {
                 .await
                 .unwrap(),
         );
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let stopped_too = stopped.clone();
-        let out_task = tokio::spawn(async move {
-            out.run(async move {
-                let mut stopped = stopped;
-                let _ = stopped.wait_for(|stop| *stop).await;
-            })
-            .await
-        });
-        let in_task = {
-            let inb = Arc::clone(&inb);
-            tokio::spawn(async move {
-                inb.run(async move {
-                    let mut stopped = stopped_too;
-                    let _ = stopped.wait_for(|stop| *stop).await;
-                })
-                .await
-            })
-        };
+        let stop = stopper();
+        let out_task = spawn_outbound(&Arc::new(out), &stop);
+        let in_task = spawn_inbound(&inb, &stop);
         for _ in 0..2 {
             let delivery = tokio::time::timeout(Duration::from_secs(20), b.receive_async())
                 .await
@@ -318,7 +304,7 @@ fn a_message_rejected_on_b_ends_in_its_dead_letters_not_redelivered() {
             assert!(tokio::time::Instant::now() < give_up, "{info:?}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        stop.send(true).unwrap();
+        stop.send_replace(true);
         let _ = out_task.await.unwrap();
         let counts = in_task.await.unwrap().unwrap();
         assert_eq!((counts.published, counts.duplicates), (2, 0), "{counts:?}");
@@ -721,20 +707,10 @@ fn both_bridges_ride_out_a_server_restart() {
             ))
             .unwrap(),
     );
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let until_stopped = move || {
-        let mut stopped = stopped.clone();
-        async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        }
-    };
-    let task = {
-        let (out, until_stopped) = (Arc::clone(&out), until_stopped.clone());
-        runtime.spawn(async move { out.run(until_stopped()).await })
-    };
-    let in_task = {
-        let inb = Arc::clone(&inb);
-        runtime.spawn(async move { inb.run(until_stopped()).await })
+    let stop = stopper();
+    let (task, in_task) = {
+        let _entered = runtime.enter();
+        (spawn_outbound(&out, &stop), spawn_inbound(&inb, &stop))
     };
     std::thread::scope(|scope| {
         scope.spawn(|| {
@@ -763,7 +739,7 @@ fn both_bridges_ride_out_a_server_restart() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    stop.send(true).unwrap();
+    stop.send_replace(true);
     let counts = runtime.block_on(task).unwrap();
     let in_counts = runtime.block_on(in_task).unwrap().unwrap();
     let mut on_b = vec![0u32; MESSAGES as usize];
