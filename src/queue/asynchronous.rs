@@ -24,10 +24,12 @@
 //! # Waiting for room
 //!
 //! This process's acks wake waiting publishes once a run of slots is free (an eighth of
-//! the queue, at most 64), as a blocking publish holds back for one: woken at each freed
-//! slot, a publisher fills it and waits again, and each round trip costs the acking task
-//! a wake-up of another worker. So that a run that never comes (messages held by leases
-//! or delays) strands no one, the bridge wakes them within [`ROOM_POLL`] of any room.
+//! the queue, at most 64), for the reason a blocking publish holds back for a run: woken
+//! at each freed slot, a publisher fills it and waits again, and each round trip costs the
+//! acking task a wake-up of another worker. So that a run that never comes (messages held
+//! by leases or delays) strands no one, the bridge wakes them every [`ROOM_POLL`] while
+//! any waits (they look; a publish that begins waiting wakes the bridge from a longer
+//! nap): a single freed slot is taken within about a millisecond.
 //!
 //! # Yielding
 //!
@@ -36,12 +38,12 @@
 //! worker in that worker's next-task slot, which other workers do not steal, so a
 //! consumer woken by a producer that never waits would run only once the queue is full,
 //! on the producer's worker, and the two would take turns on one core. So after
-//! [`BUDGET`] operations in a row on a thread with no wait, a poll yields once, as
-//! tokio's own channels do: it wakes its task and returns `Pending`, having taken
-//! nothing (figures: benches/README.md, *Async receive against tokio's and flume's
-//! channels*).
-//!
-//! Figures against tokio's and flume's channels: benches/README.md (`benches/async.rs`).
+//! [`BUDGET`] polls in a row by one task on a thread that did not wait, the next yields
+//! once: it wakes its task and returns `Pending`, having taken nothing; the poll after
+//! it goes on. tokio's own channels yield by the same count, from the runtime's budget
+//! per task poll, which a future that works on any executor cannot see; a task here is
+//! told apart by its waker (figures: benches/README.md, *Async receive against tokio's
+//! and flume's channels*).
 //!
 //! # Cancel safety
 //!
@@ -59,7 +61,7 @@ use std::time::Duration;
 
 use crate::base::clock::{Clock, MonotonicClock};
 use crate::base::id::MessageId;
-use crate::base::sync::Mutex;
+use crate::base::sync::{AtomicU64, Mutex, Ordering};
 use crate::engine::wakers::{Helper, WakerList};
 use crate::error::PublishError;
 use crate::liveness::SleepsOn;
@@ -71,33 +73,41 @@ const BRIDGE_NAP: Duration = Duration::from_millis(100);
 /// How often the bridge wakes the publishes that wait for room, while any waits.
 const ROOM_POLL: Duration = Duration::from_millis(1);
 
-/// Ready operations in a row on a thread after which a poll yields (see *Yielding*):
-/// tokio's cooperative budget per task poll.
+/// Polls in a row by one task that do not wait, after which the next yields (see
+/// *Yielding*): the size of tokio's cooperative budget.
 const BUDGET: u32 = 128;
 
 thread_local! {
-    /// Ready async operations on this thread since one waited or yielded.
-    static SPENT: Cell<u32> = const { Cell::new(0) };
+    /// The task that polled last on this thread (its waker's data pointer), and how many
+    /// of its polls in a row did not wait.
+    static SPENT: Cell<(usize, u32)> = const { Cell::new((0, 0)) };
 }
 
-/// Counts one operation against this thread's budget (see *Yielding*); spent, it wakes
-/// the task and says so: the poll returns `Pending` before it takes anything.
-fn out_of_budget(cx: &Context<'_>) -> bool {
+/// Counts this poll against its task's budget (see *Yielding*); spent, it wakes the task
+/// and says so: the poll returns `Pending` before it takes anything. The poll after a
+/// yield (`yielded`) always goes on, so every future makes progress.
+fn out_of_budget(cx: &Context<'_>, yielded: &mut bool) -> bool {
+    if std::mem::take(yielded) {
+        return false;
+    }
+    let task = cx.waker().data() as usize;
     SPENT.with(|spent| {
-        let done = spent.get() + 1;
-        if done < BUDGET {
-            spent.set(done);
+        let (last, done) = spent.get();
+        let done = if last == task { done + 1 } else { 1 };
+        if done <= BUDGET {
+            spent.set((task, done));
             return false;
         }
-        spent.set(0);
+        spent.set((task, 0));
         cx.waker().wake_by_ref();
+        *yielded = true;
         true
     })
 }
 
-/// A poll waits: its task returns to the executor, and the count starts again.
+/// A poll waits: its task returns to the executor, and its count starts again.
 fn waited() {
-    SPENT.with(|spent| spent.set(0));
+    SPENT.with(|spent| spent.set((0, 0)));
 }
 
 /// A queue handle's async waiters (process-local). On cache lines of their own: waiting
@@ -109,6 +119,9 @@ pub(crate) struct AsyncWaiters {
     pub(crate) ready: WakerList,
     /// Futures waiting for room.
     pub(crate) room: WakerList,
+    /// Publishes waiting for room, from their first `Pending` to their end. The room list
+    /// says less: a wake-up empties it until the woken poll again (see *Waiting for room*).
+    publishing: AtomicU64,
     /// Whether a bridge thread runs.
     bridge: Helper,
     /// The bridge thread of a heap queue, for a timer scheduled meanwhile to unpark it.
@@ -116,9 +129,14 @@ pub(crate) struct AsyncWaiters {
 }
 
 impl AsyncWaiters {
-    /// Wakes a heap queue's bridge, napping until the timer it knew of: a timer was
-    /// scheduled, perhaps earlier.
-    pub(crate) fn timers_moved(&self) {
+    /// Whether publishes wait for room (the bridge then naps at most [`ROOM_POLL`]).
+    fn publishing(&self) -> bool {
+        self.publishing.load(Ordering::SeqCst) > 0
+    }
+
+    /// Wakes a heap queue's bridge from its nap: a timer was scheduled, perhaps earlier
+    /// than the one it knew of, or a publish began waiting for room.
+    pub(crate) fn unpark_bridge(&self) {
         if self.bridge.is_running() {
             let thread = self
                 .thread
@@ -159,6 +177,7 @@ impl<C: Clock + Send + Sync + 'static> Queue<C> {
         Receive {
             queue: Arc::clone(self),
             key: None,
+            yielded: false,
         }
     }
 
@@ -184,6 +203,7 @@ impl<C: Clock + Send + Sync + 'static> Queue<C> {
             max,
             key: None,
             done: false,
+            yielded: false,
         }
     }
 
@@ -206,6 +226,8 @@ impl<C: Clock + Send + Sync + 'static> Queue<C> {
             options,
             key: None,
             done: false,
+            yielded: false,
+            waiting: false,
         }
     }
 
@@ -223,6 +245,28 @@ impl<C: Clock + Send + Sync + 'static> Queue<C> {
             self.waiters.bridge.release();
             self.waiters.ready.wake_all();
             self.waiters.room.wake_all();
+        }
+    }
+
+    /// How long the bridge may nap: [`ROOM_POLL`] while publishes wait for room.
+    fn longest_nap(&self) -> Duration {
+        if self.waiters.publishing() {
+            ROOM_POLL
+        } else {
+            BRIDGE_NAP
+        }
+    }
+
+    /// A publish begins waiting for room: the first wakes the bridge, which may be in a
+    /// long nap, to nap [`ROOM_POLL`] from now on (in a segment through the ready signal,
+    /// on which the bridge sleeps; its look sees the count).
+    fn publish_waits(&self) {
+        if self.waiters.publishing.fetch_add(1, Ordering::SeqCst) == 0 {
+            if self.trusted {
+                self.waiters.unpark_bridge();
+            } else {
+                self.ready_signal().notify();
+            }
         }
     }
 
@@ -254,7 +298,7 @@ impl<C: Clock + Send + Sync + 'static> Queue<C> {
             } else {
                 self.carry_wake_ups();
             }
-            if waiters.ready.waiting() > 0 || waiters.room.waiting() > 0 {
+            if waiters.ready.waiting() > 0 || waiters.publishing() {
                 idle_since = None;
                 continue;
             }
@@ -265,7 +309,7 @@ impl<C: Clock + Send + Sync + 'static> Queue<C> {
             {
                 // A future that registered after the look above found the bridge running
                 // and started none: keep going for it (unless it started another).
-                let waiting = || waiters.ready.waiting() > 0 || waiters.room.waiting() > 0;
+                let waiting = || waiters.ready.waiting() > 0 || waiters.publishing();
                 if !waiters.bridge.stop_unless(waiting) {
                     return;
                 }
@@ -276,17 +320,13 @@ impl<C: Clock + Send + Sync + 'static> Queue<C> {
     /// A heap queue's bridge: only this process pushes, and its pushes wake the futures
     /// directly (`notify`). So it only runs the timers, napping until the next is due
     /// without arming the futex, which would make every publish pay a wake-up call; a
-    /// timer scheduled meanwhile unparks it (`AsyncWaiters::timers_moved`). While
+    /// timer scheduled meanwhile unparks it (`AsyncWaiters::unpark_bridge`). While
     /// publishes wait for room, it wakes them every [`ROOM_POLL`].
     fn nap_for_timers(&self) {
         let now = self.now();
         self.run_timers(now);
         let until_due = self.wheel().next_due().map(|due| due.saturating_sub(now));
-        let longest = if self.waiters.room.waiting() > 0 {
-            ROOM_POLL
-        } else {
-            BRIDGE_NAP
-        };
+        let longest = self.longest_nap();
         // At least a tick: a timer already due is being run by another thread.
         let nap = until_due
             .map_or(longest, Duration::from_nanos)
@@ -304,11 +344,8 @@ impl<C: Clock + Send + Sync + 'static> Queue<C> {
     fn carry_wake_ups(&self) {
         let waiters = &self.waiters;
         let seen = self.ready_signal().wake_ups();
-        let nap = if waiters.room.waiting() > 0 {
-            ROOM_POLL
-        } else {
-            BRIDGE_NAP
-        };
+        let publishing = waiters.publishing();
+        let nap = self.longest_nap();
         let changed = self.wait_until(SleepsOn::Ready, nap, || {
             // Timers end delays, backoffs and leases: what they make ready wakes the
             // futures through `notify`, as any push of this process does.
@@ -317,9 +354,13 @@ impl<C: Clock + Send + Sync + 'static> Queue<C> {
             // message that came before we were armed (its pusher saw no one armed): they
             // look. Not `len`: the pusher may not have moved the ring's tail yet.
             let came = waiters.ready.waiting() > 0 && self.ready().holds_value();
-            (self.ready_signal().wake_ups() != seen || came).then_some(())
+            if self.ready_signal().wake_ups() != seen || came {
+                return Some(true);
+            }
+            // A publish that began waiting after the nap was chosen: choose again.
+            (!publishing && waiters.publishing()).then_some(false)
         });
-        if changed.is_some() {
+        if changed == Some(true) {
             waiters.ready.wake_all();
         }
         // Room another process made wakes no one here: the waiting publishes look.
@@ -333,12 +374,14 @@ pub struct Receive<C: Clock + Send + Sync + 'static = MonotonicClock> {
     queue: Arc<Queue<C>>,
     /// Its registration in the waker list, while it waits.
     key: Option<u64>,
+    /// Its last poll yielded (see *Yielding*).
+    yielded: bool,
 }
 
 impl<C: Clock + Send + Sync + 'static> Receive<C> {
     /// One poll: a delivery, or registered to be woken (steps 1 to 4 of `engine::wakers`).
     fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<OwnedDelivery<C>> {
-        if out_of_budget(cx) {
+        if out_of_budget(cx, &mut self.yielded) {
             return Poll::Pending;
         }
         let waiters = &self.queue.waiters.ready;
@@ -394,6 +437,8 @@ pub struct ReceiveBatch<'a, C: Clock + Send + Sync + 'static = MonotonicClock> {
     key: Option<u64>,
     /// Resolved: polled again, it would take more leases.
     done: bool,
+    /// Its last poll yielded (see *Yielding*).
+    yielded: bool,
 }
 
 impl<C: Clock + Send + Sync + 'static> Future for ReceiveBatch<'_, C> {
@@ -406,7 +451,7 @@ impl<C: Clock + Send + Sync + 'static> Future for ReceiveBatch<'_, C> {
             this.done = true;
             return Poll::Ready(0);
         }
-        if out_of_budget(cx) {
+        if out_of_budget(cx, &mut this.yielded) {
             return Poll::Pending;
         }
         let waiters = &this.queue.waiters.ready;
@@ -447,6 +492,10 @@ pub struct Publish<'a, C: Clock + Send + Sync + 'static = MonotonicClock> {
     key: Option<u64>,
     /// Resolved: polled again, it would publish a second time.
     done: bool,
+    /// Its last poll yielded (see *Yielding*).
+    yielded: bool,
+    /// Counted in `AsyncWaiters::publishing`: it has waited for room.
+    waiting: bool,
 }
 
 impl<C: Clock + Send + Sync + 'static> Future for Publish<'_, C> {
@@ -455,7 +504,7 @@ impl<C: Clock + Send + Sync + 'static> Future for Publish<'_, C> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         assert!(!this.done, "Publish polled after it resolved");
-        if out_of_budget(cx) {
+        if out_of_budget(cx, &mut this.yielded) {
             return Poll::Pending;
         }
         let waiters = &this.queue.waiters.room;
@@ -466,11 +515,15 @@ impl<C: Clock + Send + Sync + 'static> Future for Publish<'_, C> {
                     this.queue.start_bridge();
                 }
                 Err(PublishError::Full { .. }) => {
+                    if !std::mem::replace(&mut this.waiting, true) {
+                        this.queue.publish_waits();
+                    }
                     waited();
                     return Poll::Pending;
                 }
                 result => {
                     waiters.deregister(&mut this.key);
+                    this.stop_waiting();
                     this.done = true;
                     return Poll::Ready(result);
                 }
@@ -480,20 +533,97 @@ impl<C: Clock + Send + Sync + 'static> Future for Publish<'_, C> {
     }
 }
 
+impl<C: Clock + Send + Sync + 'static> Publish<'_, C> {
+    /// Uncounted from the publishes waiting for room, if it was counted.
+    fn stop_waiting(&mut self) {
+        if std::mem::take(&mut self.waiting) {
+            self.queue.waiters.publishing.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
 impl<C: Clock + Send + Sync + 'static> Drop for Publish<'_, C> {
     fn drop(&mut self) {
         self.queue.waiters.room.deregister(&mut self.key);
+        self.stop_waiting();
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+    use std::pin::pin;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    use std::task::Waker;
+    use std::task::{Context, Waker};
 
+    use super::{out_of_budget, BRIDGE_NAP, BUDGET, ROOM_POLL};
     use crate::engine::wakers::tests::Count;
-    use crate::{Queue, QueueConfig};
+    use crate::{PublishOptions, Queue, QueueConfig};
+
+    fn counting() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&count));
+        (count, waker)
+    }
+
+    #[test]
+    fn a_task_yields_after_a_budget_of_polls_and_goes_on_after_it() {
+        let ((count, one), (_, other)) = (counting(), counting());
+        let (mut yielded, mut other_yielded) = (false, false);
+        let (cx, other_cx) = (Context::from_waker(&one), Context::from_waker(&other));
+        for _ in 0..BUDGET {
+            assert!(!out_of_budget(&cx, &mut yielded));
+        }
+        // Another task's polls in between start its own count, and then this one's anew.
+        for _ in 0..BUDGET {
+            assert!(!out_of_budget(&other_cx, &mut other_yielded));
+        }
+        for _ in 0..BUDGET {
+            assert!(!out_of_budget(&cx, &mut yielded));
+        }
+        assert!(out_of_budget(&cx, &mut yielded), "the next poll yields");
+        assert!(yielded);
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "woken, to be polled again"
+        );
+        // Futures in one task share its waker (`join!`): another spends the budget again
+        // before this one is polled, and still the poll after its yield goes on.
+        let mut sibling = false;
+        for _ in 0..BUDGET {
+            assert!(!out_of_budget(&cx, &mut sibling));
+        }
+        assert!(
+            !out_of_budget(&cx, &mut yielded),
+            "the poll after a yield goes on"
+        );
+    }
+
+    #[test]
+    fn the_bridge_naps_briefly_while_a_woken_publish_still_waits() {
+        let queue = Arc::new(Queue::new(QueueConfig::new(8, 8)).unwrap());
+        for n in 0..8u8 {
+            queue.publish(&[n]).unwrap();
+        }
+        assert_eq!(queue.longest_nap(), BRIDGE_NAP);
+        {
+            let (_count, waker) = counting();
+            let mut publish = pin!(queue.publish_async(b"x", PublishOptions::default()));
+            assert!(publish
+                .as_mut()
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending());
+            assert_eq!(queue.longest_nap(), ROOM_POLL);
+            // The bridge wakes it, which empties the room list until it polls again: it still
+            // waits, and the bridge's next nap must still be short.
+            queue.waiters.room.wake_all();
+            assert_eq!(queue.waiters.room.waiting(), 0);
+            assert_eq!(queue.longest_nap(), ROOM_POLL);
+        } // dropped while it waits
+        assert_eq!(queue.longest_nap(), BRIDGE_NAP);
+    }
 
     #[test]
     fn acks_wake_a_waiting_publish_once_a_run_of_slots_is_free() {
@@ -503,12 +633,9 @@ mod tests {
             queue.publish(&[n]).unwrap();
         }
         // Registered as a pending publish registers, with no bridge to wake it.
-        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let (count, waker) = counting();
         let mut key = None;
-        queue
-            .waiters
-            .room
-            .register(&mut key, &Waker::from(Arc::clone(&count)));
+        queue.waiters.room.register(&mut key, &waker);
         let held: Vec<_> = (0..8).map(|_| queue.try_receive().unwrap()).collect();
         for (free, delivery) in held.into_iter().enumerate() {
             let woken = count.0.load(Ordering::SeqCst);

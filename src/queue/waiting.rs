@@ -147,7 +147,7 @@ impl<C: Clock> Queue<C> {
                 self.ready_signal().notify();
                 #[cfg(all(feature = "async", not(loom)))]
                 if self.trusted {
-                    self.waiters.timers_moved();
+                    self.waiters.unpark_bridge();
                 }
             }
         }
