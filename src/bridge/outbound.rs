@@ -24,7 +24,7 @@ pub struct OutboundConfig {
     pub stream: String,
     /// The subject each message is published to; the stream must capture it.
     pub subject: String,
-    /// Publishes awaiting JetStream's ack at once, at most. [256]
+    /// Publishes awaiting JetStream's ack at once, at most. [256 publishes]
     pub window: usize,
     /// How long a publish may wait for JetStream's ack before the message is nacked. [5 s]
     pub ack_timeout: Duration,

@@ -27,7 +27,7 @@
 //! the queue, at most 64), for the reason a blocking publish holds back for a run: woken
 //! at each freed slot, a publisher fills it and waits again, and each round trip costs the
 //! acking task a wake-up of another worker. So that a run that never comes (messages held
-//! by leases or delays) strands no one, the bridge wakes them every [`ROOM_POLL`] while
+//! by leases or delays) strands no one, the bridge wakes them every millisecond while
 //! any waits (they look; a publish that begins waiting wakes the bridge from a longer
 //! nap): a single freed slot is taken within about a millisecond.
 //!
@@ -38,7 +38,7 @@
 //! worker in that worker's next-task slot, which other workers do not steal, so a
 //! consumer woken by a producer that never waits would run only once the queue is full,
 //! on the producer's worker, and the two would take turns on one core. So after
-//! [`BUDGET`] polls in a row by one task on a thread that did not wait, the next yields
+//! 128 polls in a row by one task on a thread that did not wait, the next yields
 //! once: it wakes its task and returns `Pending`, having taken nothing; the poll after
 //! it goes on. tokio's own channels yield by the same count, from the runtime's budget
 //! per task poll, which a future that works on any executor cannot see; a task here is

@@ -51,7 +51,7 @@ impl QueueBuilder {
         self
     }
 
-    /// Deliveries a message gets before it is dead-lettered (releases do not count). [5]
+    /// Deliveries a message gets before it is dead-lettered (releases do not count). [5 deliveries]
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.config.max_attempts = attempts;
         self
