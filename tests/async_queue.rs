@@ -196,8 +196,7 @@ fn a_single_free_slot_wakes_a_waiting_publish(queue: &Arc<Queue>) {
     for n in 0..64u8 {
         queue.publish(&[n]).unwrap();
     }
-    let flag = Arc::new(Flag(AtomicBool::new(false), std::thread::current()));
-    let waker = Waker::from(Arc::clone(&flag));
+    let (flag, waker) = flag();
     let mut cx = Context::from_waker(&waker);
     let mut publish = pin!(queue.publish_async(b"last", PublishOptions::default()));
     assert!(
@@ -205,16 +204,70 @@ fn a_single_free_slot_wakes_a_waiting_publish(queue: &Arc<Queue>) {
         "the queue is full"
     );
     queue.try_receive().unwrap().ack().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !flag.0.load(Ordering::SeqCst) && Instant::now() < deadline {
-        std::thread::park_timeout(deadline.saturating_duration_since(Instant::now()));
-    }
     assert!(
-        flag.0.load(Ordering::SeqCst),
+        woken_within(&flag, Duration::from_secs(10)).is_some(),
         "not woken for a single free slot"
     );
     assert!(matches!(publish.as_mut().poll(&mut cx), Poll::Ready(Ok(_))));
     assert_eq!(queue.stats().ready, 64);
+}
+
+/// How long until `flag`'s waker is woken, if within `limit`.
+fn woken_within(flag: &Flag, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    while !flag.0.load(Ordering::SeqCst) {
+        let left = limit.checked_sub(started.elapsed())?;
+        std::thread::park_timeout(left);
+    }
+    Some(started.elapsed())
+}
+
+fn flag() -> (Arc<Flag>, Waker) {
+    let flag = Arc::new(Flag(AtomicBool::new(false), std::thread::current()));
+    let waker = Waker::from(Arc::clone(&flag));
+    (flag, waker)
+}
+
+#[test]
+fn the_first_waiting_publish_cuts_the_segment_bridges_long_nap_short() {
+    let name = format!("async-long-nap-{}", std::process::id());
+    let queue = Arc::new(Queue::create_shm(&name, QueueConfig::new(64, 64)).unwrap());
+    Queue::unlink_shm(&name).unwrap(); // mapped still; nothing left behind if it fails
+    for n in 0..64u8 {
+        queue.publish(&[n]).unwrap();
+    }
+    let mut held: Vec<_> = (0..64).map(|_| queue.try_receive().unwrap()).collect();
+    // A receive waits: the bridge starts and, no publish waiting, sleeps for 100 ms.
+    let (_, receive_waker) = flag();
+    let mut receive = pin!(queue.receive_async());
+    assert!(receive
+        .as_mut()
+        .poll(&mut Context::from_waker(&receive_waker))
+        .is_pending());
+    let asleep_by = Instant::now() + Duration::from_secs(10);
+    while queue.stats().sleeping_receivers != 1 {
+        assert!(Instant::now() < asleep_by, "the bridge never slept");
+        std::thread::yield_now();
+    }
+    let (woken, waker) = flag();
+    let mut publish = pin!(queue.publish_async(b"last", PublishOptions::default()));
+    let mut cx = Context::from_waker(&waker);
+    assert!(
+        publish.as_mut().poll(&mut cx).is_pending(),
+        "the queue is full"
+    );
+    // One slot, less than a run: only the bridge wakes the publish, and only if it woke
+    // from its long nap when the publish began to wait.
+    held.pop().unwrap().ack().unwrap();
+    let took = woken_within(&woken, Duration::from_secs(10)).expect("woken at all");
+    assert!(
+        took < Duration::from_millis(50),
+        "woken after {took:?}: the bridge slept out its 100 ms nap"
+    );
+    assert!(matches!(publish.as_mut().poll(&mut cx), Poll::Ready(Ok(_))));
+    for delivery in held {
+        delivery.ack().unwrap();
+    }
 }
 
 #[test]

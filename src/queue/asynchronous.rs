@@ -42,8 +42,9 @@
 //! once: it wakes its task and returns `Pending`, having taken nothing; the poll after
 //! it goes on. tokio's own channels yield by the same count, from the runtime's budget
 //! per task poll, which a future that works on any executor cannot see; a task here is
-//! told apart by its waker (figures: benches/README.md, *Async receive against tokio's
-//! and flume's channels*).
+//! told apart by its waker (so futures that a combinator polls each with a waker of its
+//! own, as `FuturesUnordered` does, count apart; figures: benches/README.md, *Async
+//! receive against tokio's and flume's channels*).
 //!
 //! # Cancel safety
 //!
@@ -55,13 +56,14 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::base::clock::{Clock, MonotonicClock};
 use crate::base::id::MessageId;
-use crate::base::sync::{AtomicU64, Mutex, Ordering};
+use crate::base::sync::Mutex;
 use crate::engine::wakers::{Helper, WakerList};
 use crate::error::PublishError;
 use crate::liveness::SleepsOn;
@@ -119,9 +121,14 @@ pub(crate) struct AsyncWaiters {
     pub(crate) ready: WakerList,
     /// Futures waiting for room.
     pub(crate) room: WakerList,
-    /// Publishes waiting for room, from their first `Pending` to their end. The room list
-    /// says less: a wake-up empties it until the woken poll again (see *Waiting for room*).
+    /// Publishes waiting for room, from their first registration to their end. The room
+    /// list says less: a wake-up empties it until the woken poll again (see *Waiting for
+    /// room*).
     publishing: AtomicU64,
+    /// A segment's bridge sleeps on the ready signal longer than [`ROOM_POLL`]: the first
+    /// publish to wait for room wakes it (through the signal, which wakes every sleeper
+    /// on it, so only then).
+    napping_long: AtomicBool,
     /// Whether a bridge thread runs.
     bridge: Helper,
     /// The bridge thread of a heap queue, for a timer scheduled meanwhile to unpark it.
@@ -248,7 +255,7 @@ impl<C: Clock + Send + Sync + 'static> Queue<C> {
         }
     }
 
-    /// How long the bridge may nap: [`ROOM_POLL`] while publishes wait for room.
+    /// How long a heap queue's bridge may nap: [`ROOM_POLL`] while publishes wait for room.
     fn longest_nap(&self) -> Duration {
         if self.waiters.publishing() {
             ROOM_POLL
@@ -257,14 +264,17 @@ impl<C: Clock + Send + Sync + 'static> Queue<C> {
         }
     }
 
-    /// A publish begins waiting for room: the first wakes the bridge, which may be in a
-    /// long nap, to nap [`ROOM_POLL`] from now on (in a segment through the ready signal,
-    /// on which the bridge sleeps; its look sees the count).
+    /// A publish begins waiting for room (counted before it claims a bridge, which stops
+    /// only once none waits): the first wakes the bridge from a long nap, to nap
+    /// [`ROOM_POLL`] from now on. In a segment: through the ready signal, whose look sees
+    /// the count; the flag, set before the bridge reads the count, tells whether it must
+    /// (both SeqCst: one of the two reads sees the other's write).
     fn publish_waits(&self) {
-        if self.waiters.publishing.fetch_add(1, Ordering::SeqCst) == 0 {
+        let waiters = &self.waiters;
+        if waiters.publishing.fetch_add(1, Ordering::SeqCst) == 0 {
             if self.trusted {
-                self.waiters.unpark_bridge();
-            } else {
+                waiters.unpark_bridge();
+            } else if waiters.napping_long.load(Ordering::SeqCst) {
                 self.ready_signal().notify();
             }
         }
@@ -344,8 +354,14 @@ impl<C: Clock + Send + Sync + 'static> Queue<C> {
     fn carry_wake_ups(&self) {
         let waiters = &self.waiters;
         let seen = self.ready_signal().wake_ups();
+        waiters.napping_long.store(true, Ordering::SeqCst); // see `publish_waits`
         let publishing = waiters.publishing();
-        let nap = self.longest_nap();
+        let nap = if publishing {
+            waiters.napping_long.store(false, Ordering::SeqCst);
+            ROOM_POLL
+        } else {
+            BRIDGE_NAP
+        };
         let changed = self.wait_until(SleepsOn::Ready, nap, || {
             // Timers end delays, backoffs and leases: what they make ready wakes the
             // futures through `notify`, as any push of this process does.
@@ -360,6 +376,7 @@ impl<C: Clock + Send + Sync + 'static> Queue<C> {
             // A publish that began waiting after the nap was chosen: choose again.
             (!publishing && waiters.publishing()).then_some(false)
         });
+        waiters.napping_long.store(false, Ordering::SeqCst);
         if changed == Some(true) {
             waiters.ready.wake_all();
         }
@@ -494,7 +511,7 @@ pub struct Publish<'a, C: Clock + Send + Sync + 'static = MonotonicClock> {
     done: bool,
     /// Its last poll yielded (see *Yielding*).
     yielded: bool,
-    /// Counted in `AsyncWaiters::publishing`: it has waited for room.
+    /// Counted in `AsyncWaiters::publishing`: it has registered to wait for room.
     waiting: bool,
 }
 
@@ -512,12 +529,12 @@ impl<C: Clock + Send + Sync + 'static> Future for Publish<'_, C> {
             match this.queue.try_publish_with(this.payload, this.options) {
                 Err(PublishError::Full { .. }) if look == 0 => {
                     waiters.register(&mut this.key, cx.waker());
-                    this.queue.start_bridge();
-                }
-                Err(PublishError::Full { .. }) => {
                     if !std::mem::replace(&mut this.waiting, true) {
                         this.queue.publish_waits();
                     }
+                    this.queue.start_bridge();
+                }
+                Err(PublishError::Full { .. }) => {
                     waited();
                     return Poll::Pending;
                 }
