@@ -28,7 +28,7 @@ use hdrhistogram::Histogram;
 
 const MESSAGES: u64 = 200_000;
 const CAPACITY: u32 = 4096;
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 11;
 /// The wake-up latency: messages per round (the first `WAKE_WARM_UP` not counted), one
 /// every `WAKE_INTERVAL`.
 const WAKE_MESSAGES: u64 = 2_000;
