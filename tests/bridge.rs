@@ -126,6 +126,31 @@ async fn drain(queue: &Arc<Queue>, count: usize, mut check: impl FnMut(&[u8])) {
     }
 }
 
+/// An outbound bridge from `a` to `subject` of stream `name`, with the default settings.
+async fn outbound(
+    a: &Arc<Queue>,
+    client: &async_nats::Client,
+    name: &str,
+    subject: &str,
+) -> Arc<Outbound> {
+    let config = OutboundConfig::new(name, format!("{name}.{subject}"));
+    Arc::new(
+        Outbound::start(Arc::clone(a), client.clone(), config)
+            .await
+            .unwrap(),
+    )
+}
+
+/// An inbound bridge from stream `name` to `b` (see `inbound_config`).
+async fn inbound(b: &Arc<Queue>, client: &async_nats::Client, name: &str) -> Arc<Inbound> {
+    let config = inbound_config(name);
+    Arc::new(
+        Inbound::start(Arc::clone(b), client.clone(), config)
+            .await
+            .unwrap(),
+    )
+}
+
 /// A bridge's run, stopped once the sender says `true` (or is dropped).
 type Stop = tokio::sync::watch::Sender<bool>;
 
@@ -164,19 +189,11 @@ fn every_message_crosses_once_in_order_per_producer() {
                 a.publish(&payload(producer, n)).unwrap();
             }
         }
-        let out = Outbound::start(
-            Arc::clone(&a),
-            client.clone(),
-            OutboundConfig::new(&name, format!("{name}.orders")),
-        )
-        .await
-        .unwrap();
-        let inb = Inbound::start(Arc::clone(&b), client.clone(), inbound_config(&name))
-            .await
-            .unwrap();
+        let out = outbound(&a, &client, &name, "orders").await;
+        let inb = inbound(&b, &client, &name).await;
         let stop = stopper();
-        let out_task = spawn_outbound(&Arc::new(out), &stop);
-        let in_task = spawn_inbound(&Arc::new(inb), &stop);
+        let out_task = spawn_outbound(&out, &stop);
+        let in_task = spawn_inbound(&inb, &stop);
         let mut next = HashMap::new();
         drain(&b, 2 * PER_PRODUCER as usize, |bytes| {
             let (producer, n) = parse(bytes);
@@ -219,11 +236,7 @@ fn a_full_inbox_pushes_back_and_drains_once_consumed() {
         let name = stream(&client, "back_pressure", Duration::from_secs(120)).await;
         publish_paced(&client, &format!("{name}.x"), MESSAGES, Duration::ZERO).await;
         let b = queue_b(16);
-        let inb = Arc::new(
-            Inbound::start(Arc::clone(&b), client.clone(), inbound_config(&name))
-                .await
-                .unwrap(),
-        );
+        let inb = inbound(&b, &client, &name).await;
         let stop = stopper();
         let task = spawn_inbound(&inb, &stop);
         // B holds 16 and is full: the bridge pushes back.
@@ -255,20 +268,10 @@ fn a_message_rejected_on_b_ends_in_its_dead_letters_not_redelivered() {
         let (a, b) = (queue_a(64), queue_b(64));
         a.publish(b"poison").unwrap();
         a.publish(b"fine").unwrap();
-        let out = Outbound::start(
-            Arc::clone(&a),
-            client.clone(),
-            OutboundConfig::new(&name, format!("{name}.jobs")),
-        )
-        .await
-        .unwrap();
-        let inb = Arc::new(
-            Inbound::start(Arc::clone(&b), client.clone(), inbound_config(&name))
-                .await
-                .unwrap(),
-        );
+        let out = outbound(&a, &client, &name, "jobs").await;
+        let inb = inbound(&b, &client, &name).await;
         let stop = stopper();
-        let out_task = spawn_outbound(&Arc::new(out), &stop);
+        let out_task = spawn_outbound(&out, &stop);
         let in_task = spawn_inbound(&inb, &stop);
         for _ in 0..2 {
             let delivery = tokio::time::timeout(Duration::from_secs(20), b.receive_async())
@@ -370,13 +373,7 @@ fn ttl_travels_and_an_expired_message_is_not_published() {
             ..PublishOptions::default()
         };
         a.publish_with(b"lives", ttl(60_000)).unwrap();
-        let out = Outbound::start(
-            Arc::clone(&a),
-            client.clone(),
-            OutboundConfig::new(&name, format!("{name}.t")),
-        )
-        .await
-        .unwrap();
+        let out = outbound(&a, &client, &name, "t").await;
         let forwarded = out
             .run(async {
                 while a.stats().acked < 1 {
@@ -394,9 +391,7 @@ fn ttl_travels_and_an_expired_message_is_not_published() {
             .unwrap()
             .await
             .unwrap();
-        let inb = Inbound::start(Arc::clone(&b), client, inbound_config(&name))
-            .await
-            .unwrap();
+        let inb = inbound(&b, &client, &name).await;
         let counts = inb
             .run(async {
                 while inb.counts().published + inb.counts().expired < 2 {
