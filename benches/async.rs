@@ -34,7 +34,7 @@ const ROUNDS: usize = 11;
 const WAKE_MESSAGES: u64 = 2_000;
 const WAKE_WARM_UP: u64 = 100;
 const WAKE_INTERVAL: Duration = Duration::from_millis(1);
-const WAKE_ROUNDS: usize = 3;
+const WAKE_ROUNDS: usize = 5;
 const ROLE: &str = "ACKRING_ASYNC_BENCH_ROLE";
 
 fn runtime() -> tokio::runtime::Runtime {
