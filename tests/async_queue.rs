@@ -84,21 +84,41 @@ fn many_tasks_receive_and_ack_every_message_once() {
     );
 }
 
+/// Publishes the numbers `0..count` from a thread, pausing 3 ms after every `every`-th:
+/// in the gaps, receives wait.
+fn paced_producer(queue: &Arc<Queue>, count: u64, every: u64) -> std::thread::JoinHandle<()> {
+    let queue = Arc::clone(queue);
+    std::thread::spawn(move || {
+        for n in 0..count {
+            queue.publish(&n.to_le_bytes()).unwrap();
+            if n % every == 0 {
+                std::thread::sleep(Duration::from_millis(3));
+            }
+        }
+    })
+}
+
+/// `received` is `0..count`, each once, in order, and the queue delivered and acked each
+/// once, with none left.
+fn all_once_in_order(queue: &Queue, received: &[u64], count: u64) {
+    assert_eq!(
+        received,
+        (0..count).collect::<Vec<_>>(),
+        "all, in order, once"
+    );
+    let stats = queue.stats();
+    assert_eq!(
+        (stats.delivered, stats.acked, stats.in_flight),
+        (count, count, 0)
+    );
+    assert!(queue.try_receive().is_none());
+}
+
 #[test]
 fn receives_cancelled_by_timeouts_lose_nothing_and_hold_no_lease() {
     const MESSAGES: u64 = 300;
     let queue = heap_queue(64);
-    let producer = {
-        let queue = Arc::clone(&queue);
-        std::thread::spawn(move || {
-            for n in 0..MESSAGES {
-                queue.publish(&n.to_le_bytes()).unwrap();
-                if n % 8 == 0 {
-                    std::thread::sleep(Duration::from_millis(3)); // gaps: waits pend
-                }
-            }
-        })
-    };
+    let producer = paced_producer(&queue, MESSAGES, 8);
     let (received, cancelled) = runtime().block_on(async {
         let (mut received, mut cancelled) = (Vec::new(), 0u32);
         while (received.len() as u64) < MESSAGES {
@@ -113,35 +133,15 @@ fn receives_cancelled_by_timeouts_lose_nothing_and_hold_no_lease() {
         (received, cancelled)
     });
     producer.join().unwrap();
-    assert_eq!(
-        received,
-        (0..MESSAGES).collect::<Vec<_>>(),
-        "all, in order, once"
-    );
+    all_once_in_order(&queue, &received, MESSAGES);
     assert!(cancelled > 0, "some waits were cancelled");
-    let stats = queue.stats();
-    assert_eq!(
-        (stats.delivered, stats.acked, stats.in_flight),
-        (MESSAGES, MESSAGES, 0)
-    );
-    assert!(queue.try_receive().is_none());
 }
 
 #[test]
 fn batches_and_the_stream_carry_every_message_once_in_order() {
     const MESSAGES: u64 = 600;
     let queue = heap_queue(64);
-    let producer = {
-        let queue = Arc::clone(&queue);
-        std::thread::spawn(move || {
-            for n in 0..MESSAGES {
-                queue.publish(&n.to_le_bytes()).unwrap();
-                if n % 16 == 0 {
-                    std::thread::sleep(Duration::from_millis(3)); // gaps: waits pend
-                }
-            }
-        })
-    };
+    let producer = paced_producer(&queue, MESSAGES, 16);
     let number = |payload: &[u8]| u64::from_le_bytes(payload.try_into().unwrap());
     let (received, cancelled) = runtime().block_on(async {
         let (mut received, mut cancelled) = (Vec::new(), 0u32);
@@ -173,17 +173,8 @@ fn batches_and_the_stream_carry_every_message_once_in_order() {
         (received, cancelled)
     });
     producer.join().unwrap();
-    assert_eq!(
-        received,
-        (0..MESSAGES).collect::<Vec<_>>(),
-        "all, in order, once"
-    );
+    all_once_in_order(&queue, &received, MESSAGES);
     assert!(cancelled > 0, "some batch waits were cancelled");
-    let stats = queue.stats();
-    assert_eq!(
-        (stats.delivered, stats.acked, stats.in_flight),
-        (MESSAGES, MESSAGES, 0)
-    );
 }
 
 #[test]
